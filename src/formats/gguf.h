@@ -12,6 +12,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <variant>
 #include <vector>
 
@@ -98,6 +99,7 @@ class GgufReader {
   std::uint64_t data_offset_ = 0;
   std::vector<GgufKV> kvs_;
   std::vector<GgufTensorInfo> tensors_;
+  std::unordered_map<std::string, std::size_t> tensor_index_;  // name -> index in tensors_
 };
 
 class GgufWriter {

@@ -5,24 +5,38 @@
 
 #include "core/error.h"
 #include "formats/gguf.h"
+#include "formats/gguf_internal.h"
 
 namespace qforge {
 
 std::string_view gguf_value_type_name(GgufValueType t) {
   switch (t) {
-    case GgufValueType::UINT8: return "UINT8";
-    case GgufValueType::INT8: return "INT8";
-    case GgufValueType::UINT16: return "UINT16";
-    case GgufValueType::INT16: return "INT16";
-    case GgufValueType::UINT32: return "UINT32";
-    case GgufValueType::INT32: return "INT32";
-    case GgufValueType::FLOAT32: return "FLOAT32";
-    case GgufValueType::BOOL: return "BOOL";
-    case GgufValueType::STRING: return "STRING";
-    case GgufValueType::ARRAY: return "ARRAY";
-    case GgufValueType::UINT64: return "UINT64";
-    case GgufValueType::INT64: return "INT64";
-    case GgufValueType::FLOAT64: return "FLOAT64";
+    case GgufValueType::UINT8:
+      return "UINT8";
+    case GgufValueType::INT8:
+      return "INT8";
+    case GgufValueType::UINT16:
+      return "UINT16";
+    case GgufValueType::INT16:
+      return "INT16";
+    case GgufValueType::UINT32:
+      return "UINT32";
+    case GgufValueType::INT32:
+      return "INT32";
+    case GgufValueType::FLOAT32:
+      return "FLOAT32";
+    case GgufValueType::BOOL:
+      return "BOOL";
+    case GgufValueType::STRING:
+      return "STRING";
+    case GgufValueType::ARRAY:
+      return "ARRAY";
+    case GgufValueType::UINT64:
+      return "UINT64";
+    case GgufValueType::INT64:
+      return "INT64";
+    case GgufValueType::FLOAT64:
+      return "FLOAT64";
   }
   return "UNKNOWN";
 }
@@ -120,8 +134,6 @@ std::uint64_t GgufTensorInfo::n_bytes() const {
     fail("tensor '{}': shape[0] = {} is not a multiple of the {} block size {}", name, row, t.name,
          t.block_size);
   const std::uint64_t n = n_elements();
-  // n / block_size * type_size cannot overflow: type_size / block_size <= 8 bytes per element
-  // only for 1-element blocks where n < 2^63 / 1... guard anyway.
   const std::uint64_t blocks = n / t.block_size;
   if (blocks > std::numeric_limits<std::uint64_t>::max() / t.type_size)
     fail("tensor '{}': byte size overflows", name);
@@ -129,3 +141,45 @@ std::uint64_t GgufTensorInfo::n_bytes() const {
 }
 
 }  // namespace qforge
+
+namespace qforge::gguf_detail {
+
+std::size_t first_invalid_utf8(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const std::size_t n = s.size();
+  std::size_t i = 0;
+  while (i < n) {
+    const unsigned char c = p[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t len = 0;
+    std::uint32_t lo = 0x80, hi = 0xbf;  // allowed range of the second byte
+    if (c >= 0xc2 && c <= 0xdf) {
+      len = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+      len = 3;
+      if (c == 0xe0) lo = 0xa0;  // no overlongs
+      if (c == 0xed) hi = 0x9f;  // no surrogates
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      len = 4;
+      if (c == 0xf0) lo = 0x90;  // no overlongs
+      if (c == 0xf4) hi = 0x8f;  // nothing above U+10FFFF
+    } else {
+      return i;
+    }
+    if (i + len > n) return i;
+    if (p[i + 1] < lo || p[i + 1] > hi) return i;
+    for (std::size_t k = 2; k < len; ++k)
+      if ((p[i + k] & 0xc0) != 0x80) return i;
+    i += len;
+  }
+  return n;
+}
+
+bool is_valid_utf8(std::string_view s) {
+  return first_invalid_utf8(s) == s.size();
+}
+
+}  // namespace qforge::gguf_detail
