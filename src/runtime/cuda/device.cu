@@ -1,13 +1,11 @@
-#include <cuda_runtime.h>
-
-#include "core/error.h"
+#include "runtime/cuda/check.cuh"
 #include "runtime/cuda_device.h"
 
 namespace qforge::cuda {
 namespace {
 
 void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) fail("CUDA: {} failed: {}", what, cudaGetErrorString(status));
+  if (status != cudaSuccess) cuda_fail("CUDA: ", what, " failed: ", cudaGetErrorString(status));
 }
 
 }  // namespace
@@ -46,7 +44,7 @@ double measure_copy_bandwidth_gbs(int device, std::size_t bytes, int reps) {
   check(cudaMalloc(&src, bytes), "cudaMalloc");
   if (cudaMalloc(&dst, bytes) != cudaSuccess) {
     cudaFree(src);
-    fail("CUDA: cannot allocate {} bytes for the bandwidth probe", bytes);
+    cuda_fail("CUDA: cannot allocate ", bytes, " bytes for the bandwidth probe");
   }
   cudaEvent_t start{}, stop{};
   check(cudaEventCreate(&start), "cudaEventCreate");

@@ -1,0 +1,175 @@
+// GEMV kernels: one warp per output row, lanes walk the row's units (block_decode.cuh) in order
+// so that a warp's loads cover consecutive bytes, x is read through the read-only cache (all the
+// warps of the device read the same x, which stays in L1/L2), and the warp's partial sums meet in
+// a shuffle reduction.
+#include "runtime/cuda/check.cuh"
+#include <cuda_bf16.h>
+
+#include "runtime/cuda/block_decode.cuh"
+#include "runtime/cuda/gemv.h"
+#include "runtime/cuda/reduce.cuh"
+
+namespace qforge::cuda {
+namespace {
+
+constexpr int kWarpsPerCta = 4;
+
+__device__ __forceinline__ float4 load_x4(const float* x, std::size_t i) {
+  return __ldg(reinterpret_cast<const float4*>(x + i));
+}
+__device__ __forceinline__ float4 load_x4(const std::uint16_t* x, std::size_t i) {
+  const uint2 v = __ldg(reinterpret_cast<const uint2*>(x + i));
+  return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u),
+                     __uint_as_float(v.y << 16), __uint_as_float(v.y & 0xffff0000u));
+}
+
+template <typename Fmt, int kTokens, typename X>
+__global__ void __launch_bounds__(kWarpsPerCta * 32)
+    gemv_kernel(const std::uint8_t* __restrict__ w, std::size_t n_rows, std::size_t n_cols,
+                const X* __restrict__ x, float* __restrict__ y) {
+  __shared__ float table[16];
+  if constexpr (blocks::UsesTable<Fmt>) {
+    if (threadIdx.x < 16) table[threadIdx.x] = blocks::kIq4NlLevels[threadIdx.x];
+    __syncthreads();
+  }
+  const std::size_t row = static_cast<std::size_t>(blockIdx.x) * kWarpsPerCta + threadIdx.x / 32;
+  if (row >= n_rows) return;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const std::size_t n_blocks = n_cols / Fmt::kBlockElems;
+  const std::uint8_t* row_ptr = w + row * n_blocks * Fmt::kBlockBytes;
+  const int n_units = static_cast<int>(n_blocks) * Fmt::kUnitsPerBlock;
+
+  float acc[kTokens];
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t) acc[t] = 0.0f;
+
+#pragma unroll 2
+  for (int u = lane; u < n_units; u += 32) {
+    const int b = u / Fmt::kUnitsPerBlock;
+    const int unit = u % Fmt::kUnitsPerBlock;
+    float wv[4 * Fmt::kRuns];
+    int start[Fmt::kRuns];
+    Fmt::decode(row_ptr + static_cast<std::size_t>(b) * Fmt::kBlockBytes, unit, wv, start, table);
+    const std::size_t base = static_cast<std::size_t>(b) * Fmt::kBlockElems;
+#pragma unroll
+    for (int t = 0; t < kTokens; ++t) {
+      const X* xt = x + static_cast<std::size_t>(t) * n_cols + base;
+#pragma unroll
+      for (int r = 0; r < Fmt::kRuns; ++r) {
+        const float4 xv = load_x4(xt, static_cast<std::size_t>(start[r]));
+        acc[t] = fmaf(wv[4 * r], xv.x, acc[t]);
+        acc[t] = fmaf(wv[4 * r + 1], xv.y, acc[t]);
+        acc[t] = fmaf(wv[4 * r + 2], xv.z, acc[t]);
+        acc[t] = fmaf(wv[4 * r + 3], xv.w, acc[t]);
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t) {
+    const float sum = warp_sum(acc[t]);
+    if (lane == 0) y[static_cast<std::size_t>(t) * n_rows + row] = sum;
+  }
+}
+
+template <typename Fmt, int kTokens, typename X>
+void launch(const void* w, std::size_t n_rows, std::size_t n_cols, const X* x, float* y,
+            StreamHandle stream) {
+  const auto grid = static_cast<unsigned>((n_rows + kWarpsPerCta - 1) / kWarpsPerCta);
+  gemv_kernel<Fmt, kTokens, X><<<grid, kWarpsPerCta * 32, 0, stream>>>(
+      static_cast<const std::uint8_t*>(w), n_rows, n_cols, x, y);
+  QFORGE_CUDA_CHECK_LAUNCH("gemv_kernel");
+}
+
+template <typename Fmt, typename X>
+void check_shape(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols, const X* x,
+                 const float* y) {
+  if (n_cols == 0 || n_cols % Fmt::kBlockElems != 0) {
+    cuda_fail("CUDA gemv: ", type_name(type), " rows need a column count that is a positive ",
+              "multiple of ", Fmt::kBlockElems, ", got ", n_cols);
+  }
+  if (n_cols / Fmt::kBlockElems * Fmt::kUnitsPerBlock > 0x7fffffffu) {
+    cuda_fail("CUDA gemv: ", n_cols, " columns are too many for one row");
+  }
+  if (reinterpret_cast<std::uintptr_t>(w) % Fmt::kAlign != 0) {
+    cuda_fail("CUDA gemv: ", type_name(type), " weights at ", w, " must be ", Fmt::kAlign,
+              "-byte aligned");
+  }
+  if (reinterpret_cast<std::uintptr_t>(x) % 16 != 0 || x == nullptr || y == nullptr ||
+      n_rows == 0) {
+    cuda_fail("CUDA gemv: x must be a 16-byte aligned device array, y non-null, rows > 0 (rows ",
+              n_rows, ")");
+  }
+}
+
+// Splits n_tokens into launches of 8, 4, 2 and 1 tokens (the instantiated batch sizes).
+template <typename Fmt>
+void run_tokens(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols,
+                const float* x, float* y, int n_tokens, StreamHandle stream) {
+  check_shape<Fmt>(type, w, n_rows, n_cols, x, y);
+  int t = 0;
+  while (t < n_tokens) {
+    const int left = n_tokens - t;
+    const float* xt = x + static_cast<std::size_t>(t) * n_cols;
+    float* yt = y + static_cast<std::size_t>(t) * n_rows;
+    if (left >= 8) {
+      launch<Fmt, 8>(w, n_rows, n_cols, xt, yt, stream), t += 8;
+    } else if (left >= 4) {
+      launch<Fmt, 4>(w, n_rows, n_cols, xt, yt, stream), t += 4;
+    } else if (left >= 2) {
+      launch<Fmt, 2>(w, n_rows, n_cols, xt, yt, stream), t += 2;
+    } else {
+      launch<Fmt, 1>(w, n_rows, n_cols, xt, yt, stream), t += 1;
+    }
+  }
+}
+
+template <typename Fn>
+void dispatch(GgmlType type, Fn&& fn) {
+  switch (type) {
+    case GgmlType::F32: return fn(blocks::F32{});
+    case GgmlType::F16: return fn(blocks::F16{});
+    case GgmlType::BF16: return fn(blocks::BF16{});
+    case GgmlType::Q4_0: return fn(blocks::Q4_0{});
+    case GgmlType::Q4_1: return fn(blocks::Q4_1{});
+    case GgmlType::Q5_0: return fn(blocks::Q5_0{});
+    case GgmlType::Q8_0: return fn(blocks::Q8_0{});
+    case GgmlType::IQ4_NL: return fn(blocks::IQ4_NL{});
+    case GgmlType::Q4_K: return fn(blocks::Q4_K{});
+    case GgmlType::Q5_K: return fn(blocks::Q5_K{});
+    case GgmlType::Q6_K: return fn(blocks::Q6_K{});
+    default: cuda_fail("CUDA gemv: no kernel for weight type ", type_name(type));
+  }
+}
+
+}  // namespace
+
+bool gemv_supported(GgmlType type) {
+  switch (type) {
+    case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q4_0:
+    case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q8_0: case GgmlType::IQ4_NL:
+    case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void gemv(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols, const float* x,
+          float* y, int n_tokens, StreamHandle stream) {
+  if (n_tokens < 1 || n_tokens > 64) {
+    cuda_fail("CUDA gemv: n_tokens must be in [1, 64], got ", n_tokens);
+  }
+  dispatch(type, [&]<typename Fmt>(Fmt) {
+    run_tokens<Fmt>(type, w, n_rows, n_cols, x, y, n_tokens, stream);
+  });
+}
+
+void gemv_bf16_x(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols,
+                 const std::uint16_t* x, float* y, StreamHandle stream) {
+  dispatch(type, [&]<typename Fmt>(Fmt) {
+    check_shape<Fmt>(type, w, n_rows, n_cols, x, y);
+    launch<Fmt, 1>(w, n_rows, n_cols, x, y, stream);
+  });
+}
+
+}  // namespace qforge::cuda

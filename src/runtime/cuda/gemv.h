@@ -1,0 +1,32 @@
+// Decode-time matrix-vector products with weights in their GGUF block format (uploaded byte for
+// byte), dequantized on the fly inside the product: no activation quantization, F32 accumulation.
+//
+//   y[t * n_rows + r] = sum_k W[r, k] * x[t * n_cols + k]     for t < n_tokens, r < n_rows
+//
+// W is n_rows rows of row_bytes(type, n_cols) bytes each, contiguous. One warp computes one row
+// for all n_tokens tokens, so each weight byte is read from memory once per call (the small-batch
+// case shares the weight read between up to 8 tokens). x and y are device pointers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "quant/ggml_type.h"
+#include "runtime/cuda/stream.h"
+
+namespace qforge::cuda {
+
+// Types with a GEMV kernel: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K.
+bool gemv_supported(GgmlType type);
+
+// Fails (qforge::Error) for an unsupported type, n_cols not a multiple of the type's block size
+// (8 for the float types), a weight pointer not aligned as the format needs (16 bytes for K-quants
+// and floats: device allocations are), or n_tokens outside [1, 64].
+void gemv(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols, const float* x,
+          float* y, int n_tokens = 1, StreamHandle stream = nullptr);
+
+// The same with BF16 activations (raw bf16 bits), one token.
+void gemv_bf16_x(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols,
+                 const std::uint16_t* x, float* y, StreamHandle stream = nullptr);
+
+}  // namespace qforge::cuda

@@ -1,0 +1,359 @@
+// CUDA kernels vs the CPU reference (src/quant/blocks.h, src/runtime/cpu/*). Skips without a GPU.
+//
+// GEMV tolerance: the CPU and GPU add the K products of a row in different orders in F32, so
+// neither equals the exact sum. Both are compared with a float64 sum of the dequantized weights
+// (dequantize_rows, exact in F32 for the legacy formats, within an ulp for K-quants) times x. The
+// error is measured against sum_k |w_k x_k| (the scale of the rounding error; a plain relative
+// error is meaningless when the dot cancels to near zero) and must stay below 1e-5: each lane adds
+// K/32 (<= 168 here) products and the warp 5 partial sums, a worst-case bound of about
+// 173 * 2^-24 ~ 1e-5, typically 10-100x less.
+#include <gtest/gtest.h>
+
+#include "runtime/cuda_device.h"
+
+#ifdef QFORGE_HAVE_CUDA
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/error.h"
+#include "core/half.h"
+#include "model/config.h"
+#include "quant/blocks.h"
+#include "runtime/cpu/attention.h"
+#include "runtime/cpu/kernels.h"
+#include "runtime/cpu/kv_cache.h"
+#include "runtime/cuda/attention.h"
+#include "runtime/cuda/buffer.h"
+#include "runtime/cuda/gemv.h"
+#include "runtime/cuda/ops.h"
+
+namespace qforge {
+namespace {
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda::available()) GTEST_SKIP() << "no CUDA device"
+
+std::vector<float> random_floats(std::size_t n, std::uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& f : v) f = dist(rng);
+  return v;
+}
+
+struct Quantized {
+  std::vector<std::byte> bytes;
+  std::vector<float> dequantized;  // the exact weights the bytes encode, per the CPU decoder
+};
+
+Quantized make_weights(GgmlType type, std::size_t rows, std::size_t cols, std::uint32_t seed) {
+  const std::vector<float> w = random_floats(rows * cols, seed, 0.05f);
+  Quantized q;
+  q.bytes.resize(rows * row_bytes(type, cols));
+  quantize_rows(type, w, cols, q.bytes);
+  q.dequantized.resize(rows * cols);
+  dequantize_rows(type, q.bytes, cols, q.dequantized);
+  return q;
+}
+
+// Largest |got - exact| / sum|w x| over rows and tokens, with `exact` in float64.
+struct GemvError {
+  double vs_exact = 0.0;
+  double cpu_vs_exact = 0.0;
+};
+
+GemvError gemv_error(GgmlType type, const Quantized& q, std::size_t rows, std::size_t cols,
+                     const std::vector<float>& x, const std::vector<float>& got, int n_tokens) {
+  GemvError e;
+  const std::size_t stride = row_bytes(type, cols);
+  for (int t = 0; t < n_tokens; ++t) {
+    const std::span<const float> xt(x.data() + t * cols, cols);
+    for (std::size_t r = 0; r < rows; ++r) {
+      double exact = 0.0, magnitude = 0.0;
+      for (std::size_t k = 0; k < cols; ++k) {
+        const double p = static_cast<double>(q.dequantized[r * cols + k]) * xt[k];
+        exact += p;
+        magnitude += std::fabs(p);
+      }
+      const float cpu = dot_row(type, std::span(q.bytes).subspan(r * stride, stride), xt);
+      const double g = got[t * rows + r];
+      if (!std::isfinite(g)) return {INFINITY, INFINITY};
+      const double denom = magnitude > 0 ? magnitude : 1.0;
+      e.vs_exact = std::max(e.vs_exact, std::fabs(g - exact) / denom);
+      e.cpu_vs_exact = std::max(e.cpu_vs_exact, std::fabs(cpu - exact) / denom);
+    }
+  }
+  return e;
+}
+
+constexpr double kGemvTolerance = 1e-5;
+
+const GgmlType kGemvTypes[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, GgmlType::Q4_0,
+                               GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::IQ4_NL,
+                               GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+
+TEST(CudaGemv, MatchesCpuReferenceForEveryTypeAndShape) {
+  SKIP_WITHOUT_GPU();
+  std::uint32_t seed = 1;
+  for (const GgmlType type : kGemvTypes) {
+    ASSERT_TRUE(cuda::gemv_supported(type));
+    const bool k_quant = block_size(type) == 256;
+    // K = 640 (Gemma 3 270M's width) is not a multiple of 256: K-quants use 768 there.
+    for (const std::size_t cols : {k_quant ? std::size_t{768} : std::size_t{640}, std::size_t{2048},
+                                   std::size_t{5376}}) {
+      for (const std::size_t rows : {std::size_t{37}, std::size_t{130}}) {
+        SCOPED_TRACE(testing::Message() << type_name(type) << " " << rows << "x" << cols);
+        const Quantized q = make_weights(type, rows, cols, ++seed);
+        const std::vector<float> x = random_floats(cols, ++seed);
+        cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+        cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+        cuda::DeviceBuffer<float> dy(rows);
+        dy.fill_bytes(0xff);  // NaN: an unwritten output fails the check
+        cuda::gemv(type, dw.data(), rows, cols, dx.data(), dy.data());
+        const GemvError e = gemv_error(type, q, rows, cols, x, dy.to_host(), 1);
+        EXPECT_LT(e.vs_exact, kGemvTolerance) << "cpu error " << e.cpu_vs_exact;
+        EXPECT_LT(e.cpu_vs_exact, kGemvTolerance);
+      }
+    }
+  }
+}
+
+TEST(CudaGemv, SmallBatchesShareTheWeightRead) {
+  SKIP_WITHOUT_GPU();
+  const std::size_t rows = 67, cols = 2048;
+  for (const GgmlType type : {GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::BF16}) {
+    const Quantized q = make_weights(type, rows, cols, 77);
+    cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+    for (const int n_tokens : {2, 3, 5, 8, 11}) {
+      SCOPED_TRACE(testing::Message() << type_name(type) << " tokens " << n_tokens);
+      const std::vector<float> x = random_floats(cols * n_tokens, 100 + n_tokens);
+      cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+      cuda::DeviceBuffer<float> dy(rows * n_tokens);
+      dy.fill_bytes(0xff);
+      cuda::gemv(type, dw.data(), rows, cols, dx.data(), dy.data(), n_tokens);
+      const GemvError e = gemv_error(type, q, rows, cols, x, dy.to_host(), n_tokens);
+      EXPECT_LT(e.vs_exact, kGemvTolerance);
+    }
+  }
+}
+
+TEST(CudaGemv, Bf16Activations) {
+  SKIP_WITHOUT_GPU();
+  const std::size_t rows = 33, cols = 5376;
+  for (const GgmlType type : {GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4_K}) {
+    const Quantized q = make_weights(type, rows, cols, 5);
+    std::vector<float> x = random_floats(cols, 6);
+    std::vector<std::uint16_t> xb(cols);
+    for (std::size_t i = 0; i < cols; ++i) {
+      xb[i] = f32_to_bf16(x[i]);
+      x[i] = bf16_to_f32(xb[i]);  // the reference sees the rounded activations
+    }
+    cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+    cuda::DeviceBuffer<std::uint16_t> dx{std::span<const std::uint16_t>(xb)};
+    cuda::DeviceBuffer<float> dy(rows);
+    dy.fill_bytes(0xff);
+    cuda::gemv_bf16_x(type, dw.data(), rows, cols, dx.data(), dy.data());
+    EXPECT_LT(gemv_error(type, q, rows, cols, x, dy.to_host(), 1).vs_exact, kGemvTolerance)
+        << type_name(type);
+  }
+}
+
+TEST(CudaGemv, RejectsBadShapesAndTypes) {
+  SKIP_WITHOUT_GPU();
+  cuda::DeviceBuffer<std::byte> w(4096);
+  cuda::DeviceBuffer<float> x(1024), y(16);
+  EXPECT_THROW(cuda::gemv(GgmlType::Q4_K, w.data(), 4, 640, x.data(), y.data()), Error);
+  EXPECT_THROW(cuda::gemv(GgmlType::Q4_0, w.data(), 4, 48, x.data(), y.data()), Error);
+  EXPECT_THROW(cuda::gemv(GgmlType::Q2_K, w.data(), 4, 256, x.data(), y.data()), Error);
+  EXPECT_THROW(cuda::gemv(GgmlType::Q4_K, w.data() + 2, 4, 256, x.data(), y.data()), Error);
+  EXPECT_THROW(cuda::gemv(GgmlType::Q4_0, w.data(), 4, 64, x.data(), y.data(), 0), Error);
+  EXPECT_FALSE(cuda::gemv_supported(GgmlType::Q2_K));
+}
+
+TEST(CudaDequantize, MatchesCpuDecoder) {
+  SKIP_WITHOUT_GPU();
+  for (const GgmlType type : kGemvTypes) {
+    const std::size_t rows = 9, cols = 1024;
+    const Quantized q = make_weights(type, rows, cols, 11);
+    cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+    cuda::DeviceBuffer<float> out(4 * cols);
+    out.fill_bytes(0xff);
+    cuda::dequantize_rows(type, dw.data(), 3, 4, cols, out.data());
+    const std::vector<float> got = out.to_host();
+    float max_abs = 0.0f, max_err = 0.0f;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      const float want = q.dequantized[3 * cols + i];
+      max_abs = std::max(max_abs, std::fabs(want));
+      max_err = std::max(max_err, std::isfinite(got[i]) ? std::fabs(got[i] - want) : INFINITY);
+    }
+    // K-quants: the GPU fuses scale * q - offset into one FMA, the CPU rounds twice.
+    EXPECT_LE(max_err, 1e-6f * max_abs) << type_name(type);
+  }
+}
+
+// ---- element-wise / row-wise ops ------------------------------------------------------------
+
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  float m = 0.0f;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    m = std::max(m, std::isfinite(a[i]) ? std::fabs(a[i] - b[i]) : INFINITY);
+  }
+  return m;
+}
+
+TEST(CudaOps, RmsNormMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::size_t rows = 3, n = 2304;
+  std::vector<float> x = random_floats(rows * n, 21, 3.0f);
+  const std::vector<float> w = random_floats(n, 22);
+  cuda::DeviceBuffer<float> dx{std::span<const float>(x)}, dw{std::span<const float>(w)};
+  cuda::rms_norm(dx.data(), dw.data(), dx.data(), rows, n, 1e-6f);  // in place
+  cpu::rms_norm_rows(x, w, 1e-6f);
+  EXPECT_LT(max_abs_diff(dx.to_host(), x), 1e-5f);
+}
+
+TEST(CudaOps, RopeMatchesCpuBothStyles) {
+  SKIP_WITHOUT_GPU();
+  const std::size_t n_tokens = 5;
+  const int n_heads = 3, head_dim = 128, pos0 = 1000;
+  for (const RopeStyle style : {RopeStyle::kAdjacentPairs, RopeStyle::kHalves}) {
+    for (const int n_rot : {128, 64}) {
+      for (const bool factors : {false, true}) {
+        RopeParams params;
+        params.freq_base = 500000.0;
+        params.freq_scale = 0.25;
+        std::vector<float> ff;
+        if (factors) {  // llama-3 style divisors: most 1, some larger
+          ff.assign(static_cast<std::size_t>(n_rot / 2), 1.0f);
+          ff[1] = 4.0f;
+          ff[7] = 8.0f;
+        }
+        std::vector<float> x = random_floats(n_tokens * n_heads * head_dim, 31);
+        cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+        cuda::DeviceBuffer<float> dff(ff.size());
+        if (factors) dff.upload(ff);
+        cuda::rope(dx.data(), n_tokens, n_heads, head_dim, n_rot, style, pos0, params,
+                   factors ? dff.data() : nullptr);
+        std::vector<float> cos(n_tokens * n_rot / 2), sin(cos.size());
+        cpu::rope_tables(pos0, n_tokens, n_rot, params, ff, cos, sin);
+        for (std::size_t t = 0; t < n_tokens; ++t) {
+          for (int h = 0; h < n_heads; ++h) {
+            cpu::apply_rope(std::span(x).subspan((t * n_heads + h) * head_dim, head_dim), n_rot,
+                            style, std::span(cos).subspan(t * n_rot / 2, n_rot / 2),
+                            std::span(sin).subspan(t * n_rot / 2, n_rot / 2));
+          }
+        }
+        EXPECT_LT(max_abs_diff(dx.to_host(), x), 1e-5f)
+            << "style " << static_cast<int>(style) << " n_rot " << n_rot << " factors " << factors;
+      }
+    }
+  }
+}
+
+TEST(CudaOps, GatedActivationsSoftmaxSoftcapMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::size_t n = 10007;
+  for (const FfnActivation act : {FfnActivation::kSiluGlu, FfnActivation::kGeluTanhGlu}) {
+    std::vector<float> gate = random_floats(n, 41, 3.0f);
+    const std::vector<float> up = random_floats(n, 42);
+    cuda::DeviceBuffer<float> dg{std::span<const float>(gate)}, du{std::span<const float>(up)};
+    cuda::glu(act, dg.data(), du.data(), n);
+    cpu::glu(act, gate, up);
+    EXPECT_LT(max_abs_diff(dg.to_host(), gate), 1e-5f) << static_cast<int>(act);
+  }
+  // Softmax after soft-capping, on vocabulary-sized rows, against a float64 reference. (Not
+  // against cpu::softmax: its sequential F32 sum of 262144 positive terms drops the small ones,
+  // about 1e-4 relative on the device run, larger than the GPU's tree-sum error.)
+  const std::size_t rows = 4, cols = 262144;
+  const float cap = 30.0f;
+  const std::vector<float> logits = random_floats(rows * cols, 43, 8.0f);
+  cuda::DeviceBuffer<float> dl{std::span<const float>(logits)};
+  cuda::softcap(dl.data(), logits.size(), cap);
+  cuda::softmax_rows(dl.data(), rows, cols);
+  const std::vector<float> got = dl.to_host();
+  double max_rel = 0.0;
+  for (std::size_t r = 0; r < rows; ++r) {
+    std::vector<double> p(cols);
+    double max = -INFINITY, sum = 0.0;
+    for (std::size_t i = 0; i < cols; ++i) {
+      p[i] = cap * std::tanh(static_cast<double>(logits[r * cols + i]) / cap);
+      max = std::max(max, p[i]);
+    }
+    for (double& v : p) sum += (v = std::exp(v - max));
+    for (std::size_t i = 0; i < cols; ++i) {
+      const double want = p[i] / sum, g = got[r * cols + i];
+      max_rel = std::max(max_rel, std::isfinite(g) ? std::fabs(g - want) / want : INFINITY);
+    }
+  }
+  // tanhf (2 ulp) on capped logits up to 30 moves exp's argument by ~4e-6; expf adds 2 ulp; the
+  // per-thread sums of 512 terms and the tree add less than 1e-5.
+  EXPECT_LT(max_rel, 1e-4);
+}
+
+// ---- attention ------------------------------------------------------------------------------
+
+struct AttnCase {
+  int n_head, n_head_kv, dk, dv, pos, window;
+  float softcap;
+};
+
+TEST(CudaAttention, SplitKDecodeMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const AttnCase cases[] = {
+      {8, 2, 256, 256, 300, 0, 0.0f},    // Gemma-like GQA, 3 splits
+      {8, 2, 256, 256, 700, 128, 50.0f}, // sliding window + soft-cap
+      {4, 4, 128, 128, 0, 0, 0.0f},      // first token
+      {32, 8, 128, 128, 1500, 0, 0.0f},  // Llama-like, many splits
+      {4, 1, 512, 512, 129, 0, 0.0f},    // Gemma 4 global-layer size
+      {6, 3, 128, 64, 77, 32, 0.0f},     // different key / value sizes
+  };
+  for (const AttnCase& c : cases) {
+    SCOPED_TRACE(testing::Message() << "heads " << c.n_head << "/" << c.n_head_kv << " dims "
+                                    << c.dk << "/" << c.dv << " pos " << c.pos << " window "
+                                    << c.window);
+    ModelConfig config;
+    config.n_layer = 1;
+    config.n_head = c.n_head;
+    config.n_head_kv = c.n_head_kv;
+    config.head_dim_k = c.dk;
+    config.head_dim_v = c.dv;
+    const int n_pos = c.pos + 1;
+    cpu::CpuKvCache cache(config, n_pos, KvType::BF16);
+    const std::vector<float> k = random_floats(static_cast<std::size_t>(n_pos) * c.n_head_kv * c.dk, 51);
+    const std::vector<float> v = random_floats(static_cast<std::size_t>(n_pos) * c.n_head_kv * c.dv, 52);
+    for (int p = 0; p < n_pos; ++p) {
+      cache.store(0, p, std::span(k).subspan(static_cast<std::size_t>(p) * c.n_head_kv * c.dk, c.n_head_kv * c.dk),
+                  std::span(v).subspan(static_cast<std::size_t>(p) * c.n_head_kv * c.dv, c.n_head_kv * c.dv));
+    }
+    cache.set_filled(n_pos);
+    const std::vector<float> q = random_floats(static_cast<std::size_t>(c.n_head) * c.dk, 53, 0.3f);
+    cpu::AttentionParams cp{c.n_head, c.n_head_kv, c.dk, c.dv, 1.0f / std::sqrt(float(c.dk)), c.softcap, c.window};
+    std::vector<float> want(static_cast<std::size_t>(c.n_head) * c.dv);
+    cpu::attention(cache, 0, c.pos, 1, q, cp, want);
+
+    cuda::AttentionParams gp{c.n_head, c.n_head_kv, c.dk, c.dv, cp.scale, c.softcap, c.window};
+    cuda::DeviceBuffer<float> dk{std::span<const float>(k)}, dv{std::span<const float>(v)};
+    cuda::DeviceBuffer<float> dq{std::span<const float>(q)}, dout(want.size());
+    cuda::DeviceBuffer<std::uint16_t> kc(k.size()), vc(v.size());
+    cuda::DeviceBuffer<float> scratch;
+    cuda::store_kv_bf16(dk.data(), dv.data(), static_cast<std::size_t>(n_pos), 0, gp, kc.data(), vc.data());
+    dout.fill_bytes(0xff);
+    cuda::attention_decode(dq.data(), kc.data(), vc.data(), c.pos, gp, dout.data(), scratch);
+    // Outputs are convex combinations of V entries of size ~1, so an absolute tolerance: F32
+    // rounding plus expf (CUDA, <= 2 ulp) vs std::exp differences, ~1e-6 observed scale.
+    EXPECT_LT(max_abs_diff(dout.to_host(), want), 1e-5f);
+  }
+}
+
+}  // namespace
+}  // namespace qforge
+
+#else  // !QFORGE_HAVE_CUDA
+
+TEST(CudaKernels, SkippedWithoutCudaBuild) { GTEST_SKIP() << "built without the CUDA backend"; }
+
+#endif
