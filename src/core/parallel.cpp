@@ -1,10 +1,16 @@
+// Persistent thread pool behind parallel_for. Per-token inference issues a few hundred small
+// parallel loops per token, so threads are started once and woken per loop: a worker spins briefly
+// after each loop (the next one usually follows within microseconds), then sleeps on a condition
+// variable. Nested parallel_for calls from inside a body run serially on the calling worker.
 #include "core/parallel.h"
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -12,15 +18,118 @@
 namespace qforge {
 namespace {
 
+using Body = std::function<void(std::size_t, std::size_t)>;
+
 int default_threads() {
   if (const char* env = std::getenv("QFORGE_THREADS")) {
     const int n = std::atoi(env);
     if (n > 0) return n;
   }
-  return std::max(1u, std::thread::hardware_concurrency());
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
 }
 
+thread_local bool t_inside_pool = false;
+
+class ThreadPool {
+ public:
+  // n_threads counts the calling thread: n_threads - 1 workers are started.
+  explicit ThreadPool(int n_threads) {
+    workers_.reserve(static_cast<std::size_t>(std::max(0, n_threads - 1)));
+    for (int i = 1; i < n_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  }
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+  ~ThreadPool() {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+      generation_.fetch_add(1);
+    }
+    wake_.notify_all();
+    workers_.clear();  // joins
+  }
+
+  std::size_t size() const { return workers_.size() + 1; }
+
+  void run(std::size_t n, std::size_t chunk, const Body& body) {
+    {
+      std::lock_guard lock(mutex_);
+      body_ = &body;
+      n_ = n;
+      chunk_ = chunk;
+      next_.store(0);
+      error_ = nullptr;
+      busy_ = static_cast<int>(workers_.size());
+      generation_.fetch_add(1);
+    }
+    wake_.notify_all();
+    t_inside_pool = true;
+    work();
+    t_inside_pool = false;
+    std::unique_lock lock(mutex_);
+    done_.wait(lock, [this] { return busy_ == 0; });
+    body_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void work() {
+    for (;;) {
+      const std::size_t begin = next_.fetch_add(chunk_);
+      if (begin >= n_) return;
+      try {
+        (*body_)(begin, std::min(n_, begin + chunk_));
+      } catch (...) {
+        std::lock_guard lock(error_mutex_);
+        if (!error_) error_ = std::current_exception();
+        next_.store(n_);
+      }
+    }
+  }
+
+  void worker_loop() {
+    t_inside_pool = true;
+    // Generation 0 is "no job yet": a worker that starts late must still take the first job.
+    std::uint64_t seen = 0;
+    for (;;) {
+      // Spin for a short while: the next loop of a forward pass typically starts right away.
+      const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+      while (generation_.load(std::memory_order_acquire) == seen &&
+             std::chrono::steady_clock::now() < spin_until) {
+        std::this_thread::yield();
+      }
+      {
+        std::unique_lock lock(mutex_);
+        wake_.wait(lock, [&] { return generation_.load() != seen; });
+        seen = generation_.load();
+        if (stop_) return;
+      }
+      work();
+      {
+        std::lock_guard lock(mutex_);
+        if (--busy_ == 0) done_.notify_one();
+      }
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  std::atomic<std::uint64_t> generation_{0};
+  bool stop_ = false;
+  int busy_ = 0;
+  const Body* body_ = nullptr;
+  std::size_t n_ = 0;
+  std::size_t chunk_ = 1;
+  std::atomic<std::size_t> next_{0};
+  std::mutex error_mutex_;
+  std::exception_ptr error_;
+  std::vector<std::jthread> workers_;
+};
+
 std::atomic<int> g_threads{0};
+std::mutex g_pool_mutex;  // one parallel_for at a time from outside the pool; guards g_pool
+std::unique_ptr<ThreadPool> g_pool;
 
 }  // namespace
 
@@ -38,37 +147,23 @@ void set_thread_count(int n) { g_threads.store(n > 0 ? n : default_threads()); }
 void parallel_for(std::size_t n, const std::function<void(std::size_t, std::size_t)>& body,
                   std::size_t min_chunk) {
   if (n == 0) return;
+  min_chunk = std::max<std::size_t>(min_chunk, 1);
+  const int threads = thread_count();
   const std::size_t workers =
-      std::min<std::size_t>(static_cast<std::size_t>(thread_count()), (n + min_chunk - 1) / std::max<std::size_t>(min_chunk, 1));
-  if (workers <= 1) {
+      std::min<std::size_t>(static_cast<std::size_t>(threads), (n + min_chunk - 1) / min_chunk);
+  if (workers <= 1 || t_inside_pool) {
     body(0, n);
     return;
   }
   // Chunks are handed out dynamically so uneven work (e.g. rows of different cost) balances.
   const std::size_t chunks = std::min(n, workers * 4);
-  const std::size_t chunk = (n + chunks - 1) / chunks;
-  std::atomic<std::size_t> next{0};
-  std::exception_ptr error;
-  std::mutex error_mutex;
-  auto run = [&] {
-    for (;;) {
-      const std::size_t begin = next.fetch_add(chunk);
-      if (begin >= n) return;
-      try {
-        body(begin, std::min(n, begin + chunk));
-      } catch (...) {
-        std::lock_guard lock(error_mutex);
-        if (!error) error = std::current_exception();
-        next.store(n);
-      }
-    }
-  };
-  std::vector<std::jthread> threads;
-  threads.reserve(workers - 1);
-  for (std::size_t i = 1; i < workers; ++i) threads.emplace_back(run);
-  run();
-  threads.clear();  // joins
-  if (error) std::rethrow_exception(error);
+  const std::size_t chunk = std::max(min_chunk, (n + chunks - 1) / chunks);
+  std::lock_guard lock(g_pool_mutex);
+  if (!g_pool || g_pool->size() != static_cast<std::size_t>(threads)) {
+    g_pool.reset();
+    g_pool = std::make_unique<ThreadPool>(threads);
+  }
+  g_pool->run(n, chunk, body);
 }
 
 }  // namespace qforge

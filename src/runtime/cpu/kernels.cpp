@@ -1,0 +1,134 @@
+#include "runtime/cpu/kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+#include <vector>
+
+#include "core/error.h"
+#include "core/parallel.h"
+#include "quant/blocks.h"
+
+namespace qforge::cpu {
+
+void matmul(const WeightMatrix& w, std::span<const float> x, std::size_t n_tokens,
+            std::span<float> y) {
+  if (x.size() != n_tokens * w.cols || y.size() != n_tokens * w.rows) {
+    fail("matmul '{}': input {} / output {} floats do not match {} tokens x [{} x {}]", w.name,
+         x.size(), y.size(), n_tokens, w.rows, w.cols);
+  }
+  constexpr std::size_t kTile = 16;
+  const std::size_t min_rows = std::max<std::size_t>(kTile, 32768 / std::max<std::size_t>(w.cols, 1));
+  if (n_tokens == 1 || w.type == GgmlType::F32) {
+    // One fused dot product per output element: nothing is decoded twice for a single token.
+    parallel_for(
+        w.rows,
+        [&](std::size_t begin, std::size_t end) {
+          for (std::size_t r0 = begin; r0 < end; r0 += kTile) {
+            const std::size_t r1 = std::min(end, r0 + kTile);
+            for (std::size_t t = 0; t < n_tokens; ++t) {
+              const std::span<const float> xt = x.subspan(t * w.cols, w.cols);
+              float* yt = y.data() + t * w.rows;
+              for (std::size_t r = r0; r < r1; ++r) yt[r] = dot_row(w.type, w.row(r), xt);
+            }
+          }
+        },
+        min_rows);
+    return;
+  }
+  // Several tokens: decode a tile of weight rows to F32 once and reuse it for every token.
+  parallel_for(
+      w.rows,
+      [&](std::size_t begin, std::size_t end) {
+        std::vector<float> tile(kTile * w.cols);
+        for (std::size_t r0 = begin; r0 < end; r0 += kTile) {
+          const std::size_t r1 = std::min(end, r0 + kTile);
+          for (std::size_t r = r0; r < r1; ++r) {
+            dequantize_row(w.type, w.row(r), std::span(tile).subspan((r - r0) * w.cols, w.cols));
+          }
+          for (std::size_t t = 0; t < n_tokens; ++t) {
+            const std::span<const float> xt = x.subspan(t * w.cols, w.cols);
+            float* yt = y.data() + t * w.rows;
+            for (std::size_t r = r0; r < r1; ++r) {
+              const auto row = std::as_bytes(std::span(tile).subspan((r - r0) * w.cols, w.cols));
+              yt[r] = dot_row(GgmlType::F32, row, xt);
+            }
+          }
+        }
+      },
+      min_rows);
+}
+
+void rms_norm_rows(std::span<float> x, std::span<const float> weight, float eps) {
+  const std::size_t n = weight.size();
+  for (std::size_t off = 0; off + n <= x.size(); off += n) {
+    float* row = x.data() + off;
+    float sum_sq = 0.0f;
+    for (std::size_t i = 0; i < n; ++i) sum_sq += row[i] * row[i];
+    const float inv = 1.0f / std::sqrt(sum_sq / static_cast<float>(n) + eps);
+    for (std::size_t i = 0; i < n; ++i) row[i] = row[i] * inv * weight[i];
+  }
+}
+
+void apply_rope(std::span<float> head, int n_rot, RopeStyle style, std::span<const float> cos,
+                std::span<const float> sin) {
+  const auto half = static_cast<std::size_t>(n_rot / 2);
+  for (std::size_t i = 0; i < half; ++i) {
+    // The two elements of pair i: adjacent (2i, 2i+1) or split across halves (i, i + n_rot/2).
+    const std::size_t a = style == RopeStyle::kAdjacentPairs ? 2 * i : i;
+    const std::size_t b = style == RopeStyle::kAdjacentPairs ? 2 * i + 1 : i + half;
+    const float x0 = head[a];
+    const float x1 = head[b];
+    head[a] = x0 * cos[i] - x1 * sin[i];
+    head[b] = x0 * sin[i] + x1 * cos[i];
+  }
+}
+
+void rope_tables(int pos0, std::size_t n_positions, int n_rot, const RopeParams& params,
+                 std::span<const float> freq_factors, std::span<float> cos, std::span<float> sin) {
+  const auto half = static_cast<std::size_t>(n_rot / 2);
+  for (std::size_t t = 0; t < n_positions; ++t) {
+    const double pos = static_cast<double>(pos0 + static_cast<int>(t)) * params.freq_scale;
+    for (std::size_t i = 0; i < half; ++i) {
+      double inv_freq =
+          std::pow(params.freq_base, -2.0 * static_cast<double>(i) / static_cast<double>(n_rot));
+      if (!freq_factors.empty()) inv_freq /= freq_factors[i];
+      const double angle = pos * inv_freq;
+      cos[t * half + i] = static_cast<float>(std::cos(angle));
+      sin[t * half + i] = static_cast<float>(std::sin(angle));
+    }
+  }
+}
+
+float gelu_tanh(float x) {
+  const float k = std::sqrt(2.0f / std::numbers::pi_v<float>);
+  return 0.5f * x * (1.0f + std::tanh(k * (x + 0.044715f * x * x * x)));
+}
+
+float silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+void glu(FfnActivation act, std::span<float> gate, std::span<const float> up) {
+  for (std::size_t i = 0; i < gate.size(); ++i) {
+    const float g = act == FfnActivation::kSiluGlu ? silu(gate[i]) : gelu_tanh(gate[i]);
+    gate[i] = g * up[i];
+  }
+}
+
+void softmax(std::span<float> x) {
+  if (x.empty()) return;
+  const float max = *std::max_element(x.begin(), x.end());
+  float sum = 0.0f;
+  for (float& v : x) {
+    v = std::exp(v - max);
+    sum += v;
+  }
+  const float inv = 1.0f / sum;
+  for (float& v : x) v *= inv;
+}
+
+void softcap(std::span<float> x, float cap) {
+  if (cap <= 0.0f) return;
+  for (float& v : x) v = cap * std::tanh(v / cap);
+}
+
+}  // namespace qforge::cpu
