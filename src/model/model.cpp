@@ -15,9 +15,12 @@ KvType parse_kv_type(std::string_view name) {
 
 std::string_view kv_type_name(KvType type) {
   switch (type) {
-    case KvType::F32: return "f32";
-    case KvType::BF16: return "bf16";
-    case KvType::Q8_0: return "q8_0";
+    case KvType::F32:
+      return "f32";
+    case KvType::BF16:
+      return "bf16";
+    case KvType::Q8_0:
+      return "q8_0";
   }
   return "?";
 }
@@ -37,10 +40,7 @@ std::unique_ptr<Model> load_model(const std::filesystem::path& path, const LoadO
   ModelConfig config = read_model_config(*gguf);
   if (options.adjust_config) {
     options.adjust_config(config);
-    if (config.layer_sliding.size() != static_cast<std::size_t>(config.n_layer)) {
-      fail("load_model: adjusted config has {} layer_sliding entries for {} layers",
-           config.layer_sliding.size(), config.n_layer);
-    }
+    validate_model_config(config, fmt::format("{} (adjusted config)", path.string()));
   }
   return std::make_unique<cpu::CpuModel>(std::move(gguf), std::move(config));
 }

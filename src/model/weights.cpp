@@ -55,6 +55,32 @@ WeightMatrix matrix(const GgufReader& gguf, const std::string& name, std::size_t
   return bind_matrix(gguf, require_tensor(gguf, name), cols, rows);
 }
 
+WeightMatrix optional_matrix(const GgufReader& gguf, const std::string& name, std::size_t cols,
+                             std::size_t rows) {
+  const GgufTensorInfo* t = gguf.find_tensor(name);
+  return t == nullptr ? WeightMatrix{} : bind_matrix(gguf, *t, cols, rows);
+}
+
+// A 3-D tensor [cols, rows, n] (ggml order) as n matrices of rows x cols (MoE experts).
+std::vector<WeightMatrix> matrix_stack(const GgufReader& gguf, const std::string& name,
+                                       std::size_t cols, std::size_t rows, std::size_t n) {
+  const GgufTensorInfo& t = require_tensor(gguf, name);
+  if (t.shape.size() != 3 || t.shape[0] != cols || t.shape[1] != rows || t.shape[2] != n) {
+    fail("{}: tensor '{}' has shape {}, expected [{}, {}, {}]", gguf.path(), t.name,
+         shape_string(t.shape), cols, rows, n);
+  }
+  GgufTensorInfo one = t;  // as one 2-D matrix of n * rows rows, to reuse bind_matrix's checks
+  one.shape = {cols, rows * n};
+  WeightMatrix all = bind_matrix(gguf, one, cols, rows * n);
+  std::vector<WeightMatrix> out(n, all);
+  for (std::size_t e = 0; e < n; ++e) {
+    out[e].name = fmt::format("{}[{}]", t.name, e);
+    out[e].rows = rows;
+    out[e].data = all.data.subspan(e * rows * all.row_stride, rows * all.row_stride);
+  }
+  return out;
+}
+
 std::vector<float> vector_from(const GgufReader& gguf, const GgufTensorInfo& t, std::size_t n) {
   if (t.shape.size() != 1 || t.shape[0] != n) {
     fail("{}: tensor '{}' has shape {}, expected [{}]", gguf.path(), t.name, shape_string(t.shape),
@@ -73,15 +99,47 @@ std::vector<float> vector(const GgufReader& gguf, const std::string& name, std::
   return vector_from(gguf, require_tensor(gguf, name), n);
 }
 
+MoeWeights bind_moe(const GgufReader& gguf, const ModelConfig& c, int il) {
+  const auto embd = static_cast<std::size_t>(c.n_embd);
+  const auto n_expert = static_cast<std::size_t>(c.n_expert);
+  const auto ff_exp = static_cast<std::size_t>(c.n_ff_exp);
+  auto name = [il](std::string_view suffix) { return fmt::format("blk.{}.{}", il, suffix); };
+  MoeWeights m;
+  m.router = matrix(gguf, name("ffn_gate_inp.weight"), embd, n_expert);
+  m.router_scale = vector(gguf, name("ffn_gate_inp.scale"), embd);
+  m.expert_scale = vector(gguf, name("ffn_down_exps.scale"), n_expert);
+  m.pre_norm = vector(gguf, name("pre_ffw_norm_2.weight"), embd);
+  m.post_norm_dense = vector(gguf, name("post_ffw_norm_1.weight"), embd);
+  m.post_norm_moe = vector(gguf, name("post_ffw_norm_2.weight"), embd);
+  m.gate_up = matrix_stack(gguf, name("ffn_gate_up_exps.weight"), embd, 2 * ff_exp, n_expert);
+  m.down = matrix_stack(gguf, name("ffn_down_exps.weight"), ff_exp, embd, n_expert);
+  return m;
+}
+
+void bind_per_layer_embeddings(const GgufReader& gguf, const ModelConfig& c, ModelWeights& w) {
+  const auto embd = static_cast<std::size_t>(c.n_embd);
+  const auto n_pl = static_cast<std::size_t>(c.n_embd_per_layer);
+  const GgufTensorInfo& table = require_tensor(gguf, "per_layer_token_embd.weight");
+  // All layers of the file are packed in one row (layer-major); the rows may be fewer than the
+  // main vocabulary (vocab_size_per_layer_input).
+  if (table.shape.size() != 2 || table.shape[0] % n_pl != 0 ||
+      table.shape[0] < n_pl * static_cast<std::size_t>(c.n_layer) || table.shape[1] == 0) {
+    fail("{}: tensor 'per_layer_token_embd.weight' has shape {}, expected [{} x {}, n_vocab]",
+         gguf.path(), shape_string(table.shape), c.n_layer, n_pl);
+  }
+  const auto width = static_cast<std::size_t>(table.shape[0]);
+  w.per_layer_token_embd =
+      bind_matrix(gguf, table, width, static_cast<std::size_t>(table.shape[1]));
+  w.per_layer_model_proj = matrix(gguf, "per_layer_model_proj.weight", embd, width);
+  w.per_layer_proj_norm = vector(gguf, "per_layer_proj_norm.weight", n_pl);
+}
+
 }  // namespace
 
 ModelWeights bind_weights(const GgufReader& gguf, const ModelConfig& c) {
   const auto embd = static_cast<std::size_t>(c.n_embd);
-  const auto ff = static_cast<std::size_t>(c.n_ff);
-  const auto q_dim = static_cast<std::size_t>(c.n_head) * static_cast<std::size_t>(c.head_dim_k);
-  const auto k_dim = static_cast<std::size_t>(c.n_head_kv) * static_cast<std::size_t>(c.head_dim_k);
-  const auto v_dim = static_cast<std::size_t>(c.n_head_kv) * static_cast<std::size_t>(c.head_dim_v);
-  const auto o_dim = static_cast<std::size_t>(c.n_head) * static_cast<std::size_t>(c.head_dim_v);
+  const auto n_head = static_cast<std::size_t>(c.n_head);
+  const bool k_eq_v_allowed = c.arch == "gemma4";  // full layers may have no attn_v (V = K)
 
   ModelWeights w;
   w.token_embd = matrix(gguf, "token_embd.weight", embd, static_cast<std::size_t>(c.n_vocab));
@@ -94,18 +152,32 @@ ModelWeights bind_weights(const GgufReader& gguf, const ModelConfig& c) {
   if (const GgufTensorInfo* freqs = gguf.find_tensor("rope_freqs.weight")) {
     w.rope_freqs = vector_from(gguf, *freqs, static_cast<std::size_t>(c.n_rot / 2));
   }
+  if (c.n_embd_per_layer > 0) bind_per_layer_embeddings(gguf, c, w);
   w.layers.resize(static_cast<std::size_t>(c.n_layer));
   for (int il = 0; il < c.n_layer; ++il) {
     LayerWeights& l = w.layers[static_cast<std::size_t>(il)];
-    auto name = [il](std::string_view suffix) { return fmt::format("blk.{}.{}.weight", il, suffix); };
+    auto name = [il](std::string_view suffix) {
+      return fmt::format("blk.{}.{}.weight", il, suffix);
+    };
+    const auto dk = static_cast<std::size_t>(c.head_dim_k_of(il));
+    const auto dv = static_cast<std::size_t>(c.head_dim_v_of(il));
+    const auto n_kv = static_cast<std::size_t>(c.n_head_kv_of(il));
+    const auto ff = static_cast<std::size_t>(c.n_ff_of(il));
     l.attn_norm = vector(gguf, name("attn_norm"), embd);
-    l.wq = matrix(gguf, name("attn_q"), embd, q_dim);
-    l.wk = matrix(gguf, name("attn_k"), embd, k_dim);
-    l.wv = matrix(gguf, name("attn_v"), embd, v_dim);
-    l.wo = matrix(gguf, name("attn_output"), o_dim, embd);
+    l.wq = matrix(gguf, name("attn_q"), embd, n_head * dk);
+    if (c.has_kv(il)) {
+      l.wk = matrix(gguf, name("attn_k"), embd, n_kv * dk);
+      l.wv = k_eq_v_allowed ? optional_matrix(gguf, name("attn_v"), embd, n_kv * dv)
+                            : matrix(gguf, name("attn_v"), embd, n_kv * dv);
+      if (!l.wv.present() && dk != dv) {
+        fail("{}: layer {} has no attn_v (V = K) but key length {} != value length {}", gguf.path(),
+             il, dk, dv);
+      }
+    }
+    l.wo = matrix(gguf, name("attn_output"), n_head * dv, embd);
     if (c.qk_norm) {
-      l.q_norm = vector(gguf, name("attn_q_norm"), static_cast<std::size_t>(c.head_dim_k));
-      l.k_norm = vector(gguf, name("attn_k_norm"), static_cast<std::size_t>(c.head_dim_k));
+      l.q_norm = vector(gguf, name("attn_q_norm"), dk);
+      if (c.has_kv(il)) l.k_norm = vector(gguf, name("attn_k_norm"), dk);
     }
     l.ffn_norm = vector(gguf, name("ffn_norm"), embd);
     l.ffn_gate = matrix(gguf, name("ffn_gate"), embd, ff);
@@ -114,6 +186,16 @@ ModelWeights bind_weights(const GgufReader& gguf, const ModelConfig& c) {
     if (c.post_norms) {
       l.post_attn_norm = vector(gguf, name("post_attention_norm"), embd);
       l.post_ffn_norm = vector(gguf, name("post_ffw_norm"), embd);
+    }
+    if (c.n_expert > 0) l.moe = bind_moe(gguf, c, il);
+    if (c.n_embd_per_layer > 0) {
+      const auto n_pl = static_cast<std::size_t>(c.n_embd_per_layer);
+      l.per_layer_input = PerLayerInputWeights{matrix(gguf, name("inp_gate"), embd, n_pl),
+                                               matrix(gguf, name("proj"), n_pl, embd),
+                                               vector(gguf, name("post_norm"), embd)};
+    }
+    if (const GgufTensorInfo* scale = gguf.find_tensor(name("layer_output_scale"))) {
+      l.output_scale = vector_from(gguf, *scale, 1)[0];
     }
   }
   return w;

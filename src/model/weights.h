@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -28,16 +29,39 @@ struct WeightMatrix {
   std::span<const std::byte> row(std::size_t i) const {
     return data.subspan(i * row_stride, row_stride);
   }
+  bool present() const { return rows > 0; }  // optional tensors that are absent stay empty
+};
+
+// Gemma 4's mixture-of-experts block, computed beside the dense FFN of the same layer.
+struct MoeWeights {
+  WeightMatrix router;                 // ffn_gate_inp: [n_expert x n_embd], F32
+  std::vector<float> router_scale;     // ffn_gate_inp.scale [n_embd]
+  std::vector<float> expert_scale;     // ffn_down_exps.scale [n_expert]
+  std::vector<float> pre_norm;         // pre_ffw_norm_2: input of the experts
+  std::vector<float> post_norm_dense;  // post_ffw_norm_1: output of the dense FFN
+  std::vector<float> post_norm_moe;    // post_ffw_norm_2: output of the experts
+  std::vector<WeightMatrix> gate_up;   // per expert [2*n_ff_exp x n_embd]: gate rows, then up rows
+  std::vector<WeightMatrix> down;      // per expert [n_embd x n_ff_exp]
+};
+
+// Per-layer embedding input of Gemma 4 E models (one small vector per token and layer).
+struct PerLayerInputWeights {
+  WeightMatrix gate;             // inp_gate: [n_embd_per_layer x n_embd]
+  WeightMatrix proj;             // proj: [n_embd x n_embd_per_layer]
+  std::vector<float> post_norm;  // post_norm [n_embd]
 };
 
 struct LayerWeights {
   std::vector<float> attn_norm;
-  WeightMatrix wq, wk, wv, wo;
-  std::vector<float> q_norm, k_norm;  // qk_norm only
+  WeightMatrix wq, wk, wv, wo;        // wk/wv absent on KV-sharing layers; wv absent when V = K
+  std::vector<float> q_norm, k_norm;  // qk_norm only (k_norm: layers with their own KV)
   std::vector<float> post_attn_norm;  // post_norms only
   std::vector<float> ffn_norm;
   WeightMatrix ffn_gate, ffn_up, ffn_down;
   std::vector<float> post_ffn_norm;  // post_norms only
+  std::optional<MoeWeights> moe;
+  std::optional<PerLayerInputWeights> per_layer_input;
+  float output_scale = 1.0f;  // layer_output_scale (Gemma 4 layer_scalar): scales the layer output
 };
 
 struct ModelWeights {
@@ -45,6 +69,10 @@ struct ModelWeights {
   std::vector<float> output_norm;
   WeightMatrix output;            // token_embd when the model ties input and output embeddings
   std::vector<float> rope_freqs;  // optional per-dimension-pair frequency divisors (llama 3)
+  // Per-layer embeddings (Gemma 4 E models; absent otherwise).
+  WeightMatrix per_layer_token_embd;       // [n_vocab_per_layer x n_layer*n_embd_per_layer]
+  WeightMatrix per_layer_model_proj;       // [n_layer*n_embd_per_layer x n_embd]
+  std::vector<float> per_layer_proj_norm;  // [n_embd_per_layer]
   std::vector<LayerWeights> layers;
 };
 

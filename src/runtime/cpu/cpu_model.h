@@ -1,5 +1,6 @@
 // The CPU implementation of Model: one decoder forward pass for every supported architecture,
-// steered by ModelConfig (norm placement, activation, rope style, sliding windows, softcaps).
+// steered by ModelConfig (norm placement, activation, rope style, sliding windows, softcaps,
+// Gemma 4's per-layer shapes, KV sharing, per-layer embeddings and MoE).
 #pragma once
 
 #include <memory>
@@ -9,6 +10,8 @@
 #include "model/weights.h"
 
 namespace qforge::cpu {
+
+class CpuKvCache;
 
 class CpuModel final : public Model {
  public:
@@ -21,6 +24,15 @@ class CpuModel final : public Model {
                              const ForwardOptions& options = {}) override;
 
  private:
+  struct Batch;  // per-call state shared by the blocks below (positions, RoPE tables, ...)
+
+  void attention_block(int il, const Batch& b, CpuKvCache& cache, std::vector<float>& x) const;
+  void ffn_block(int il, const Batch& b, std::vector<float>& x) const;
+  std::vector<float> moe_block(const MoeWeights& w, const Batch& b, std::span<const float> x) const;
+  std::vector<float> per_layer_inputs(std::span<const std::int32_t> tokens,
+                                      std::span<const float> x) const;
+  void per_layer_input_block(int il, const Batch& b, std::vector<float>& x) const;
+
   std::unique_ptr<GgufReader> gguf_;
   ModelConfig config_;
   ModelWeights weights_;

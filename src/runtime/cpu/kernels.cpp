@@ -18,7 +18,8 @@ void matmul(const WeightMatrix& w, std::span<const float> x, std::size_t n_token
          x.size(), y.size(), n_tokens, w.rows, w.cols);
   }
   constexpr std::size_t kTile = 16;
-  const std::size_t min_rows = std::max<std::size_t>(kTile, 32768 / std::max<std::size_t>(w.cols, 1));
+  const std::size_t min_rows =
+      std::max<std::size_t>(kTile, 32768 / std::max<std::size_t>(w.cols, 1));
   if (n_tokens == 1 || w.type == GgmlType::F32) {
     // One fused dot product per output element: nothing is decoded twice for a single token.
     parallel_for(
@@ -59,14 +60,30 @@ void matmul(const WeightMatrix& w, std::span<const float> x, std::size_t n_token
       min_rows);
 }
 
+namespace {
+
+float inverse_rms(std::span<const float> row, float eps) {
+  float sum_sq = 0.0f;
+  for (const float v : row) sum_sq += v * v;
+  return 1.0f / std::sqrt(sum_sq / static_cast<float>(row.size()) + eps);
+}
+
+}  // namespace
+
 void rms_norm_rows(std::span<float> x, std::span<const float> weight, float eps) {
   const std::size_t n = weight.size();
   for (std::size_t off = 0; off + n <= x.size(); off += n) {
-    float* row = x.data() + off;
-    float sum_sq = 0.0f;
-    for (std::size_t i = 0; i < n; ++i) sum_sq += row[i] * row[i];
-    const float inv = 1.0f / std::sqrt(sum_sq / static_cast<float>(n) + eps);
+    const std::span<float> row = x.subspan(off, n);
+    const float inv = inverse_rms(row, eps);
     for (std::size_t i = 0; i < n; ++i) row[i] = row[i] * inv * weight[i];
+  }
+}
+
+void rms_norm_rows(std::span<float> x, std::size_t row_len, float eps) {
+  for (std::size_t off = 0; off + row_len <= x.size(); off += row_len) {
+    const std::span<float> row = x.subspan(off, row_len);
+    const float inv = inverse_rms(row, eps);
+    for (float& v : row) v *= inv;
   }
 }
 
@@ -105,7 +122,9 @@ float gelu_tanh(float x) {
   return 0.5f * x * (1.0f + std::tanh(k * (x + 0.044715f * x * x * x)));
 }
 
-float silu(float x) { return x / (1.0f + std::exp(-x)); }
+float silu(float x) {
+  return x / (1.0f + std::exp(-x));
+}
 
 void glu(FfnActivation act, std::span<float> gate, std::span<const float> up) {
   for (std::size_t i = 0; i < gate.size(); ++i) {

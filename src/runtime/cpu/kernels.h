@@ -19,6 +19,8 @@ void matmul(const WeightMatrix& w, std::span<const float> x, std::size_t n_token
 
 // Each row of `x` (rows of weight.size() elements) becomes x / sqrt(mean(x^2) + eps) * weight.
 void rms_norm_rows(std::span<float> x, std::span<const float> weight, float eps);
+// The same without a weight, for rows of row_len elements.
+void rms_norm_rows(std::span<float> x, std::size_t row_len, float eps);
 
 // Rotary embedding of one head vector in place. cos/sin hold n_rot / 2 entries (one per pair).
 void apply_rope(std::span<float> head, int n_rot, RopeStyle style, std::span<const float> cos,

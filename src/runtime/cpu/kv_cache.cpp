@@ -11,9 +11,12 @@ namespace {
 
 GgmlType storage_type(KvType type) {
   switch (type) {
-    case KvType::F32: return GgmlType::F32;
-    case KvType::BF16: return GgmlType::BF16;
-    case KvType::Q8_0: return GgmlType::Q8_0;
+    case KvType::F32:
+      return GgmlType::F32;
+    case KvType::BF16:
+      return GgmlType::BF16;
+    case KvType::Q8_0:
+      return GgmlType::Q8_0;
   }
   return GgmlType::F32;
 }
@@ -37,53 +40,55 @@ void store_row(GgmlType type, std::span<const float> src, std::span<std::byte> d
 }  // namespace
 
 CpuKvCache::CpuKvCache(const ModelConfig& config, int n_ctx, KvType type)
-    : n_ctx_(n_ctx),
-      type_(type),
-      storage_type_(storage_type(type)),
-      n_head_kv_(config.n_head_kv),
-      k_dim_(static_cast<std::size_t>(config.head_dim_k)),
-      v_dim_(static_cast<std::size_t>(config.head_dim_v)) {
+    : n_ctx_(n_ctx), type_(type), storage_type_(storage_type(type)) {
   if (n_ctx <= 0) fail("KV cache: context size must be > 0, got {}", n_ctx);
   const std::uint32_t block = block_size(storage_type_);
-  if (k_dim_ % block != 0 || v_dim_ % block != 0) {
-    fail("KV cache type {} needs head sizes that are multiples of {} (key {}, value {})",
-         kv_type_name(type), block, k_dim_, v_dim_);
-  }
-  k_row_bytes_ = row_bytes(storage_type_, k_dim_);
-  v_row_bytes_ = row_bytes(storage_type_, v_dim_);
-  const auto rows = static_cast<std::size_t>(n_ctx) * static_cast<std::size_t>(n_head_kv_);
-  k_.resize(static_cast<std::size_t>(config.n_layer));
-  v_.resize(static_cast<std::size_t>(config.n_layer));
-  for (std::size_t il = 0; il < k_.size(); ++il) {
-    k_[il].resize(rows * k_row_bytes_);
-    v_[il].resize(rows * v_row_bytes_);
+  layers_.resize(static_cast<std::size_t>(config.n_layer));
+  for (int il = 0; il < config.n_layer; ++il) {
+    if (!config.has_kv(il)) continue;  // reads the cache of config.kv_source(il)
+    Layer& l = layers_[static_cast<std::size_t>(il)];
+    l.n_head_kv = config.n_head_kv_of(il);
+    l.k_dim = static_cast<std::size_t>(config.head_dim_k_of(il));
+    l.v_dim = static_cast<std::size_t>(config.head_dim_v_of(il));
+    if (l.k_dim % block != 0 || l.v_dim % block != 0) {
+      fail(
+          "KV cache type {} needs head sizes that are multiples of {} (layer {}: key {}, value {})",
+          kv_type_name(type), block, il, l.k_dim, l.v_dim);
+    }
+    l.k_row_bytes = row_bytes(storage_type_, l.k_dim);
+    l.v_row_bytes = row_bytes(storage_type_, l.v_dim);
+    const auto rows = static_cast<std::size_t>(n_ctx) * static_cast<std::size_t>(l.n_head_kv);
+    l.k.resize(rows * l.k_row_bytes);
+    l.v.resize(rows * l.v_row_bytes);
   }
 }
 
-void CpuKvCache::store(int layer, int pos, std::span<const float> k, std::span<const float> v) {
-  auto& kl = k_[static_cast<std::size_t>(layer)];
-  auto& vl = v_[static_cast<std::size_t>(layer)];
-  for (int h = 0; h < n_head_kv_; ++h) {
-    const auto row = static_cast<std::size_t>(pos) * static_cast<std::size_t>(n_head_kv_) +
+void CpuKvCache::store(int il, int pos, std::span<const float> k, std::span<const float> v) {
+  Layer& l = layers_[static_cast<std::size_t>(il)];
+  if (l.n_head_kv == 0) fail("KV cache: layer {} has no KV of its own", il);
+  for (int h = 0; h < l.n_head_kv; ++h) {
+    const auto row = static_cast<std::size_t>(pos) * static_cast<std::size_t>(l.n_head_kv) +
                      static_cast<std::size_t>(h);
     const auto hs = static_cast<std::size_t>(h);
-    store_row(storage_type_, k.subspan(hs * k_dim_, k_dim_),
-              std::span(kl).subspan(row * k_row_bytes_, k_row_bytes_));
-    store_row(storage_type_, v.subspan(hs * v_dim_, v_dim_),
-              std::span(vl).subspan(row * v_row_bytes_, v_row_bytes_));
+    store_row(storage_type_, k.subspan(hs * l.k_dim, l.k_dim),
+              std::span(l.k).subspan(row * l.k_row_bytes, l.k_row_bytes));
+    store_row(storage_type_, v.subspan(hs * l.v_dim, l.v_dim),
+              std::span(l.v).subspan(row * l.v_row_bytes, l.v_row_bytes));
   }
 }
 
-std::span<const std::byte> CpuKvCache::k_row(int layer, int pos, int kv_head) const {
-  const auto row = static_cast<std::size_t>(pos) * static_cast<std::size_t>(n_head_kv_) +
+std::span<const std::byte> CpuKvCache::k_row(int il, int pos, int kv_head) const {
+  const Layer& l = layers_[static_cast<std::size_t>(il)];
+  const auto row = static_cast<std::size_t>(pos) * static_cast<std::size_t>(l.n_head_kv) +
                    static_cast<std::size_t>(kv_head);
-  return std::span(k_[static_cast<std::size_t>(layer)]).subspan(row * k_row_bytes_, k_row_bytes_);
+  return std::span(l.k).subspan(row * l.k_row_bytes, l.k_row_bytes);
 }
 
-std::span<const std::byte> CpuKvCache::v_row(int layer, int pos, int kv_head) const {
-  const auto row = static_cast<std::size_t>(pos) * static_cast<std::size_t>(n_head_kv_) +
+std::span<const std::byte> CpuKvCache::v_row(int il, int pos, int kv_head) const {
+  const Layer& l = layers_[static_cast<std::size_t>(il)];
+  const auto row = static_cast<std::size_t>(pos) * static_cast<std::size_t>(l.n_head_kv) +
                    static_cast<std::size_t>(kv_head);
-  return std::span(v_[static_cast<std::size_t>(layer)]).subspan(row * v_row_bytes_, v_row_bytes_);
+  return std::span(l.v).subspan(row * l.v_row_bytes, l.v_row_bytes);
 }
 
 float CpuKvCache::dot_k(int layer, int pos, int kv_head, std::span<const float> q) const {
@@ -93,9 +98,10 @@ float CpuKvCache::dot_k(int layer, int pos, int kv_head, std::span<const float> 
 void CpuKvCache::add_scaled_v(int layer, int pos, int kv_head, float weight,
                               std::span<float> out) const {
   const std::span<const std::byte> row = v_row(layer, pos, kv_head);
+  const std::size_t v_dim = out.size();
   switch (storage_type_) {
     case GgmlType::F32: {
-      for (std::size_t i = 0; i < v_dim_; ++i) {
+      for (std::size_t i = 0; i < v_dim; ++i) {
         float x;
         std::memcpy(&x, row.data() + 4 * i, 4);
         out[i] += weight * x;
@@ -103,7 +109,7 @@ void CpuKvCache::add_scaled_v(int layer, int pos, int kv_head, float weight,
       return;
     }
     case GgmlType::BF16: {
-      for (std::size_t i = 0; i < v_dim_; ++i) {
+      for (std::size_t i = 0; i < v_dim; ++i) {
         std::uint16_t h;
         std::memcpy(&h, row.data() + 2 * i, 2);
         out[i] += weight * bf16_to_f32(h);
@@ -115,7 +121,7 @@ void CpuKvCache::add_scaled_v(int layer, int pos, int kv_head, float weight,
       constexpr std::size_t kBlock = 32;
       const std::size_t block_bytes = type_size(storage_type_);
       float tmp[kBlock];
-      for (std::size_t b = 0; b < v_dim_ / kBlock; ++b) {
+      for (std::size_t b = 0; b < v_dim / kBlock; ++b) {
         dequantize_row(storage_type_, row.subspan(b * block_bytes, block_bytes), tmp);
         for (std::size_t i = 0; i < kBlock; ++i) out[b * kBlock + i] += weight * tmp[i];
       }
