@@ -4,6 +4,8 @@
 // beyond the tokenizer's vocabulary are dropped; no rope.dimension_count or vocab_size key.
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "convert/arch_common.h"
 #include "core/error.h"
 
@@ -38,6 +40,17 @@ void add_gemma3_params(KvList& kvs, const std::string& arch, const Hparams& hp, 
             u32(static_cast<std::uint64_t>(hp.integer("sliding_window"))));
   kvs.set(p + "attention.head_count_kv",
           u32(static_cast<std::uint64_t>(hp.integer_or("num_key_value_heads", 4))));
+  // llama.cpp's converter drops query_pre_attn_scalar and its runtime assumes head_dim (or
+  // hidden / heads for the 62-layer 27B). Where the checkpoint says otherwise, record the exact
+  // attention scale so that runtimes reading the key (qforge does) compute the model as trained.
+  if (auto qpas = hp.opt_number({"query_pre_attn_scalar"})) {
+    const double n_head = static_cast<double>(hp.integer_or("num_attention_heads", 8));
+    const double assumed = block_count == 62
+                               ? static_cast<double>(hp.integer("hidden_size")) / n_head
+                               : static_cast<double>(head_dim);
+    if (*qpas <= 0) fail("{}: query_pre_attn_scalar must be positive", hp.where());
+    if (*qpas != assumed) kvs.set(p + "attention.scale", f32(1.0 / std::sqrt(*qpas)));
+  }
 }
 
 std::map<std::string, std::string> gemma3_global_map() {
