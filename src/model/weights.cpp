@@ -76,6 +76,8 @@ std::vector<WeightMatrix> matrix_stack(const GgufReader& gguf, const std::string
   for (std::size_t e = 0; e < n; ++e) {
     out[e].name = fmt::format("{}[{}]", t.name, e);
     out[e].rows = rows;
+    out[e].expert = static_cast<int>(e);
+    out[e].n_experts = static_cast<int>(n);
     out[e].data = all.data.subspan(e * rows * all.row_stride, rows * all.row_stride);
   }
   return out;

@@ -25,6 +25,8 @@ struct WeightMatrix {
   std::size_t cols = 0;
   std::size_t row_stride = 0;  // bytes per row
   std::span<const std::byte> data;
+  int expert = -1;     // index within a stacked expert tensor (MoE), -1 otherwise
+  int n_experts = 0;   // number of experts in that stack
 
   std::span<const std::byte> row(std::size_t i) const {
     return data.subspan(i * row_stride, row_stride);

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "quant/blocks.h"
+#include "runtime/cpu/activation_observer.h"
 
 namespace qforge::cpu {
 
@@ -17,6 +18,7 @@ void matmul(const WeightMatrix& w, std::span<const float> x, std::size_t n_token
     fail("matmul '{}': input {} / output {} floats do not match {} tokens x [{} x {}]", w.name,
          x.size(), y.size(), n_tokens, w.rows, w.cols);
   }
+  notify_matmul_input({w.name, x, n_tokens, w.cols, w.expert, w.n_experts});
   constexpr std::size_t kTile = 16;
   const std::size_t min_rows =
       std::max<std::size_t>(kTile, 32768 / std::max<std::size_t>(w.cols, 1));
