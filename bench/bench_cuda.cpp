@@ -24,7 +24,7 @@ double copy_bandwidth_gbs() {
   return gbs;
 }
 
-void BM_CudaGemv(benchmark::State& state, GgmlType type) {
+void BM_CudaGemv(benchmark::State& state, GgmlType type, cuda::GemvKernel kernel) {
   if (!cuda::available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -44,6 +44,7 @@ void BM_CudaGemv(benchmark::State& state, GgmlType type) {
   std::vector<float> x(cols * n_tokens);
   for (float& f : x) f = dist(rng);
   cuda::DeviceBuffer<float> dx{std::span<const float>(x)}, dy(rows * n_tokens);
+  cuda::set_gemv_kernel(kernel);
   cuda::Stream stream;
   cuda::Event start, stop;
   for (auto& wc : weights) {  // warm-up: module load, first-touch
@@ -63,22 +64,38 @@ void BM_CudaGemv(benchmark::State& state, GgmlType type) {
   state.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["copy_GB/s"] = copy_bandwidth_gbs();
   state.counters["weight_MB"] = static_cast<double>(q.size()) / 1e6;
-  state.SetLabel(std::string(type_name(type)) + " " + cuda::devices().at(0).name);
+  state.SetLabel(std::string(type_name(type)) +
+                 (kernel == cuda::GemvKernel::kTiled ? " tiled " : " legacy ") +
+                 cuda::devices().at(0).name);
+  cuda::set_gemv_kernel(cuda::GemvKernel::kTiled);
 }
 
 void shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"rows", "cols", "tokens"});
   for (const std::int64_t rows : {4096, 14336}) b->Args({rows, 4096, 1});
+  b->Args({4096, 14336, 1});
   b->Args({4096, 4096, 4});
-  b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.2);
+  b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 }
 
-BENCHMARK_CAPTURE(BM_CudaGemv, q4_0, GgmlType::Q4_0)->Apply(shapes);
-BENCHMARK_CAPTURE(BM_CudaGemv, q4_k, GgmlType::Q4_K)->Apply(shapes);
-BENCHMARK_CAPTURE(BM_CudaGemv, q8_0, GgmlType::Q8_0)->Apply(shapes);
-BENCHMARK_CAPTURE(BM_CudaGemv, q6_k, GgmlType::Q6_K)->Apply(shapes);
-BENCHMARK_CAPTURE(BM_CudaGemv, q5_0, GgmlType::Q5_0)->Apply(shapes);
-BENCHMARK_CAPTURE(BM_CudaGemv, bf16, GgmlType::BF16)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_tiled, GgmlType::Q4_0, cuda::GemvKernel::kTiled)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_legacy, GgmlType::Q4_0, cuda::GemvKernel::kLegacy)
+    ->Apply(shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_k_tiled, GgmlType::Q4_K, cuda::GemvKernel::kTiled)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_k_legacy, GgmlType::Q4_K, cuda::GemvKernel::kLegacy)
+    ->Apply(shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q8_0_tiled, GgmlType::Q8_0, cuda::GemvKernel::kTiled)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q8_0_legacy, GgmlType::Q8_0, cuda::GemvKernel::kLegacy)
+    ->Apply(shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q6_k_tiled, GgmlType::Q6_K, cuda::GemvKernel::kTiled)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q6_k_legacy, GgmlType::Q6_K, cuda::GemvKernel::kLegacy)
+    ->Apply(shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q5_0_tiled, GgmlType::Q5_0, cuda::GemvKernel::kTiled)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q5_0_legacy, GgmlType::Q5_0, cuda::GemvKernel::kLegacy)
+    ->Apply(shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, bf16_tiled, GgmlType::BF16, cuda::GemvKernel::kTiled)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, bf16_legacy, GgmlType::BF16, cuda::GemvKernel::kLegacy)
+    ->Apply(shapes);
 
 }  // namespace
 }  // namespace qforge

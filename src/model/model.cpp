@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "formats/gguf.h"
 #include "runtime/cpu/cpu_model.h"
+#include "runtime/cuda_model.h"
 
 namespace qforge {
 
@@ -32,16 +33,13 @@ Device parse_device(std::string_view name) {
 }
 
 std::unique_ptr<Model> load_model(const std::filesystem::path& path, const LoadOptions& options) {
-  if (options.device == Device::Cuda) {
-    // The CUDA backend registers here once it exists.
-    fail("CUDA backend not available in this build");
-  }
   auto gguf = std::make_unique<GgufReader>(GgufReader::open(path));
   ModelConfig config = read_model_config(*gguf);
   if (options.adjust_config) {
     options.adjust_config(config);
     validate_model_config(config, fmt::format("{} (adjusted config)", path.string()));
   }
+  if (options.device == Device::Cuda) return make_cuda_model(std::move(gguf), std::move(config));
   return std::make_unique<cpu::CpuModel>(std::move(gguf), std::move(config));
 }
 

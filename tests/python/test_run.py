@@ -129,7 +129,10 @@ def test_run_prompt_continues_text_and_seed_reproduces():
 def test_run_errors_are_clear():
     need(STORIES)
     r = qforge("run", "-m", STORIES, "-p", "hi", "--device", "cuda", check=False)
-    assert r.returncode == 1 and "CUDA backend not available in this build" in r.stderr
+    if r.returncode != 0:  # CPU-only build, or no GPU on this machine (CI)
+        assert r.returncode == 1, r.stderr
+        assert ("CUDA backend not available in this build" in r.stderr
+                or "no CUDA device is available" in r.stderr), r.stderr
     r = qforge("run", "-m", STORIES, "-n", "20", "--ctx", "8", check=False)
     assert r.returncode == 1 and "context" in r.stderr
     vocab_only = DATA / "llama.cpp-vocab" / "ggml-vocab-phi-3.gguf"

@@ -7,7 +7,12 @@
 
 #include "runtime/cuda/block_decode.cuh"
 #include "runtime/cuda/gemv.h"
+#include "runtime/cuda/gemv_tiled.h"
 #include "runtime/cuda/reduce.cuh"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 namespace qforge::cuda {
 namespace {
@@ -26,7 +31,7 @@ __device__ __forceinline__ float4 load_x4(const std::uint16_t* x, std::size_t i)
 template <typename Fmt, int kTokens, typename X>
 __global__ void __launch_bounds__(kWarpsPerCta * 32)
     gemv_kernel(const std::uint8_t* __restrict__ w, std::size_t n_rows, std::size_t n_cols,
-                const X* __restrict__ x, float* __restrict__ y) {
+                const X* __restrict__ x, float* __restrict__ y, std::size_t ldy) {
   __shared__ float table[16];
   if constexpr (blocks::UsesTable<Fmt>) {
     if (threadIdx.x < 16) table[threadIdx.x] = blocks::kIq4NlLevels[threadIdx.x];
@@ -67,16 +72,16 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32)
 #pragma unroll
   for (int t = 0; t < kTokens; ++t) {
     const float sum = warp_sum(acc[t]);
-    if (lane == 0) y[static_cast<std::size_t>(t) * n_rows + row] = sum;
+    if (lane == 0) y[static_cast<std::size_t>(t) * ldy + row] = sum;
   }
 }
 
 template <typename Fmt, int kTokens, typename X>
 void launch(const void* w, std::size_t n_rows, std::size_t n_cols, const X* x, float* y,
-            StreamHandle stream) {
+            std::size_t ldy, StreamHandle stream) {
   const auto grid = static_cast<unsigned>((n_rows + kWarpsPerCta - 1) / kWarpsPerCta);
   gemv_kernel<Fmt, kTokens, X><<<grid, kWarpsPerCta * 32, 0, stream>>>(
-      static_cast<const std::uint8_t*>(w), n_rows, n_cols, x, y);
+      static_cast<const std::uint8_t*>(w), n_rows, n_cols, x, y, ldy);
   QFORGE_CUDA_CHECK_LAUNCH("gemv_kernel");
 }
 
@@ -101,25 +106,43 @@ void check_shape(GgmlType type, const void* w, std::size_t n_rows, std::size_t n
   }
 }
 
+GemvKernel initial_kernel() {
+  const char* env = std::getenv("QFORGE_GEMV");
+  return env != nullptr && std::strcmp(env, "legacy") == 0 ? GemvKernel::kLegacy
+                                                             : GemvKernel::kTiled;
+}
+
+std::atomic<GemvKernel>& kernel_choice() {
+  static std::atomic<GemvKernel> choice{initial_kernel()};
+  return choice;
+}
+
 // Splits n_tokens into launches of 8, 4, 2 and 1 tokens (the instantiated batch sizes).
 template <typename Fmt>
 void run_tokens(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols,
-                const float* x, float* y, int n_tokens, StreamHandle stream) {
+                const float* x, float* y, std::size_t ldy, int n_tokens, StreamHandle stream) {
   check_shape<Fmt>(type, w, n_rows, n_cols, x, y);
+  if (ldy < n_rows) cuda_fail("CUDA gemv: output stride ", ldy, " < rows ", n_rows);
+  const bool tiled =
+      kernel_choice().load() == GemvKernel::kTiled && detail::gemv_tiled_supported(type);
   int t = 0;
   while (t < n_tokens) {
     const int left = n_tokens - t;
+    const int batch = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
     const float* xt = x + static_cast<std::size_t>(t) * n_cols;
-    float* yt = y + static_cast<std::size_t>(t) * n_rows;
-    if (left >= 8) {
-      launch<Fmt, 8>(w, n_rows, n_cols, xt, yt, stream), t += 8;
-    } else if (left >= 4) {
-      launch<Fmt, 4>(w, n_rows, n_cols, xt, yt, stream), t += 4;
-    } else if (left >= 2) {
-      launch<Fmt, 2>(w, n_rows, n_cols, xt, yt, stream), t += 2;
+    float* yt = y + static_cast<std::size_t>(t) * ldy;
+    if (tiled) {
+      detail::gemv_tiled(type, w, n_rows, n_cols, xt, yt, ldy, batch, stream);
+    } else if (batch == 8) {
+      launch<Fmt, 8>(w, n_rows, n_cols, xt, yt, ldy, stream);
+    } else if (batch == 4) {
+      launch<Fmt, 4>(w, n_rows, n_cols, xt, yt, ldy, stream);
+    } else if (batch == 2) {
+      launch<Fmt, 2>(w, n_rows, n_cols, xt, yt, ldy, stream);
     } else {
-      launch<Fmt, 1>(w, n_rows, n_cols, xt, yt, stream), t += 1;
+      launch<Fmt, 1>(w, n_rows, n_cols, xt, yt, ldy, stream);
     }
+    t += batch;
   }
 }
 
@@ -156,19 +179,41 @@ bool gemv_supported(GgmlType type) {
 
 void gemv(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols, const float* x,
           float* y, int n_tokens, StreamHandle stream) {
+  gemv_ld(type, w, n_rows, n_cols, x, y, n_rows, n_tokens, stream);
+}
+
+void gemv_ld(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols, const float* x,
+             float* y, std::size_t ldy, int n_tokens, StreamHandle stream) {
   if (n_tokens < 1 || n_tokens > 64) {
     cuda_fail("CUDA gemv: n_tokens must be in [1, 64], got ", n_tokens);
   }
+  if (type == GgmlType::F32 && n_cols % 8 != 0 && kernel_choice().load() == GemvKernel::kTiled) {
+    // The row-tiled F32 kernel needs only a multiple of 4 columns (16-byte rows).
+    check_shape<blocks::F32>(type, w, n_rows, 8, x, y);
+    if (n_cols % 4 != 0) cuda_fail("CUDA gemv: F32 rows need a multiple of 4 columns, got ", n_cols);
+    if (ldy < n_rows) cuda_fail("CUDA gemv: output stride ", ldy, " < rows ", n_rows);
+    for (int t = 0; t < n_tokens;) {
+      const int left = n_tokens - t;
+      const int batch = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+      detail::gemv_tiled(type, w, n_rows, n_cols, x + static_cast<std::size_t>(t) * n_cols,
+                         y + static_cast<std::size_t>(t) * ldy, ldy, batch, stream);
+      t += batch;
+    }
+    return;
+  }
   dispatch(type, [&]<typename Fmt>(Fmt) {
-    run_tokens<Fmt>(type, w, n_rows, n_cols, x, y, n_tokens, stream);
+    run_tokens<Fmt>(type, w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
   });
 }
+
+void set_gemv_kernel(GemvKernel kernel) { kernel_choice().store(kernel); }
+GemvKernel gemv_kernel() { return kernel_choice().load(); }
 
 void gemv_bf16_x(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols,
                  const std::uint16_t* x, float* y, StreamHandle stream) {
   dispatch(type, [&]<typename Fmt>(Fmt) {
     check_shape<Fmt>(type, w, n_rows, n_cols, x, y);
-    launch<Fmt, 1>(w, n_rows, n_cols, x, y, stream);
+    launch<Fmt, 1>(w, n_rows, n_cols, x, y, n_rows, stream);
   });
 }
 

@@ -3,9 +3,13 @@
 //
 //   y[t * n_rows + r] = sum_k W[r, k] * x[t * n_cols + k]     for t < n_tokens, r < n_rows
 //
-// W is n_rows rows of row_bytes(type, n_cols) bytes each, contiguous. One warp computes one row
-// for all n_tokens tokens, so each weight byte is read from memory once per call (the small-batch
-// case shares the weight read between up to 8 tokens). x and y are device pointers.
+// W is n_rows rows of row_bytes(type, n_cols) bytes each, contiguous. Each weight byte is read from
+// memory once per launch of up to 8 tokens. x and y are device pointers.
+//
+// Two kernel families: the row-tiled kernel (gemv_tiled.cu; F32, F16, BF16, Q4_0, Q8_0, Q4_K),
+// used by default, and the first one-warp-per-row kernel (every type), used for the other
+// types and for all types when the legacy family is selected (for comparisons: set_gemv_kernel or
+// the environment variable QFORGE_GEMV=legacy).
 #pragma once
 
 #include <cstddef>
@@ -24,6 +28,15 @@ bool gemv_supported(GgmlType type);
 // and floats: device allocations are), or n_tokens outside [1, 64].
 void gemv(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols, const float* x,
           float* y, int n_tokens = 1, StreamHandle stream = nullptr);
+
+// The same with output row t at y + t * ldy (ldy >= n_rows), so that several products can write
+// into one interleaved buffer (the model's Q/K/V and gate/up outputs).
+void gemv_ld(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols, const float* x,
+             float* y, std::size_t ldy, int n_tokens, StreamHandle stream = nullptr);
+
+enum class GemvKernel { kTiled, kLegacy };
+void set_gemv_kernel(GemvKernel kernel);  // process-wide
+GemvKernel gemv_kernel();
 
 // The same with BF16 activations (raw bf16 bits), one token.
 void gemv_bf16_x(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols,

@@ -1,0 +1,175 @@
+// Row-tiled GEMV: a CTA of 4 warps computes kRows rows together; the warps split the row into
+// steps of 256 elements (warp w takes steps w, w+4, ...) and meet in shared memory at the end.
+//
+// Why this shape (docs/cuda.md has the measurements): the first kernel (one warp per row, lanes
+// walking 16-weight units) was limited by L1 wavefronts, not by DRAM: each x load of a warp
+// touched 16 scattered cache lines and was repeated for every row. Here each x load of a warp
+// covers 4-8 cache lines, serves kRows rows and every token's weights are decoded once; the
+// weight loads of a warp fall in 1-2 lines each. Splitting a row over 4 warps keeps enough CTAs
+// (n_rows / kRows) and enough loads in flight for 4096-row matrices.
+//
+// Scales are applied once per run of 4 products (weight = s * code + o, so the run contributes
+// s * sum(code * x) + o * sum(x)), which saves one multiply per weight.
+#include "runtime/cuda/check.cuh"
+
+#include "runtime/cuda/gemv_lanes.cuh"
+#include "runtime/cuda/gemv_tiled.h"
+#include "runtime/cuda/reduce.cuh"
+
+namespace qforge::cuda::detail {
+namespace {
+
+constexpr int kWarps = 4;
+
+template <typename L, int kRows, int kTokens, int kUnroll>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_tiled_kernel(const std::uint8_t* __restrict__ w, std::size_t row_bytes, int n_rows,
+                      int n_cols, const float* __restrict__ x, float* __restrict__ y,
+                      std::size_t ldy) {
+  constexpr int G = L::kGroups;
+  __shared__ float partial[kWarps][kRows * kTokens];
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  const int row0 = static_cast<int>(blockIdx.x) * kRows;
+
+  const std::uint8_t* rows[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    rows[r] = w + static_cast<std::size_t>(min(row0 + r, n_rows - 1)) * row_bytes;
+  }
+  float acc[kRows][kTokens];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int t = 0; t < kTokens; ++t) acc[r][t] = 0.0f;
+  }
+
+  const int n_steps = (n_cols + L::kStepElems - 1) / L::kStepElems;
+#pragma unroll kUnroll
+  for (int step = warp; step < n_steps; step += kWarps) {
+    int e[G];
+    L::elems(step, lane, e);
+    if (e[0] >= n_cols) continue;  // only in a partial last step
+    float xv[kTokens][4 * G];
+    float xsum[kTokens][G];
+#pragma unroll
+    for (int t = 0; t < kTokens; ++t) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float4 v = __ldg(reinterpret_cast<const float4*>(
+            x + static_cast<std::size_t>(t) * static_cast<std::size_t>(n_cols) + e[g]));
+        xv[t][4 * g] = v.x, xv[t][4 * g + 1] = v.y, xv[t][4 * g + 2] = v.z, xv[t][4 * g + 3] = v.w;
+        if constexpr (L::kOffset) xsum[t][g] = (v.x + v.y) + (v.z + v.w);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      float c[4 * G], s[G], o[G];
+      L::load(rows[r], step, lane, c, s, o);
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t) {
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          float dot = c[4 * g] * xv[t][4 * g];
+          dot = fmaf(c[4 * g + 1], xv[t][4 * g + 1], dot);
+          dot = fmaf(c[4 * g + 2], xv[t][4 * g + 2], dot);
+          dot = fmaf(c[4 * g + 3], xv[t][4 * g + 3], dot);
+          if constexpr (L::kScaled) {
+            acc[r][t] = fmaf(s[g], dot, acc[r][t]);
+          } else {
+            acc[r][t] += dot;
+          }
+          if constexpr (L::kOffset) acc[r][t] = fmaf(o[g], xsum[t][g], acc[r][t]);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int t = 0; t < kTokens; ++t) {
+      const float v = warp_sum(acc[r][t]);
+      if (lane == 0) partial[warp][r * kTokens + t] = v;
+    }
+  }
+  __syncthreads();
+  const int i = static_cast<int>(threadIdx.x);
+  if (i < kRows * kTokens) {
+    const int r = i / kTokens, t = i % kTokens;
+    if (row0 + r < n_rows) {
+      float sum = 0.0f;
+#pragma unroll
+      for (int wi = 0; wi < kWarps; ++wi) sum += partial[wi][i];
+      y[static_cast<std::size_t>(t) * ldy + static_cast<std::size_t>(row0 + r)] = sum;
+    }
+  }
+}
+
+template <typename L, int kRows, int kTokens, int kUnroll = 2>  // kUnroll: steps in flight
+void launch(const void* w, std::size_t row_bytes, std::size_t n_rows, std::size_t n_cols,
+            const float* x, float* y, std::size_t ldy, StreamHandle stream) {
+  const auto grid = static_cast<unsigned>((n_rows + kRows - 1) / kRows);
+  gemv_tiled_kernel<L, kRows, kTokens, kUnroll><<<grid, kWarps * 32, 0, stream>>>(
+      static_cast<const std::uint8_t*>(w), row_bytes, static_cast<int>(n_rows),
+      static_cast<int>(n_cols), x, y, ldy);
+  QFORGE_CUDA_CHECK_LAUNCH("gemv_tiled_kernel");
+}
+
+template <typename L>
+void run(const void* w, std::size_t row_bytes, std::size_t n_rows, std::size_t n_cols,
+         const float* x, float* y, std::size_t ldy, int n_tokens, StreamHandle stream) {
+  switch (n_tokens) {
+    case 1:
+      return launch<L, 4, 1>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream);
+    case 2:
+      return launch<L, 4, 2>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream);
+    case 4:
+      return launch<L, 4, 4>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream);
+    case 8:
+      return launch<L, 2, 8>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream);
+    default:
+      cuda_fail("CUDA gemv (tiled): batch of ", n_tokens, " tokens is not 1, 2, 4 or 8");
+  }
+}
+
+}  // namespace
+
+bool gemv_tiled_supported(GgmlType type) {
+  switch (type) {
+    case GgmlType::F32:
+    case GgmlType::F16:
+    case GgmlType::BF16:
+    case GgmlType::Q4_0:
+    case GgmlType::Q8_0:
+    case GgmlType::Q4_K:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void gemv_tiled(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols,
+                const float* x, float* y, std::size_t ldy, int n_tokens, StreamHandle stream) {
+  if (n_rows > 0x7fffffffu || n_cols > 0x7fffff00u) {
+    cuda_fail("CUDA gemv (tiled): ", n_rows, " x ", n_cols, " is too large");
+  }
+  const std::size_t rb = row_bytes(type, n_cols);
+  switch (type) {
+    case GgmlType::F32:
+      return run<lanes::F32>(w, rb, n_rows, n_cols, x, y, ldy, n_tokens, stream);
+    case GgmlType::F16:
+      return run<lanes::F16>(w, rb, n_rows, n_cols, x, y, ldy, n_tokens, stream);
+    case GgmlType::BF16:
+      return run<lanes::BF16>(w, rb, n_rows, n_cols, x, y, ldy, n_tokens, stream);
+    case GgmlType::Q4_0:
+      return run<lanes::Q4_0>(w, rb, n_rows, n_cols, x, y, ldy, n_tokens, stream);
+    case GgmlType::Q8_0:
+      return run<lanes::Q8_0>(w, rb, n_rows, n_cols, x, y, ldy, n_tokens, stream);
+    case GgmlType::Q4_K:
+      return run<lanes::Q4_K>(w, rb, n_rows, n_cols, x, y, ldy, n_tokens, stream);
+    default:
+      cuda_fail("CUDA gemv (tiled): no kernel for ", type_name(type));
+  }
+}
+
+}  // namespace qforge::cuda::detail

@@ -1,0 +1,79 @@
+// Kernels of the CUDA forward pass (cuda_model.cpp) that go beyond the generic ops in ops.h:
+// they read the batch's start position from device memory (so that one captured CUDA graph
+// serves every decode step) and work on the model's interleaved activation buffers:
+//   qkv: per token [q (n_head * dk) | k (n_head_kv * dk) | v (n_head_kv * dv)]
+//   gate_up: per token [gate (n_ff) | up (n_ff)]
+// All math is F32, in the order of the CPU reference (src/runtime/cpu/cpu_model.cpp).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "model/config.h"
+#include "quant/ggml_type.h"
+#include "runtime/cuda/stream.h"
+
+namespace qforge::cuda {
+
+// out[t, :] = dequantized row tokens[t] of `w` (n_cols columns) times `scale`. Token ids must
+// already be valid (checked on the host).
+void embed_tokens(GgmlType type, const void* w, std::size_t n_cols, const std::int32_t* tokens,
+                  int n_tokens, float scale, float* out, StreamHandle stream);
+
+// Rotary tables [n_tokens x n_rot/2] for positions *pos0 + t, computed as cpu::rope_tables (in
+// double, then rounded). freq_factors: n_rot/2 floats or null.
+void rope_tables(const int* pos0, int n_tokens, int n_rot, const RopeParams& params,
+                 const float* freq_factors, float* cos, float* sin, StreamHandle stream);
+
+struct QkPrepare {
+  int n_head = 0, n_head_kv = 0, head_dim = 0, n_rot = 0;
+  std::size_t token_stride = 0;   // floats between tokens of the qkv buffer
+  std::size_t k_offset = 0;       // floats from a token's q to its k
+  const float* q_norm = nullptr;  // head_dim floats, or null: no QK-norm
+  const float* k_norm = nullptr;
+  float eps = 0.0f;
+  RopeStyle style = RopeStyle::kAdjacentPairs;
+};
+// Per token and head of Q and K in place: optional RMSNorm with the head weights, then rotary
+// embedding with the tables of rope_tables.
+void qk_prepare(float* qkv, int n_tokens, const QkPrepare& p, const float* cos, const float* sin,
+                StreamHandle stream);
+
+// x[r, :] += (o_norm ? rms_norm(o[r, :]) * o_norm : o[r, :]) when o is not null; then
+// h[r, :] = rms_norm(x[r, :]) * next_norm. Rows of n floats; one CTA per row.
+void add_and_norm(float* x, const float* o, const float* o_norm, const float* next_norm, float* h,
+                  int n_rows, std::size_t n, float eps, StreamHandle stream);
+
+// gate_up rows [gate | up] of 2 * n_ff floats -> out rows act(gate) * up of n_ff floats.
+void glu_rows(FfnActivation act, const float* gate_up, float* out, int n_tokens, std::size_t n_ff,
+              StreamHandle stream);
+
+struct KvLayout {
+  int n_head_kv = 0, head_dim_k = 0, head_dim_v = 0;
+  bool bf16 = true;  // else F32
+};
+// Stores K and V of n_tokens tokens (read from the qkv buffer: k at k_offset, v at v_offset,
+// tokens token_stride apart) at positions *pos0 + t of one layer's cache
+// (K: [n_ctx x n_head_kv x dk], V: [n_ctx x n_head_kv x dv]).
+void store_kv(const float* qkv, std::size_t token_stride, std::size_t k_offset,
+              std::size_t v_offset, int n_tokens, const int* pos0, const KvLayout& kv,
+              void* k_cache, void* v_cache, StreamHandle stream);
+
+struct BatchAttention {
+  int n_head = 0;
+  KvLayout kv;
+  float scale = 1.0f;
+  float softcap = 0.0f;
+  int window = 0;            // > 0: position p sees positions > p - window
+  std::size_t q_stride = 0;  // floats between the q rows of consecutive tokens
+};
+// Causal attention of n_tokens queries at positions *pos0 + t over the cache (the batch's own
+// K/V already stored). Head dims up to 512; key and value dims must need the same lanes per warp
+// (both <= 32, <= 64, <= 128, <= 256 or <= 512). n_splits CTAs share each (token, head); `part`
+// holds n_tokens * n_head * n_splits * (head_dim_v + 2) floats. out: [n_tokens x n_head * dv].
+void batch_attention(const float* q, const void* k_cache, const void* v_cache, const int* pos0,
+                     int n_tokens, const BatchAttention& p, int n_splits, float* part, float* out,
+                     StreamHandle stream);
+bool batch_attention_supported(int head_dim_k, int head_dim_v);
+
+}  // namespace qforge::cuda
