@@ -32,6 +32,27 @@ Device parse_device(std::string_view name) {
   fail("unknown device '{}' (expected cpu or cuda)", name);
 }
 
+void check_forward_inputs(std::span<const std::int32_t> tokens, int pos0, const KvCache& cache,
+                          int n_vocab) {
+  const std::size_t n = tokens.size();
+  if (n == 0) fail("forward: no tokens to process");
+  if (pos0 < 0 || pos0 > cache.n_filled()) {
+    fail("forward: start position {} is not in [0, {}] (positions cached so far)", pos0,
+         cache.n_filled());
+  }
+  if (static_cast<std::size_t>(pos0) + n > static_cast<std::size_t>(cache.n_ctx())) {
+    fail(
+        "context overflow: positions {}..{} do not fit a context of {} tokens (use a larger --ctx)",
+        pos0, static_cast<std::size_t>(pos0) + n - 1, cache.n_ctx());
+  }
+  for (std::size_t t = 0; t < n; ++t) {
+    if (tokens[t] < 0 || tokens[t] >= n_vocab) {
+      fail("forward: token id {} at index {} is outside the vocabulary [0, {})", tokens[t], t,
+           n_vocab);
+    }
+  }
+}
+
 std::unique_ptr<Model> load_model(const std::filesystem::path& path, const LoadOptions& options) {
   auto gguf = std::make_unique<GgufReader>(GgufReader::open(path));
   ModelConfig config = read_model_config(*gguf);

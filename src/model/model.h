@@ -52,6 +52,11 @@ class Model {
                                      const ForwardOptions& options = {}) = 0;
 };
 
+// The checks every backend's forward() makes before touching the cache: a non-empty span of
+// in-vocabulary ids, a start position within the cached prefix, and room in the context.
+void check_forward_inputs(std::span<const std::int32_t> tokens, int pos0, const KvCache& cache,
+                          int n_vocab);
+
 struct LoadOptions {
   Device device = Device::Cpu;
   // Applied to the config read from the file before the weights are bound (tests use it to

@@ -121,22 +121,7 @@ std::vector<float> CpuModel::forward(std::span<const std::int32_t> tokens, int p
   if (cache == nullptr) fail("forward: the KV cache was not created by the CPU backend");
   const ModelConfig& c = config_;
   const std::size_t n = tokens.size();
-  if (n == 0) fail("forward: no tokens to process");
-  if (pos0 < 0 || pos0 > cache->n_filled()) {
-    fail("forward: start position {} is not in [0, {}] (positions cached so far)", pos0,
-         cache->n_filled());
-  }
-  if (static_cast<std::size_t>(pos0) + n > static_cast<std::size_t>(cache->n_ctx())) {
-    fail(
-        "context overflow: positions {}..{} do not fit a context of {} tokens (use a larger --ctx)",
-        pos0, static_cast<std::size_t>(pos0) + n - 1, cache->n_ctx());
-  }
-  for (std::size_t t = 0; t < n; ++t) {
-    if (tokens[t] < 0 || tokens[t] >= c.n_vocab) {
-      fail("forward: token id {} at index {} is outside the vocabulary [0, {})", tokens[t], t,
-           c.n_vocab);
-    }
-  }
+  check_forward_inputs(tokens, pos0, *cache, c.n_vocab);
   cache->set_filled(pos0);  // entries past pos0 are about to be overwritten
 
   const auto embd = static_cast<std::size_t>(c.n_embd);

@@ -207,22 +207,7 @@ std::vector<float> CudaModel::forward(std::span<const std::int32_t> tokens, int 
   if (cache == nullptr) fail("forward: the KV cache was not created by the CUDA backend");
   const ModelConfig& c = config_;
   const std::size_t n = tokens.size();
-  if (n == 0) fail("forward: no tokens to process");
-  if (pos0 < 0 || pos0 > cache->n_filled()) {
-    fail("forward: start position {} is not in [0, {}] (positions cached so far)", pos0,
-         cache->n_filled());
-  }
-  if (static_cast<std::size_t>(pos0) + n > static_cast<std::size_t>(cache->n_ctx())) {
-    fail(
-        "context overflow: positions {}..{} do not fit a context of {} tokens (use a larger --ctx)",
-        pos0, static_cast<std::size_t>(pos0) + n - 1, cache->n_ctx());
-  }
-  for (std::size_t t = 0; t < n; ++t) {
-    if (tokens[t] < 0 || tokens[t] >= c.n_vocab) {
-      fail("forward: token id {} at index {} is outside the vocabulary [0, {})", tokens[t], t,
-           c.n_vocab);
-    }
-  }
+  check_forward_inputs(tokens, pos0, *cache, c.n_vocab);
   cache->set_filled(pos0);
 
   const auto vocab = sz(c.n_vocab);
