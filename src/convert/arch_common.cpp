@@ -1,5 +1,7 @@
 #include "convert/arch_common.h"
 
+#include "formats/size_label.h"
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -247,47 +249,7 @@ void add_general_header(KvList& kvs, const std::string& arch, const HfCheckpoint
   kvs.set("general.size_label", str(""));  // filled in once the tensors are known
 }
 
-namespace {
-
-std::string rounded_count(double n) {
-  double scaled;
-  const char* suffix;
-  if (n > 1e12) {
-    scaled = n * 1e-12, suffix = "T";
-  } else if (n > 1e9) {
-    scaled = n * 1e-9, suffix = "B";
-  } else if (n > 1e6) {
-    scaled = n * 1e-6, suffix = "M";
-  } else {
-    scaled = n * 1e-3, suffix = "K";
-  }
-  const double r = std::nearbyint(scaled);  // ties to even, like Python's round()
-  int digits = 0;
-  for (double x = r; x >= 1.0; x = std::floor(x / 10)) ++digits;
-  const int fix = std::max(2 - digits, 0);
-  return fmt::format("{:.{}f}{}", scaled, fix, suffix);
-}
-
-}  // namespace
-
-std::string size_label(const std::vector<TensorPlan>& tensors) {
-  std::uint64_t total = 0, shared = 0, expert = 0, expert_sum = 0, n_expert_tensors = 0;
-  for (const auto& t : tensors) {
-    const std::uint64_t size = t.n_elements();
-    if (t.name.find("_exps.") != std::string::npos && t.ne.size() >= 3 && t.ne[2] > 0) {
-      expert += size / t.ne[2];
-      expert_sum += t.ne[2];
-      ++n_expert_tensors;
-    } else {
-      shared += size;
-    }
-    total += size;
-  }
-  const std::uint64_t expert_count = n_expert_tensors ? expert_sum / n_expert_tensors : 0;
-  if (expert_count > 0)
-    return fmt::format("{}x{}", expert_count, rounded_count(static_cast<double>(shared + expert)));
-  return rounded_count(static_cast<double>(total));
-}
+std::string size_label(const std::vector<TensorPlan>& tensors) { return gguf_size_label(tensors); }
 
 void add_text_model_params(KvList& kvs, const std::string& arch, const Hparams& hp,
                            int block_count) {
