@@ -1,13 +1,12 @@
 // `qforge convert HF_DIR -o OUT.gguf --type T [--qat auto|off] [--report R.json]
 //  [--override PATTERN=TYPE ...] [--threads N] [--progress] [--no-tokenizer] [--quiet]`
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <memory>
 
 #include <fmt/format.h>
 
 #include "cli/command.h"
+#include "cli/report_output.h"
 #include "convert/converter.h"
 #include "convert/type_policy.h"
 #include "core/error.h"
@@ -24,23 +23,11 @@ struct ConvertArgs {
 };
 
 void run(ConvertArgs& args) {
-  if (args.qat != "auto" && args.qat != "off") fail("--qat '{}': expected auto or off", args.qat);
-  args.options.qat = args.qat == "auto";
+  args.options.qat = parse_qat(args.qat);
   args.options.tokenizer = !args.no_tokenizer;
-  // Fail on a report path in a missing directory before spending minutes on the conversion.
-  if (!args.report.empty()) {
-    const auto parent = std::filesystem::absolute(args.report).parent_path();
-    std::error_code ec;
-    if (!std::filesystem::is_directory(parent, ec))
-      fail("{}: directory {} does not exist", args.report, parent.string());
-  }
+  check_report_path(args.report);
   const ConvertReport report = convert_checkpoint(args.options);
-  if (!args.report.empty()) {
-    std::ofstream out(args.report);
-    out << report_to_json(report).dump(2) << '\n';
-    if (!out) fail("{}: writing the report failed", args.report);
-  }
-  if (!args.quiet) fmt::print("{}", report_table(report));
+  emit_report(report, args.report, args.quiet);
 }
 
 void setup(CLI::App& app) {

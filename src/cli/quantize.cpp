@@ -1,12 +1,11 @@
 // `qforge quantize IN.gguf OUT.gguf --type T [--imatrix F] [--qat auto|off]
 //  [--override REGEX=TYPE ...] [--report R.json] [--threads N] [--progress] [--quiet]`
-#include <filesystem>
-#include <fstream>
 #include <memory>
 
 #include <fmt/format.h>
 
 #include "cli/command.h"
+#include "cli/report_output.h"
 #include "convert/export_quantize.h"
 #include "convert/type_policy.h"
 #include "core/error.h"
@@ -22,21 +21,10 @@ struct QuantizeArgs {
 };
 
 void run(QuantizeArgs& args) {
-  if (args.qat != "auto" && args.qat != "off") fail("--qat '{}': expected auto or off", args.qat);
-  args.options.qat = args.qat == "auto";
-  if (!args.report.empty()) {
-    const auto parent = std::filesystem::absolute(args.report).parent_path();
-    std::error_code ec;
-    if (!std::filesystem::is_directory(parent, ec))
-      fail("{}: directory {} does not exist", args.report, parent.string());
-  }
+  args.options.qat = parse_qat(args.qat);
+  check_report_path(args.report);
   const ConvertReport report = quantize_gguf(args.options);
-  if (!args.report.empty()) {
-    std::ofstream out(args.report);
-    out << report_to_json(report).dump(2) << '\n';
-    if (!out) fail("{}: writing the report failed", args.report);
-  }
-  if (!args.quiet) fmt::print("{}", report_table(report));
+  emit_report(report, args.report, args.quiet);
 }
 
 void setup(CLI::App& app) {
