@@ -78,6 +78,7 @@ nlohmann::ordered_json report_to_json(const ConvertReport& r) {
     tensors.push_back(std::move(e));
   }
   j["skipped"] = r.skipped;
+  if (!r.recipe_json.empty()) j["recipe"] = nlohmann::ordered_json::parse(r.recipe_json);
   std::uint64_t lattice_tensors = 0, fallbacks = 0;
   for (const auto& t : r.tensors) {
     lattice_tensors += t.lattice_encoded;
@@ -133,6 +134,19 @@ std::string report_table(const ConvertReport& r) {
   if (!r.skipped.empty())
     out += fmt::format("skipped {} non-text tensors (vision/audio towers, projectors)\n",
                        r.skipped.size());
+  if (!r.recipe_json.empty()) {
+    const auto j = nlohmann::ordered_json::parse(r.recipe_json);
+    out += fmt::format(
+        "dynamic recipe: target {:.3f} bpw, {} ({} scored calibration tokens), "
+        "predicted KLD {:.4g}\n",
+        j["target_bpw"].get<double>(),
+        j["measured"].get<bool>() ? "measured sensitivities" : "error proxy only",
+        j["calib_tokens"].get<int>(), j["predicted_kld"].get<double>());
+    for (const auto& c : j["proxy_checks"])
+      out += fmt::format("  proxy check {} as {}: predicted dKLD {:.4g}, measured {:.4g}\n",
+                         c["tensor"].get<std::string>(), c["type"].get<std::string>(),
+                         c["predicted_kld"].get<double>(), c["measured_kld"].get<double>());
+  }
   return out;
 }
 

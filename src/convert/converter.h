@@ -61,6 +61,7 @@ struct ConvertReport {
   bool qat_checkpoint = false;
   std::vector<TensorReport> tensors;
   std::vector<std::string> skipped;  // source tensors not converted on purpose
+  std::string recipe_json;           // --recipe dynamic: the plan (DynamicRecipe::to_json)
   std::uint64_t input_bytes = 0;     // bytes of source tensors read
   std::uint64_t output_file_bytes = 0;
   std::uint64_t n_weights = 0;

@@ -12,10 +12,12 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "convert/converter.h"
+#include "convert/dynamic_recipe.h"
 
 namespace qforge {
 
@@ -29,6 +31,9 @@ struct QuantizeOptions {
   int threads = 0;
   bool progress = false;
   double min_lattice_share = 0.98;
+  // --recipe dynamic: a type per tensor under a size budget (convert/dynamic_recipe.h); `type`
+  // may then be empty (general.file_type follows the type holding most weights).
+  std::optional<DynamicRecipeOptions> dynamic;
 };
 
 // Reuses convert's report (TensorReport.source = "copied" / "requantized" / "lattice").

@@ -203,4 +203,51 @@ ModelWeights bind_weights(const GgufReader& gguf, const ModelConfig& c) {
   return w;
 }
 
+namespace {
+
+// Calls fn on every WeightMatrix of the model (token_embd and output separately, even when tied).
+template <typename Fn>
+void for_each_matrix(ModelWeights& w, Fn&& fn) {
+  fn(w.token_embd);
+  fn(w.output);
+  fn(w.per_layer_token_embd);
+  fn(w.per_layer_model_proj);
+  for (LayerWeights& l : w.layers) {
+    for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down})
+      fn(*m);
+    if (l.moe) {
+      fn(l.moe->router);
+      for (WeightMatrix& m : l.moe->gate_up) fn(m);
+      for (WeightMatrix& m : l.moe->down) fn(m);
+    }
+    if (l.per_layer_input) {
+      fn(l.per_layer_input->gate);
+      fn(l.per_layer_input->proj);
+    }
+  }
+}
+
+}  // namespace
+
+int replace_matrix(ModelWeights& weights, std::string_view name, GgmlType type,
+                   std::span<const std::byte> data) {
+  int changed = 0;
+  for_each_matrix(weights, [&](WeightMatrix& m) {
+    const bool stacked = m.expert >= 0 && m.name.size() > name.size() && m.name.starts_with(name) &&
+                         m.name[name.size()] == '[';
+    if (!m.present() || (m.name != name && !stacked)) return;
+    const std::size_t stride = row_bytes(type, m.cols);
+    const std::size_t offset = stacked ? static_cast<std::size_t>(m.expert) * m.rows * stride : 0;
+    if (offset + m.rows * stride > data.size()) {
+      fail("replace_matrix '{}': {} bytes given, {} x {} as {} needs {}", name, data.size(), m.rows,
+           m.cols, type_name(type), offset + m.rows * stride);
+    }
+    m.type = type;
+    m.row_stride = stride;
+    m.data = data.subspan(offset, m.rows * stride);
+    ++changed;
+  });
+  return changed;
+}
+
 }  // namespace qforge

@@ -25,8 +25,8 @@ struct WeightMatrix {
   std::size_t cols = 0;
   std::size_t row_stride = 0;  // bytes per row
   std::span<const std::byte> data;
-  int expert = -1;     // index within a stacked expert tensor (MoE), -1 otherwise
-  int n_experts = 0;   // number of experts in that stack
+  int expert = -1;    // index within a stacked expert tensor (MoE), -1 otherwise
+  int n_experts = 0;  // number of experts in that stack
 
   std::span<const std::byte> row(std::size_t i) const {
     return data.subspan(i * row_stride, row_stride);
@@ -81,5 +81,12 @@ struct ModelWeights {
 // Looks up and shape-checks every tensor the config needs; fails naming the file and the tensor.
 // The returned views point into `gguf`'s mapping, which must outlive them.
 ModelWeights bind_weights(const GgufReader& gguf, const ModelConfig& config);
+
+// Points every matrix bound from the GGUF tensor `name` (both uses of tied embeddings, every
+// expert of a stacked tensor) at `data`: the whole tensor re-encoded as `type`, same shape. Used
+// to measure the effect of quantizing one tensor alone (dynamic recipes). `data` must outlive the
+// use. Returns the number of matrices changed (0: no matrix comes from that tensor).
+int replace_matrix(ModelWeights& weights, std::string_view name, GgmlType type,
+                   std::span<const std::byte> data);
 
 }  // namespace qforge

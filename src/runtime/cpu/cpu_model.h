@@ -23,6 +23,11 @@ class CpuModel final : public Model {
   std::vector<float> forward(std::span<const std::int32_t> tokens, int pos0, KvCache& cache,
                              const ForwardOptions& options = {}) override;
 
+  // See replace_matrix in model/weights.h.
+  int replace_matrix(std::string_view name, GgmlType type, std::span<const std::byte> data) {
+    return qforge::replace_matrix(weights_, name, type, data);
+  }
+
  private:
   struct Batch;  // per-call state shared by the blocks below (positions, RoPE tables, ...)
 
