@@ -23,6 +23,7 @@
 #include "formats/gguf.h"
 #include "model/config.h"
 #include "model/model.h"
+#include "runtime/cpu/kernels.h"
 #include "runtime/cuda_device.h"
 #include "runtime/cuda_model.h"
 
@@ -119,6 +120,7 @@ class CudaStories : public ::testing::Test {
 // 100 tokens: two prompt chunks (64 + 36) on the GPU.
 TEST_F(CudaStories, PrefillLogitsMatchCpu) {
   const std::vector<std::int32_t> ids(reference_.begin(), reference_.begin() + 100);
+  const cpu::ScopedCpuActivations f32(cpu::CpuActivations::kF32);  // the F32 reference
   auto cpu = load_model(gguf());
   auto gpu = cuda_model(gguf());
   const double d = rel_diff(all_logits(*gpu, ids, KvType::F32), all_logits(*cpu, ids, KvType::F32));
@@ -156,6 +158,7 @@ TEST_F(CudaStories, GreedyMatchesReference) {
 
 TEST_F(CudaStories, GreedyBf16CacheMatchesCpu) {
   auto gpu = cuda_model(gguf());
+  const cpu::ScopedCpuActivations f32(cpu::CpuActivations::kF32);  // the F32 reference
   auto cpu = load_model(gguf());
   const std::vector<std::int32_t> prompt(reference_.begin(), reference_.begin() + 8);
   EXPECT_EQ(greedy(*gpu, prompt, 64, KvType::BF16), greedy(*cpu, prompt, 64, KvType::BF16));
@@ -175,6 +178,7 @@ TEST_F(CudaStories, BadInputsFail) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("free"), std::string::npos) << e.what();
   }
+  const cpu::ScopedCpuActivations f32(cpu::CpuActivations::kF32);  // the F32 reference
   auto cpu = load_model(gguf());
   auto cpu_cache = cpu->new_cache(8, KvType::BF16);
   const std::int32_t one = 1;
@@ -212,6 +216,7 @@ TEST_P(CudaGemma3Tiny, LogitsAndGreedyMatchCpu) {
   std::transform(want_type.begin(), want_type.end(), want_type.begin(), ::toupper);
   EXPECT_EQ(type_name(q->type), want_type);
 
+  const cpu::ScopedCpuActivations f32(cpu::CpuActivations::kF32);  // the F32 reference
   auto cpu = load_model(path_);
   auto gpu = cuda_model(path_);
   ASSERT_EQ(gpu->config().arch, "gemma3");

@@ -28,7 +28,8 @@ std::vector<float> random_vector(std::size_t n, std::uint64_t seed, float scale 
 }
 
 // Naive attention for one query head, in double.
-std::vector<double> naive_head(const std::vector<float>& qh, const std::vector<std::vector<float>>& keys,
+std::vector<double> naive_head(const std::vector<float>& qh,
+                               const std::vector<std::vector<float>>& keys,
                                const std::vector<std::vector<float>>& values, int first, int last,
                                double scale, double cap) {
   std::vector<double> w;
@@ -63,7 +64,8 @@ TEST(CpuAttention, MatchesNaiveWithGqaWindowAndSoftcap) {
     for (const int window : {0, 1, 5}) {
       CpuKvCache cache(c, n_pos, kv);
       for (int p = 0; p < n_pos; ++p) {
-        cache.store(0, p, std::span(k_all).subspan(p * 64, 64), std::span(v_all).subspan(p * 128, 128));
+        cache.store(0, p, std::span(k_all).subspan(p * 64, 64),
+                    std::span(v_all).subspan(p * 128, 128));
       }
       // What the cache holds after rounding, read back through the same conversion the type uses.
       std::vector<std::vector<std::vector<float>>> keys(2), values(2);
@@ -133,6 +135,8 @@ TEST(CpuRope, PairsRotateByPositionTimesFrequency) {
 }
 
 TEST(CpuMatmul, QuantizedWeightsMatchDequantizedReference) {
+  // The F32-activation path (the 8-bit one is checked in test_q8_act.cpp).
+  const cpu::ScopedCpuActivations f32(cpu::CpuActivations::kF32);
   const std::size_t rows = 37, cols = 256, n_tok = 3;
   const auto wf = random_vector(rows * cols, 4, 0.1f);
   const auto x = random_vector(n_tok * cols, 5);
@@ -184,7 +188,8 @@ TEST(ThreadPool, ManySmallLoopsNestedCallsAndErrors) {
   for (int i = 0; i < 2000; ++i) {
     parallel_for(64, [&](std::size_t b, std::size_t e) {
       // Nested loops run inline on the worker.
-      parallel_for(e - b, [&](std::size_t b2, std::size_t e2) { total += static_cast<long>(e2 - b2); });
+      parallel_for(e - b,
+                   [&](std::size_t b2, std::size_t e2) { total += static_cast<long>(e2 - b2); });
     });
   }
   EXPECT_EQ(total.load(), 2000 * 64);

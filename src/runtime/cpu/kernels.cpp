@@ -1,24 +1,59 @@
 #include "runtime/cpu/kernels.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <numbers>
+#include <string_view>
 #include <vector>
 
 #include "core/error.h"
 #include "core/parallel.h"
 #include "quant/blocks.h"
+#include "quant/q8_act.h"
 #include "runtime/cpu/activation_observer.h"
 
 namespace qforge::cpu {
 
-void matmul(const WeightMatrix& w, std::span<const float> x, std::size_t n_tokens,
-            std::span<float> y) {
-  if (x.size() != n_tokens * w.cols || y.size() != n_tokens * w.rows) {
-    fail("matmul '{}': input {} / output {} floats do not match {} tokens x [{} x {}]", w.name,
-         x.size(), y.size(), n_tokens, w.rows, w.cols);
-  }
-  notify_matmul_input({w.name, x, n_tokens, w.cols, w.expert, w.n_experts});
+namespace {
+
+// -1: not decided yet (QFORGE_CPU_ACT is read at first use).
+std::atomic<int> g_cpu_activations{-1};
+
+CpuActivations activations_from_env() {
+  const char* env = std::getenv("QFORGE_CPU_ACT");
+  if (env == nullptr || *env == '\0') return CpuActivations::kQ8;
+  const std::string_view v(env);
+  if (v == "f32" || v == "F32") return CpuActivations::kF32;
+  if (v == "q8" || v == "Q8") return CpuActivations::kQ8;
+  fail("QFORGE_CPU_ACT='{}': expected f32 or q8", v);
+}
+
+// Weight rows per parallel chunk: enough work per chunk to amortise the hand-off.
+std::size_t min_rows_per_chunk(const WeightMatrix& w, std::size_t n_tokens) {
+  const std::size_t work_per_row = std::max<std::size_t>(w.cols * n_tokens, 1);
+  return std::max<std::size_t>(16, 32768 / work_per_row);
+}
+
+void matmul_q8(const WeightMatrix& w, std::span<const float> x, std::size_t n_tokens,
+               std::span<float> y) {
+  // Reused across calls: the forward pass calls matmul hundreds of times. The body below must use
+  // the reference `a`: naming a thread_local inside a lambda that runs on a pool worker would
+  // refer to that worker's own (empty) instance.
+  thread_local Q8Activations acts;
+  Q8Activations& a = acts;
+  a.quantize(x, n_tokens, w.cols);
+  parallel_for(
+      w.rows,
+      [&](std::size_t begin, std::size_t end) {
+        matmul_q8_rows(w.type, w.data.data(), w.row_stride, begin, end, a, y.data(), w.rows);
+      },
+      min_rows_per_chunk(w, n_tokens));
+}
+
+void matmul_f32(const WeightMatrix& w, std::span<const float> x, std::size_t n_tokens,
+                std::span<float> y) {
   constexpr std::size_t kTile = 16;
   const std::size_t min_rows =
       std::max<std::size_t>(kTile, 32768 / std::max<std::size_t>(w.cols, 1));
@@ -60,6 +95,39 @@ void matmul(const WeightMatrix& w, std::span<const float> x, std::size_t n_token
         }
       },
       min_rows);
+}
+
+}  // namespace
+
+void set_cpu_activations(CpuActivations mode) {
+  g_cpu_activations.store(static_cast<int>(mode));
+}
+
+CpuActivations cpu_activations() {
+  int mode = g_cpu_activations.load(std::memory_order_relaxed);
+  if (mode < 0) {
+    mode = static_cast<int>(activations_from_env());
+    int expected = -1;
+    // A concurrent set_cpu_activations wins over the environment.
+    if (!g_cpu_activations.compare_exchange_strong(expected, mode)) mode = expected;
+  }
+  return static_cast<CpuActivations>(mode);
+}
+
+void matmul(const WeightMatrix& w, std::span<const float> x, std::size_t n_tokens,
+            std::span<float> y) {
+  if (x.size() != n_tokens * w.cols || y.size() != n_tokens * w.rows) {
+    fail("matmul '{}': input {} / output {} floats do not match {} tokens x [{} x {}]", w.name,
+         x.size(), y.size(), n_tokens, w.rows, w.cols);
+  }
+  notify_matmul_input({w.name, x, n_tokens, w.cols, w.expert, w.n_experts});
+  if (n_tokens == 0 || w.rows == 0) return;
+  if (cpu_activations() == CpuActivations::kQ8 && q8_act_supported(w.type) &&
+      w.cols % kQ8ActBlock == 0 && w.cols % block_size(w.type) == 0) {
+    matmul_q8(w, x, n_tokens, y);
+    return;
+  }
+  matmul_f32(w, x, n_tokens, y);
 }
 
 namespace {
@@ -120,8 +188,11 @@ void rope_tables(int pos0, std::size_t n_positions, int n_rot, const RopeParams&
 }
 
 float gelu_tanh(float x) {
+  // 0.5 x (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3): one exp instead of
+  // tanh. For large |u| the exp saturates to 0 or inf and the result to x or -0, as it should.
   const float k = std::sqrt(2.0f / std::numbers::pi_v<float>);
-  return 0.5f * x * (1.0f + std::tanh(k * (x + 0.044715f * x * x * x)));
+  const float u = k * (x + 0.044715f * x * x * x);
+  return x / (1.0f + std::exp(-2.0f * u));
 }
 
 float silu(float x) {
@@ -129,10 +200,15 @@ float silu(float x) {
 }
 
 void glu(FfnActivation act, std::span<float> gate, std::span<const float> up) {
-  for (std::size_t i = 0; i < gate.size(); ++i) {
-    const float g = act == FfnActivation::kSiluGlu ? silu(gate[i]) : gelu_tanh(gate[i]);
-    gate[i] = g * up[i];
-  }
+  parallel_for(
+      gate.size(),
+      [&](std::size_t begin, std::size_t end) {
+        for (std::size_t i = begin; i < end; ++i) {
+          const float g = act == FfnActivation::kSiluGlu ? silu(gate[i]) : gelu_tanh(gate[i]);
+          gate[i] = g * up[i];
+        }
+      },
+      8192);
 }
 
 void softmax(std::span<float> x) {

@@ -10,10 +10,36 @@
 
 namespace qforge::cpu {
 
+// How matmul feeds quantized weights: kQ8 quantizes each activation row once to 8-bit blocks
+// (q8_act.h) and uses integer dot products (as llama.cpp does; ~0.1-1% relative difference per
+// output from the activation rounding); kF32 keeps F32 activations (dot_row of the weight type).
+// F32/F16/BF16 weights always use F32. Process-wide; the default is kQ8, or QFORGE_CPU_ACT=f32|q8
+// read at first use.
+enum class CpuActivations { kQ8, kF32 };
+void set_cpu_activations(CpuActivations mode);
+CpuActivations cpu_activations();
+
+// Sets the mode for the lifetime of the object and restores the previous one (tests, tools that
+// need the F32 reference path).
+class ScopedCpuActivations {
+ public:
+  explicit ScopedCpuActivations(CpuActivations mode) : saved_(cpu_activations()) {
+    set_cpu_activations(mode);
+  }
+  ~ScopedCpuActivations() { set_cpu_activations(saved_); }
+  ScopedCpuActivations(const ScopedCpuActivations&) = delete;
+  ScopedCpuActivations& operator=(const ScopedCpuActivations&) = delete;
+
+ private:
+  CpuActivations saved_;
+};
+
 // y[t, r] = dot(w.row(r), x[t, :]) for t < n_tokens, r < w.rows. x is [n_tokens x w.cols],
-// y is [n_tokens x w.rows], both row-major. Parallel over the weight rows. One token uses the
-// fused dot_row of the weight type; several tokens decode each weight row to F32 once and use F32
-// dot products (same values up to F32 summation order, ~1e-6 relative).
+// y is [n_tokens x w.rows], both row-major. Parallel over the weight rows. With kQ8 activations
+// (see above) and a supported weight type, the rows of x are quantized once and multiplied in
+// register tiles of weight rows x tokens, each weight row decoded once per call; results do not
+// depend on n_tokens. With F32 activations, one token uses the fused dot_row of the weight type;
+// several tokens decode each weight row to F32 once and use F32 dot products.
 void matmul(const WeightMatrix& w, std::span<const float> x, std::size_t n_tokens,
             std::span<float> y);
 

@@ -1,0 +1,485 @@
+// Activation quantization and the integer dot / matmul kernels of q8_act.h.
+//
+// Lane structure (shared by the AVX2 kernel and its scalar emulation): for each 32-element block
+// the products code_w[e] * code_a[e] are summed in 8 int32 lanes, lane i holding elements
+// 4i..4i+3 (what maddubs followed by madd produces), times the block's integer sub-scale of that
+// half. Each lane is converted to F32 and accumulated with fma(lane, d_w * d_a, acc[i]) into 8 F32
+// accumulators per output, which are reduced at the end as hsum does; the offset terms are
+// accumulated separately in one F32. Following exactly these steps makes both kernels agree bit
+// for bit.
+#include "quant/q8_act.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string_view>
+
+#include "core/error.h"
+#include "core/parallel.h"
+#include "quant/block_common.h"
+#include "quant/q8_act_decode.h"
+
+namespace qforge {
+namespace {
+
+using q8act::DecodedRow;
+using q8act::TypeKernels;
+
+constexpr std::size_t kQK = kQ8ActBlock;
+
+inline float fused(float a, float b, float c) {
+#if defined(__FMA__) || defined(FP_FAST_FMAF)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;  // no FMA unit: only the scalar kernel exists, so nothing to match
+#endif
+}
+
+// The activation side of one row.
+struct ActRow {
+  const std::int8_t* codes;
+  const float* scale;
+  const float* half_sums;
+};
+
+ActRow act_row(const Q8Activations& a, std::size_t t) {
+  return {a.codes(t), a.scales(t), a.half_sums(t)};
+}
+
+// Reduction order of blocks::hsum: (l0+l4 + l2+l6) + (l1+l5 + l3+l7).
+inline float hsum_lanes(const float* l) {
+  const float s0 = l[0] + l[4], s1 = l[1] + l[5], s2 = l[2] + l[6], s3 = l[3] + l[7];
+  return (s0 + s2) + (s1 + s3);
+}
+
+inline std::int8_t quantize_value(float v) {
+  if (!(v >= -127.0f)) return -127;  // also NaN
+  if (v > 127.0f) return 127;
+  return static_cast<std::int8_t>(std::nearbyint(v));  // nearest even, as cvtps_epi32
+}
+
+void quantize_scalar(const float* x, std::size_t n, std::int8_t* q, float* d, float* sums) {
+  for (std::size_t b = 0; b < n / kQK; ++b, x += kQK, q += kQK) {
+    float amax = 0.0f;
+    for (std::size_t j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float scale = amax / 127.0f;
+    const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+    int half[2] = {0, 0};
+    for (std::size_t j = 0; j < kQK; ++j) {
+      q[j] = quantize_value(x[j] * inv);
+      half[j / 16] += q[j];
+    }
+    d[b] = scale;
+    sums[2 * b] = scale * static_cast<float>(half[0]);
+    sums[2 * b + 1] = scale * static_cast<float>(half[1]);
+  }
+}
+
+// A decoded weight row as the kernels read it.
+struct WeightRow {
+  const std::int8_t* codes;
+  const float* half_scale;  // 2 per block
+  const float* offset;      // 2 per block, or null
+};
+
+// sum_i o[i] * s[i] over len entries in 8 F32 lanes (as a vector loop would), then reduced.
+float offset_dot_scalar(const float* o, const float* s, std::size_t len) {
+  float lanes[8] = {};
+  std::size_t i = 0;
+  for (; i + 8 <= len; i += 8)
+    for (std::size_t l = 0; l < 8; ++l) lanes[l] = fused(o[i + l], s[i + l], lanes[l]);
+  float sum = hsum_lanes(lanes);
+  for (; i < len; ++i) sum = fused(o[i], s[i], sum);
+  return sum;
+}
+
+float dot_scalar(const WeightRow& w, const ActRow& a, std::size_t nb) {
+  float lanes[8] = {};
+  for (std::size_t b = 0; b < nb; ++b) {
+    const std::int8_t* wq = w.codes + kQK * b;
+    const std::int8_t* aq = a.codes + kQK * b;
+    for (std::size_t i = 0; i < 8; ++i) {
+      int p = 0;
+      for (std::size_t e = 4 * i; e < 4 * i + 4; ++e) p += int{wq[e]} * int{aq[e]};
+      lanes[i] = fused(static_cast<float>(p), w.half_scale[2 * b + i / 4] * a.scale[b], lanes[i]);
+    }
+  }
+  const float sum = hsum_lanes(lanes);
+  return w.offset ? sum + offset_dot_scalar(w.offset, a.half_sums, 2 * nb) : sum;
+}
+
+#ifdef QFORGE_BLOCKS_AVX2
+void quantize_avx2(const float* x, std::size_t n, std::int8_t* q, float* d, float* sums) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (std::size_t b = 0; b < n / kQK; ++b, x += kQK, q += kQK) {
+    __m256 v[4];
+    for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(x + 8 * i);
+    const __m256 m =
+        _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                      _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const float scale = amax / 127.0f;
+    const __m256 inv = _mm256_set1_ps(scale != 0.0f ? 1.0f / scale : 0.0f);
+    __m256i iv[4];
+    for (int i = 0; i < 4; ++i) {
+      iv[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));
+      iv[i] = _mm256_min_epi32(_mm256_max_epi32(iv[i], lo), hi);
+    }
+    const __m256i packed =
+        _mm256_packs_epi16(_mm256_packs_epi32(iv[0], iv[1]), _mm256_packs_epi32(iv[2], iv[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_permutevar8x32_epi32(packed, order));
+    int half[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i s8 = _mm256_add_epi32(iv[2 * h], iv[2 * h + 1]);
+      __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+      half[h] = _mm_cvtsi128_si32(s4);
+    }
+    d[b] = scale;
+    sums[2 * b] = scale * static_cast<float>(half[0]);
+    sums[2 * b + 1] = scale * static_cast<float>(half[1]);
+  }
+}
+
+inline float offset_dot_avx2(const float* o, const float* s, std::size_t len) {
+  __m256 acc = _mm256_setzero_ps();
+  std::size_t i = 0;
+  for (; i + 8 <= len; i += 8)
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(o + i), _mm256_loadu_ps(s + i), acc);
+  float sum = blocks::hsum(acc);
+  for (; i < len; ++i) sum = fused(o[i], s[i], sum);
+  return sum;
+}
+
+inline __m256i load_codes(const std::int8_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+// Lanes 0..3 = hs[0], lanes 4..7 = hs[1].
+inline __m256 load_half_scales(const float* hs) {
+  const __m128 pair = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(hs)));
+  return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(pair),
+                                  _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+}
+
+// RM weight rows x RN activation rows over nb blocks; out[m * RN + n]. Signed x signed bytes via
+// maddubs(|w|, sign(a, w)), then madd with ones: lane i = sum of elements 4i..4i+3.
+template <int RM, int RN>
+void tile_avx2(const WeightRow* w, const ActRow* a, std::size_t nb, float* out) {
+  __m256 acc[RM][RN];
+  for (int m = 0; m < RM; ++m)
+    for (int n = 0; n < RN; ++n) acc[m][n] = _mm256_setzero_ps();
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (std::size_t b = 0; b < nb; ++b) {
+    __m256i wq[RM], wabs[RM];
+    __m256 ws[RM];
+    for (int m = 0; m < RM; ++m) {
+      wq[m] = load_codes(w[m].codes + kQK * b);
+      wabs[m] = _mm256_abs_epi8(wq[m]);
+      ws[m] = load_half_scales(w[m].half_scale + 2 * b);
+    }
+    for (int n = 0; n < RN; ++n) {
+      const __m256i aq = load_codes(a[n].codes + kQK * b);
+      const __m256 ad = _mm256_set1_ps(a[n].scale[b]);
+      for (int m = 0; m < RM; ++m) {
+        const __m256i p16 = _mm256_maddubs_epi16(wabs[m], _mm256_sign_epi8(aq, wq[m]));
+        const __m256i p32 = _mm256_madd_epi16(p16, ones);
+        acc[m][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_mul_ps(ws[m], ad), acc[m][n]);
+      }
+    }
+  }
+  for (int m = 0; m < RM; ++m) {
+    for (int n = 0; n < RN; ++n) {
+      const float sum = blocks::hsum(acc[m][n]);
+      out[m * RN + n] =
+          w[m].offset ? sum + offset_dot_avx2(w[m].offset, a[n].half_sums, 2 * nb) : sum;
+    }
+  }
+}
+
+#if defined(__GNUC__)
+#define QFORGE_Q8_VNNI 1
+#define QFORGE_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+// The same with AVX512-VNNI on 256-bit vectors: dpbusd multiplies unsigned by signed bytes and
+// sums 4 products per int32 lane without an int16 stage, so the activations are made unsigned
+// (a + 128) and 128 * (sum of the lane's weight codes) is subtracted, once per weight block.
+template <int RM, int RN>
+QFORGE_VNNI_TARGET void tile_vnni(const WeightRow* w, const ActRow* a, std::size_t nb, float* out) {
+  __m256 acc[RM][RN];
+  for (int m = 0; m < RM; ++m)
+    for (int n = 0; n < RN; ++n) acc[m][n] = _mm256_setzero_ps();
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (std::size_t b = 0; b < nb; ++b) {
+    __m256i wq[RM], base[RM];
+    __m256 ws[RM];
+    for (int m = 0; m < RM; ++m) {
+      wq[m] = load_codes(w[m].codes + kQK * b);
+      base[m] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                 _mm256_dpbusd_epi32(_mm256_setzero_si256(), bias, wq[m]));
+      ws[m] = load_half_scales(w[m].half_scale + 2 * b);
+    }
+    for (int n = 0; n < RN; ++n) {
+      const __m256i au = _mm256_xor_si256(load_codes(a[n].codes + kQK * b), bias);
+      const __m256 ad = _mm256_set1_ps(a[n].scale[b]);
+      for (int m = 0; m < RM; ++m) {
+        const __m256i p32 = _mm256_dpbusd_epi32(base[m], au, wq[m]);
+        acc[m][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_mul_ps(ws[m], ad), acc[m][n]);
+      }
+    }
+  }
+  for (int m = 0; m < RM; ++m) {
+    for (int n = 0; n < RN; ++n) {
+      const float sum = blocks::hsum(acc[m][n]);
+      out[m * RN + n] =
+          w[m].offset ? sum + offset_dot_avx2(w[m].offset, a[n].half_sums, 2 * nb) : sum;
+    }
+  }
+}
+
+bool cpu_has_vnni() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512f");
+  }();
+  return has;
+}
+#endif
+#endif
+
+// Register tile: weight rows x activation rows.
+constexpr int kRM = 4;
+constexpr int kRN = 2;
+
+using TileFn = void (*)(const WeightRow*, const ActRow*, std::size_t, float*);
+
+void tile_scalar(const WeightRow* w, const ActRow* a, std::size_t nb, float* out, int rm, int rn) {
+  for (int m = 0; m < rm; ++m)
+    for (int n = 0; n < rn; ++n) out[m * rn + n] = dot_scalar(w[m], a[n], nb);
+}
+
+#ifdef QFORGE_BLOCKS_AVX2
+TileFn pick_avx2(int rm, int rn) {
+  static constexpr TileFn kTable[kRM][kRN] = {{tile_avx2<1, 1>, tile_avx2<1, 2>},
+                                              {tile_avx2<2, 1>, tile_avx2<2, 2>},
+                                              {tile_avx2<3, 1>, tile_avx2<3, 2>},
+                                              {tile_avx2<4, 1>, tile_avx2<4, 2>}};
+  return kTable[rm - 1][rn - 1];
+}
+#ifdef QFORGE_Q8_VNNI
+TileFn pick_vnni(int rm, int rn) {
+  static constexpr TileFn kTable[kRM][kRN] = {{tile_vnni<1, 1>, tile_vnni<1, 2>},
+                                              {tile_vnni<2, 1>, tile_vnni<2, 2>},
+                                              {tile_vnni<3, 1>, tile_vnni<3, 2>},
+                                              {tile_vnni<4, 1>, tile_vnni<4, 2>}};
+  return kTable[rm - 1][rn - 1];
+}
+#endif
+#endif
+
+// Runs an rm x rn tile with the kernels of `isa`.
+void run_tile(Q8Isa isa, const WeightRow* w, const ActRow* a, std::size_t nb, float* out, int rm,
+              int rn) {
+  switch (isa) {
+#ifdef QFORGE_BLOCKS_AVX2
+    case Q8Isa::kAvx2:
+      pick_avx2(rm, rn)(w, a, nb, out);
+      return;
+#ifdef QFORGE_Q8_VNNI
+    case Q8Isa::kAvx512Vnni:
+      pick_vnni(rm, rn)(w, a, nb, out);
+      return;
+#endif
+#endif
+    default:
+      tile_scalar(w, a, nb, out, rm, rn);
+      return;
+  }
+}
+
+// Scratch for decoded weight rows.
+struct DecodeBuffer {
+  std::size_t n, nb;
+  std::vector<std::int8_t> codes;
+  std::vector<float> half_scale, offset;
+
+  DecodeBuffer(std::size_t rows, std::size_t n_cols)
+      : n(n_cols),
+        nb(n_cols / kQK),
+        codes(rows * n),
+        half_scale(rows * 2 * nb),
+        offset(rows * 2 * nb) {}
+
+  // Decodes `row` into slot i.
+  WeightRow decode(std::size_t i, const std::byte* row, const TypeKernels& k, bool scalar) {
+    const DecodedRow d{codes.data() + i * n, half_scale.data() + i * 2 * nb,
+                       offset.data() + i * 2 * nb};
+    (scalar ? k.decode_scalar : k.decode)(row, n, d);
+    return {d.codes, d.half_scale, k.has_offset ? d.offset : nullptr};
+  }
+};
+
+TypeKernels checked_kernels(GgmlType type, std::size_t n) {
+  const TypeKernels k = q8act::kernels_for(type);
+  if (k.decode == nullptr) {
+    fail("8-bit activation matmul: weight type {} is not supported", type_name(type));
+  }
+  if (n % block_size(type) != 0 || n % kQK != 0) {
+    fail("8-bit activation matmul: row length {} is not a multiple of the {} block size {}", n,
+         type_name(type), block_size(type));
+  }
+  return k;
+}
+
+void check_row(GgmlType type, std::span<const std::byte> row, const Q8Activations& a,
+               std::size_t t) {
+  if (t >= a.rows()) fail("dot_row_q8: activation row {} out of {}", t, a.rows());
+  if (row.size() < row_bytes(type, a.cols())) {
+    fail("dot_row_q8: {} row has {} bytes, expected {} for {} elements", type_name(type),
+         row.size(), row_bytes(type, a.cols()), a.cols());
+  }
+}
+
+Q8Isa detect_isa() {
+  Q8Isa best = Q8Isa::kScalar;
+#ifdef QFORGE_BLOCKS_AVX2
+  best = Q8Isa::kAvx2;
+#ifdef QFORGE_Q8_VNNI
+  if (cpu_has_vnni()) best = Q8Isa::kAvx512Vnni;
+#endif
+#endif
+  // QFORGE_Q8_ISA=scalar|avx2 caps the choice (benchmarks, debugging).
+  if (const char* env = std::getenv("QFORGE_Q8_ISA")) {
+    const std::string_view v(env);
+    if (v == "scalar") best = Q8Isa::kScalar;
+    if (v == "avx2" && best == Q8Isa::kAvx512Vnni) best = Q8Isa::kAvx2;
+  }
+  return best;
+}
+
+}  // namespace
+
+bool q8_act_isa_available(Q8Isa isa) {
+  switch (isa) {
+    case Q8Isa::kScalar:
+      return true;
+#ifdef QFORGE_BLOCKS_AVX2
+    case Q8Isa::kAvx2:
+      return true;
+#ifdef QFORGE_Q8_VNNI
+    case Q8Isa::kAvx512Vnni:
+      return cpu_has_vnni();
+#endif
+#endif
+    default:
+      return false;
+  }
+}
+
+Q8Isa q8_act_isa() {
+  static const Q8Isa isa = detect_isa();
+  return isa;
+}
+
+void Q8Activations::quantize(std::span<const float> x, std::size_t n_rows, std::size_t n_cols) {
+  if (n_cols % kQK != 0 || x.size() != n_rows * n_cols) {
+    fail("Q8Activations: {} floats are not {} rows of {} (a multiple of {})", x.size(), n_rows,
+         n_cols, kQK);
+  }
+  rows_ = n_rows;
+  cols_ = n_cols;
+  q_.resize(n_rows * n_cols);
+  d_.resize(n_rows * blocks_per_row());
+  sums_.resize(2 * n_rows * blocks_per_row());
+  auto body = [&](std::size_t begin, std::size_t end) {
+    for (std::size_t r = begin; r < end; ++r) {
+#ifdef QFORGE_BLOCKS_AVX2
+      quantize_avx2(x.data() + r * n_cols, n_cols, q_.data() + r * n_cols,
+                    d_.data() + r * blocks_per_row(), sums_.data() + 2 * r * blocks_per_row());
+#else
+      quantize_scalar(x.data() + r * n_cols, n_cols, q_.data() + r * n_cols,
+                      d_.data() + r * blocks_per_row(), sums_.data() + 2 * r * blocks_per_row());
+#endif
+    }
+  };
+  if (n_rows == 1) {
+    body(0, 1);
+  } else {
+    parallel_for(n_rows, body, std::max<std::size_t>(1, 16384 / std::max<std::size_t>(n_cols, 1)));
+  }
+}
+
+void Q8Activations::dequantize_row(std::size_t row, std::span<float> out) const {
+  if (row >= rows_ || out.size() != cols_) fail("Q8Activations::dequantize_row: bad row or size");
+  for (std::size_t i = 0; i < cols_; ++i)
+    out[i] = scales(row)[i / kQK] * static_cast<float>(codes(row)[i]);
+}
+
+void quantize_activation_row_scalar(std::span<const float> x, std::span<std::int8_t> codes,
+                                    std::span<float> scales, std::span<float> half_sums) {
+  const std::size_t n = x.size();
+  if (n % kQK != 0 || codes.size() != n || scales.size() != n / kQK ||
+      half_sums.size() != 2 * (n / kQK)) {
+    fail("quantize_activation_row_scalar: buffer sizes do not match {} values", n);
+  }
+  quantize_scalar(x.data(), n, codes.data(), scales.data(), half_sums.data());
+}
+
+bool q8_act_supported(GgmlType type) {
+  return q8act::kernels_for(type).decode != nullptr;
+}
+
+float dot_row_q8(GgmlType type, std::span<const std::byte> row, const Q8Activations& a,
+                 std::size_t t) {
+  return dot_row_q8_isa(q8_act_isa(), type, row, a, t);
+}
+
+float dot_row_q8_isa(Q8Isa isa, GgmlType type, std::span<const std::byte> row,
+                     const Q8Activations& a, std::size_t t) {
+  if (!q8_act_isa_available(isa)) fail("dot_row_q8: this CPU / build lacks the requested kernels");
+  const TypeKernels k = checked_kernels(type, a.cols());
+  check_row(type, row, a, t);
+  DecodeBuffer buf(1, a.cols());
+  const WeightRow w = buf.decode(0, row.data(), k, isa == Q8Isa::kScalar);
+  const ActRow ar = act_row(a, t);
+  float out;
+  run_tile(isa, &w, &ar, a.blocks_per_row(), &out, 1, 1);
+  return out;
+}
+
+void matmul_q8_rows(GgmlType type, const std::byte* weights, std::size_t row_stride, std::size_t r0,
+                    std::size_t r1, const Q8Activations& a, float* y, std::size_t ldy) {
+  const std::size_t n = a.cols(), nb = a.blocks_per_row(), n_tok = a.rows();
+  const TypeKernels k = checked_kernels(type, n);
+  const Q8Isa isa = q8_act_isa();
+  DecodeBuffer buf(kRM, n);
+  WeightRow w[kRM];
+  ActRow act[kRN];
+  float out[kRM * kRN];
+  for (std::size_t r = r0; r < r1; r += kRM) {
+    const int rm = static_cast<int>(std::min<std::size_t>(kRM, r1 - r));
+    for (int m = 0; m < rm; ++m) {
+      const auto i = static_cast<std::size_t>(m);
+      w[m] = buf.decode(i, weights + (r + i) * row_stride, k, isa == Q8Isa::kScalar);
+    }
+    for (std::size_t t = 0; t < n_tok; t += kRN) {
+      const int rn = static_cast<int>(std::min<std::size_t>(kRN, n_tok - t));
+      for (int i = 0; i < rn; ++i) act[i] = act_row(a, t + static_cast<std::size_t>(i));
+      run_tile(isa, w, act, nb, out, rm, rn);
+      for (int m = 0; m < rm; ++m) {
+        for (int i = 0; i < rn; ++i) {
+          y[(t + static_cast<std::size_t>(i)) * ldy + r + static_cast<std::size_t>(m)] =
+              out[m * rn + i];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace qforge
