@@ -6,9 +6,11 @@
 #include <cmath>
 #include <filesystem>
 
+#include "core/error.h"
 #include "formats/gguf.h"
 #include "model/generate.h"
 #include "model/model.h"
+#include "runtime/cpu/kv_cache.h"
 #include "tokenizer/tokenizer.h"
 
 namespace qforge {
@@ -19,7 +21,8 @@ const std::filesystem::path kModel = QFORGE_DEFAULT_MODEL;
 float max_abs_diff(std::span<const float> a, std::span<const float> b) {
   EXPECT_EQ(a.size(), b.size());
   float d = 0.0f;
-  for (std::size_t i = 0; i < std::min(a.size(), b.size()); ++i) d = std::max(d, std::abs(a[i] - b[i]));
+  for (std::size_t i = 0; i < std::min(a.size(), b.size()); ++i)
+    d = std::max(d, std::abs(a[i] - b[i]));
   return d;
 }
 
@@ -114,15 +117,15 @@ TEST_F(Gemma3, SlidingWindowLimitsReceptiveField) {
   // Only the first 4 layers are used (fewer tokens needed); the mask property is the same.
   constexpr int n_layer = 4;
   auto all_sliding = load_model(kModel, {.adjust_config = [](ModelConfig& c) {
-                                           c.n_layer = n_layer;
-                                           c.sliding_window = 2;
-                                           c.layer_sliding.assign(n_layer, true);
-                                         }});
+                                  c.n_layer = n_layer;
+                                  c.sliding_window = 2;
+                                  c.layer_sliding.assign(n_layer, true);
+                                }});
   auto full = load_model(kModel, {.adjust_config = [](ModelConfig& c) {
-                                    c.n_layer = n_layer;
-                                    c.sliding_window = 0;
-                                    c.layer_sliding.assign(n_layer, false);
-                                  }});
+                           c.n_layer = n_layer;
+                           c.sliding_window = 0;
+                           c.layer_sliding.assign(n_layer, false);
+                         }});
   const auto n = static_cast<std::size_t>(n_layer + 4);
   auto a = sentence_ids(n);
   auto b = a;
@@ -139,8 +142,41 @@ TEST_F(Gemma3, SlidingWindowBatchEqualsSequential) {
   const auto batched = run(*small, ids, KvType::F32);
   auto cache = small->new_cache(7, KvType::F32);
   std::vector<float> last;
-  for (std::size_t t = 0; t < ids.size(); ++t) last = small->forward({&ids[t], 1}, static_cast<int>(t), *cache);
+  for (std::size_t t = 0; t < ids.size(); ++t)
+    last = small->forward({&ids[t], 1}, static_cast<int>(t), *cache);
   EXPECT_LT(max_abs_diff(batched, last), 1e-4f);
+}
+
+// Sliding layers keep a ring of 2 * window positions: 24 tokens through a window of 4 wrap it
+// several times. Batched (split into pieces of 4) and token-by-token runs equal a cache that keeps
+// every position; the ring uses less memory; restarting further back than the ring allows fails.
+TEST_F(Gemma3, SlidingWindowRingEqualsFullCache) {
+  auto small = load_model(kModel, {.adjust_config = [](ModelConfig& c) { c.sliding_window = 4; }});
+  const auto ids = sentence_ids(24);
+  const int n = static_cast<int>(ids.size());
+  cpu::CpuKvCache full(small->config(), n, KvType::F32, /*ring=*/false);
+  const auto reference = small->forward(ids, 0, full, {.all_logits = true});
+  auto ring = small->new_cache(n, KvType::F32);
+  const auto batched = small->forward(ids, 0, *ring, {.all_logits = true});
+  EXPECT_LT(max_abs_diff(batched, reference), 1e-4f);
+  EXPECT_LT(dynamic_cast<cpu::CpuKvCache&>(*ring).storage_bytes(), full.storage_bytes());
+
+  const auto n_vocab = static_cast<std::size_t>(small->config().n_vocab);
+  ring->clear();
+  float diff = 0.0f;
+  for (int t = 0; t < n; ++t) {
+    const auto logits = small->forward({&ids[static_cast<std::size_t>(t)], 1}, t, *ring);
+    diff =
+        std::max(diff, max_abs_diff(logits, std::span(reference).subspan(
+                                                static_cast<std::size_t>(t) * n_vocab, n_vocab)));
+  }
+  EXPECT_LT(diff, 1e-4f);
+
+  // Restart 4 positions back: the ring still holds what those queries need, and the result
+  // equals the first run's. 14 positions back: overwritten, a clear error.
+  const auto again = small->forward(std::span(ids).subspan(20), 20, *ring, {.all_logits = true});
+  EXPECT_LT(max_abs_diff(again, std::span(reference).subspan(20 * n_vocab)), 1e-4f);
+  EXPECT_THROW(small->forward(std::span(ids).subspan(10, 1), 10, *ring), Error);
 }
 
 TEST_F(Gemma3, GreedyAnswersParis) {

@@ -122,6 +122,19 @@ std::vector<float> CpuModel::forward(std::span<const std::int32_t> tokens, int p
   const ModelConfig& c = config_;
   const std::size_t n = tokens.size();
   check_forward_inputs(tokens, pos0, *cache, c.n_vocab);
+  if (pos0 < cache->n_filled()) cache->check_restart(pos0);
+  // A sliding-window ring holds 2 * window positions: longer batches run in pieces of `window`.
+  const auto max_batch = static_cast<std::size_t>(cache->max_batch());
+  if (n > max_batch) {
+    std::vector<float> logits;
+    for (std::size_t t0 = 0; t0 < n; t0 += max_batch) {
+      const std::size_t m = std::min(max_batch, n - t0);
+      std::vector<float> part =
+          forward(tokens.subspan(t0, m), pos0 + static_cast<int>(t0), *cache, options);
+      if (options.all_logits || t0 + m == n) logits.insert(logits.end(), part.begin(), part.end());
+    }
+    return logits;
+  }
   cache->set_filled(pos0);  // entries past pos0 are about to be overwritten
 
   const auto embd = static_cast<std::size_t>(c.n_embd);

@@ -1,5 +1,6 @@
 #include "runtime/cpu/kv_cache.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
@@ -39,13 +40,20 @@ void store_row(GgmlType type, std::span<const float> src, std::span<std::byte> d
 
 }  // namespace
 
-CpuKvCache::CpuKvCache(const ModelConfig& config, int n_ctx, KvType type)
+CpuKvCache::CpuKvCache(const ModelConfig& config, int n_ctx, KvType type, bool ring)
     : n_ctx_(n_ctx), type_(type), storage_type_(storage_type(type)) {
   if (n_ctx <= 0) fail("KV cache: context size must be > 0, got {}", n_ctx);
   const std::uint32_t block = block_size(storage_type_);
   layers_.resize(static_cast<std::size_t>(config.n_layer));
+  max_batch_ = n_ctx;
   for (int il = 0; il < config.n_layer; ++il) {
-    if (!config.has_kv(il)) continue;  // reads the cache of config.kv_source(il)
+    if (!config.has_kv(il)) {  // reads the cache of config.kv_source(il)
+      const int src = config.kv_source(il);
+      if (config.is_sliding(src) && (!config.is_sliding(il) || config.sliding_window <= 0)) {
+        fail("KV cache: global layer {} shares the sliding-window cache of layer {}", il, src);
+      }
+      continue;
+    }
     Layer& l = layers_[static_cast<std::size_t>(il)];
     l.n_head_kv = config.n_head_kv_of(il);
     l.k_dim = static_cast<std::size_t>(config.head_dim_k_of(il));
@@ -57,7 +65,10 @@ CpuKvCache::CpuKvCache(const ModelConfig& config, int n_ctx, KvType type)
     }
     l.k_row_bytes = row_bytes(storage_type_, l.k_dim);
     l.v_row_bytes = row_bytes(storage_type_, l.v_dim);
-    const auto rows = static_cast<std::size_t>(n_ctx) * static_cast<std::size_t>(l.n_head_kv);
+    l.window = ring && config.is_sliding(il) ? config.sliding_window : 0;
+    l.slots = l.window > 0 ? std::min(n_ctx, 2 * l.window) : n_ctx;
+    if (l.window > 0) max_batch_ = std::min(max_batch_, l.window);
+    const auto rows = static_cast<std::size_t>(l.slots) * static_cast<std::size_t>(l.n_head_kv);
     l.k.resize(rows * l.k_row_bytes);
     l.v.resize(rows * l.v_row_bytes);
   }
@@ -67,8 +78,9 @@ void CpuKvCache::store(int il, int pos, std::span<const float> k, std::span<cons
   Layer& l = layers_[static_cast<std::size_t>(il)];
   if (l.n_head_kv == 0) fail("KV cache: layer {} has no KV of its own", il);
   for (int h = 0; h < l.n_head_kv; ++h) {
-    const auto row = static_cast<std::size_t>(pos) * static_cast<std::size_t>(l.n_head_kv) +
-                     static_cast<std::size_t>(h);
+    const auto row =
+        static_cast<std::size_t>(pos % l.slots) * static_cast<std::size_t>(l.n_head_kv) +
+        static_cast<std::size_t>(h);
     const auto hs = static_cast<std::size_t>(h);
     store_row(storage_type_, k.subspan(hs * l.k_dim, l.k_dim),
               std::span(l.k).subspan(row * l.k_row_bytes, l.k_row_bytes));
@@ -77,16 +89,38 @@ void CpuKvCache::store(int il, int pos, std::span<const float> k, std::span<cons
   }
 }
 
+void CpuKvCache::check_restart(int pos0) const {
+  for (std::size_t il = 0; il < layers_.size(); ++il) {
+    const Layer& l = layers_[il];
+    if (l.window <= 0 || l.slots >= n_ctx_) continue;
+    // The oldest position pos0 still needs is pos0 - window + 1; it was overwritten once a
+    // position `slots` later was stored.
+    const int oldest = std::max(0, pos0 - l.window + 1);
+    if (oldest + l.slots <= n_filled_ - 1) {
+      fail(
+          "KV cache: cannot restart at position {} after {} positions: sliding layer {} keeps "
+          "only the last {} (restart at most {} positions back, or clear the cache)",
+          pos0, n_filled_, il, l.slots, l.slots - l.window + 1);
+    }
+  }
+}
+
+std::size_t CpuKvCache::storage_bytes() const {
+  std::size_t total = 0;
+  for (const Layer& l : layers_) total += l.k.size() + l.v.size();
+  return total;
+}
+
 std::span<const std::byte> CpuKvCache::k_row(int il, int pos, int kv_head) const {
   const Layer& l = layers_[static_cast<std::size_t>(il)];
-  const auto row = static_cast<std::size_t>(pos) * static_cast<std::size_t>(l.n_head_kv) +
+  const auto row = static_cast<std::size_t>(pos % l.slots) * static_cast<std::size_t>(l.n_head_kv) +
                    static_cast<std::size_t>(kv_head);
   return std::span(l.k).subspan(row * l.k_row_bytes, l.k_row_bytes);
 }
 
 std::span<const std::byte> CpuKvCache::v_row(int il, int pos, int kv_head) const {
   const Layer& l = layers_[static_cast<std::size_t>(il)];
-  const auto row = static_cast<std::size_t>(pos) * static_cast<std::size_t>(l.n_head_kv) +
+  const auto row = static_cast<std::size_t>(pos % l.slots) * static_cast<std::size_t>(l.n_head_kv) +
                    static_cast<std::size_t>(kv_head);
   return std::span(l.v).subspan(row * l.v_row_bytes, l.v_row_bytes);
 }
