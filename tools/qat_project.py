@@ -9,7 +9,7 @@ every 2-D BF16 tensor whose name matches --pattern (by default the attention and
 every layer; embeddings are left alone because QAT does not train them onto the grid) is replaced
 by its lattice projection. Everything else (metadata, other tensors) is copied unchanged.
 
-    qat_project.py IN.gguf OUT.gguf [--pattern REGEX]
+    qat_project.py IN.gguf OUT.gguf [--pattern REGEX] [--kind sym8|sym7]
 
 Uses the `gguf` package (PyPI) for reading and writing; OUT is written to a temporary file and
 renamed into place.
@@ -38,16 +38,20 @@ def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     return (rounded >> np.uint32(16)).astype(np.uint16)
 
 
-def project_q4_0(bits: np.ndarray) -> tuple[np.ndarray, float]:
+def project_q4_0(bits: np.ndarray, kind: str = "sym8") -> tuple[np.ndarray, float]:
     """bits: uint16 BF16 matrix [rows, cols], cols % 32 == 0. Returns projected bits and the
-    relative RMS change of the weights."""
+    relative RMS change of the weights. kind "sym8": ggml's grid, d = signed max / -8, codes
+    [-8, 7]; "sym7": a symmetric grid d = max|w| / 7, codes [-7, 7] (as some QAT recipes and
+    exporters use), which plain Q4_0 rounding does not reproduce."""
     w = bf16_bits_to_f32(bits).reshape(bits.shape[0], -1, 32)
     idx = np.abs(w).argmax(axis=2)
     signed_max = np.take_along_axis(w, idx[..., None], axis=2)
-    d = bf16_bits_to_f32(f32_to_bf16_bits(signed_max / np.float32(-8.0)))
+    lo, hi = (-8, 7) if kind == "sym8" else (-7, 7)
+    scale = signed_max / np.float32(-8.0) if kind == "sym8" else np.abs(signed_max) / np.float32(7.0)
+    d = bf16_bits_to_f32(f32_to_bf16_bits(scale))
     with np.errstate(divide="ignore", invalid="ignore"):
         q = np.where(d != 0, np.rint(w / d), 0.0)
-    q = np.clip(q, -8, 7).astype(np.float32)
+    q = np.clip(q, lo, hi).astype(np.float32)
     projected = f32_to_bf16_bits(d * q).reshape(bits.shape)
     new = bf16_bits_to_f32(projected).reshape(w.shape)
     rel = float(np.sqrt(((new - w) ** 2).sum() / max((w**2).sum(), 1e-30)))
@@ -59,6 +63,8 @@ def main() -> int:
     ap.add_argument("input")
     ap.add_argument("output")
     ap.add_argument("--pattern", default=DEFAULT_PATTERN, help="regex of tensor names to project")
+    ap.add_argument("--kind", choices=["sym8", "sym7"], default="sym8",
+                    help="sym8: ggml Q4_0 grid (signed max / -8); sym7: max|w| / 7, codes [-7, 7]")
     args = ap.parse_args()
     pattern = re.compile(args.pattern)
 
@@ -88,7 +94,7 @@ def main() -> int:
                 sys.exit(f"{args.input}: tensor '{t.name}': row length {shape[0]} is not a "
                          "multiple of 32")
             bits = data.view(np.uint16).reshape(shape[1], shape[0])
-            new_bits, rel = project_q4_0(bits)
+            new_bits, rel = project_q4_0(bits, args.kind)
             print(f"{t.name:40s} projected, relative RMS change {rel:.4f}", file=sys.stderr)
             data = new_bits
             projected += 1
