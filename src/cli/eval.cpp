@@ -34,6 +34,7 @@ struct CommonArgs {
   int chunks = 0;
   int threads = 0;
   std::string kv_type = "f32";
+  std::string device = "cpu";
   bool json = false;
 };
 
@@ -44,6 +45,8 @@ void add_common(CLI::App* cmd, CommonArgs& a) {
       ->capture_default_str();
   cmd->add_option("-t,--threads", a.threads, "CPU threads (default: all cores)");
   cmd->add_option("--kv-type", a.kv_type, "KV cache type: f32, bf16 or q8_0")
+      ->capture_default_str();
+  cmd->add_option("--device", a.device, "cpu or cuda (both models of a KLD run)")
       ->capture_default_str();
   cmd->add_flag("--json", a.json, "Print one JSON object on stdout (progress goes to stderr)");
 }
@@ -58,9 +61,9 @@ struct LoadedModel {
   std::optional<Tokenizer> tokenizer;
 };
 
-LoadedModel load(const std::string& path) {
+LoadedModel load(const std::string& path, const std::string& device) {
   LoadedModel m;
-  m.model = load_model(path);
+  m.model = load_model(path, {.device = parse_device(device)});
   m.tokenizer.emplace(Tokenizer::from_gguf(GgufReader::open(path)));
   if (m.tokenizer->vocab().size() > m.model->config().n_vocab) {
     fail("{}: the vocabulary has {} tokens but the model only {} logits per position", path,
@@ -85,7 +88,7 @@ void run_ppl(const CommonArgs& a) {
   options.batch = a.batch;
   options.max_chunks = a.chunks;
   options.kv_type = parse_kv_type(a.kv_type);
-  LoadedModel m = load(a.model);
+  LoadedModel m = load(a.model, a.device);
   const std::vector<std::int32_t> tokens = tokenize_file(*m.tokenizer, a.text);
   const std::int32_t bos = window_bos(m.tokenizer->vocab());
   std::FILE* progress = a.json ? stderr : stdout;
@@ -219,7 +222,7 @@ void run_kld(const KldArgs& k, const CLI::App& cmd) {
   options.save_ref = k.save_ref;
 
   std::optional<LoadedModel> test;
-  if (!a.model.empty()) test = load(a.model);
+  if (!a.model.empty()) test = load(a.model, a.device);
   const auto on_chunk = [&](int chunk, const KldSummary& s) {
     if (!test) {
       fmt::print(stderr, "[{}] reference saved\n", chunk + 1);
@@ -233,7 +236,7 @@ void run_kld(const KldArgs& k, const CLI::App& cmd) {
 
   KldRunResult result;
   if (!k.ref.empty()) {
-    LoadedModel ref = load(k.ref);
+    LoadedModel ref = load(k.ref, a.device);
     const Vocab& ref_vocab = ref.tokenizer->vocab();
     const std::uint64_t ref_hash = vocab_fingerprint(ref_vocab);
     if (test)
