@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/half.h"
 #include "quant/block_common.h"
 #include "quant/block_kernels.h"
 
@@ -73,6 +74,51 @@ void quantize_symmetric(const float* x, int offset, int qmax, float& d, int* q) 
   const float bias = static_cast<float>(offset) + 0.5f;
   for (std::size_t j = 0; j < kQK; ++j) q[j] = clamp_trunc(rounded(x[j] * id) + bias, 0, qmax);
 }
+// Importance-weighted symmetric quantization (an imatrix is given), the search llama.cpp runs for
+// its legacy types: per-element weights w = imp * sqrt(mean(x^2) + x^2); candidate inverse scales
+// -(offset + k/10) / max for k = -9..9, each giving codes whose scale is refit by weighted least
+// squares; the smallest weighted error (with the scale rounded to F16, as stored) wins. The
+// reference rounding is the first candidate, so the weighted error never exceeds it.
+void quantize_symmetric_weighted(const float* x, const float* imp, int offset, int qmax, float& d,
+                                 int* q) {
+  quantize_symmetric(x, offset, qmax, d, q);
+  const float max = signed_absmax(x);
+  if (max == 0.0f) return;
+  float sigma2 = 0.0f;
+  for (std::size_t j = 0; j < kQK; ++j) sigma2 += x[j] * x[j];
+  sigma2 /= static_cast<float>(kQK);
+  float w[kQK];
+  for (std::size_t j = 0; j < kQK; ++j) w[j] = imp[j] * std::sqrt(sigma2 + x[j] * x[j]);
+  const auto error = [&](float scale, const int* codes) {
+    float e = 0.0f;
+    for (std::size_t j = 0; j < kQK; ++j) {
+      const float r = x[j] - scale * static_cast<float>(codes[j] - offset);
+      e += w[j] * r * r;
+    }
+    return e;
+  };
+  d = f16_to_f32(f32_to_f16(d));
+  float best = error(d, q);
+  int l[kQK];
+  for (int k = -9; k <= 9; ++k) {
+    const float id = -(static_cast<float>(offset) + 0.1f * static_cast<float>(k)) / max;
+    float sum_lx = 0.0f, sum_l2 = 0.0f;
+    for (std::size_t j = 0; j < kQK; ++j) {
+      l[j] = std::clamp(static_cast<int>(std::lround(x[j] * id)), -offset, qmax - offset) + offset;
+      const auto c = static_cast<float>(l[j] - offset);
+      sum_lx += w[j] * c * x[j];
+      sum_l2 += w[j] * c * c;
+    }
+    if (sum_l2 <= 0.0f) continue;
+    const float scale = f16_to_f32(f32_to_f16(sum_lx / sum_l2));
+    const float e = error(scale, l);
+    if (e < best) {
+      best = e;
+      d = scale;
+      std::copy_n(l, kQK, q);
+    }
+  }
+}
 // Asymmetric: q = trunc((x - min)/d + 0.5) with d = (max - min) / qmax.
 void quantize_affine(const float* x, int qmax, float& d, float& m, int* q) {
   float hi;
@@ -118,11 +164,15 @@ void dequantize_q4_0(const std::byte* src, float* dst, std::size_t n) {
     for (std::size_t j = 0; j < kQK; ++j) dst[j] = d * static_cast<float>(q[j] - 8);
   }
 }
-void quantize_q4_0(const float* src, std::byte* dst, std::size_t n, const float*) {
+void quantize_q4_0(const float* src, std::byte* dst, std::size_t n, const float* importance) {
   for (std::size_t b = 0; b < n / kQK; ++b, src += kQK, dst += 18) {
     float d;
     int q[kQK];
-    quantize_symmetric(src, 8, 15, d, q);
+    if (importance) {
+      quantize_symmetric_weighted(src, importance + b * kQK, 8, 15, d, q);
+    } else {
+      quantize_symmetric(src, 8, 15, d, q);
+    }
     store_f16(dst, d);
     pack_nibbles(q, dst + 2);
   }
@@ -193,11 +243,15 @@ void dequantize_q5_0(const std::byte* src, float* dst, std::size_t n) {
     for (std::size_t j = 0; j < kQK; ++j) dst[j] = d * static_cast<float>(q[j] - 16);
   }
 }
-void quantize_q5_0(const float* src, std::byte* dst, std::size_t n, const float*) {
+void quantize_q5_0(const float* src, std::byte* dst, std::size_t n, const float* importance) {
   for (std::size_t b = 0; b < n / kQK; ++b, src += kQK, dst += 22) {
     float d;
     int q[kQK];
-    quantize_symmetric(src, 16, 31, d, q);
+    if (importance) {
+      quantize_symmetric_weighted(src, importance + b * kQK, 16, 31, d, q);
+    } else {
+      quantize_symmetric(src, 16, 31, d, q);
+    }
     store_f16(dst, d);
     store_u32(dst + 2, high_bits(q));
     pack_nibbles(q, dst + 6);

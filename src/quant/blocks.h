@@ -20,8 +20,8 @@ void dequantize_row(GgmlType type, std::span<const std::byte> src, std::span<flo
 
 // dst holds row_bytes(type, src.size()) bytes. importance (empty or src.size() long, >= 0) weights
 // the squared error of each column when choosing scales, as llama.cpp's imatrix quantization does,
-// for the K-quants and IQ4_NL / IQ4_XS; Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 always use ggml's
-// reference rounding (byte-identical to gguf-py) and ignore it.
+// for the K-quants, IQ4_NL / IQ4_XS, Q4_0 and Q5_0 (a weighted scale search). Without it, and
+// always for Q4_1, Q5_1 and Q8_0, ggml's reference rounding (byte-identical to gguf-py) is used.
 void quantize_row(GgmlType type, std::span<const float> src, std::span<std::byte> dst,
                   std::span<const float> importance = {});
 

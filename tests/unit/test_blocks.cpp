@@ -198,12 +198,42 @@ TEST(Blocks, ImportanceLowersErrorOnWeightedColumns) {
   std::vector<float> imp(n, 1.0f);
   for (std::size_t i = 0; i < n; i += 8) imp[i] = 100.0f;
   for (GgmlType t : {GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K,
-                     GgmlType::IQ4_NL, GgmlType::IQ4_XS}) {
+                     GgmlType::IQ4_NL, GgmlType::IQ4_XS, GgmlType::Q4_0, GgmlType::Q5_0}) {
     const double plain = round_trip_rmse(t, x, {}, 8);
     const double weighted = round_trip_rmse(t, x, imp, 8);
     EXPECT_LT(weighted, plain) << type_name(t);
     std::printf("%-7s weighted-column rmse: plain %.5f  with importance %.5f\n",
                 std::string(type_name(t)).c_str(), plain, weighted);
+  }
+}
+
+// Q4_0 / Q5_0 with an importance vector search scales by weighted error; the reference rounding
+// is one candidate, so in every block the weighted error is at most the reference's.
+TEST(Blocks, WeightedLegacySearchNeverWorseThanReference) {
+  const std::size_t n = 32 * 512;
+  const auto x = gaussian(n, 13);
+  const auto r = gaussian(n, 14);
+  std::vector<float> imp(n);
+  for (std::size_t i = 0; i < n; ++i) imp[i] = 0.05f + r[i] * r[i];
+  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q5_0}) {
+    const auto ref = dequantize(t, quantize(t, x), n);
+    const auto wq = dequantize(t, quantize(t, x, imp), n);
+    double total_ref = 0, total_w = 0;
+    for (std::size_t b = 0; b < n / 32; ++b) {
+      double sigma2 = 0;
+      for (std::size_t j = 0; j < 32; ++j) sigma2 += x[b * 32 + j] * x[b * 32 + j];
+      sigma2 /= 32;
+      double e_ref = 0, e_w = 0;
+      for (std::size_t j = b * 32; j < b * 32 + 32; ++j) {
+        const double w = imp[j] * std::sqrt(sigma2 + x[j] * x[j]);
+        e_ref += w * (x[j] - ref[j]) * (x[j] - ref[j]);
+        e_w += w * (x[j] - wq[j]) * (x[j] - wq[j]);
+      }
+      EXPECT_LE(e_w, e_ref * (1 + 1e-5) + 1e-12) << type_name(t) << " block " << b;
+      total_ref += e_ref;
+      total_w += e_w;
+    }
+    EXPECT_LT(total_w, 0.95 * total_ref) << type_name(t);
   }
 }
 
