@@ -1,10 +1,16 @@
 #include "runtime/cuda/cuda_model.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "core/error.h"
+#include "runtime/cuda/gemm_tc.h"
+#include "runtime/cuda/gemma4_ops.h"
 #include "runtime/cuda/gemv.h"
 #include "runtime/cuda/model_ops.h"
+#include "runtime/cuda/moe.h"
 #include "runtime/cuda/ops.h"
 #include "runtime/cuda_device.h"
 #include "runtime/cuda_model.h"
@@ -20,57 +26,127 @@ int ceil_div(int a, int b) {
   return (a + b - 1) / b;
 }
 
+std::vector<LayerPlan> plan_layers(const ModelConfig& c, const ModelWeights& w) {
+  std::vector<LayerPlan> out(sz(c.n_layer));
+  for (int il = 0; il < c.n_layer; ++il) {
+    LayerPlan& p = out[sz(il)];
+    p.dk = c.head_dim_k_of(il);
+    p.dv = c.head_dim_v_of(il);
+    p.n_kv = c.n_head_kv_of(il);
+    p.n_rot = c.n_rot_of(il);
+    p.swa = c.is_swa_layer(il);
+    p.window = c.is_sliding(il);
+    p.has_kv = c.has_kv(il);
+    p.v_from_k = p.has_kv && !w.layers[sz(il)].wv.present();
+    p.kv_source = c.kv_source(il);
+    p.q_dim = sz(c.n_head * p.dk);
+    p.k_dim = p.has_kv ? sz(p.n_kv * p.dk) : 0;
+    p.v_dim = p.has_kv ? sz(p.n_kv * p.dv) : 0;
+    p.qkv_dim = p.q_dim + p.k_dim + p.v_dim;
+    p.ff = sz(c.n_ff_of(il));
+    if (p.kv_source < 0) fail("CUDA backend: layer {} shares KV but has no source layer", il);
+  }
+  return out;
+}
+
+// The most any layer needs of each geometry field.
+struct MaxGeometry {
+  int dk = 0, dv = 0, n_kv = 0, n_rot = 0;
+  std::size_t qkv_dim = 0, ff = 0;
+};
+
+MaxGeometry max_geometry(const std::vector<LayerPlan>& layers) {
+  MaxGeometry m;
+  for (const LayerPlan& p : layers) {
+    m.dk = std::max(m.dk, p.dk);
+    m.dv = std::max(m.dv, p.dv);
+    m.n_kv = std::max(m.n_kv, p.n_kv);
+    m.n_rot = std::max(m.n_rot, p.n_rot);
+    m.qkv_dim = std::max(m.qkv_dim, p.qkv_dim);
+    m.ff = std::max(m.ff, p.ff);
+  }
+  return m;
+}
+
 // CTAs per head for a one-token step: enough (token, head, split) CTAs to fill the device twice.
 int max_decode_splits(const ModelConfig& c, int sm_count) {
   return std::clamp(ceil_div(2 * sm_count, c.n_head), 1, 64);
 }
 
 // Checks what the GPU kernels need and returns the device's multiprocessor count.
-int checked_sm_count(const ModelConfig& c) {
-  if (!batch_attention_supported(c.head_dim_k, c.head_dim_v)) {
-    fail(
-        "CUDA backend: head sizes {} (key) / {} (value) are not supported (each <= 512 and in "
-        "the same power-of-two bucket)",
-        c.head_dim_k, c.head_dim_v);
+int checked_sm_count(const ModelConfig& c, const std::vector<LayerPlan>& layers) {
+  for (std::size_t il = 0; il < layers.size(); ++il) {
+    const LayerPlan& p = layers[il];
+    if (!batch_attention_supported(p.dk, p.dv)) {
+      fail(
+          "CUDA backend: layer {}: head sizes {} (key) / {} (value) are not supported (each <= "
+          "512 and in the same power-of-two bucket)",
+          il, p.dk, p.dv);
+    }
+  }
+  if (c.n_expert > 0 && (c.n_expert > 4096 || c.n_expert_used * CudaModel::kMaxBatch > 65535)) {
+    fail("CUDA backend: {} experts ({} used per token) are more than the MoE kernels support",
+         c.n_expert, c.n_expert_used);
   }
   return current_device().sm_count;
 }
 
 // Rows of split results the attention scratch must hold for any batch of 1..kMaxBatch tokens.
-std::size_t part_rows(const ModelConfig& c, int sm_count) {
+std::size_t part_rows(const ModelConfig& c, int sm_count, int max_dv) {
   const int s_max = max_decode_splits(c, sm_count);
   std::size_t rows = sz(s_max);
   for (int n = 2; n <= CudaModel::kMaxBatch; ++n) {
     const int splits = std::clamp(ceil_div(2 * sm_count, n * c.n_head), 1, s_max);
     rows = std::max(rows, sz(n * splits));
   }
-  return rows * sz(c.n_head) * sz(c.head_dim_v + 2);
+  return rows * sz(c.n_head) * sz(max_dv + 2);
 }
 
 struct ScratchSizes {
   std::size_t x, qkv, att, gate_up, act, part, logits, rope;
+  // MoE: per token (router_in, expert_in, moe_out: x; router logits) and per slot.
+  std::size_t router_logits, slots, exp_gate_up, exp_act, exp_out;
+  std::size_t per_layer, per_layer_gate;  // E models
   std::size_t total_bytes() const {
-    return 4 * (3 * x + qkv + att + gate_up + act + part + logits + 4 * rope) + (1u << 26);
+    const std::size_t floats = 3 * x + qkv + att + gate_up + act + part + logits + 4 * rope +
+                               (router_logits > 0 ? 3 * x : 0) + router_logits + 2 * slots +
+                               exp_gate_up + exp_act + exp_out + 2 * per_layer + per_layer_gate;
+    return 4 * floats + (1u << 26);
   }
 };
 
-ScratchSizes scratch_sizes(const ModelConfig& c, int sm_count) {
+ScratchSizes scratch_sizes(const ModelConfig& c, const std::vector<LayerPlan>& layers,
+                           std::size_t per_layer_width, int sm_count) {
+  const MaxGeometry g = max_geometry(layers);
   const std::size_t b = CudaModel::kMaxBatch;
   ScratchSizes s{};
   s.x = b * sz(c.n_embd);
-  s.qkv = b * sz(c.n_head * c.head_dim_k + c.n_head_kv * (c.head_dim_k + c.head_dim_v));
-  s.att = b * sz(c.n_head * c.head_dim_v);
-  s.gate_up = b * 2 * sz(c.n_ff);
-  s.act = b * sz(c.n_ff);
-  s.part = part_rows(c, sm_count);
+  s.qkv = b * g.qkv_dim;
+  s.att = b * sz(c.n_head * g.dv);
+  s.gate_up = b * 2 * g.ff;
+  s.act = b * g.ff;
+  s.part = part_rows(c, sm_count, g.dv);
   s.logits = b * sz(c.n_vocab);
-  s.rope = b * sz(c.n_rot / 2);
+  // The full-layer table is computed with n_rot even if every layer is a sliding one.
+  s.rope = b * sz(std::max(g.n_rot, c.n_rot) / 2);
+  if (c.n_expert > 0) {
+    s.router_logits = b * sz(c.n_expert);
+    s.slots = b * sz(c.n_expert_used);
+    s.exp_gate_up = s.slots * 2 * sz(c.n_ff_exp);
+    s.exp_act = s.slots * sz(c.n_ff_exp);
+    s.exp_out = s.slots * sz(c.n_embd);
+  }
+  if (c.n_embd_per_layer > 0) {
+    s.per_layer = b * per_layer_width;
+    s.per_layer_gate = b * sz(c.n_embd_per_layer);
+  }
   return s;
 }
 
-void matmul(const DeviceMatrix& m, const float* x, float* y, std::size_t ldy, int n,
-            StreamHandle stream) {
-  gemv_ld(m.type, m.data, m.rows, m.cols, x, y, ldy, n, stream);
+bool gemm_enabled_by_env() {
+  const char* env = std::getenv("QFORGE_GEMM");
+  return env == nullptr || (std::strcmp(env, "off") != 0 && std::strcmp(env, "OFF") != 0 &&
+                            std::strcmp(env, "0") != 0);
 }
 
 }  // namespace
@@ -79,19 +155,16 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
     : gguf_(std::move(gguf)),
       config_(std::move(config)),
       host_weights_(bind_weights(*gguf_, config_)),
-      sm_count_(checked_sm_count(config_)),
-      q_dim_(sz(config_.n_head * config_.head_dim_k)),
-      k_dim_(sz(config_.n_head_kv * config_.head_dim_k)),
-      v_dim_(sz(config_.n_head_kv * config_.head_dim_v)),
-      o_dim_(sz(config_.n_head * config_.head_dim_v)),
-      qkv_dim_(q_dim_ + k_dim_ + v_dim_),
-      ff_(sz(config_.n_ff)),
+      layers_(plan_layers(config_, host_weights_)),
+      sm_count_(checked_sm_count(config_, layers_)),
       embd_(sz(config_.n_embd)),
-      any_sliding_(std::any_of(config_.layer_sliding.begin(), config_.layer_sliding.end(),
-                               [](bool b) { return b; }) &&
-                   config_.sliding_window > 0),
-      weights_(host_weights_, config_, scratch_sizes(config_, sm_count_).total_bytes()) {
-  const ScratchSizes s = scratch_sizes(config_, sm_count_);
+      per_layer_width_(host_weights_.per_layer_token_embd.cols),
+      any_swa_(
+          std::any_of(layers_.begin(), layers_.end(), [](const LayerPlan& p) { return p.swa; })),
+      use_gemm_(gemm_enabled_by_env()),
+      weights_(host_weights_, config_,
+               scratch_sizes(config_, layers_, per_layer_width_, sm_count_).total_bytes()) {
+  const ScratchSizes s = scratch_sizes(config_, layers_, per_layer_width_, sm_count_);
   x_ = DeviceBuffer<float>(s.x);
   h_ = DeviceBuffer<float>(s.x);
   o_ = DeviceBuffer<float>(s.x);
@@ -105,6 +178,22 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
   sin_global_ = DeviceBuffer<float>(s.rope);
   cos_local_ = DeviceBuffer<float>(s.rope);
   sin_local_ = DeviceBuffer<float>(s.rope);
+  if (config_.n_expert > 0) {
+    router_in_ = DeviceBuffer<float>(s.x);
+    expert_in_ = DeviceBuffer<float>(s.x);
+    moe_out_ = DeviceBuffer<float>(s.x);
+    router_logits_ = DeviceBuffer<float>(s.router_logits);
+    route_weights_ = DeviceBuffer<float>(s.slots);
+    expert_ids_ = DeviceBuffer<int>(s.slots);
+    exp_gate_up_ = DeviceBuffer<float>(s.exp_gate_up);
+    exp_act_ = DeviceBuffer<float>(s.exp_act);
+    exp_out_ = DeviceBuffer<float>(s.exp_out);
+  }
+  if (config_.n_embd_per_layer > 0) {
+    per_layer_ = DeviceBuffer<float>(s.per_layer);
+    per_layer_tok_ = DeviceBuffer<float>(s.per_layer);
+    per_layer_gate_ = DeviceBuffer<float>(s.per_layer_gate);
+  }
   tokens_ = DeviceBuffer<std::int32_t>(sz(kMaxBatch));
   pos_ = DeviceBuffer<int>(1);
 }
@@ -114,11 +203,144 @@ std::unique_ptr<KvCache> CudaModel::new_cache(int n_ctx, KvType type) const {
   // pieces of fewer than ~16 positions at full context.
   const int splits =
       std::clamp(std::min(max_decode_splits(config_, sm_count_), ceil_div(n_ctx, 16)), 1, 64);
-  return std::make_unique<CudaKvCache>(config_, n_ctx, type, splits);
+  // The cache gives every layer room for the largest layer geometry (Gemma 4's sliding and full
+  // layers differ); each layer then uses its own layout inside its slot.
+  const MaxGeometry g = max_geometry(layers_);
+  ModelConfig sizing = config_;
+  sizing.n_head_kv = g.n_kv;
+  sizing.head_dim_k = g.dk;
+  sizing.head_dim_v = g.dv;
+  return std::make_unique<CudaKvCache>(sizing, n_ctx, type, splits);
 }
 
 int CudaModel::prefill_splits(int n_tokens, int decode_splits) const {
   return std::clamp(ceil_div(2 * sm_count_, n_tokens * config_.n_head), 1, decode_splits);
+}
+
+void CudaModel::matmul(const DeviceMatrix& m, const float* x, float* y, std::size_t ldy, int n) {
+  const StreamHandle s = stream_.get();
+  if (use_gemm_ && n >= kGemmMinTokens && gemm_supported(m.type) && m.cols % 8 == 0 &&
+      m.cols % block_size(m.type) == 0) {
+    gemm(m.type, m.data, m.rows, m.cols, x, y, ldy, n, s);
+  } else {
+    gemv_ld(m.type, m.data, m.rows, m.cols, x, y, ldy, n, s);
+  }
+}
+
+// Per-layer embeddings of E models for the whole chunk (see CpuModel::per_layer_inputs); x_ holds
+// the scaled token embeddings.
+void CudaModel::per_layer_inputs(int n) {
+  const ModelConfig& c = config_;
+  const StreamHandle s = stream_.get();
+  const DeviceMatrix& table = weights_.per_layer_token_embd;
+  matmul(weights_.per_layer_model_proj, x_.data(), per_layer_.data(), per_layer_width_, n);
+  embed_tokens(table.type, table.data, per_layer_width_, tokens_.data(), n,
+               std::sqrt(static_cast<float>(c.n_embd_per_layer)), per_layer_tok_.data(), s);
+  per_layer_combine(per_layer_.data(), per_layer_tok_.data(), weights_.per_layer_proj_norm, n,
+                    per_layer_width_, c.n_embd_per_layer,
+                    1.0f / std::sqrt(static_cast<float>(c.n_embd)), 1.0f / std::sqrt(2.0f),
+                    c.norm_eps, s);
+}
+
+// x += post_norm(Wo · attention(...)) and h = ffn_norm(x); see CpuModel::attention_block.
+void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits) {
+  const ModelConfig& c = config_;
+  const StreamHandle s = stream_.get();
+  const float eps = c.norm_eps;
+  const DeviceLayer& l = weights_.layers[sz(il)];
+  const LayerPlan& g = layers_[sz(il)];
+  const std::size_t ld = g.qkv_dim;
+  float* qkv = qkv_.data();
+
+  // Q/K/V into the interleaved qkv buffer: per token [q | k | v].
+  if (!l.qkv.empty()) {
+    matmul(l.qkv, h_.data(), qkv, ld, n);
+  } else {
+    matmul(l.wq, h_.data(), qkv, ld, n);
+    if (g.has_kv) {
+      matmul(l.wk, h_.data(), qkv + g.q_dim, ld, n);
+      if (!l.wv.empty()) matmul(l.wv, h_.data(), qkv + g.q_dim + g.k_dim, ld, n);
+    }
+  }
+  // V = K (before K's norm) and the value norm, before qk_prepare normalizes K in place.
+  if (g.has_kv && (g.v_from_k || c.value_norm)) {
+    copy_norm_heads(qkv, n, ld, g.v_from_k ? g.q_dim : g.q_dim + g.k_dim, g.q_dim + g.k_dim, g.n_kv,
+                    g.dv, c.value_norm, eps, s);
+  }
+  QkPrepare qp;
+  qp.n_head = c.n_head;
+  qp.n_head_kv = g.has_kv ? g.n_kv : 0;  // a KV-sharing layer prepares only its queries
+  qp.head_dim = g.dk;
+  qp.n_rot = g.n_rot;
+  qp.token_stride = ld;
+  qp.k_offset = g.q_dim;
+  qp.q_norm = l.q_norm;
+  qp.k_norm = g.has_kv ? l.k_norm : nullptr;
+  qp.eps = eps;
+  qp.style = c.rope_style;
+  qk_prepare(qkv, n, qp, g.swa ? cos_local_.data() : cos_global_.data(),
+             g.swa ? sin_local_.data() : sin_global_.data(), s);
+
+  const KvLayout kv{g.n_kv, g.dk, g.dv, cache.layout().bf16};
+  if (g.has_kv) {
+    store_kv(qkv, ld, g.q_dim, g.q_dim + g.k_dim, n, pos_.data(), kv, cache.k(il), cache.v(il), s);
+  }
+  BatchAttention ap;
+  ap.n_head = c.n_head;
+  ap.kv = kv;
+  ap.scale = c.attn_scale;
+  ap.softcap = c.attn_softcap;
+  ap.window = g.window ? c.sliding_window : 0;
+  ap.q_stride = ld;
+  batch_attention(qkv, cache.k(g.kv_source), cache.v(g.kv_source), pos_.data(), n, ap, splits,
+                  part_.data(), att_.data(), s);
+  matmul(l.wo, att_.data(), o_.data(), embd_, n);
+  add_and_norm(x_.data(), o_.data(), l.post_attn_norm, l.ffn_norm, h_.data(), n, embd_, eps, s);
+}
+
+// The FFN output before post_ffn_norm into o_: the dense gated FFN of h, with MoE
+// post_norm_1(dense) + post_norm_2(experts); see CpuModel::ffn_block.
+void CudaModel::ffn_block(int il, int n) {
+  const ModelConfig& c = config_;
+  const StreamHandle s = stream_.get();
+  const DeviceLayer& l = weights_.layers[sz(il)];
+  const std::size_t ff = layers_[sz(il)].ff;
+  if (!l.gate_up.empty()) {
+    matmul(l.gate_up, h_.data(), gate_up_.data(), 2 * ff, n);
+  } else {
+    matmul(l.gate, h_.data(), gate_up_.data(), 2 * ff, n);
+    matmul(l.up, h_.data(), gate_up_.data() + ff, 2 * ff, n);
+  }
+  glu_rows(c.ffn_act, gate_up_.data(), act_.data(), n, ff, s);
+  matmul(l.down, act_.data(), o_.data(), embd_, n);
+  if (l.has_moe) {
+    moe_block(il, n);
+    moe_combine(o_.data(), moe_out_.data(), l.moe.post_norm_dense, l.moe.post_norm_moe, n, embd_,
+                c.norm_eps, s);
+  }
+}
+
+// Routing and the chosen experts on the device (moe.h); reads the residual stream x_.
+void CudaModel::moe_block(int il, int n) {
+  const ModelConfig& c = config_;
+  const StreamHandle s = stream_.get();
+  const DeviceMoe& m = weights_.layers[sz(il)].moe;
+  const int k = c.n_expert_used;
+  const auto ff_exp = sz(c.n_ff_exp);
+  moe_inputs(x_.data(), m.router_scale, m.pre_norm, router_in_.data(), expert_in_.data(), n, embd_,
+             c.norm_eps, s);
+  // The router always takes the F32 GEMV: BF16 rounding in the GEMM could change which experts
+  // are chosen.
+  gemv_ld(m.router.type, m.router.data, m.router.rows, m.router.cols, router_in_.data(),
+          router_logits_.data(), sz(c.n_expert), n, s);
+  moe_route(router_logits_.data(), n, c.n_expert, k, m.expert_scale, expert_ids_.data(),
+            route_weights_.data(), s);
+  const int slots = n * k;
+  moe_gemv(m.gate_up, expert_ids_.data(), slots, k, expert_in_.data(), exp_gate_up_.data(),
+           2 * ff_exp, s);
+  glu_rows(c.ffn_act, exp_gate_up_.data(), exp_act_.data(), slots, ff_exp, s);
+  moe_gemv(m.down, expert_ids_.data(), slots, 1, exp_act_.data(), exp_out_.data(), embd_, s);
+  moe_weighted_sum(exp_out_.data(), route_weights_.data(), n, k, embd_, moe_out_.data(), s);
 }
 
 void CudaModel::record_chunk(int n, CudaKvCache& cache, bool logits, bool all_rows) {
@@ -127,68 +349,47 @@ void CudaModel::record_chunk(int n, CudaKvCache& cache, bool logits, bool all_ro
   const float eps = c.norm_eps;
   embed_tokens(weights_.token_embd.type, weights_.token_embd.data, embd_, tokens_.data(), n,
                c.embed_scale, x_.data(), s);
+  // Rotary tables: full and sliding layers may differ in base, rotated dimensions and frequency
+  // factors (Gemma 4 applies rope_freqs to full layers only).
   rope_tables(pos_.data(), n, c.n_rot, c.rope_global, weights_.rope_freqs, cos_global_.data(),
               sin_global_.data(), s);
-  if (any_sliding_) {
-    rope_tables(pos_.data(), n, c.n_rot, c.rope_local, weights_.rope_freqs, cos_local_.data(),
+  if (any_swa_) {
+    const int rot_swa = c.n_rot_swa > 0 ? c.n_rot_swa : c.n_rot;
+    rope_tables(pos_.data(), n, rot_swa, c.rope_local,
+                c.rope_freqs_full_only ? nullptr : weights_.rope_freqs, cos_local_.data(),
                 sin_local_.data(), s);
   }
+  if (c.n_embd_per_layer > 0) per_layer_inputs(n);
   const int splits = n == 1 ? cache.decode_splits() : prefill_splits(n, cache.decode_splits());
-  const auto n_layer = static_cast<std::size_t>(c.n_layer);
+  const auto n_layer = sz(c.n_layer);
 
   for (std::size_t il = 0; il < n_layer; ++il) {
     const DeviceLayer& l = weights_.layers[il];
-    const bool sliding = c.is_sliding(static_cast<int>(il));
-    if (il == 0)
+    if (il == 0) {
       add_and_norm(x_.data(), nullptr, nullptr, l.attn_norm, h_.data(), n, embd_, eps, s);
-
-    // Attention block: Q/K/V into the interleaved qkv buffer.
-    if (!l.qkv.empty()) {
-      matmul(l.qkv, h_.data(), qkv_.data(), qkv_dim_, n, s);
-    } else {
-      matmul(l.wq, h_.data(), qkv_.data(), qkv_dim_, n, s);
-      matmul(l.wk, h_.data(), qkv_.data() + q_dim_, qkv_dim_, n, s);
-      matmul(l.wv, h_.data(), qkv_.data() + q_dim_ + k_dim_, qkv_dim_, n, s);
     }
-    QkPrepare qp;
-    qp.n_head = c.n_head;
-    qp.n_head_kv = c.n_head_kv;
-    qp.head_dim = c.head_dim_k;
-    qp.n_rot = c.n_rot;
-    qp.token_stride = qkv_dim_;
-    qp.k_offset = q_dim_;
-    qp.q_norm = l.q_norm;
-    qp.k_norm = l.k_norm;
-    qp.eps = eps;
-    qp.style = c.rope_style;
-    qk_prepare(qkv_.data(), n, qp, sliding ? cos_local_.data() : cos_global_.data(),
-               sliding ? sin_local_.data() : sin_global_.data(), s);
-    store_kv(qkv_.data(), qkv_dim_, q_dim_, q_dim_ + k_dim_, n, pos_.data(), cache.layout(),
-             cache.k(static_cast<int>(il)), cache.v(static_cast<int>(il)), s);
-    BatchAttention ap;
-    ap.n_head = c.n_head;
-    ap.kv = cache.layout();
-    ap.scale = c.attn_scale;
-    ap.softcap = c.attn_softcap;
-    ap.window = sliding ? c.sliding_window : 0;
-    ap.q_stride = qkv_dim_;
-    batch_attention(qkv_.data(), cache.k(static_cast<int>(il)), cache.v(static_cast<int>(il)),
-                    pos_.data(), n, ap, splits, part_.data(), att_.data(), s);
-    matmul(l.wo, att_.data(), o_.data(), embd_, n, s);
-    add_and_norm(x_.data(), o_.data(), l.post_attn_norm, l.ffn_norm, h_.data(), n, embd_, eps, s);
+    attention_block(static_cast<int>(il), n, cache, splits);
+    ffn_block(static_cast<int>(il), n);
 
-    // Feed-forward block.
-    if (!l.gate_up.empty()) {
-      matmul(l.gate_up, h_.data(), gate_up_.data(), 2 * ff_, n, s);
-    } else {
-      matmul(l.gate, h_.data(), gate_up_.data(), 2 * ff_, n, s);
-      matmul(l.up, h_.data(), gate_up_.data() + ff_, 2 * ff_, n, s);
-    }
-    glu_rows(c.ffn_act, gate_up_.data(), act_.data(), n, ff_, s);
-    matmul(l.down, act_.data(), o_.data(), embd_, n, s);
+    // x += post_ffn_norm(o) [+ per-layer input block], x *= output scale, h = next norm of x.
     const float* next_norm =
         il + 1 < n_layer ? weights_.layers[il + 1].attn_norm : weights_.output_norm;
-    add_and_norm(x_.data(), o_.data(), l.post_ffn_norm, next_norm, h_.data(), n, embd_, eps, s);
+    if (l.has_per_layer_input) {
+      residual_scale_norm(x_.data(), o_.data(), l.post_ffn_norm, 1.0f, nullptr, nullptr, n, embd_,
+                          eps, s);
+      const auto n_pl = sz(c.n_embd_per_layer);
+      matmul(l.per_layer_input.gate, x_.data(), per_layer_gate_.data(), n_pl, n);
+      per_layer_gate(c.ffn_act, per_layer_gate_.data(), per_layer_.data(), n, c.n_embd_per_layer,
+                     per_layer_width_, il * n_pl, s);
+      matmul(l.per_layer_input.proj, per_layer_gate_.data(), o_.data(), embd_, n);
+      residual_scale_norm(x_.data(), o_.data(), l.per_layer_input.post_norm, l.output_scale,
+                          next_norm, h_.data(), n, embd_, eps, s);
+    } else if (l.output_scale != 1.0f) {
+      residual_scale_norm(x_.data(), o_.data(), l.post_ffn_norm, l.output_scale, next_norm,
+                          h_.data(), n, embd_, eps, s);
+    } else {
+      add_and_norm(x_.data(), o_.data(), l.post_ffn_norm, next_norm, h_.data(), n, embd_, eps, s);
+    }
   }
 
   if (logits) {
@@ -196,7 +397,7 @@ void CudaModel::record_chunk(int n, CudaKvCache& cache, bool logits, bool all_ro
     const int rows = all_rows ? n : 1;
     const float* last = h_.data() + (all_rows ? 0 : sz(n - 1) * embd_);
     const auto vocab = sz(c.n_vocab);
-    matmul(weights_.output, last, logits_.data(), vocab, rows, s);
+    matmul(weights_.output, last, logits_.data(), vocab, rows);
     softcap(logits_.data(), sz(rows) * vocab, c.final_softcap, s);
   }
 }
@@ -208,6 +409,14 @@ std::vector<float> CudaModel::forward(std::span<const std::int32_t> tokens, int 
   const ModelConfig& c = config_;
   const std::size_t n = tokens.size();
   check_forward_inputs(tokens, pos0, *cache, c.n_vocab);
+  if (c.n_embd_per_layer > 0) {
+    const std::size_t rows = weights_.per_layer_token_embd.rows;
+    for (const std::int32_t id : tokens) {
+      if (static_cast<std::size_t>(id) >= rows) {
+        fail("forward: token id {} is outside the per-layer embedding table ({} rows)", id, rows);
+      }
+    }
+  }
   cache->set_filled(pos0);
 
   const auto vocab = sz(c.n_vocab);

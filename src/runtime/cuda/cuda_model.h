@@ -3,11 +3,17 @@
 // activations and accumulation are F32, the KV cache is BF16 or F32. Everything a token needs is
 // enqueued on one stream without host round trips; a one-token step (decode) is captured once per
 // KV cache as a CUDA graph and replayed. Prompts run in chunks of up to kMaxBatch tokens through
-// the batched GEMV.
+// the batched GEMV, or through the tensor-core GEMM (gemm_tc.h) for chunks of at least
+// kGemmMinTokens tokens unless the environment sets QFORGE_GEMM=off.
+//
+// Gemma 4: per-layer head geometry and RoPE, value norm, V = K layers, KV-sharing layers, layer
+// output scales, per-layer embeddings (E models) and MoE blocks. MoE routing runs on the GPU and
+// only the chosen experts are computed (moe.h), so decode steps stay inside the graph.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "formats/gguf.h"
 #include "model/model.h"
@@ -20,9 +26,21 @@
 
 namespace qforge::cuda {
 
+// The shape of one layer's attention and FFN, from the per-layer accessors of ModelConfig.
+struct LayerPlan {
+  int dk = 0, dv = 0, n_kv = 0, n_rot = 0;
+  bool swa = false;       // sliding-type layer: its geometry and RoPE tables
+  bool window = false;    // the sliding window limits its attention
+  bool has_kv = true;     // computes and stores its own K/V
+  bool v_from_k = false;  // no attn_v: V is K before K's norm
+  int kv_source = 0;      // layer whose cache it attends to
+  std::size_t q_dim = 0, k_dim = 0, v_dim = 0, qkv_dim = 0, ff = 0;
+};
+
 class CudaModel final : public Model {
  public:
   static constexpr int kMaxBatch = 64;
+  static constexpr int kGemmMinTokens = 16;
 
   CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config);
 
@@ -32,24 +50,41 @@ class CudaModel final : public Model {
                              const ForwardOptions& options = {}) override;
 
   std::size_t weight_bytes() const { return weights_.bytes(); }
+  // Prompt chunks of >= kGemmMinTokens tokens through the tensor-core GEMM (BF16 operands) or
+  // the F32 GEMV. Initially on, unless QFORGE_GEMM=off.
+  void set_prefill_gemm(bool on) { use_gemm_ = on; }
 
  private:
   // Enqueues one chunk of n tokens whose ids and start position are already in tokens_/pos_.
   // Logits of the last row (or of every row with all_rows) go to logits_ when `logits` is set.
   void record_chunk(int n, CudaKvCache& cache, bool logits, bool all_rows);
+  void attention_block(int il, int n, CudaKvCache& cache, int splits);
+  void ffn_block(int il, int n);  // leaves the FFN output (before post_ffn_norm) in o_
+  void moe_block(int il, int n);  // leaves the experts' weighted sum in moe_out_
+  void per_layer_inputs(int n);
+  void matmul(const DeviceMatrix& m, const float* x, float* y, std::size_t ldy, int n);
   int prefill_splits(int n_tokens, int decode_splits) const;
 
   std::unique_ptr<GgufReader> gguf_;
   ModelConfig config_;
   ModelWeights host_weights_;
+  std::vector<LayerPlan> layers_;
   int sm_count_ = 0;
-  std::size_t q_dim_, k_dim_, v_dim_, o_dim_, qkv_dim_, ff_, embd_;
-  bool any_sliding_ = false;
+  std::size_t embd_;
+  std::size_t per_layer_width_ = 0;  // E models: n_layer (of the file) * n_embd_per_layer
+  bool any_swa_ = false;
+  bool use_gemm_ = true;
   DeviceWeights weights_;
   Stream stream_;
 
   DeviceBuffer<float> x_, h_, qkv_, att_, o_, gate_up_, act_, part_, logits_;
   DeviceBuffer<float> cos_global_, sin_global_, cos_local_, sin_local_;
+  // MoE scratch: router input and logits, routing, per-slot expert activations.
+  DeviceBuffer<float> router_in_, expert_in_, router_logits_, route_weights_;
+  DeviceBuffer<float> exp_gate_up_, exp_act_, exp_out_, moe_out_;
+  DeviceBuffer<int> expert_ids_;
+  // Per-layer embeddings: [n x width] inputs, token rows, gate activations.
+  DeviceBuffer<float> per_layer_, per_layer_tok_, per_layer_gate_;
   DeviceBuffer<std::int32_t> tokens_;
   DeviceBuffer<int> pos_;
 

@@ -1,12 +1,14 @@
 #include "runtime/cuda/cuda_weights.h"
 
 #include <map>
+#include <vector>
 
 #include <fmt/format.h>
 
 #include "core/error.h"
 #include "runtime/cuda/gemv.h"
 #include "runtime/cuda/graph.h"
+#include "runtime/cuda/moe.h"
 
 namespace qforge::cuda {
 namespace {
@@ -39,6 +41,23 @@ class Layout {
     by_host_.emplace(m.data.data(), offset);
     return offset;
   }
+  // The experts of a stacked tensor, back to back (one piece: they are contiguous in the GGUF).
+  std::size_t add_stack(const std::vector<WeightMatrix>& experts) {
+    const std::size_t start = size_;
+    const WeightMatrix& first = experts.front();
+    const std::size_t bytes = first.rows * first.row_stride;
+    for (std::size_t e = 0; e < experts.size(); ++e) {
+      const WeightMatrix& m = experts[e];
+      if (m.type != first.type || m.rows != first.rows || m.cols != first.cols ||
+          m.data.data() != first.data.data() + e * bytes) {
+        fail("CUDA backend: the experts of '{}' are not one contiguous stack of one type",
+             first.name);
+      }
+    }
+    add_piece(std::span(first.data.data(), experts.size() * first.rows * first.row_stride), false);
+    size_ = align_up(size_);
+    return start;
+  }
   std::size_t add_vector(const std::vector<float>& v) {
     if (v.empty()) return kNone;
     const std::size_t offset = size_;
@@ -63,7 +82,7 @@ class Layout {
 };
 
 void require_kernel(const WeightMatrix& m) {
-  if (!gemv_supported(m.type)) {
+  if (m.present() && !gemv_supported(m.type)) {
     fail(
         "CUDA backend: tensor '{}' has type {}, which has no GPU kernel (supported: F32, F16, "
         "BF16, Q4_0, Q4_1, Q5_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K)",
@@ -71,38 +90,84 @@ void require_kernel(const WeightMatrix& m) {
   }
 }
 
-bool same_type(std::initializer_list<const WeightMatrix*> group) {
+// The present matrices of a group (absent optional ones are left out).
+std::vector<const WeightMatrix*> present(std::initializer_list<const WeightMatrix*> group) {
+  std::vector<const WeightMatrix*> out;
   for (const WeightMatrix* m : group) {
-    if (m->type != (*group.begin())->type || m->cols != (*group.begin())->cols) return false;
+    if (m->present()) out.push_back(m);
   }
-  return true;
+  return out;
+}
+
+bool same_type(const std::vector<const WeightMatrix*>& group) {
+  for (const WeightMatrix* m : group) {
+    if (m->type != group.front()->type || m->cols != group.front()->cols) return false;
+  }
+  return !group.empty();
+}
+
+// The experts of one stacked tensor lie back to back in the GGUF (bind_weights' matrix_stack);
+// they are uploaded as one group, expert e at e * rows * row_stride bytes.
+std::size_t expert_bytes(const std::vector<WeightMatrix>& experts) {
+  return experts.front().rows * experts.front().row_stride;
 }
 
 }  // namespace
 
 DeviceWeights::DeviceWeights(const ModelWeights& host, const ModelConfig& config,
                              std::size_t reserve_bytes) {
-  (void)config;
   require_kernel(host.token_embd);
   require_kernel(host.output);
+  require_kernel(host.per_layer_token_embd);
+  require_kernel(host.per_layer_model_proj);
   for (const LayerWeights& l : host.layers) {
     for (const WeightMatrix* m :
          {&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) {
       require_kernel(*m);
     }
+    if (l.moe) {
+      require_kernel(l.moe->router);
+      for (const auto* stack : {&l.moe->gate_up, &l.moe->down}) {
+        if (stack->empty() || static_cast<int>(stack->size()) != config.n_expert) {
+          fail("CUDA backend: layer MoE tensors have {} experts, expected {}", stack->size(),
+               config.n_expert);
+        }
+        if (!moe_gemv_supported(stack->front().type)) {
+          fail(
+              "CUDA backend: tensor '{}' has type {}, which has no GPU kernel (supported: F32, "
+              "F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K)",
+              stack->front().name, type_name(stack->front().type));
+        }
+      }
+    }
+    if (l.per_layer_input) {
+      require_kernel(l.per_layer_input->gate);
+      require_kernel(l.per_layer_input->proj);
+    }
   }
 
   // Pass 1: offsets.
+  struct MoeOffsets {
+    std::size_t router, router_scale, expert_scale, pre_norm, post_dense, post_moe, gate_up, down;
+  };
   struct LayerOffsets {
     std::size_t attn_norm, q_norm, k_norm, post_attn_norm, ffn_norm, post_ffn_norm;
     std::size_t q, k, v, o, gate, up, down;
     bool qkv_fused, gate_up_fused;
+    MoeOffsets moe;
+    std::size_t pl_gate, pl_proj, pl_norm;
   };
   Layout layout;
   const std::size_t embd_off = layout.add_matrix(host.token_embd);
   const std::size_t output_off = layout.add_matrix(host.output);
   const std::size_t output_norm_off = layout.add_vector(host.output_norm);
   const std::size_t freqs_off = layout.add_vector(host.rope_freqs);
+  std::size_t pl_embd_off = 0, pl_proj_off = 0;
+  if (host.per_layer_token_embd.present()) {
+    pl_embd_off = layout.add_matrix(host.per_layer_token_embd);
+    pl_proj_off = layout.add_matrix(host.per_layer_model_proj);
+  }
+  const std::size_t pl_norm_off = layout.add_vector(host.per_layer_proj_norm);
   std::vector<LayerOffsets> lo(host.layers.size());
   for (std::size_t il = 0; il < host.layers.size(); ++il) {
     const LayerWeights& l = host.layers[il];
@@ -113,9 +178,10 @@ DeviceWeights::DeviceWeights(const ModelWeights& host, const ModelConfig& config
     o.post_attn_norm = layout.add_vector(l.post_attn_norm);
     o.ffn_norm = layout.add_vector(l.ffn_norm);
     o.post_ffn_norm = layout.add_vector(l.post_ffn_norm);
-    o.qkv_fused = same_type({&l.wq, &l.wk, &l.wv});
+    const std::vector<const WeightMatrix*> qkv = present({&l.wq, &l.wk, &l.wv});
+    o.qkv_fused = qkv.size() > 1 && same_type(qkv);
     if (o.qkv_fused) {
-      o.q = layout.add_group({&l.wq, &l.wk, &l.wv});
+      o.q = layout.add_group({&l.wq, &l.wk, &l.wv});  // absent ones add no bytes
       o.k = o.q + l.wq.rows * l.wq.row_stride;
       o.v = o.k + l.wk.rows * l.wk.row_stride;
     } else {
@@ -133,6 +199,22 @@ DeviceWeights::DeviceWeights(const ModelWeights& host, const ModelConfig& config
       o.up = layout.add_group({&l.ffn_up});
     }
     o.down = layout.add_group({&l.ffn_down});
+    if (l.moe) {
+      const MoeWeights& m = *l.moe;
+      o.moe.router = layout.add_group({&m.router});
+      o.moe.router_scale = layout.add_vector(m.router_scale);
+      o.moe.expert_scale = layout.add_vector(m.expert_scale);
+      o.moe.pre_norm = layout.add_vector(m.pre_norm);
+      o.moe.post_dense = layout.add_vector(m.post_norm_dense);
+      o.moe.post_moe = layout.add_vector(m.post_norm_moe);
+      o.moe.gate_up = layout.add_stack(m.gate_up);
+      o.moe.down = layout.add_stack(m.down);
+    }
+    if (l.per_layer_input) {
+      o.pl_gate = layout.add_group({&l.per_layer_input->gate});
+      o.pl_proj = layout.add_group({&l.per_layer_input->proj});
+      o.pl_norm = layout.add_vector(l.per_layer_input->post_norm);
+    }
   }
 
   // Does it fit? Checked before allocating, so the message can say by how much it does not.
@@ -154,16 +236,27 @@ DeviceWeights::DeviceWeights(const ModelWeights& host, const ModelConfig& config
     return off == Layout::kNone ? nullptr : reinterpret_cast<const float*>(base + off);
   };
   auto mat = [base](const WeightMatrix& m, std::size_t off) {
+    if (!m.present()) return DeviceMatrix{m.name, m.type, 0, 0, nullptr};
     return DeviceMatrix{m.name, m.type, m.rows, m.cols, base + off};
   };
   auto stacked = [base](const WeightMatrix& first, std::size_t rows, std::size_t off,
                         std::string name) {
     return DeviceMatrix{std::move(name), first.type, rows, first.cols, base + off};
   };
+  auto experts = [base](const std::vector<WeightMatrix>& stack, std::size_t off) {
+    const WeightMatrix& first = stack.front();
+    ExpertStack e{first.type, base + off,          first.rows,
+                  first.cols, expert_bytes(stack), static_cast<int>(stack.size())};
+    check_expert_stack(e, first.name.c_str());
+    return e;
+  };
   token_embd = mat(host.token_embd, embd_off);
   output = mat(host.output, output_off);
   output_norm = vec(output_norm_off);
   rope_freqs = vec(freqs_off);
+  per_layer_token_embd = mat(host.per_layer_token_embd, pl_embd_off);
+  per_layer_model_proj = mat(host.per_layer_model_proj, pl_proj_off);
+  per_layer_proj_norm = vec(pl_norm_off);
   layers.resize(host.layers.size());
   for (std::size_t il = 0; il < host.layers.size(); ++il) {
     const LayerWeights& l = host.layers[il];
@@ -190,6 +283,25 @@ DeviceWeights::DeviceWeights(const ModelWeights& host, const ModelConfig& config
       d.gate_up = stacked(l.ffn_gate, l.ffn_gate.rows + l.ffn_up.rows, o.gate,
                           fmt::format("blk.{}.ffn_gate_up", il));
     }
+    if (l.moe) {
+      const MoeWeights& m = *l.moe;
+      d.has_moe = true;
+      d.moe.router = mat(m.router, o.moe.router);
+      d.moe.router_scale = vec(o.moe.router_scale);
+      d.moe.expert_scale = vec(o.moe.expert_scale);
+      d.moe.pre_norm = vec(o.moe.pre_norm);
+      d.moe.post_norm_dense = vec(o.moe.post_dense);
+      d.moe.post_norm_moe = vec(o.moe.post_moe);
+      d.moe.gate_up = experts(m.gate_up, o.moe.gate_up);
+      d.moe.down = experts(m.down, o.moe.down);
+    }
+    if (l.per_layer_input) {
+      d.has_per_layer_input = true;
+      d.per_layer_input.gate = mat(l.per_layer_input->gate, o.pl_gate);
+      d.per_layer_input.proj = mat(l.per_layer_input->proj, o.pl_proj);
+      d.per_layer_input.post_norm = vec(o.pl_norm);
+    }
+    d.output_scale = l.output_scale;
   }
 }
 

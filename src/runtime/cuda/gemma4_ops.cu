@@ -1,0 +1,183 @@
+// Gemma 4 kernels of the CUDA forward pass (see gemma4_ops.h).
+#include "runtime/cuda/check.cuh"
+
+#include "runtime/cuda/gemma4_ops.h"
+#include "runtime/cuda/reduce.cuh"
+
+namespace qforge::cuda {
+namespace {
+
+constexpr unsigned kThreads = 256;
+
+unsigned blocks_for(std::size_t n, unsigned threads = kThreads) {
+  return static_cast<unsigned>((n + threads - 1) / threads);
+}
+
+__device__ __forceinline__ float silu(float x) {
+  return x / (1.0f + expf(-x));
+}
+__device__ __forceinline__ float gelu_tanh(float x) {
+  const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+  return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+// One warp per (token, head).
+__global__ void copy_norm_heads_kernel(float* qkv, int n_tokens, std::size_t token_stride,
+                                       std::size_t src_offset, std::size_t dst_offset, int n_heads,
+                                       int head_dim, bool normalize, float eps) {
+  const int warp = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) / 32);
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  if (warp >= n_tokens * n_heads) return;
+  const int t = warp / n_heads, h = warp % n_heads;
+  float* row = qkv + static_cast<std::size_t>(t) * token_stride;
+  const float* src = row + src_offset + static_cast<std::size_t>(h) * head_dim;
+  float* dst = row + dst_offset + static_cast<std::size_t>(h) * head_dim;
+  float inv = 1.0f;
+  if (normalize) {
+    float ss = 0.0f;
+    for (int i = lane; i < head_dim; i += 32) ss = fmaf(src[i], src[i], ss);
+    ss = warp_sum(ss);
+    inv = 1.0f / sqrtf(ss / static_cast<float>(head_dim) + eps);
+  }
+  // Each lane reads and writes the same elements, so src == dst is safe.
+  for (int i = lane; i < head_dim; i += 32) dst[i] = normalize ? src[i] * inv : src[i];
+}
+
+__device__ __forceinline__ float row_inv_rms(const float* row, std::size_t n, float eps,
+                                             float* scratch) {
+  float ss = 0.0f;
+  for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) ss = fmaf(row[i], row[i], ss);
+  ss = block_reduce<false>(ss, scratch);
+  return 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
+}
+
+// One CTA per row.
+__global__ void moe_combine_kernel(float* o, const float* e, const float* w_dense,
+                                   const float* w_moe, std::size_t n, float eps) {
+  __shared__ float scratch[32];
+  float* orow = o + blockIdx.x * n;
+  const float* erow = e + blockIdx.x * n;
+  const float inv_o = row_inv_rms(orow, n, eps, scratch);
+  const float inv_e = row_inv_rms(erow, n, eps, scratch);
+  for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float dense = orow[i] * inv_o * w_dense[i];
+    const float experts = erow[i] * inv_e * w_moe[i];
+    orow[i] = dense + experts;
+  }
+}
+
+// One CTA per row.
+__global__ void residual_scale_norm_kernel(float* x, const float* o, const float* o_norm,
+                                           float scale, const float* next_norm, float* h,
+                                           std::size_t n, float eps) {
+  __shared__ float scratch[32];
+  float* xr = x + blockIdx.x * n;
+  if (o != nullptr) {
+    const float* orow = o + blockIdx.x * n;
+    const float inv_o = o_norm != nullptr ? row_inv_rms(orow, n, eps, scratch) : 1.0f;
+    for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const float add = o_norm != nullptr ? orow[i] * inv_o * o_norm[i] : orow[i];
+      xr[i] = (xr[i] + add) * scale;
+    }
+  } else if (scale != 1.0f) {
+    for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) xr[i] *= scale;
+  }
+  if (next_norm == nullptr) return;
+  __syncthreads();  // row_inv_rms below reads elements other threads wrote
+  const float inv = row_inv_rms(xr, n, eps, scratch);
+  float* hr = h + blockIdx.x * n;
+  for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) hr[i] = xr[i] * inv * next_norm[i];
+}
+
+// One warp per (token, slice).
+__global__ void per_layer_combine_kernel(float* proj, const float* token_rows, const float* norm,
+                                         int n_tokens, std::size_t width, int n_pl,
+                                         float proj_scale, float mix_scale, float eps) {
+  const int n_slices = static_cast<int>(width / static_cast<std::size_t>(n_pl));
+  const int warp = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) / 32);
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  if (warp >= n_tokens * n_slices) return;
+  const std::size_t base = static_cast<std::size_t>(warp / n_slices) * width +
+                           static_cast<std::size_t>(warp % n_slices) * n_pl;
+  float* p = proj + base;
+  const float* tok = token_rows + base;
+  float ss = 0.0f;
+  for (int i = lane; i < n_pl; i += 32) {
+    const float v = p[i] * proj_scale;
+    p[i] = v;
+    ss = fmaf(v, v, ss);
+  }
+  ss = warp_sum(ss);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(n_pl) + eps);
+  for (int i = lane; i < n_pl; i += 32) p[i] = (p[i] * inv * norm[i] + tok[i]) * mix_scale;
+}
+
+template <bool kSilu>
+__global__ void per_layer_gate_kernel(float* g, const float* per_layer, int n_pl, std::size_t width,
+                                      std::size_t offset, std::size_t total) {
+  const std::size_t idx = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= total) return;
+  const std::size_t t = idx / static_cast<std::size_t>(n_pl);
+  const std::size_t i = idx % static_cast<std::size_t>(n_pl);
+  const float v = g[idx];
+  g[idx] = (kSilu ? silu(v) : gelu_tanh(v)) * per_layer[t * width + offset + i];
+}
+
+}  // namespace
+
+void copy_norm_heads(float* qkv, int n_tokens, std::size_t token_stride, std::size_t src_offset,
+                     std::size_t dst_offset, int n_heads, int head_dim, bool normalize, float eps,
+                     StreamHandle stream) {
+  const std::size_t threads = static_cast<std::size_t>(n_tokens) * n_heads * 32;
+  if (threads == 0 || head_dim <= 0) return;
+  copy_norm_heads_kernel<<<blocks_for(threads, 128), 128, 0, stream>>>(
+      qkv, n_tokens, token_stride, src_offset, dst_offset, n_heads, head_dim, normalize, eps);
+  QFORGE_CUDA_CHECK_LAUNCH("copy_norm_heads_kernel");
+}
+
+void moe_combine(float* o, const float* e, const float* w_dense, const float* w_moe, int n_rows,
+                 std::size_t n, float eps, StreamHandle stream) {
+  if (n_rows <= 0 || n == 0) return;
+  moe_combine_kernel<<<static_cast<unsigned>(n_rows), 256, 0, stream>>>(o, e, w_dense, w_moe, n,
+                                                                        eps);
+  QFORGE_CUDA_CHECK_LAUNCH("moe_combine_kernel");
+}
+
+void residual_scale_norm(float* x, const float* o, const float* o_norm, float scale,
+                         const float* next_norm, float* h, int n_rows, std::size_t n, float eps,
+                         StreamHandle stream) {
+  if (n_rows <= 0 || n == 0) return;
+  residual_scale_norm_kernel<<<static_cast<unsigned>(n_rows), 256, 0, stream>>>(
+      x, o, o_norm, scale, next_norm, h, n, eps);
+  QFORGE_CUDA_CHECK_LAUNCH("residual_scale_norm_kernel");
+}
+
+void per_layer_combine(float* proj, const float* token_rows, const float* norm, int n_tokens,
+                       std::size_t width, int n_pl, float proj_scale, float mix_scale, float eps,
+                       StreamHandle stream) {
+  if (n_pl <= 0 || width % static_cast<std::size_t>(n_pl) != 0) {
+    cuda_fail("CUDA per-layer embeddings: width ", width, " is not a multiple of ", n_pl);
+  }
+  const std::size_t threads =
+      static_cast<std::size_t>(n_tokens) * (width / static_cast<std::size_t>(n_pl)) * 32;
+  if (threads == 0) return;
+  per_layer_combine_kernel<<<blocks_for(threads, 128), 128, 0, stream>>>(
+      proj, token_rows, norm, n_tokens, width, n_pl, proj_scale, mix_scale, eps);
+  QFORGE_CUDA_CHECK_LAUNCH("per_layer_combine_kernel");
+}
+
+void per_layer_gate(FfnActivation act, float* g, const float* per_layer, int n_tokens, int n_pl,
+                    std::size_t width, std::size_t offset, StreamHandle stream) {
+  const std::size_t total = static_cast<std::size_t>(n_tokens) * static_cast<std::size_t>(n_pl);
+  if (total == 0) return;
+  if (act == FfnActivation::kSiluGlu) {
+    per_layer_gate_kernel<true>
+        <<<blocks_for(total), kThreads, 0, stream>>>(g, per_layer, n_pl, width, offset, total);
+  } else {
+    per_layer_gate_kernel<false>
+        <<<blocks_for(total), kThreads, 0, stream>>>(g, per_layer, n_pl, width, offset, total);
+  }
+  QFORGE_CUDA_CHECK_LAUNCH("per_layer_gate_kernel");
+}
+
+}  // namespace qforge::cuda

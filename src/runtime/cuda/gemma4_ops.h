@@ -1,0 +1,44 @@
+// Row-wise kernels that Gemma 4 adds to the CUDA forward pass (cuda_model.cpp), in the order of
+// the CPU reference (src/runtime/cpu/cpu_model.cpp): value norm, the MoE/dense output mix, the
+// layer output scale and per-layer embeddings. All pointers are device pointers; every call is
+// asynchronous on `stream`. F32 throughout.
+#pragma once
+
+#include <cstddef>
+
+#include "model/config.h"
+#include "runtime/cuda/stream.h"
+
+namespace qforge::cuda {
+
+// Per token t and head h < n_heads of the interleaved qkv buffer (tokens token_stride floats
+// apart): dst = src, divided by its RMS (no weight) when `normalize`, where
+//   src = qkv + t * token_stride + src_offset + h * head_dim, dst likewise with dst_offset.
+// src and dst may be the same. Gemma 4's value norm, and V = K (before K's norm) on layers
+// without attn_v.
+void copy_norm_heads(float* qkv, int n_tokens, std::size_t token_stride, std::size_t src_offset,
+                     std::size_t dst_offset, int n_heads, int head_dim, bool normalize, float eps,
+                     StreamHandle stream);
+
+// o[r, :] = rms_norm(o[r, :]) * w_dense + rms_norm(e[r, :]) * w_moe  (rows of n floats).
+void moe_combine(float* o, const float* e, const float* w_dense, const float* w_moe, int n_rows,
+                 std::size_t n, float eps, StreamHandle stream);
+
+// x[r, :] += (o_norm ? rms_norm(o[r, :]) * o_norm : o[r, :]) when o is not null; then
+// x[r, :] *= scale; then, when next_norm is not null, h[r, :] = rms_norm(x[r, :]) * next_norm.
+void residual_scale_norm(float* x, const float* o, const float* o_norm, float scale,
+                         const float* next_norm, float* h, int n_rows, std::size_t n, float eps,
+                         StreamHandle stream);
+
+// Per-layer inputs of E models, per token t and slice s of n_pl floats of the [n_tokens x width]
+// arrays: p = proj * proj_scale; p = rms_norm(p) * norm; proj = (p + token_rows) * mix_scale.
+// token_rows holds the per-layer token embeddings already multiplied by sqrt(n_pl).
+void per_layer_combine(float* proj, const float* token_rows, const float* norm, int n_tokens,
+                       std::size_t width, int n_pl, float proj_scale, float mix_scale, float eps,
+                       StreamHandle stream);
+
+// g[t * n_pl + i] = act(g[t * n_pl + i]) * per_layer[t * width + offset + i].
+void per_layer_gate(FfnActivation act, float* g, const float* per_layer, int n_tokens, int n_pl,
+                    std::size_t width, std::size_t offset, StreamHandle stream);
+
+}  // namespace qforge::cuda

@@ -1,0 +1,296 @@
+// Mixture-of-experts kernels (see moe.h).
+#include "runtime/cuda/check.cuh"
+
+#include <cstdint>
+
+#include "runtime/cuda/block_decode.cuh"
+#include "runtime/cuda/moe.h"
+#include "runtime/cuda/reduce.cuh"
+
+namespace qforge::cuda {
+namespace {
+
+constexpr int kWarpsPerCta = 4;
+constexpr unsigned kThreads = 256;
+constexpr int kMaxExperts = 4096;
+
+unsigned blocks_for(std::size_t n, unsigned threads = kThreads) {
+  return static_cast<unsigned>((n + threads - 1) / threads);
+}
+
+// ---- expert GEMV: one warp per (output row, slot); grid (row groups, slots) -----------------
+// The lanes walk the decode units of the row in order (coalesced weight loads), as the first
+// GEMV kernel of gemv.cu; the expert is picked per slot from device memory.
+template <typename Fmt>
+__global__ void __launch_bounds__(kWarpsPerCta * 32)
+    expert_gemv_kernel(const std::uint8_t* __restrict__ w, std::size_t expert_bytes, int n_experts,
+                       std::size_t n_rows, std::size_t n_cols, const int* __restrict__ ids,
+                       int x_group, const float* __restrict__ x, float* __restrict__ y,
+                       std::size_t ldy) {
+  __shared__ float table[16];
+  if constexpr (blocks::UsesTable<Fmt>) {
+    if (threadIdx.x < 16) table[threadIdx.x] = blocks::kIq4NlLevels[threadIdx.x];
+    __syncthreads();
+  }
+  const std::size_t row = static_cast<std::size_t>(blockIdx.x) * kWarpsPerCta + threadIdx.x / 32;
+  if (row >= n_rows) return;
+  const int slot = static_cast<int>(blockIdx.y);
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int e = ids[slot];
+  float* dst = y + static_cast<std::size_t>(slot) * ldy + row;
+  if (e < 0 || e >= n_experts) {
+    if (lane == 0) *dst = 0.0f;
+    return;
+  }
+  const std::size_t n_blocks = n_cols / Fmt::kBlockElems;
+  const std::uint8_t* row_ptr =
+      w + static_cast<std::size_t>(e) * expert_bytes + row * n_blocks * Fmt::kBlockBytes;
+  const float* xs = x + static_cast<std::size_t>(slot / x_group) * n_cols;
+  const int n_units = static_cast<int>(n_blocks) * Fmt::kUnitsPerBlock;
+
+  float acc = 0.0f;
+#pragma unroll 2
+  for (int u = lane; u < n_units; u += 32) {
+    const int b = u / Fmt::kUnitsPerBlock;
+    float wv[4 * Fmt::kRuns];
+    int start[Fmt::kRuns];
+    Fmt::decode(row_ptr + static_cast<std::size_t>(b) * Fmt::kBlockBytes, u % Fmt::kUnitsPerBlock,
+                wv, start, table);
+    const float* xb = xs + static_cast<std::size_t>(b) * Fmt::kBlockElems;
+#pragma unroll
+    for (int r = 0; r < Fmt::kRuns; ++r) {
+      const float4 xv = __ldg(reinterpret_cast<const float4*>(xb + start[r]));
+      acc = fmaf(wv[4 * r], xv.x, acc);
+      acc = fmaf(wv[4 * r + 1], xv.y, acc);
+      acc = fmaf(wv[4 * r + 2], xv.z, acc);
+      acc = fmaf(wv[4 * r + 3], xv.w, acc);
+    }
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) *dst = acc;
+}
+
+template <typename Fn>
+bool dispatch(GgmlType type, Fn&& fn) {
+  switch (type) {
+    case GgmlType::F32:
+      fn(blocks::F32{});
+      return true;
+    case GgmlType::F16:
+      fn(blocks::F16{});
+      return true;
+    case GgmlType::BF16:
+      fn(blocks::BF16{});
+      return true;
+    case GgmlType::Q4_0:
+      fn(blocks::Q4_0{});
+      return true;
+    case GgmlType::Q4_1:
+      fn(blocks::Q4_1{});
+      return true;
+    case GgmlType::Q5_0:
+      fn(blocks::Q5_0{});
+      return true;
+    case GgmlType::Q8_0:
+      fn(blocks::Q8_0{});
+      return true;
+    case GgmlType::IQ4_NL:
+      fn(blocks::IQ4_NL{});
+      return true;
+    case GgmlType::Q4_K:
+      fn(blocks::Q4_K{});
+      return true;
+    case GgmlType::Q5_K:
+      fn(blocks::Q5_K{});
+      return true;
+    case GgmlType::Q6_K:
+      fn(blocks::Q6_K{});
+      return true;
+    default:
+      return false;
+  }
+}
+
+// ---- router and expert inputs: one CTA per row ---------------------------------------------
+__global__ void moe_inputs_kernel(const float* __restrict__ x, const float* __restrict__ scale,
+                                  const float* __restrict__ pre_norm, float* __restrict__ r_out,
+                                  float* __restrict__ e_out, std::size_t n, float eps, float root) {
+  __shared__ float scratch[32];
+  const float* xr = x + blockIdx.x * n;
+  float ss = 0.0f;
+  for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
+  ss = block_reduce<false>(ss, scratch);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
+  for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float normed = xr[i] * inv;
+    r_out[blockIdx.x * n + i] = normed * scale[i] * root;
+    e_out[blockIdx.x * n + i] = normed * pre_norm[i];
+  }
+}
+
+// ---- routing: one warp per token -----------------------------------------------------------
+__global__ void route_kernel(const float* __restrict__ logits, int n_expert, int k,
+                             const float* __restrict__ expert_scale, int* __restrict__ ids,
+                             float* __restrict__ weights) {
+  extern __shared__ float shared[];
+  float* p = shared;                                   // n_expert probabilities
+  float* chosen_p = shared + n_expert;                 // k
+  int* chosen = reinterpret_cast<int*>(chosen_p + k);  // k
+  const int t = static_cast<int>(blockIdx.x), lane = static_cast<int>(threadIdx.x);
+  const float* l = logits + static_cast<std::size_t>(t) * n_expert;
+
+  float mx = -INFINITY;
+  for (int i = lane; i < n_expert; i += 32) mx = fmaxf(mx, l[i]);
+  mx = warp_max(mx);
+  float sum = 0.0f;
+  for (int i = lane; i < n_expert; i += 32) {
+    const float v = expf(l[i] - mx);
+    p[i] = v;
+    sum += v;
+  }
+  sum = warp_sum(sum);
+  const float inv = 1.0f / sum;
+  for (int i = lane; i < n_expert; i += 32) p[i] *= inv;
+  __syncwarp();
+
+  // k rounds of arg-max; a chosen expert is marked with -1 (probabilities are >= 0).
+  for (int j = 0; j < k; ++j) {
+    float best = -2.0f;
+    int best_i = 0x7fffffff;
+    for (int i = lane; i < n_expert; i += 32) {
+      if (p[i] > best) best = p[i], best_i = i;  // strict: the lowest index of a lane wins ties
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const float ob = __shfl_xor_sync(0xffffffffu, best, off);
+      const int oi = __shfl_xor_sync(0xffffffffu, best_i, off);
+      if (ob > best || (ob == best && oi < best_i)) best = ob, best_i = oi;
+    }
+    if (lane == 0) {
+      // NaN logits match nothing: the slot gets id -1 (zero output, zero weight).
+      const bool found = best_i < n_expert;
+      chosen[j] = found ? best_i : -1;
+      chosen_p[j] = found ? best : 0.0f;
+      if (found) p[best_i] = -1.0f;
+    }
+    __syncwarp();
+  }
+  if (lane != 0) return;
+  float total = 0.0f;  // in order of decreasing probability, as the CPU reference
+  for (int j = 0; j < k; ++j) total += chosen_p[j];
+  // Increasing expert index (insertion sort of k entries).
+  for (int j = 1; j < k; ++j) {
+    const int e = chosen[j];
+    const float pe = chosen_p[j];
+    int i = j - 1;
+    while (i >= 0 && chosen[i] > e) {
+      chosen[i + 1] = chosen[i];
+      chosen_p[i + 1] = chosen_p[i];
+      --i;
+    }
+    chosen[i + 1] = e;
+    chosen_p[i + 1] = pe;
+  }
+  for (int j = 0; j < k; ++j) {
+    const int e = chosen[j];
+    ids[t * k + j] = e;
+    weights[t * k + j] = e < 0 ? 0.0f : chosen_p[j] / total * expert_scale[e];
+  }
+}
+
+// ---- weighted sum of the slots of each token -------------------------------------------------
+__global__ void weighted_sum_kernel(const float* __restrict__ y, const float* __restrict__ w, int k,
+                                    std::size_t n, std::size_t total, float* __restrict__ out) {
+  const std::size_t idx = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= total) return;
+  const std::size_t t = idx / n, i = idx % n;
+  float acc = 0.0f;
+  for (int j = 0; j < k; ++j) {
+    const std::size_t slot = t * static_cast<std::size_t>(k) + static_cast<std::size_t>(j);
+    acc += w[slot] * y[slot * n + i];
+  }
+  out[idx] = acc;
+}
+
+}  // namespace
+
+bool moe_gemv_supported(GgmlType type) {
+  return dispatch(type, [](auto) {});
+}
+
+void check_expert_stack(const ExpertStack& w, const char* what) {
+  bool ok = false;
+  dispatch(w.type, [&]<typename Fmt>(Fmt) {
+    if (w.cols == 0 || w.cols % Fmt::kBlockElems != 0 || w.cols % 4 != 0) {
+      cuda_fail("CUDA MoE: ", what, ": ", w.cols, " columns are not a positive multiple of ",
+                Fmt::kBlockElems, " (", type_name(w.type), ")");
+    }
+    if (reinterpret_cast<std::uintptr_t>(w.data) % Fmt::kAlign != 0 ||
+        w.expert_bytes % Fmt::kAlign != 0) {
+      cuda_fail("CUDA MoE: ", what, ": ", type_name(w.type), " experts of ", w.expert_bytes,
+                " bytes at ", w.data, " break the format's ", Fmt::kAlign, "-byte alignment");
+    }
+    ok = true;
+  });
+  if (!ok) {
+    cuda_fail("CUDA MoE: ", what, " has type ", type_name(w.type),
+              ", which has no GPU kernel (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, "
+              "IQ4_NL, Q4_K, Q5_K, Q6_K)");
+  }
+  if (w.rows == 0 || w.rows > 0x7fffffffu || w.n_experts <= 0) {
+    cuda_fail("CUDA MoE: ", what, ": bad shape (", w.rows, " rows, ", w.n_experts, " experts)");
+  }
+}
+
+void moe_gemv(const ExpertStack& w, const int* ids, int n_slots, int x_group, const float* x,
+              float* y, std::size_t ldy, StreamHandle stream) {
+  if (n_slots <= 0) return;
+  if (n_slots > 65535 || x_group <= 0 || ldy < w.rows) {
+    cuda_fail("CUDA MoE gemv: bad batch (", n_slots, " slots, group ", x_group, ", ldy ", ldy,
+              " for ", w.rows, " rows)");
+  }
+  if (reinterpret_cast<std::uintptr_t>(x) % 16 != 0) {
+    cuda_fail("CUDA MoE gemv: x must be 16-byte aligned");
+  }
+  const dim3 grid(static_cast<unsigned>((w.rows + kWarpsPerCta - 1) / kWarpsPerCta),
+                  static_cast<unsigned>(n_slots));
+  const bool ok = dispatch(w.type, [&]<typename Fmt>(Fmt) {
+    expert_gemv_kernel<Fmt><<<grid, kWarpsPerCta * 32, 0, stream>>>(
+        static_cast<const std::uint8_t*>(w.data), w.expert_bytes, w.n_experts, w.rows, w.cols, ids,
+        x_group, x, y, ldy);
+  });
+  if (!ok) cuda_fail("CUDA MoE gemv: no kernel for weight type ", type_name(w.type));
+  QFORGE_CUDA_CHECK_LAUNCH("expert_gemv_kernel");
+}
+
+void moe_inputs(const float* x, const float* router_scale, const float* pre_norm, float* router_in,
+                float* expert_in, int n_rows, std::size_t n, float eps, StreamHandle stream) {
+  if (n_rows <= 0 || n == 0) return;
+  const float root = 1.0f / sqrtf(static_cast<float>(n));
+  moe_inputs_kernel<<<static_cast<unsigned>(n_rows), 256, 0, stream>>>(
+      x, router_scale, pre_norm, router_in, expert_in, n, eps, root);
+  QFORGE_CUDA_CHECK_LAUNCH("moe_inputs_kernel");
+}
+
+void moe_route(const float* logits, int n_tokens, int n_expert, int k, const float* expert_scale,
+               int* ids, float* weights, StreamHandle stream) {
+  if (n_tokens <= 0) return;
+  if (n_expert <= 0 || n_expert > kMaxExperts || k <= 0 || k > n_expert) {
+    cuda_fail("CUDA MoE routing: ", k, " of ", n_expert, " experts is not supported (at most ",
+              kMaxExperts, " experts)");
+  }
+  const std::size_t shared = sizeof(float) * static_cast<std::size_t>(n_expert + 2 * k);
+  route_kernel<<<static_cast<unsigned>(n_tokens), 32, shared, stream>>>(logits, n_expert, k,
+                                                                        expert_scale, ids, weights);
+  QFORGE_CUDA_CHECK_LAUNCH("route_kernel");
+}
+
+void moe_weighted_sum(const float* y, const float* weights, int n_tokens, int k, std::size_t n,
+                      float* out, StreamHandle stream) {
+  const std::size_t total = static_cast<std::size_t>(n_tokens) * n;
+  if (total == 0) return;
+  weighted_sum_kernel<<<blocks_for(total), kThreads, 0, stream>>>(y, weights, k, n, total, out);
+  QFORGE_CUDA_CHECK_LAUNCH("weighted_sum_kernel");
+}
+
+}  // namespace qforge::cuda
