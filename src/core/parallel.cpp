@@ -1,7 +1,9 @@
 // Persistent thread pool behind parallel_for. Per-token inference issues a few hundred small
 // parallel loops per token, so threads are started once and woken per loop: a worker spins briefly
 // after each loop (the next one usually follows within microseconds), then sleeps on a condition
-// variable. Nested parallel_for calls from inside a body run serially on the calling worker.
+// variable; likewise the caller spins briefly for the workers to finish before it sleeps. Both
+// spins are bounded (kSpin), so an idle pool does not keep cores busy. Nested parallel_for calls
+// from inside a body run serially on the calling worker.
 #include "core/parallel.h"
 
 #include <algorithm>
@@ -29,6 +31,34 @@ int default_threads() {
 }
 
 thread_local bool t_inside_pool = false;
+
+// How long a thread polls before it sleeps on a condition variable: long enough to bridge the gap
+// between the loops of a forward pass and the tail of a loop (a futex wake costs several
+// microseconds), short enough not to burn a core when the pool goes idle.
+constexpr auto kSpin = std::chrono::microseconds(50);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Polls done() for up to kSpin; true when it became true. Between short pause loops it yields,
+// so that on an oversubscribed machine the thread it waits for can get the core.
+template <class Done>
+bool spin_until(Done done) {
+  const auto deadline = std::chrono::steady_clock::now() + kSpin;
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return true;
+      cpu_relax();
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return done();
+    std::this_thread::yield();
+  }
+}
 
 class ThreadPool {
  public:
@@ -59,15 +89,24 @@ class ThreadPool {
       chunk_ = chunk;
       next_.store(0);
       error_ = nullptr;
-      busy_ = static_cast<int>(workers_.size());
+      busy_.store(static_cast<int>(workers_.size()));
       generation_.fetch_add(1);
     }
     wake_.notify_all();
     t_inside_pool = true;
     work();
     t_inside_pool = false;
+    const auto all_done = [this] { return busy_.load(std::memory_order_acquire) == 0; };
     std::unique_lock lock(mutex_);
-    done_.wait(lock, [this] { return busy_ == 0; });
+    if (!all_done()) {
+      lock.unlock();
+      if (!spin_until(all_done)) {
+        lock.lock();
+        done_.wait(lock, all_done);
+      } else {
+        lock.lock();
+      }
+    }
     body_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
@@ -93,11 +132,7 @@ class ThreadPool {
     std::uint64_t seen = 0;
     for (;;) {
       // Spin for a short while: the next loop of a forward pass typically starts right away.
-      const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
-      while (generation_.load(std::memory_order_acquire) == seen &&
-             std::chrono::steady_clock::now() < spin_until) {
-        std::this_thread::yield();
-      }
+      spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
       {
         std::unique_lock lock(mutex_);
         wake_.wait(lock, [&] { return generation_.load() != seen; });
@@ -105,9 +140,11 @@ class ThreadPool {
         if (stop_) return;
       }
       work();
-      {
+      // The last worker wakes the caller in case it sleeps. Taking the mutex orders the notify
+      // after the caller's predicate check, so the wake-up cannot be lost.
+      if (busy_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         std::lock_guard lock(mutex_);
-        if (--busy_ == 0) done_.notify_one();
+        done_.notify_one();
       }
     }
   }
@@ -117,7 +154,7 @@ class ThreadPool {
   std::condition_variable done_;
   std::atomic<std::uint64_t> generation_{0};
   bool stop_ = false;
-  int busy_ = 0;
+  std::atomic<int> busy_{0};
   const Body* body_ = nullptr;
   std::size_t n_ = 0;
   std::size_t chunk_ = 1;
@@ -142,7 +179,9 @@ int thread_count() {
   return n;
 }
 
-void set_thread_count(int n) { g_threads.store(n > 0 ? n : default_threads()); }
+void set_thread_count(int n) {
+  g_threads.store(n > 0 ? n : default_threads());
+}
 
 void parallel_for(std::size_t n, const std::function<void(std::size_t, std::size_t)>& body,
                   std::size_t min_chunk) {
@@ -156,7 +195,9 @@ void parallel_for(std::size_t n, const std::function<void(std::size_t, std::size
     return;
   }
   // Chunks are handed out dynamically so uneven work (e.g. rows of different cost) balances.
-  const std::size_t chunks = std::min(n, workers * 4);
+  // Several chunks per worker: a thread that is descheduled for a while (shared machines) leaves
+  // less work behind.
+  const std::size_t chunks = std::min(n, workers * 8);
   const std::size_t chunk = std::max(min_chunk, (n + chunks - 1) / chunks);
   std::lock_guard lock(g_pool_mutex);
   if (!g_pool || g_pool->size() != static_cast<std::size_t>(threads)) {

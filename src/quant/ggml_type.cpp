@@ -2,6 +2,8 @@
 
 #include <array>
 #include <cctype>
+#include <cstddef>
+#include <cstdint>
 
 #include "core/error.h"
 
@@ -28,17 +30,31 @@ constexpr std::array kTypes = {
     GgmlTypeTraits{GgmlType::NVFP4, "NVFP4", 64, 36},   GgmlTypeTraits{GgmlType::Q1_0, "Q1_0", 128, 18},
 };
 
+// Index into kTypes by type number (-1: not a type). traits() is called from hot loops (row
+// sizes, block sizes), so it is a table lookup rather than a search.
+constexpr std::uint32_t kMaxTypeNumber = 64;
+constexpr std::array<std::int8_t, kMaxTypeNumber> kIndexByNumber = [] {
+  std::array<std::int8_t, kMaxTypeNumber> index{};
+  index.fill(-1);
+  for (std::size_t i = 0; i < kTypes.size(); ++i)
+    index[static_cast<std::uint32_t>(kTypes[i].type)] = static_cast<std::int8_t>(i);
+  return index;
+}();
+
+const GgmlTypeTraits* find_traits(std::uint32_t raw) {
+  if (raw >= kMaxTypeNumber || kIndexByNumber[raw] < 0) return nullptr;
+  return &kTypes[static_cast<std::size_t>(kIndexByNumber[raw])];
+}
+
 }  // namespace
 
 std::optional<GgmlTypeTraits> ggml_type_traits(std::uint32_t raw) {
-  for (const auto& t : kTypes)
-    if (static_cast<std::uint32_t>(t.type) == raw) return t;
+  if (const GgmlTypeTraits* t = find_traits(raw)) return *t;
   return std::nullopt;
 }
 
 const GgmlTypeTraits& traits(GgmlType type) {
-  for (const auto& t : kTypes)
-    if (t.type == type) return t;
+  if (const GgmlTypeTraits* t = find_traits(static_cast<std::uint32_t>(type))) return *t;
   fail("internal error: unknown ggml type {}", static_cast<std::uint32_t>(type));
 }
 

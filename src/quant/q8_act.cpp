@@ -18,6 +18,7 @@
 #include "core/parallel.h"
 #include "quant/block_common.h"
 #include "quant/q8_act_decode.h"
+#include "quant/q8_act_gemv.h"
 
 namespace qforge {
 namespace {
@@ -80,6 +81,10 @@ struct WeightRow {
   const std::int8_t* codes;
   const float* half_scale;  // 2 per block
   const float* offset;      // 2 per block, or null
+  // Prepared once per decoded row for the VNNI tile (null otherwise), 8 per block: the lane base
+  // -128 * (sum of the lane's 4 codes), and the half scales spread over the 8 lanes.
+  const std::int32_t* vnni_base = nullptr;
+  const float* lane_scale = nullptr;
 };
 
 // sum_i o[i] * s[i] over len entries in 8 F32 lanes (as a vector loop would), then reduced.
@@ -208,7 +213,20 @@ void tile_avx2(const WeightRow* w, const ActRow* a, std::size_t nb, float* out) 
 
 // The same with AVX512-VNNI on 256-bit vectors: dpbusd multiplies unsigned by signed bytes and
 // sums 4 products per int32 lane without an int16 stage, so the activations are made unsigned
-// (a + 128) and 128 * (sum of the lane's weight codes) is subtracted, once per weight block.
+// (a + 128) and 128 * (sum of the lane's weight codes) is subtracted: the dpbusd starts from the
+// row's prepared lane base (prepare_vnni). With the bases and lane scales read from memory the
+// 4 x 4 tile keeps its 16 accumulators in registers.
+QFORGE_VNNI_TARGET void prepare_vnni(const WeightRow& w, std::size_t nb, std::int32_t* base,
+                                     float* lane_scale) {
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
+  const __m256i zero = _mm256_setzero_si256();
+  for (std::size_t b = 0; b < nb; ++b) {
+    const __m256i sum = _mm256_dpbusd_epi32(zero, bias, load_codes(w.codes + kQK * b));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(base + 8 * b), _mm256_sub_epi32(zero, sum));
+    _mm256_storeu_ps(lane_scale + 8 * b, load_half_scales(w.half_scale + 2 * b));
+  }
+}
+
 template <int RM, int RN>
 QFORGE_VNNI_TARGET void tile_vnni(const WeightRow* w, const ActRow* a, std::size_t nb, float* out) {
   __m256 acc[RM][RN];
@@ -216,20 +234,18 @@ QFORGE_VNNI_TARGET void tile_vnni(const WeightRow* w, const ActRow* a, std::size
     for (int n = 0; n < RN; ++n) acc[m][n] = _mm256_setzero_ps();
   const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
   for (std::size_t b = 0; b < nb; ++b) {
-    __m256i wq[RM], base[RM];
-    __m256 ws[RM];
-    for (int m = 0; m < RM; ++m) {
-      wq[m] = load_codes(w[m].codes + kQK * b);
-      base[m] = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                 _mm256_dpbusd_epi32(_mm256_setzero_si256(), bias, wq[m]));
-      ws[m] = load_half_scales(w[m].half_scale + 2 * b);
-    }
+    __m256i wq[RM];
+    for (int m = 0; m < RM; ++m) wq[m] = load_codes(w[m].codes + kQK * b);
     for (int n = 0; n < RN; ++n) {
       const __m256i au = _mm256_xor_si256(load_codes(a[n].codes + kQK * b), bias);
       const __m256 ad = _mm256_set1_ps(a[n].scale[b]);
       for (int m = 0; m < RM; ++m) {
-        const __m256i p32 = _mm256_dpbusd_epi32(base[m], au, wq[m]);
-        acc[m][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_mul_ps(ws[m], ad), acc[m][n]);
+        const __m256i base =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[m].vnni_base + 8 * b));
+        const __m256i p32 = _mm256_dpbusd_epi32(base, au, wq[m]);
+        acc[m][n] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32),
+                            _mm256_mul_ps(_mm256_loadu_ps(w[m].lane_scale + 8 * b), ad), acc[m][n]);
       }
     }
   }
@@ -253,9 +269,16 @@ bool cpu_has_vnni() {
 #endif
 #endif
 
-// Register tile: weight rows x activation rows.
+// Register tile: weight rows x activation rows. The VNNI kernels run on AVX512-VL, which has 32
+// vector registers: room for 4 x 4 accumulators (AVX2's 16 registers hold 4 x 2).
 constexpr int kRM = 4;
 constexpr int kRN = 2;
+constexpr int kRNVnni = 4;
+constexpr int kRNMax = kRNVnni;
+
+int tile_tokens(Q8Isa isa) {
+  return isa == Q8Isa::kAvx512Vnni ? kRNVnni : kRN;
+}
 
 using TileFn = void (*)(const WeightRow*, const ActRow*, std::size_t, float*);
 
@@ -274,10 +297,11 @@ TileFn pick_avx2(int rm, int rn) {
 }
 #ifdef QFORGE_Q8_VNNI
 TileFn pick_vnni(int rm, int rn) {
-  static constexpr TileFn kTable[kRM][kRN] = {{tile_vnni<1, 1>, tile_vnni<1, 2>},
-                                              {tile_vnni<2, 1>, tile_vnni<2, 2>},
-                                              {tile_vnni<3, 1>, tile_vnni<3, 2>},
-                                              {tile_vnni<4, 1>, tile_vnni<4, 2>}};
+  static constexpr TileFn kTable[kRM][kRNVnni] = {
+      {tile_vnni<1, 1>, tile_vnni<1, 2>, tile_vnni<1, 3>, tile_vnni<1, 4>},
+      {tile_vnni<2, 1>, tile_vnni<2, 2>, tile_vnni<2, 3>, tile_vnni<2, 4>},
+      {tile_vnni<3, 1>, tile_vnni<3, 2>, tile_vnni<3, 3>, tile_vnni<3, 4>},
+      {tile_vnni<4, 1>, tile_vnni<4, 2>, tile_vnni<4, 3>, tile_vnni<4, 4>}};
   return kTable[rm - 1][rn - 1];
 }
 #endif
@@ -305,23 +329,48 @@ void run_tile(Q8Isa isa, const WeightRow* w, const ActRow* a, std::size_t nb, fl
 
 // Scratch for decoded weight rows.
 struct DecodeBuffer {
-  std::size_t n, nb;
+  std::size_t n = 0, nb = 0;
+  Q8Isa isa = Q8Isa::kScalar;
   std::vector<std::int8_t> codes;
   std::vector<float> half_scale, offset;
+  std::vector<std::int32_t> vnni_base;
+  std::vector<float> lane_scale;
 
-  DecodeBuffer(std::size_t rows, std::size_t n_cols)
-      : n(n_cols),
-        nb(n_cols / kQK),
-        codes(rows * n),
-        half_scale(rows * 2 * nb),
-        offset(rows * 2 * nb) {}
+  DecodeBuffer() = default;
+  DecodeBuffer(std::size_t rows, std::size_t n_cols, Q8Isa kernels) {
+    reset(rows, n_cols, kernels);
+  }
 
-  // Decodes `row` into slot i.
-  WeightRow decode(std::size_t i, const std::byte* row, const TypeKernels& k, bool scalar) {
+  // Sizes the buffers for `rows` rows of n_cols (reusing their storage).
+  void reset(std::size_t rows, std::size_t n_cols, Q8Isa kernels) {
+    n = n_cols;
+    nb = n_cols / kQK;
+    isa = kernels;
+    codes.resize(rows * n);
+    half_scale.resize(rows * 2 * nb);
+    offset.resize(rows * 2 * nb);
+    if (isa == Q8Isa::kAvx512Vnni) {
+      vnni_base.resize(rows * 8 * nb);
+      lane_scale.resize(rows * 8 * nb);
+    }
+  }
+
+  // Decodes `row` into slot i (and prepares it for the tile kernels of `isa`).
+  WeightRow decode(std::size_t i, const std::byte* row, const TypeKernels& k) {
     const DecodedRow d{codes.data() + i * n, half_scale.data() + i * 2 * nb,
                        offset.data() + i * 2 * nb};
-    (scalar ? k.decode_scalar : k.decode)(row, n, d);
-    return {d.codes, d.half_scale, k.has_offset ? d.offset : nullptr};
+    (isa == Q8Isa::kScalar ? k.decode_scalar : k.decode)(row, n, d);
+    WeightRow w{d.codes, d.half_scale, k.has_offset ? d.offset : nullptr};
+#ifdef QFORGE_Q8_VNNI
+    if (isa == Q8Isa::kAvx512Vnni) {
+      std::int32_t* base = vnni_base.data() + i * 8 * nb;
+      float* scale = lane_scale.data() + i * 8 * nb;
+      prepare_vnni(w, nb, base, scale);
+      w.vnni_base = base;
+      w.lane_scale = scale;
+    }
+#endif
+    return w;
   }
 };
 
@@ -445,8 +494,8 @@ float dot_row_q8_isa(Q8Isa isa, GgmlType type, std::span<const std::byte> row,
   if (!q8_act_isa_available(isa)) fail("dot_row_q8: this CPU / build lacks the requested kernels");
   const TypeKernels k = checked_kernels(type, a.cols());
   check_row(type, row, a, t);
-  DecodeBuffer buf(1, a.cols());
-  const WeightRow w = buf.decode(0, row.data(), k, isa == Q8Isa::kScalar);
+  DecodeBuffer buf(1, a.cols(), isa);
+  const WeightRow w = buf.decode(0, row.data(), k);
   const ActRow ar = act_row(a, t);
   float out;
   run_tile(isa, &w, &ar, a.blocks_per_row(), &out, 1, 1);
@@ -458,18 +507,28 @@ void matmul_q8_rows(GgmlType type, const std::byte* weights, std::size_t row_str
   const std::size_t n = a.cols(), nb = a.blocks_per_row(), n_tok = a.rows();
   const TypeKernels k = checked_kernels(type, n);
   const Q8Isa isa = q8_act_isa();
-  DecodeBuffer buf(kRM, n);
+  if (n_tok == 1) {
+    if (const q8act::GemvFn gemv = q8act::gemv_kernel(isa, type)) {
+      gemv(weights, row_stride, r0, r1, {a.codes(0), a.scales(0), a.half_sums(0)}, n, y + r0);
+      return;
+    }
+  }
+  // Per thread and reused: this runs once per parallel chunk of every matmul.
+  thread_local DecodeBuffer buffer;
+  DecodeBuffer& buf = buffer;
+  buf.reset(kRM, n, isa);
   WeightRow w[kRM];
-  ActRow act[kRN];
-  float out[kRM * kRN];
+  ActRow act[kRNMax];
+  float out[kRM * kRNMax];
+  const auto rn_max = static_cast<std::size_t>(tile_tokens(isa));
   for (std::size_t r = r0; r < r1; r += kRM) {
     const int rm = static_cast<int>(std::min<std::size_t>(kRM, r1 - r));
     for (int m = 0; m < rm; ++m) {
       const auto i = static_cast<std::size_t>(m);
-      w[m] = buf.decode(i, weights + (r + i) * row_stride, k, isa == Q8Isa::kScalar);
+      w[m] = buf.decode(i, weights + (r + i) * row_stride, k);
     }
-    for (std::size_t t = 0; t < n_tok; t += kRN) {
-      const int rn = static_cast<int>(std::min<std::size_t>(kRN, n_tok - t));
+    for (std::size_t t = 0; t < n_tok; t += rn_max) {
+      const int rn = static_cast<int>(std::min<std::size_t>(rn_max, n_tok - t));
       for (int i = 0; i < rn; ++i) act[i] = act_row(a, t + static_cast<std::size_t>(i));
       run_tile(isa, w, act, nb, out, rm, rn);
       for (int m = 0; m < rm; ++m) {
@@ -480,6 +539,22 @@ void matmul_q8_rows(GgmlType type, const std::byte* weights, std::size_t row_str
       }
     }
   }
+}
+
+bool q8_gemv_available(Q8Isa isa, GgmlType type) {
+  return q8_act_isa_available(isa) && q8act::gemv_kernel(isa, type) != nullptr;
+}
+
+void matmul_q8_gemv_isa(Q8Isa isa, GgmlType type, const std::byte* weights, std::size_t row_stride,
+                        std::size_t r0, std::size_t r1, const Q8Activations& a, std::size_t t,
+                        float* y) {
+  if (!q8_gemv_available(isa, type)) {
+    fail("matmul_q8_gemv_isa: no fused {} kernel for this instruction set", type_name(type));
+  }
+  checked_kernels(type, a.cols());
+  if (t >= a.rows()) fail("matmul_q8_gemv_isa: activation row {} out of {}", t, a.rows());
+  q8act::gemv_kernel(isa, type)(weights, row_stride, r0, r1,
+                                {a.codes(t), a.scales(t), a.half_sums(t)}, a.cols(), y);
 }
 
 }  // namespace qforge

@@ -74,7 +74,17 @@ float dot_row_q8_isa(Q8Isa isa, GgmlType type, std::span<const std::byte> row,
 // y[t * ldy + r] = dot_row_q8(type, row r, a, t) for r in [r0, r1) and every row t of `a`.
 // weights points at row 0; rows are row_stride bytes apart. Register-blocked over a few weight
 // rows x a few activation rows; each weight row is decoded once per call.
+// With a single activation row the fused one-token kernels (q8_act_gemv.h) are used where the
+// type has one; they give the same bits as the tiled kernels.
 void matmul_q8_rows(GgmlType type, const std::byte* weights, std::size_t row_stride, std::size_t r0,
                     std::size_t r1, const Q8Activations& a, float* y, std::size_t ldy);
+
+// Whether `isa` has a fused one-token kernel for `type`.
+bool q8_gemv_available(Q8Isa isa, GgmlType type);
+// y[r - r0] = dot_row_q8_isa(isa, type, row r, a, t) for r in [r0, r1), computed with the fused
+// kernel of `isa` (which must exist: q8_gemv_available).
+void matmul_q8_gemv_isa(Q8Isa isa, GgmlType type, const std::byte* weights, std::size_t row_stride,
+                        std::size_t r0, std::size_t r1, const Q8Activations& a, std::size_t t,
+                        float* y);
 
 }  // namespace qforge

@@ -191,6 +191,42 @@ TEST(Q8Act, ScalarKernelMatchesDispatchedBitForBit) {
   if (checked_isas == 0) GTEST_SKIP() << "no SIMD kernels in this build";
 }
 
+// (iv) the fused one-token kernels (no decode-to-buffer step) against the decoding kernels of the
+// same instruction set and the portable scalar ones: identical bits, over a row range that does
+// not start at 0 and is not a multiple of the 4-row group.
+TEST(Q8Act, FusedOneTokenKernelsMatchDecodingKernelsBitForBit) {
+  constexpr std::size_t kRows = 11, kR0 = 2;
+  int checked_isas = 0;
+  for (const Q8Isa isa : {Q8Isa::kAvx2, Q8Isa::kAvx512Vnni}) {
+    if (!q8_act_isa_available(isa)) continue;
+    ++checked_isas;
+    for (const GgmlType type :
+         {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K}) {
+      ASSERT_TRUE(q8_gemv_available(isa, type)) << type_name(type);
+      std::mt19937 rng(500 + static_cast<std::uint32_t>(type));
+      std::vector<float> wf = normal(kRows * kCols, 0.05f, rng);
+      wf[5] = 0.9f;  // one large weight: extreme codes in its block
+      const std::vector<std::byte> wq = quantized_rows(type, wf, kRows);
+      const std::size_t stride = row_bytes(type, kCols);
+      const std::vector<float> x = activation_rows(rng);
+      Q8Activations a;
+      a.quantize(x, kActRows, kCols);
+      for (std::size_t t = 0; t < kActRows; ++t) {
+        std::vector<float> fused(kRows - kR0);
+        matmul_q8_gemv_isa(isa, type, wq.data(), stride, kR0, kRows, a, t, fused.data());
+        for (std::size_t r = kR0; r < kRows; ++r) {
+          const std::span<const std::byte> row = std::span(wq).subspan(r * stride, stride);
+          EXPECT_EQ(fused[r - kR0], dot_row_q8_isa(isa, type, row, a, t))
+              << label(type, t) << " row " << r << " isa " << static_cast<int>(isa);
+          EXPECT_EQ(fused[r - kR0], dot_row_q8_isa(Q8Isa::kScalar, type, row, a, t))
+              << label(type, t) << " row " << r << " isa " << static_cast<int>(isa);
+        }
+      }
+    }
+  }
+  if (checked_isas == 0) GTEST_SKIP() << "no SIMD kernels in this build";
+}
+
 TEST(Q8Act, RejectsUnsupportedTypeAndShortRow) {
   std::mt19937 rng(3);
   const std::vector<float> x = normal(kCols, 1.0f, rng);
