@@ -57,7 +57,9 @@ struct Stats {
 };
 
 // Bytes of tensor data, and the bytes one generated token reads: every tensor except the token
-// embedding table (one row of it is read), which counts when it doubles as the output head.
+// embedding tables (one row of each is read; token_embd counts when it doubles as the output
+// head), and of a stacked expert tensor ("*_exps") only the expert_used_count / expert_count
+// share that one token's routing reads.
 struct ModelBytes {
   std::uint64_t total = 0;
   std::uint64_t per_token = 0;
@@ -67,10 +69,23 @@ struct ModelBytes {
 ModelBytes model_bytes(const GgufReader& gguf) {
   ModelBytes b;
   const bool tied = gguf.find_tensor("output.weight") == nullptr;
+  double expert_share = 1.0;
+  const std::string arch = gguf.architecture();
+  const GgufValue* used = gguf.find(arch + ".expert_used_count");
+  const GgufValue* count = gguf.find(arch + ".expert_count");
+  if (used != nullptr && count != nullptr && count->as_uint("expert_count") > 0) {
+    expert_share = static_cast<double>(used->as_uint("expert_used_count")) /
+                   static_cast<double>(count->as_uint("expert_count"));
+  }
   for (const GgufTensorInfo& t : gguf.tensors()) {
     b.total += t.n_bytes();
     b.params += t.n_elements();
-    if (t.name != "token_embd.weight" || tied) b.per_token += t.n_bytes();
+    if (t.name == "per_layer_token_embd.weight") continue;
+    if (t.name == "token_embd.weight" && !tied) continue;
+    const bool experts = t.name.find("_exps.") != std::string::npos;
+    b.per_token += experts
+                       ? static_cast<std::uint64_t>(static_cast<double>(t.n_bytes()) * expert_share)
+                       : t.n_bytes();
   }
   return b;
 }
