@@ -51,8 +51,13 @@ struct Tokenizer::Impl {
   // its own: same result, but small priority queues (a 1 MB text with newlines is not one
   // million-entry heap).
   std::array<bool, 256> isolated{};
-  // Byte-level BPE only.
+  // Byte-level BPE only (Gemma 4 has no regex pre-tokenizer).
   std::unique_ptr<PreTokenizer> pre;
+  // Gemma 4 only: cut each text fragment into newline runs and the text between them, and emit a
+  // newline run that is a token directly (llama.cpp's rules). HF merges the whole fragment; the
+  // cut gives the same result unless a merge joins newlines with other characters, so it is only
+  // made when no merge does (real Gemma 4 vocabularies; our tiny fixture merges "." "\n").
+  bool split_newline_runs = false;
   struct Merge {
     std::int32_t rank;
     std::int32_t result;
@@ -96,12 +101,18 @@ struct Tokenizer::Impl {
   }
 
   void init_bpe() {
-    pre = std::make_unique<PreTokenizer>(vocab.pre);
+    const bool gemma4 = vocab.model == VocabModel::Gemma4Bpe;
+    if (!gemma4) pre = std::make_unique<PreTokenizer>(vocab.pre);
     for (int b = 0; b < 256; ++b) {
       std::string mapped;
-      utf8_append(mapped, byte_to_unicode(static_cast<std::uint8_t>(b)));
+      if (gemma4) {
+        mapped = fmt::format("<0x{:02X}>", b);  // SentencePiece-style byte fallback tokens
+      } else {
+        utf8_append(mapped, byte_to_unicode(static_cast<std::uint8_t>(b)));
+      }
       byte_tokens[b] = find(mapped);
     }
+    split_newline_runs = gemma4;
     merges.reserve(vocab.merges.size());
     for (std::size_t rank = 0; rank < vocab.merges.size(); ++rank) {
       const std::string& m = vocab.merges[rank];
@@ -112,6 +123,10 @@ struct Tokenizer::Impl {
       const std::int32_t result = find(std::string(left) + std::string(right));
       // A merge whose parts or result are not tokens can never apply to token symbols.
       if (l < 0 || r < 0 || result < 0) continue;
+      const std::string& joined = vocab.tokens[result];
+      if (joined.find('\n') != std::string::npos &&
+          joined.find_first_not_of('\n') != std::string::npos)
+        split_newline_runs = false;
       const std::uint64_t key = (std::uint64_t(std::uint32_t(l)) << 32) | std::uint32_t(r);
       merges.try_emplace(key, Merge{static_cast<std::int32_t>(rank), result});
     }
@@ -149,10 +164,13 @@ struct Tokenizer::Impl {
     merge_spm(text.substr(start), out);
   }
   void merge_spm(std::string_view text, std::vector<std::int32_t>& out) const;
-  // ---- Byte-level BPE of one pre-tokenized word.
+  // ---- Byte-level BPE of one pre-tokenized word (Gemma 4: of UTF-8 characters).
   struct BpeScratch;
   void encode_bpe_word(std::string_view word, BpeScratch& scratch,
                        std::vector<std::int32_t>& out) const;
+  // ---- Gemma 4: one text fragment (between special tokens), spaces already escaped.
+  void encode_gemma4(std::string_view text, BpeScratch& scratch,
+                     std::vector<std::int32_t>& out) const;
 };
 
 void Tokenizer::Impl::merge_spm(std::string_view text, std::vector<std::int32_t>& out) const {
@@ -271,7 +289,7 @@ struct Tokenizer::Impl::BpeScratch {
 
 void Tokenizer::Impl::encode_bpe_word(std::string_view word, BpeScratch& scratch,
                                       std::vector<std::int32_t>& out) const {
-  if (pre->ignore_merges()) {
+  if (pre != nullptr && pre->ignore_merges()) {
     scratch.mapped.clear();
     for (char c : word) utf8_append(scratch.mapped, byte_to_unicode(static_cast<std::uint8_t>(c)));
     if (const std::int32_t id = find(scratch.mapped); id >= 0) {
@@ -283,10 +301,34 @@ void Tokenizer::Impl::encode_bpe_word(std::string_view word, BpeScratch& scratch
   auto& heap = scratch.heap;
   symbols.clear();
   heap.clear();
-  for (std::size_t i = 0; i < word.size(); ++i) {
-    const auto index = static_cast<std::int32_t>(i);
-    symbols.push_back(
-        {index - 1, index + 1, byte_tokens[static_cast<std::uint8_t>(word[i])], true});
+  const auto add_symbol = [&](std::int32_t id) {
+    const auto index = static_cast<std::int32_t>(symbols.size());
+    symbols.push_back({index - 1, index + 1, id, true});
+  };
+  if (vocab.model == VocabModel::Gemma4Bpe) {
+    // As HF BPE with byte_fallback: a character that is no token becomes its byte tokens (or
+    // the unknown token) before merging.
+    for (std::size_t pos = 0; pos < word.size();) {
+      const std::size_t len = std::min(utf8_symbol_length(word, pos), word.size() - pos);
+      const std::string_view ch = word.substr(pos, len);
+      pos += len;
+      if (const std::int32_t id = find(ch); id >= 0) {
+        add_symbol(id);
+        continue;
+      }
+      const bool has_bytes = std::all_of(ch.begin(), ch.end(), [&](char c) {
+        return byte_tokens[static_cast<std::uint8_t>(c)] >= 0;
+      });
+      if (has_bytes) {
+        for (char c : ch) add_symbol(byte_tokens[static_cast<std::uint8_t>(c)]);
+      } else if (vocab.unk_id >= 0) {
+        add_symbol(vocab.unk_id);
+      } else {
+        unencodable(fmt::format("'{}'", ch));
+      }
+    }
+  } else {
+    for (char c : word) add_symbol(byte_tokens[static_cast<std::uint8_t>(c)]);
   }
   symbols.back().next = -1;
   const BpeScratch::WorseCandidate worse;
@@ -323,6 +365,30 @@ void Tokenizer::Impl::encode_bpe_word(std::string_view word, BpeScratch& scratch
     } else {
       push_bytes(word.substr(static_cast<std::size_t>(i), 1), out);  // only single bytes lack ids
     }
+  }
+}
+
+void Tokenizer::Impl::encode_gemma4(std::string_view text, BpeScratch& scratch,
+                                    std::vector<std::int32_t>& out) const {
+  if (text.empty()) return;
+  if (!split_newline_runs) {
+    encode_bpe_word(text, scratch, out);
+    return;
+  }
+  // Words of [^\n]+|[\n]+.
+  for (std::size_t start = 0; start < text.size();) {
+    const bool newlines = text[start] == '\n';
+    std::size_t end = newlines ? text.find_first_not_of('\n', start) : text.find('\n', start);
+    if (end == std::string_view::npos) end = text.size();
+    const std::string_view word = text.substr(start, end - start);
+    start = end;
+    if (newlines) {
+      if (const std::int32_t id = find(word); id >= 0) {
+        out.push_back(id);
+        continue;
+      }
+    }
+    encode_bpe_word(word, scratch, out);
   }
 }
 
@@ -367,6 +433,24 @@ std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_spec
           out.push_back(id);
           prev_special = true;
         });
+  } else if (v.model == VocabModel::Gemma4Bpe) {
+    // Every ' ' becomes U+2581 (no space prefix); special tokens are matched as for the others.
+    std::string escaped;
+    Impl::BpeScratch scratch;
+    im.special.partition(
+        text, parse_special,
+        [&](std::string_view fragment) {
+          escaped.clear();
+          for (char c : fragment) {
+            if (c == ' ') {
+              escaped.append(kSpmSpace);
+            } else {
+              escaped.push_back(c);
+            }
+          }
+          im.encode_gemma4(escaped, scratch, out);
+        },
+        [&](std::int32_t id) { out.push_back(id); });
   } else {
     std::vector<std::pair<std::size_t, std::size_t>> words;
     Impl::BpeScratch scratch;
@@ -401,7 +485,7 @@ std::string Tokenizer::piece(std::int32_t id) const {
       break;
   }
   std::string out;
-  if (v.model == VocabModel::SentencePiece) {
+  if (v.model != VocabModel::ByteLevelBpe) {  // "▁" stands for a space
     out.reserve(text.size());
     for (std::size_t pos = 0; pos < text.size();) {
       if (text.compare(pos, kSpmSpace.size(), kSpmSpace) == 0) {

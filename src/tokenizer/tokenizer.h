@@ -4,6 +4,9 @@
 //    <0xXX> byte tokens (or the unknown token when the vocabulary has none).
 //  - Byte-level BPE ("gpt2"): a regex pre-tokenizer chosen by tokenizer.ggml.pre splits the text
 //    into words; each word's bytes are merged by merge rank (lowest first).
+//  - Gemma 4 ("gemma4", HF BPE over a SentencePiece vocabulary): spaces become U+2581 (no
+//    prefix), then UTF-8 characters are merged by merge rank; characters that are no token fall
+//    back to <0xXX> byte tokens.
 //  - User-defined tokens are always matched in the input and never split; control and unknown
 //    tokens are matched too when parse_special is true. Matching is leftmost, longest first.
 // Invalid UTF-8 never fails: an invalid byte is a symbol of its own, encoded through byte

@@ -85,9 +85,13 @@ Vocab load_vocab(const GgufReader& reader) {
     vocab.model = VocabModel::SentencePiece;
   } else if (vocab.model_name == "gpt2") {
     vocab.model = VocabModel::ByteLevelBpe;
+  } else if (vocab.model_name == "gemma4") {
+    vocab.model = VocabModel::Gemma4Bpe;
   } else {
-    fail("{}: tokenizer.ggml.model: unsupported tokenizer model '{}' (supported: llama, gpt2)",
-         source, vocab.model_name);
+    fail(
+        "{}: tokenizer.ggml.model: unsupported tokenizer model '{}' (supported: llama, gpt2, "
+        "gemma4)",
+        source, vocab.model_name);
   }
   if (const GgufValue* pre = reader.find("tokenizer.ggml.pre"))
     vocab.pre = std::string(pre->as_string(source + ": tokenizer.ggml.pre"));
@@ -148,6 +152,8 @@ Vocab load_vocab(const GgufReader& reader) {
   const bool llama3_family = vocab.pre == "llama3" || vocab.pre == "llama-v3" ||
                              vocab.pre == "llama-bpe" || vocab.pre == "falcon3";
   vocab.add_bos = read_flag(reader, "tokenizer.ggml.add_bos_token", spm || llama3_family);
+  // Gemma 4 prompts must start with <bos>; llama.cpp ignores a stored false (with a warning).
+  if (vocab.model == VocabModel::Gemma4Bpe) vocab.add_bos = true;
   vocab.add_eos = read_flag(reader, "tokenizer.ggml.add_eos_token", false);
   vocab.add_space_prefix = read_flag(reader, "tokenizer.ggml.add_space_prefix", spm);
 

@@ -24,6 +24,8 @@ enum class TokenType : std::uint8_t {
 enum class VocabModel : std::uint8_t {
   SentencePiece,  // tokenizer.ggml.model "llama": merges by piece score, byte fallback
   ByteLevelBpe,   // tokenizer.ggml.model "gpt2": regex pre-tokenizer, ranked merges over bytes
+  Gemma4Bpe,      // tokenizer.ggml.model "gemma4": ' ' -> U+2581, ranked merges over UTF-8
+                  // characters, <0xXX> byte fallback (a SentencePiece vocabulary run as HF BPE)
 };
 
 struct Vocab {
@@ -46,8 +48,9 @@ struct Vocab {
 
 // Builds a Vocab from a GGUF file's tokenizer.ggml.* keys. Defaults follow llama.cpp: for
 // "llama" add_bos and add_space_prefix are true and bos/eos/unk default to 1/2/0 when their
-// keys are absent. Ids stored as 0xFFFFFFFF (or -1) mean "none". Throws qforge::Error for a
-// missing tokenizer, an unsupported tokenizer model, or inconsistent arrays.
+// keys are absent; "gemma4" always adds BOS (llama.cpp overrides a stored false too). Ids stored
+// as 0xFFFFFFFF (or -1) mean "none". Throws qforge::Error for a missing tokenizer, an
+// unsupported tokenizer model, or inconsistent arrays.
 Vocab load_vocab(const GgufReader& reader);
 
 }  // namespace qforge

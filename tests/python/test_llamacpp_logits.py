@@ -2,7 +2,7 @@
 
 The oracle is data recorded once from a llama.cpp CPU build (tools/llamacpp_logits_fixture.py
 turns `llama-perplexity --kl-divergence-base` output into
-tests/data/fixtures/llamacpp/gemma3_270m_q4_k_m_logprobs.json: 4 windows of 128 wikitext-2
+tests/data/fixtures/llamacpp_logits/gemma3_270m_q4_k_m_logprobs.json: 4 windows of 128 wikitext-2
 tokens, and for the 63 scored positions of each the top-10 tokens with their log-probabilities
 and the next token's log-probability). qforge runs the same windows (first token replaced by BOS,
 as llama-perplexity does) with `qforge logits --all`.
@@ -27,7 +27,7 @@ QFORGE = os.environ.get("QFORGE_BIN", str(ROOT / "build/release/qforge"))
 MODEL = Path(os.environ.get("QFORGE_DEFAULT_MODEL", ROOT / "models/gemma-3-270m-q4_k_m.gguf"))
 if not MODEL.is_absolute():
     MODEL = ROOT / MODEL
-FIXTURE = ROOT / "tests/data/fixtures/llamacpp/gemma3_270m_q4_k_m_logprobs.json"
+FIXTURE = ROOT / "tests/data/fixtures/llamacpp_logits/gemma3_270m_q4_k_m_logprobs.json"
 BOS = 2  # Gemma's <bos>; the fixture's model adds BOS
 
 
