@@ -14,7 +14,10 @@ import math
 import sys
 from pathlib import Path
 
-BASES = {"qat": "QAT-lattice Gemma 3 270M (projected)", "plain": "plain Gemma 3 270M"}
+BASES = {"qat": "QAT-lattice Gemma 3 270M (ggml grid, projected)",
+         "qat7": "QAT-lattice Gemma 3 270M (sym[-7,7] grid, projected)",
+         "plaind": "plain Gemma 3 270M (dithered off its Q4_K_M grids)",
+         "plain": "Gemma 3 270M dequantized from Q4_K_M (on its grids)"}
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
           "#7f7f7f", "#bcbd22", "#17becf"]
 
@@ -34,7 +37,7 @@ def table(rows: list[dict]) -> str:
         for r in sorted(sel, key=lambda r: r["kld"]["mean"]):
             out.append(
                 f"| {r['label']} | {r['method']} | {r['bpw']:.3f} | {r['tensor_bytes'] / 2**20:.1f} | "
-                f"{r['kld']['mean']:.5f} ± {r['kld']['se']:.5f} | {r['kld']['p99']:.4f} | "
+                f"{r['kld']['mean']:.3g} ± {r['kld']['se']:.2g} | {r['kld']['p99']:.3g} | "
                 f"{100 * r['same_top']:.2f} ± {100 * r['same_top_se']:.2f} % | "
                 f"{r['ppl']:.3f} | {100 * r['dp_rms']:.2f} % |")
         out.append("")
@@ -42,8 +45,8 @@ def table(rows: list[dict]) -> str:
 
 
 def svg(rows: list[dict]) -> str:
-    width, height, pad = 980, 420, 60
-    panel_w = (width - 3 * pad) / 2
+    width, height, pad = 1300, 420, 60
+    panel_w = (width - 4 * pad) / 3
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'font-family="sans-serif" font-size="11">',
              f'<rect width="{width}" height="{height}" fill="white"/>']

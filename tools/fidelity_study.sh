@@ -10,10 +10,15 @@
 #   MODEL           source GGUF (default models/gemma-3-270m-q4_k_m.gguf, the README's model)
 #   SHARED_DATA     folder with text/wikitext-2-raw and text/war-and-peace (default ../shared/data)
 #   EVAL_CHUNKS     512-token windows of wikitext-2 test scored per model (default 16)
+#   APPEND=1        append to OUT_DIR/results.jsonl instead of starting it afresh
 #   CALIB_CHUNKS    512-token windows of War and Peace for the imatrix (default 16)
 #   LLAMA_CPP_BIN   optional folder holding a llama.cpp build's llama-quantize: its Q4_0,
 #                   imatrix Q4_0 and Q4_K_M files are measured too (this script never builds it)
 #   PYTHON          python with the gguf package (default .venv/bin/python)
+#   BASES           which base models (default "qat qat7 plaind"): qat = ggml's Q4_0 grid, qat7 =
+#                   a sym[-7,7] grid (both projected by tools/qat_project.py), plaind = the model
+#                   dithered off its Q4_K_M grids (tools/dequant_dither.py), plain = dequantized
+#                   as is (still on its Q4_K_M grids: requantizing to Q4_K_M finds them again)
 #
 # Every model is evaluated with F32 activations (QFORGE_CPU_ACT=f32), so the numbers measure the
 # weights alone. Results: OUT_DIR/results.jsonl (one JSON object per model), OUT_DIR/results.md
@@ -35,8 +40,9 @@ for f in "$QFORGE" "$MODEL" "$EVAL_TEXT" "$CALIB_TEXT"; do
   [[ -e $f ]] || { echo "fidelity_study: missing $f" >&2; exit 1; }
 done
 mkdir -p "$OUT"
+BASES=${BASES:-qat qat7 plaind}
 RESULTS=$OUT/results.jsonl
-: >"$RESULTS"
+[[ ${APPEND:-0} == 1 ]] || : >"$RESULTS"
 log() { echo "[$(date +%T)] $*" >&2; }
 
 # eval BASE LABEL FILE METHOD: KLD against BASE's saved reference, appended to results.jsonl.
@@ -67,10 +73,15 @@ print(8.0 * sum(int(t.n_bytes) for t in r.tensors) / sum(int(t.n_elements) for t
 }
 
 log "BF16 references"
-"$QFORGE" quantize "$MODEL" "$OUT/plain-bf16.gguf" --type bf16 -q
-"$PYTHON" "$ROOT/tools/qat_project.py" "$OUT/plain-bf16.gguf" "$OUT/qat-bf16.gguf" 2>/dev/null
+[[ -f $OUT/plain-bf16.gguf ]] || "$QFORGE" quantize "$MODEL" "$OUT/plain-bf16.gguf" --type bf16 -q
+[[ -f $OUT/qat-bf16.gguf ]] ||
+  "$PYTHON" "$ROOT/tools/qat_project.py" "$OUT/plain-bf16.gguf" "$OUT/qat-bf16.gguf" 2>/dev/null
+[[ -f $OUT/qat7-bf16.gguf ]] || "$PYTHON" "$ROOT/tools/qat_project.py" --kind sym7 \
+  "$OUT/plain-bf16.gguf" "$OUT/qat7-bf16.gguf" 2>/dev/null
+[[ -f $OUT/plaind-bf16.gguf ]] ||
+  "$PYTHON" "$ROOT/tools/dequant_dither.py" "$MODEL" "$OUT/plaind-bf16.gguf" 2>/dev/null
 
-for base in qat plain; do
+for base in $BASES; do
   ref=$OUT/$base-bf16.gguf
   log "$base: reference distributions, imatrix"
   "$QFORGE" eval kld --ref "$ref" -f "$EVAL_TEXT" --ctx 512 --chunks "$EVAL_CHUNKS" \
@@ -86,7 +97,7 @@ for base in qat plain; do
   "$QFORGE" quantize "$ref" "$OUT/$base-q4_k_m.gguf" --type q4_k_m --qat off \
     --imatrix "$OUT/$base.imatrix.gguf" -q
   evaluate $base "Q4_K_M imatrix" "$OUT/$base-q4_k_m.gguf" qforge
-  if [[ $base == qat ]]; then
+  if [[ $base == qat* ]]; then
     "$QFORGE" quantize "$ref" "$OUT/qat-q4_0-lattice.gguf" --type q4_0 -q
     evaluate $base "Q4_0 lattice-exact (qforge default)" "$OUT/qat-q4_0-lattice.gguf" qforge
   fi

@@ -399,14 +399,17 @@ DynamicRecipe plan_dynamic_recipe(const GgufReader& g, const Imatrix* imatrix,
     const double fallback = median(gains);
     for (auto& d : recipe.tensors)
       if (!d.fixed && !d.measured) d.gain = fallback;
-    // Proxy check: a few tensors again at a mid-ladder type.
-    int checked = 0;
-    for (std::size_t i = 0; i < infos.size() && checked < options.validate; ++i) {
-      const std::size_t step =
-          std::max<std::size_t>(1, infos.size() / std::max(1, options.validate));
-      if (i % step != 0) continue;
+    // Proxy check: tensors evenly spread over the measured ones, again at a mid-ladder type.
+    std::vector<std::size_t> measured;
+    for (std::size_t i = 0; i < infos.size(); ++i) {
+      const DynamicTensor& d = recipe.tensors[i];
+      if (!d.fixed && d.measured && d.candidates.size() >= 3) measured.push_back(i);
+    }
+    const std::size_t n_checks =
+        std::min<std::size_t>(measured.size(), std::max(0, options.validate));
+    for (std::size_t c_i = 0; c_i < n_checks; ++c_i) {
+      const std::size_t i = measured[c_i * measured.size() / n_checks];
       DynamicTensor& d = recipe.tensors[i];
-      if (d.fixed || !d.measured || d.candidates.size() < 3) continue;
       const DynamicCandidate& mid = d.candidates[d.candidates.size() / 2 - 1];
       const TensorView v{g, infos[i]};
       const std::vector<std::byte> bytes = encode_whole(v, mid.type, imp_of(d.name));
@@ -417,7 +420,6 @@ DynamicRecipe plan_dynamic_recipe(const GgufReader& g, const Imatrix* imatrix,
       say(fmt::format("check {} as {}: predicted {:.3g}, measured {:.3g}", c.name,
                       type_name(c.type), c.predicted_kld, c.measured_kld));
       recipe.checks.push_back(std::move(c));
-      ++checked;
     }
   }
   for (auto& d : recipe.tensors)

@@ -4,6 +4,7 @@ Checked with the gguf package as the oracle for what the file holds:
 - the output's tensor bytes stay within the budget (target bpw x all weights / 8);
 - the recipe is recorded in the metadata (qforge.quantize.recipe / target_bpw / recipe_json)
   and the per-tensor types in that JSON are the types the file really has;
+- the error proxy's predictions, re-measured on three tensors (--validate 3), are within 2x;
 - at the size of a uniform Q5_0 / Q4_0 file, the dynamic file has a lower mean KLD against the F32
   model on text that was not used for calibration (tinyshakespeare; calibration: tinystories);
 - bad inputs fail cleanly: a budget below the smallest reachable size, a calibration text
@@ -54,8 +55,8 @@ def mean_kld(model, ref):
 
 def dynamic(out, bpw, *extra):
     return run("quantize", STORIES, out, "--recipe", "dynamic", "--target-bpw", bpw, "-f", CALIB,
-               "--calib-ctx", 128, "--calib-chunks", 4, "--report", str(out) + ".json", "-q",
-               *extra)
+               "--calib-ctx", 128, "--calib-chunks", 4, "--validate", 3,
+               "--report", str(out) + ".json", "-q", *extra)
 
 
 @pytest.mark.parametrize("uniform", ["q5_0", "q4_0"])
@@ -84,6 +85,12 @@ def test_dynamic_beats_uniform_at_same_size(tmp_path, uniform):
         assert types[name] == choice["type"], name
     # More than one type in use: the budget is really spread by sensitivity.
     assert len({c["type"] for c in recipe["tensors"].values()}) >= 2
+    # The error proxy, checked by measuring three tensors again at another type: the predicted
+    # KLD is within a factor of 2 of the measured one.
+    assert len(recipe["proxy_checks"]) == 3
+    for c in recipe["proxy_checks"]:
+        assert c["measured_kld"] > 0
+        assert 0.5 <= c["predicted_kld"] / c["measured_kld"] <= 2.0, c
 
     assert mean_kld(out, STORIES) < mean_kld(ref_out, STORIES)
 
