@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "convert/export_quantize.h"
+#include "convert/tensor_rows.h"
 #include "core/error.h"
 #include "core/parallel.h"
 #include "eval/ref_logits.h"
@@ -30,26 +31,8 @@ using Clock = std::chrono::steady_clock;
 // ones (the error is scaled back to the whole tensor).
 constexpr std::uint64_t kErrorSampleRows = 8192;
 
-struct TensorView {
-  const GgufReader& g;
-  const GgufTensorInfo& t;
-  std::uint64_t cols() const { return t.shape.empty() ? 1 : t.shape[0]; }
-  std::uint64_t rows() const { return cols() ? t.n_elements() / cols() : 0; }
-  std::uint64_t rows_per_matrix() const { return t.shape.size() >= 2 ? t.shape[1] : 1; }
-  void read(std::uint64_t r, std::span<float> out) const {
-    const std::uint64_t rb = row_bytes(t.type, cols());
-    dequantize_row(t.type, g.tensor_data(t).subspan(r * rb, rb), out);
-  }
-};
-
-std::span<const float> importance_row(const std::vector<float>* imp, const TensorView& v,
-                                      std::uint64_t r) {
-  if (imp == nullptr) return {};
-  return std::span<const float>(*imp).subspan((r / v.rows_per_matrix()) * v.cols(), v.cols());
-}
-
 // Imatrix-weighted squared error of every candidate type, estimated on a row sample.
-std::vector<double> candidate_errors(const TensorView& v, const std::vector<GgmlType>& types,
+std::vector<double> candidate_errors(const TensorRows& v, const std::vector<GgmlType>& types,
                                      const std::vector<float>* imp) {
   const std::uint64_t rows = v.rows(), cols = v.cols();
   const std::uint64_t n = std::min(rows, kErrorSampleRows);
@@ -64,7 +47,7 @@ std::vector<double> candidate_errors(const TensorView& v, const std::vector<Ggml
         for (std::size_t i = begin; i < end; ++i) {
           const std::uint64_t r = i * rows / n;
           v.read(r, row);
-          const std::span<const float> w = importance_row(imp, v, r);
+          const std::span<const float> w = v.importance_of_row(imp, r);
           for (std::size_t k = 0; k < types.size(); ++k) {
             const std::span<std::byte> dst = std::span(q).first(row_bytes(types[k], cols));
             quantize_row(types[k], row, dst, w);
@@ -88,7 +71,7 @@ std::vector<double> candidate_errors(const TensorView& v, const std::vector<Ggml
 }
 
 // The whole tensor encoded as `type` (for running the model with it).
-std::vector<std::byte> encode_whole(const TensorView& v, GgmlType type,
+std::vector<std::byte> encode_whole(const TensorRows& v, GgmlType type,
                                     const std::vector<float>* imp) {
   const std::uint64_t rows = v.rows(), cols = v.cols();
   const std::uint64_t rb = row_bytes(type, cols);
@@ -99,7 +82,7 @@ std::vector<std::byte> encode_whole(const TensorView& v, GgmlType type,
         std::vector<float> row(cols);
         for (std::size_t r = begin; r < end; ++r) {
           v.read(r, row);
-          quantize_row(type, row, std::span(out).subspan(r * rb, rb), importance_row(imp, v, r));
+          quantize_row(type, row, std::span(out).subspan(r * rb, rb), v.importance_of_row(imp, r));
         }
       },
       static_cast<std::size_t>(
@@ -306,7 +289,7 @@ DynamicRecipe plan_dynamic_recipe(const GgufReader& g, const Imatrix* imatrix,
     d.name = t.name;
     d.n_elements = t.n_elements();
     recipe.total_elements += d.n_elements;
-    const TensorView v{g, t};
+    const TensorRows v{g, t};
     const auto it = fixed.find(t.name);
     if (it != fixed.end() || t.shape.size() < 2 || v.cols() % 32 != 0) {
       d.fixed = true;
@@ -324,7 +307,7 @@ DynamicRecipe plan_dynamic_recipe(const GgufReader& g, const Imatrix* imatrix,
     DynamicTensor& d = recipe.tensors[i];
     if (d.fixed) continue;
     ++n_candidates;
-    const TensorView v{g, infos[i]};
+    const TensorRows v{g, infos[i]};
     say(fmt::format("errors {}", d.name));
     const std::vector<float>* imp = nullptr;
     if (imatrix) {
@@ -370,7 +353,7 @@ DynamicRecipe plan_dynamic_recipe(const GgufReader& g, const Imatrix* imatrix,
              options.ref.string());
     }
     const std::string text = read_text_file(options.text.string());
-    const std::int32_t bos = tokenizer.vocab().add_bos ? tokenizer.vocab().bos_id : -1;
+    const std::int32_t bos = window_bos(tokenizer.vocab());
     say("reference distributions");
     KldProbe probe(ref, tokenize_eval_text(tokenizer, text), bos, options.n_ctx, options.chunks,
                    options.text.string());
@@ -384,7 +367,7 @@ DynamicRecipe plan_dynamic_recipe(const GgufReader& g, const Imatrix* imatrix,
       ++done;
       const DynamicCandidate& low = d.candidates.front();
       say(fmt::format("[{}/{}] {} alone as {}", done, n_candidates, d.name, type_name(low.type)));
-      const TensorView v{g, infos[i]};
+      const TensorRows v{g, infos[i]};
       const std::vector<std::byte> bytes = encode_whole(v, low.type, imp_of(d.name));
       if (model->replace_matrix(d.name, low.type, bytes) == 0) continue;  // not used by the model
       d.probe_kld = probe.mean_kld(*model);
@@ -411,7 +394,7 @@ DynamicRecipe plan_dynamic_recipe(const GgufReader& g, const Imatrix* imatrix,
       const std::size_t i = measured[c_i * measured.size() / n_checks];
       DynamicTensor& d = recipe.tensors[i];
       const DynamicCandidate& mid = d.candidates[d.candidates.size() / 2 - 1];
-      const TensorView v{g, infos[i]};
+      const TensorRows v{g, infos[i]};
       const std::vector<std::byte> bytes = encode_whole(v, mid.type, imp_of(d.name));
       model->replace_matrix(d.name, mid.type, bytes);
       ProxyCheck c{d.name, mid.type, d.gain * mid.error,

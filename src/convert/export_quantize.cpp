@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "convert/arch_common.h"
+#include "convert/tensor_rows.h"
 #include "convert/type_policy.h"
 #include "core/error.h"
 #include "core/half.h"
@@ -40,20 +41,9 @@ int layer_of(std::string_view name) {
   return v;
 }
 
-struct Source {
-  const GgufReader& g;
-  const GgufTensorInfo& t;
-  std::uint64_t cols() const { return t.shape.empty() ? 1 : t.shape[0]; }
-  std::uint64_t rows() const { return cols() ? t.n_elements() / cols() : 0; }
-  void read(std::uint64_t r, std::span<float> out) const {
-    const std::uint64_t rb = row_bytes(t.type, cols());
-    dequantize_row(t.type, g.tensor_data(t).subspan(r * rb, rb), out);
-  }
-};
-
 // Lattice candidates hold exact BF16 values: BF16 tensors, or F32 ones whose sampled rows are
 // all BF16-representable.
-LatticeDetection detect_on_sample(const Source& s, bool& bf16_values) {
+LatticeDetection detect_on_sample(const TensorRows& s, bool& bf16_values) {
   const std::uint64_t rows = s.rows(), cols = s.cols();
   const std::uint64_t want_rows = std::max<std::uint64_t>(16, (8192 * 32 + cols - 1) / cols);
   const std::uint64_t n = std::min(rows, want_rows);
@@ -71,11 +61,10 @@ struct EncodeResult {
 };
 
 // Quantizes (or lattice-encodes) every row; writes into `out` unless it is empty (dry run).
-EncodeResult encode_tensor(const Source& s, GgmlType type, bool lattice, LatticeSpec spec,
+EncodeResult encode_tensor(const TensorRows& s, GgmlType type, bool lattice, LatticeSpec spec,
                            const std::vector<float>* importance, std::span<std::byte> out) {
   const std::uint64_t rows = s.rows(), cols = s.cols();
   const std::uint64_t rb = row_bytes(type, cols);
-  const std::uint64_t rows_per_matrix = s.t.shape.size() >= 2 ? s.t.shape[1] : 1;
   EncodeResult total;
   std::mutex mutex;
   parallel_for(
@@ -97,10 +86,7 @@ EncodeResult encode_tensor(const Source& s, GgmlType type, bool lattice, Lattice
             local.max_abs_error = std::max(local.max_abs_error, local.stats.max_abs_error);
             continue;
           }
-          std::span<const float> imp;
-          if (importance)
-            imp = std::span<const float>(*importance).subspan((r / rows_per_matrix) * cols, cols);
-          quantize_row(type, row, dst, imp);
+          quantize_row(type, row, dst, s.importance_of_row(importance, r));
           dequantize_row(type, dst, back);
           for (std::uint64_t c = 0; c < cols; ++c)
             local.max_abs_error =
@@ -226,7 +212,7 @@ ConvertReport quantize_gguf(const QuantizeOptions& options) {
     tr.ne = t.shape;
     tr.n_elements = t.n_elements();
     tr.source_bytes = t.n_bytes();
-    const Source s{g, t};
+    const TensorRows s{g, t};
     if (want_lattice && p.role != TensorRole::kFloat32 && t.shape.size() >= 2 &&
         s.cols() % 32 == 0 && (t.type == GgmlType::BF16 || t.type == GgmlType::F32)) {
       bool bf16_values = false;
@@ -313,7 +299,7 @@ ConvertReport quantize_gguf(const QuantizeOptions& options) {
                                return 0.0;
                              }());
     }
-    const Source s{g, t};
+    const TensorRows s{g, t};
     if (d.lattice) {
       const EncodeResult dry = encode_tensor(s, d.type, true, specs[i], nullptr, {});
       tr.lattice_stats = dry.stats;
@@ -372,7 +358,7 @@ ConvertReport quantize_gguf(const QuantizeOptions& options) {
       fmt::print(stderr, "\r\x1b[2K[{}/{}] {}", i + 1, infos.size(), t.name);
       std::fflush(stderr);
     }
-    const Source s{g, t};
+    const TensorRows s{g, t};
     tr.output_bytes = row_bytes(tr.type, s.cols()) * s.rows();
     if (copy[i]) {
       writer.write_tensor_data(g.tensor_data(t));
