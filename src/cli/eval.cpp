@@ -51,11 +51,6 @@ void add_common(CLI::App* cmd, CommonArgs& a) {
   cmd->add_flag("--json", a.json, "Print one JSON object on stdout (progress goes to stderr)");
 }
 
-// The BOS that replaces each window's first token, or -1 when the vocabulary adds none.
-std::int32_t window_bos(const Vocab& vocab) {
-  return vocab.add_bos ? vocab.bos_id : -1;
-}
-
 struct LoadedModel {
   std::unique_ptr<Model> model;
   std::optional<Tokenizer> tokenizer;

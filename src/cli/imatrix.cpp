@@ -41,7 +41,7 @@ void run(const ImatrixArgs& a) {
   const std::string text = read_text_file(a.text);
   const std::vector<std::int32_t> tokens = tokenize_eval_text(tokenizer, text);
   const WindowPlan plan = plan_windows(tokens.size(), a.ctx, a.chunks, a.text);
-  const std::int32_t bos = tokenizer.vocab().add_bos ? tokenizer.vocab().bos_id : -1;
+  const std::int32_t bos = window_bos(tokenizer.vocab());
   fmt::print(stderr, "{}: {} tokens; {} chunks of {} tokens\n", a.text, tokens.size(),
              plan.n_chunks, plan.n_ctx);
 

@@ -9,6 +9,10 @@
 
 namespace qforge {
 
+std::int32_t window_bos(const Vocab& vocab) {
+  return vocab.add_bos ? vocab.bos_id : -1;
+}
+
 WindowPlan plan_windows(std::size_t n_tokens, int n_ctx, int max_chunks,
                         const std::string& source) {
   if (n_ctx < 2) fail("--ctx {}: a window needs at least 2 tokens", n_ctx);

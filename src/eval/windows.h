@@ -17,6 +17,7 @@
 namespace qforge {
 
 class Tokenizer;
+struct Vocab;
 
 struct WindowPlan {
   int n_ctx = 0;
@@ -31,6 +32,9 @@ struct WindowPlan {
 // Windows over `n_tokens` tokens: min(n_tokens / n_ctx, max_chunks) of them (max_chunks <= 0: no
 // limit). Fails naming `source` when n_ctx < 2 or the text is shorter than one window.
 WindowPlan plan_windows(std::size_t n_tokens, int n_ctx, int max_chunks, const std::string& source);
+
+// The BOS that replaces each window's first token, or -1 when the vocabulary adds none.
+std::int32_t window_bos(const Vocab& vocab);
 
 // Tokenizes an evaluation text as llama.cpp does (special tokens added as the vocabulary says,
 // special-token texts not parsed).
