@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "runtime/cuda/gemm_f32.h"
 #include "runtime/cuda/gemm_tc.h"
 #include "runtime/cuda/gemma4_ops.h"
 #include "runtime/cuda/gemv.h"
@@ -126,7 +127,7 @@ ScratchSizes scratch_sizes(const ModelConfig& c, const std::vector<LayerPlan>& l
   s.gate_up = b * 2 * g.ff;
   s.act = b * g.ff;
   s.part = part_rows(c, sm_count, g.dv);
-  s.logits = b * sz(c.n_vocab);
+  s.logits = sz(CudaModel::kLogitsRows) * sz(c.n_vocab);
   // The full-layer table is computed with n_rot even if every layer is a sliding one.
   s.rope = b * sz(std::max(g.n_rot, c.n_rot) / 2);
   if (c.n_expert > 0) {
@@ -222,8 +223,17 @@ void CudaModel::matmul(const DeviceMatrix& m, const float* x, float* y, std::siz
   if (use_gemm_ && n >= kGemmMinTokens && gemm_supported(m.type) && m.cols % 8 == 0 &&
       m.cols % block_size(m.type) == 0) {
     gemm(m.type, m.data, m.rows, m.cols, x, y, ldy, n, s);
-  } else {
-    gemv_ld(m.type, m.data, m.rows, m.cols, x, y, ldy, n, s);
+    return;
+  }
+  gemv_pieces(m.type, m.data, m.rows, m.cols, x, y, ldy, n);
+}
+
+// The batched GEMV over n tokens in launches of at most kGemvMaxTokens.
+void CudaModel::gemv_pieces(GgmlType type, const void* w, std::size_t rows, std::size_t cols,
+                            const float* x, float* y, std::size_t ldy, int n) {
+  for (int t = 0; t < n; t += kGemvMaxTokens) {
+    gemv_ld(type, w, rows, cols, x + sz(t) * cols, y + sz(t) * ldy, ldy,
+            std::min(kGemvMaxTokens, n - t), stream_.get());
   }
 }
 
@@ -329,10 +339,15 @@ void CudaModel::moe_block(int il, int n) {
   const auto ff_exp = sz(c.n_ff_exp);
   moe_inputs(x_.data(), m.router_scale, m.pre_norm, router_in_.data(), expert_in_.data(), n, embd_,
              c.norm_eps, s);
-  // The router always takes the F32 GEMV: BF16 rounding in the GEMM could change which experts
-  // are chosen.
-  gemv_ld(m.router.type, m.router.data, m.router.rows, m.router.cols, router_in_.data(),
-          router_logits_.data(), sz(c.n_expert), n, s);
+  // The router never takes the BF16 tensor-core GEMM: its rounding could change which experts
+  // are chosen. F32 routers of prompt chunks go through the F32 GEMM (one launch).
+  if (m.router.type == GgmlType::F32 && n >= kGemmMinTokens) {
+    gemm_f32(static_cast<const float*>(m.router.data), m.router.rows, m.router.cols,
+             router_in_.data(), router_logits_.data(), sz(c.n_expert), n, s);
+  } else {
+    gemv_pieces(m.router.type, m.router.data, m.router.rows, m.router.cols, router_in_.data(),
+                router_logits_.data(), sz(c.n_expert), n);
+  }
   moe_route(router_logits_.data(), n, c.n_expert, k, m.expert_scale, expert_ids_.data(),
             route_weights_.data(), s);
   const int slots = n * k;
@@ -343,7 +358,7 @@ void CudaModel::moe_block(int il, int n) {
   moe_weighted_sum(exp_out_.data(), route_weights_.data(), n, k, embd_, moe_out_.data(), s);
 }
 
-void CudaModel::record_chunk(int n, CudaKvCache& cache, bool logits, bool all_rows) {
+void CudaModel::record_chunk(int n, CudaKvCache& cache) {
   const ModelConfig& c = config_;
   const StreamHandle s = stream_.get();
   const float eps = c.norm_eps;
@@ -391,15 +406,12 @@ void CudaModel::record_chunk(int n, CudaKvCache& cache, bool logits, bool all_ro
       add_and_norm(x_.data(), o_.data(), l.post_ffn_norm, next_norm, h_.data(), n, embd_, eps, s);
     }
   }
+}
 
-  if (logits) {
-    // h now holds the final-normed rows.
-    const int rows = all_rows ? n : 1;
-    const float* last = h_.data() + (all_rows ? 0 : sz(n - 1) * embd_);
-    const auto vocab = sz(c.n_vocab);
-    matmul(weights_.output, last, logits_.data(), vocab, rows);
-    softcap(logits_.data(), sz(rows) * vocab, c.final_softcap, s);
-  }
+void CudaModel::record_logits(const float* rows, int n_rows) {
+  const auto vocab = sz(config_.n_vocab);
+  matmul(weights_.output, rows, logits_.data(), vocab, n_rows);
+  softcap(logits_.data(), sz(n_rows) * vocab, config_.final_softcap, stream_.get());
 }
 
 std::vector<float> CudaModel::forward(std::span<const std::int32_t> tokens, int pos0,
@@ -431,16 +443,25 @@ std::vector<float> CudaModel::forward(std::span<const std::int32_t> tokens, int 
     if (m == 1 && last && !options.all_logits) {
       // Decode step: the graph reads the token and position from device memory.
       if (!decode_graph_.ready() || decode_graph_cache_ != cache->id()) {
-        decode_graph_.capture(s, [&] { record_chunk(1, *cache, true, false); });
+        decode_graph_.capture(s, [&] {
+          record_chunk(1, *cache);
+          record_logits(h_.data(), 1);
+        });
         decode_graph_cache_ = cache->id();
       }
       decode_graph_.launch(s);
-    } else {
-      record_chunk(m, *cache, last || options.all_logits, options.all_logits);
+      logits_.download(std::span(out).first(vocab), 0, s);
+      continue;
     }
+    record_chunk(m, *cache);
     if (options.all_logits) {
-      logits_.download(std::span(out).subspan(c0 * vocab, sz(m) * vocab), 0, s);
+      for (int r = 0; r < m; r += kLogitsRows) {
+        const int rows = std::min(kLogitsRows, m - r);
+        record_logits(h_.data() + sz(r) * embd_, rows);
+        logits_.download(std::span(out).subspan((c0 + sz(r)) * vocab, sz(rows) * vocab), 0, s);
+      }
     } else if (last) {
+      record_logits(h_.data() + sz(m - 1) * embd_, 1);
       logits_.download(std::span(out).first(vocab), 0, s);
     }
   }

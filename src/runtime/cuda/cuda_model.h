@@ -4,7 +4,9 @@
 // enqueued on one stream without host round trips; a one-token step (decode) is captured once per
 // KV cache as a CUDA graph and replayed. Prompts run in chunks of up to kMaxBatch tokens through
 // the batched GEMV, or through the tensor-core GEMM (gemm_tc.h) for chunks of at least
-// kGemmMinTokens tokens unless the environment sets QFORGE_GEMM=off.
+// kGemmMinTokens tokens unless the environment sets QFORGE_GEMM=off. Large chunks let the GEMM
+// read each weight once per 512 tokens; the LM head runs on at most kLogitsRows rows at a time,
+// so the logits buffer stays small for 262144-token vocabularies.
 //
 // Gemma 4: per-layer head geometry and RoPE, value norm, V = K layers, KV-sharing layers, layer
 // output scales, per-layer embeddings (E models) and MoE blocks. MoE routing runs on the GPU and
@@ -39,7 +41,9 @@ struct LayerPlan {
 
 class CudaModel final : public Model {
  public:
-  static constexpr int kMaxBatch = 64;
+  static constexpr int kMaxBatch = 512;     // tokens per prompt chunk
+  static constexpr int kGemvMaxTokens = 64;  // the batched GEMV takes at most this many at once
+  static constexpr int kLogitsRows = 64;     // logits computed per LM-head pass
   static constexpr int kGemmMinTokens = 16;
 
   CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config);
@@ -55,14 +59,18 @@ class CudaModel final : public Model {
   void set_prefill_gemm(bool on) { use_gemm_ = on; }
 
  private:
-  // Enqueues one chunk of n tokens whose ids and start position are already in tokens_/pos_.
-  // Logits of the last row (or of every row with all_rows) go to logits_ when `logits` is set.
-  void record_chunk(int n, CudaKvCache& cache, bool logits, bool all_rows);
+  // Enqueues one chunk of n tokens whose ids and start position are already in tokens_/pos_;
+  // leaves the final-normed rows in h_.
+  void record_chunk(int n, CudaKvCache& cache);
+  // logits_ = soft-capped LM head of n_rows (<= kLogitsRows) final-normed rows.
+  void record_logits(const float* rows, int n_rows);
   void attention_block(int il, int n, CudaKvCache& cache, int splits);
   void ffn_block(int il, int n);  // leaves the FFN output (before post_ffn_norm) in o_
   void moe_block(int il, int n);  // leaves the experts' weighted sum in moe_out_
   void per_layer_inputs(int n);
   void matmul(const DeviceMatrix& m, const float* x, float* y, std::size_t ldy, int n);
+  void gemv_pieces(GgmlType type, const void* w, std::size_t rows, std::size_t cols,
+                   const float* x, float* y, std::size_t ldy, int n);
   int prefill_splits(int n_tokens, int decode_splits) const;
 
   std::unique_ptr<GgufReader> gguf_;

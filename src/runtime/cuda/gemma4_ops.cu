@@ -3,6 +3,7 @@
 
 #include "runtime/cuda/gemma4_ops.h"
 #include "runtime/cuda/reduce.cuh"
+#include "runtime/cuda/row_regs.cuh"
 
 namespace qforge::cuda {
 namespace {
@@ -43,50 +44,47 @@ __global__ void copy_norm_heads_kernel(float* qkv, int n_tokens, std::size_t tok
   for (int i = lane; i < head_dim; i += 32) dst[i] = normalize ? src[i] * inv : src[i];
 }
 
-__device__ __forceinline__ float row_inv_rms(const float* row, std::size_t n, float eps,
-                                             float* scratch) {
-  float ss = 0.0f;
-  for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) ss = fmaf(row[i], row[i], ss);
-  ss = block_reduce<false>(ss, scratch);
-  return 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
-}
-
-// One CTA per row.
-__global__ void moe_combine_kernel(float* o, const float* e, const float* w_dense,
-                                   const float* w_moe, std::size_t n, float eps) {
+// One CTA per row, rows in registers (row_regs.cuh).
+template <int kPer>
+__global__ void moe_combine_kernel(float* __restrict__ o, const float* __restrict__ e,
+                                   const float* __restrict__ w_dense,
+                                   const float* __restrict__ w_moe, std::size_t n, float eps) {
   __shared__ float scratch[32];
   float* orow = o + blockIdx.x * n;
-  const float* erow = e + blockIdx.x * n;
-  const float inv_o = row_inv_rms(orow, n, eps, scratch);
-  const float inv_e = row_inv_rms(erow, n, eps, scratch);
-  for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const float dense = orow[i] * inv_o * w_dense[i];
-    const float experts = erow[i] * inv_e * w_moe[i];
-    orow[i] = dense + experts;
-  }
+  RowRegs<kPer> dense, experts;
+  dense.load(orow, n);
+  experts.load(e + blockIdx.x * n, n);
+  dense.scale(dense.inv_rms(n, eps, scratch), w_dense, n);
+  experts.scale(experts.inv_rms(n, eps, scratch), w_moe, n);
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) dense.v[j] += experts.v[j];
+  dense.store(orow, n);
 }
 
-// One CTA per row.
-__global__ void residual_scale_norm_kernel(float* x, const float* o, const float* o_norm,
-                                           float scale, const float* next_norm, float* h,
-                                           std::size_t n, float eps) {
+// One CTA per row, rows in registers.
+template <int kPer>
+__global__ void residual_scale_norm_kernel(float* __restrict__ x, const float* __restrict__ o,
+                                           const float* __restrict__ o_norm, float scale,
+                                           const float* __restrict__ next_norm,
+                                           float* __restrict__ h, std::size_t n, float eps) {
   __shared__ float scratch[32];
   float* xr = x + blockIdx.x * n;
+  RowRegs<kPer> xv;
+  xv.load(xr, n);
   if (o != nullptr) {
-    const float* orow = o + blockIdx.x * n;
-    const float inv_o = o_norm != nullptr ? row_inv_rms(orow, n, eps, scratch) : 1.0f;
-    for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) {
-      const float add = o_norm != nullptr ? orow[i] * inv_o * o_norm[i] : orow[i];
-      xr[i] = (xr[i] + add) * scale;
-    }
-  } else if (scale != 1.0f) {
-    for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) xr[i] *= scale;
+    RowRegs<kPer> ov;
+    ov.load(o + blockIdx.x * n, n);
+    if (o_norm != nullptr) ov.scale(ov.inv_rms(n, eps, scratch), o_norm, n);
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) xv.v[j] = (xv.v[j] + ov.v[j]) * scale;
+  } else {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) xv.v[j] *= scale;
   }
+  xv.store(xr, n);
   if (next_norm == nullptr) return;
-  __syncthreads();  // row_inv_rms below reads elements other threads wrote
-  const float inv = row_inv_rms(xr, n, eps, scratch);
-  float* hr = h + blockIdx.x * n;
-  for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) hr[i] = xr[i] * inv * next_norm[i];
+  xv.scale(xv.inv_rms(n, eps, scratch), next_norm, n);
+  xv.store(h + blockIdx.x * n, n);
 }
 
 // One warp per (token, slice).
@@ -138,8 +136,10 @@ void copy_norm_heads(float* qkv, int n_tokens, std::size_t token_stride, std::si
 void moe_combine(float* o, const float* e, const float* w_dense, const float* w_moe, int n_rows,
                  std::size_t n, float eps, StreamHandle stream) {
   if (n_rows <= 0 || n == 0) return;
-  moe_combine_kernel<<<static_cast<unsigned>(n_rows), 256, 0, stream>>>(o, e, w_dense, w_moe, n,
-                                                                        eps);
+  with_row_regs(n, [&]<int kPer>(std::integral_constant<int, kPer>, unsigned threads) {
+    moe_combine_kernel<kPer>
+        <<<static_cast<unsigned>(n_rows), threads, 0, stream>>>(o, e, w_dense, w_moe, n, eps);
+  });
   QFORGE_CUDA_CHECK_LAUNCH("moe_combine_kernel");
 }
 
@@ -147,8 +147,10 @@ void residual_scale_norm(float* x, const float* o, const float* o_norm, float sc
                          const float* next_norm, float* h, int n_rows, std::size_t n, float eps,
                          StreamHandle stream) {
   if (n_rows <= 0 || n == 0) return;
-  residual_scale_norm_kernel<<<static_cast<unsigned>(n_rows), 256, 0, stream>>>(
-      x, o, o_norm, scale, next_norm, h, n, eps);
+  with_row_regs(n, [&]<int kPer>(std::integral_constant<int, kPer>, unsigned threads) {
+    residual_scale_norm_kernel<kPer><<<static_cast<unsigned>(n_rows), threads, 0, stream>>>(
+        x, o, o_norm, scale, next_norm, h, n, eps);
+  });
   QFORGE_CUDA_CHECK_LAUNCH("residual_scale_norm_kernel");
 }
 

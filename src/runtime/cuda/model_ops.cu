@@ -5,6 +5,7 @@
 #include "runtime/cuda/block_decode.cuh"
 #include "runtime/cuda/model_ops.h"
 #include "runtime/cuda/reduce.cuh"
+#include "runtime/cuda/row_regs.cuh"
 
 namespace qforge::cuda {
 namespace {
@@ -106,30 +107,26 @@ __global__ void qk_prepare_kernel(float* qkv, int n_tokens, QkPrepare p, const f
   }
 }
 
-// ---- residual add + RMSNorm: one CTA per row ---------------------------------------------------
-__global__ void add_norm_kernel(float* x, const float* o, const float* o_norm,
-                                const float* next_norm, float* h, std::size_t n, float eps) {
+// ---- residual add + RMSNorm: one CTA per row, the row in registers (row_regs.cuh) -----------
+template <int kPer>
+__global__ void add_norm_kernel(float* __restrict__ x, const float* __restrict__ o,
+                                const float* __restrict__ o_norm,
+                                const float* __restrict__ next_norm, float* __restrict__ h,
+                                std::size_t n, float eps) {
   __shared__ float scratch[32];
   float* xr = x + blockIdx.x * n;
-  float* hr = h + blockIdx.x * n;
+  RowRegs<kPer> xv;
+  xv.load(xr, n);
   if (o != nullptr) {
-    const float* orow = o + blockIdx.x * n;
-    float inv_o = 1.0f;
-    if (o_norm != nullptr) {
-      float ss = 0.0f;
-      for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) ss = fmaf(orow[i], orow[i], ss);
-      ss = block_reduce<false>(ss, scratch);
-      inv_o = 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
-    }
-    for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) {
-      xr[i] += o_norm != nullptr ? orow[i] * inv_o * o_norm[i] : orow[i];
-    }
+    RowRegs<kPer> ov;
+    ov.load(o + blockIdx.x * n, n);
+    if (o_norm != nullptr) ov.scale(ov.inv_rms(n, eps, scratch), o_norm, n);
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) xv.v[j] += ov.v[j];
+    xv.store(xr, n);
   }
-  float ss = 0.0f;
-  for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
-  ss = block_reduce<false>(ss, scratch);
-  const float inv = 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
-  for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) hr[i] = xr[i] * inv * next_norm[i];
+  xv.scale(xv.inv_rms(n, eps, scratch), next_norm, n);
+  xv.store(h + blockIdx.x * n, n);
 }
 
 // ---- gated activation ---------------------------------------------------------------------------
@@ -237,8 +234,10 @@ void qk_prepare(float* qkv, int n_tokens, const QkPrepare& p, const float* cos, 
 void add_and_norm(float* x, const float* o, const float* o_norm, const float* next_norm, float* h,
                   int n_rows, std::size_t n, float eps, StreamHandle stream) {
   if (n_rows <= 0 || n == 0) return;
-  add_norm_kernel<<<static_cast<unsigned>(n_rows), 256, 0, stream>>>(x, o, o_norm, next_norm, h, n,
-                                                                     eps);
+  with_row_regs(n, [&]<int kPer>(std::integral_constant<int, kPer>, unsigned threads) {
+    add_norm_kernel<kPer><<<static_cast<unsigned>(n_rows), threads, 0, stream>>>(x, o, o_norm,
+                                                                                next_norm, h, n, eps);
+  });
   QFORGE_CUDA_CHECK_LAUNCH("add_norm_kernel");
 }
 
