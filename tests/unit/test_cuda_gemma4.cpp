@@ -381,6 +381,42 @@ TEST(CudaGemma4Gemm, PrefillThroughGemmIsClose) {
       d.rel(), same, ids.size());
 }
 
+// Prompt chunks of a MoE model take the expert-grouped tensor-core GEMM (moe_gemm.h) for the
+// experts as well as the dense GEMM: a wiring check like the one above (the BF16 rounding may
+// change a chosen expert in a later layer, so the bounds are loose; moe_gemm itself is checked
+// against moe_gemv in test_cuda_moe_gemm.cpp).
+TEST(CudaGemma4Gemm, MoePrefillThroughGroupedGemmIsClose) {
+  SKIP_WITHOUT_GPU();
+  const fs::path path = write_small_moe(GgmlType::Q8_0);
+  auto model = cuda_model(path, /*gemm=*/false);
+  std::vector<std::int32_t> ids(70);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    ids[i] = static_cast<std::int32_t>(3 + (i * 37) % 500);
+  }
+  auto run = [&] {
+    auto cache = model->new_cache(71, KvType::F32);
+    return model->forward(ids, 0, *cache, {.all_logits = true});
+  };
+  const auto want = run();
+  model->set_prefill_gemm(true);
+  const auto got = run();
+  const Diff d = diff(got, want);
+  EXPECT_TRUE(d.finite);
+  EXPECT_GT(d.max_abs, 0.0) << "the GEMM path was not taken (results identical to the GEMV)";
+  EXPECT_LT(d.rel(), 0.35) << d.max_abs << " (max |gemv| " << d.max_ref << ")";
+  const auto vocab = static_cast<std::size_t>(model->config().n_vocab);
+  int same = 0;
+  for (std::size_t t = 0; t < ids.size(); ++t) {
+    same += argmax(std::span(got).subspan(t * vocab, vocab)) ==
+            argmax(std::span(want).subspan(t * vocab, vocab));
+  }
+  EXPECT_GE(same, static_cast<int>(ids.size()) * 3 / 4);
+  std::printf(
+      "small MoE q8_0 prefill, GEMM + grouped experts vs GEMV: max diff / max |logit| = %.3g, "
+      "same arg-max in %d of %zu rows\n",
+      d.rel(), same, ids.size());
+}
+
 // ---- the bench configs' tensors have GPU kernels (planning only: no device needed) -------------
 
 TEST(CudaGemma4Plan, BenchConfigTensorsHaveGpuKernels) {

@@ -12,6 +12,7 @@
 #include "runtime/cuda/gemv.h"
 #include "runtime/cuda/model_ops.h"
 #include "runtime/cuda/moe.h"
+#include "runtime/cuda/moe_gemm.h"
 #include "runtime/cuda/ops.h"
 #include "runtime/cuda_device.h"
 #include "runtime/cuda_model.h"
@@ -107,11 +108,13 @@ struct ScratchSizes {
   std::size_t x, qkv, att, gate_up, act, part, logits, rope;
   // MoE: per token (router_in, expert_in, moe_out: x; router logits) and per slot.
   std::size_t router_logits, slots, exp_gate_up, exp_act, exp_out;
+  std::size_t exp_x_bf16;                 // moe_gemm's BF16 copy of the slots' inputs
   std::size_t per_layer, per_layer_gate;  // E models
   std::size_t total_bytes() const {
     const std::size_t floats = 3 * x + qkv + att + gate_up + act + part + logits + 4 * rope +
                                (router_logits > 0 ? 3 * x : 0) + router_logits + 2 * slots +
-                               exp_gate_up + exp_act + exp_out + 2 * per_layer + per_layer_gate;
+                               exp_gate_up + exp_act + exp_out + exp_x_bf16 / 2 + 2 * per_layer +
+                               per_layer_gate;
     return 4 * floats + (1u << 26);
   }
 };
@@ -136,6 +139,7 @@ ScratchSizes scratch_sizes(const ModelConfig& c, const std::vector<LayerPlan>& l
     s.exp_gate_up = s.slots * 2 * sz(c.n_ff_exp);
     s.exp_act = s.slots * sz(c.n_ff_exp);
     s.exp_out = s.slots * sz(c.n_embd);
+    s.exp_x_bf16 = s.slots * std::max(sz(c.n_embd), sz(c.n_ff_exp));
   }
   if (c.n_embd_per_layer > 0) {
     s.per_layer = b * per_layer_width;
@@ -189,6 +193,8 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
     exp_gate_up_ = DeviceBuffer<float>(s.exp_gate_up);
     exp_act_ = DeviceBuffer<float>(s.exp_act);
     exp_out_ = DeviceBuffer<float>(s.exp_out);
+    moe_scratch_ = make_moe_gemm_scratch(static_cast<int>(s.slots),
+                                         std::max(embd_, sz(config_.n_ff_exp)), config_.n_expert);
   }
   if (config_.n_embd_per_layer > 0) {
     per_layer_ = DeviceBuffer<float>(s.per_layer);
@@ -351,10 +357,25 @@ void CudaModel::moe_block(int il, int n) {
   moe_route(router_logits_.data(), n, c.n_expert, k, m.expert_scale, expert_ids_.data(),
             route_weights_.data(), s);
   const int slots = n * k;
-  moe_gemv(m.gate_up, expert_ids_.data(), slots, k, expert_in_.data(), exp_gate_up_.data(),
-           2 * ff_exp, s);
+  // Prompt chunks: experts grouped on the device, each expert's weights read once per tile of
+  // its tokens, on tensor cores. Decode: one GEMV per chosen expert.
+  const bool grouped = use_gemm_ && n >= kGemmMinTokens && moe_gemm_supported(m.gate_up.type) &&
+                       moe_gemm_supported(m.down.type) && m.gate_up.cols % 8 == 0 &&
+                       m.down.cols % 8 == 0;
+  if (grouped) {
+    moe_gemm(m.gate_up, expert_ids_.data(), slots, k, expert_in_.data(), exp_gate_up_.data(),
+             2 * ff_exp, moe_scratch_, s);
+  } else {
+    moe_gemv(m.gate_up, expert_ids_.data(), slots, k, expert_in_.data(), exp_gate_up_.data(),
+             2 * ff_exp, s);
+  }
   glu_rows(c.ffn_act, exp_gate_up_.data(), exp_act_.data(), slots, ff_exp, s);
-  moe_gemv(m.down, expert_ids_.data(), slots, 1, exp_act_.data(), exp_out_.data(), embd_, s);
+  if (grouped) {
+    moe_gemm(m.down, expert_ids_.data(), slots, 1, exp_act_.data(), exp_out_.data(), embd_,
+             moe_scratch_, s);
+  } else {
+    moe_gemv(m.down, expert_ids_.data(), slots, 1, exp_act_.data(), exp_out_.data(), embd_, s);
+  }
   moe_weighted_sum(exp_out_.data(), route_weights_.data(), n, k, embd_, moe_out_.data(), s);
 }
 

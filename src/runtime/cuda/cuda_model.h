@@ -24,6 +24,7 @@
 #include "runtime/cuda/cuda_kv_cache.h"
 #include "runtime/cuda/cuda_weights.h"
 #include "runtime/cuda/graph.h"
+#include "runtime/cuda/moe_gemm.h"
 #include "runtime/cuda/stream.h"
 
 namespace qforge::cuda {
@@ -41,7 +42,7 @@ struct LayerPlan {
 
 class CudaModel final : public Model {
  public:
-  static constexpr int kMaxBatch = 512;     // tokens per prompt chunk
+  static constexpr int kMaxBatch = 512;      // tokens per prompt chunk
   static constexpr int kGemvMaxTokens = 64;  // the batched GEMV takes at most this many at once
   static constexpr int kLogitsRows = 64;     // logits computed per LM-head pass
   static constexpr int kGemmMinTokens = 16;
@@ -69,8 +70,8 @@ class CudaModel final : public Model {
   void moe_block(int il, int n);  // leaves the experts' weighted sum in moe_out_
   void per_layer_inputs(int n);
   void matmul(const DeviceMatrix& m, const float* x, float* y, std::size_t ldy, int n);
-  void gemv_pieces(GgmlType type, const void* w, std::size_t rows, std::size_t cols,
-                   const float* x, float* y, std::size_t ldy, int n);
+  void gemv_pieces(GgmlType type, const void* w, std::size_t rows, std::size_t cols, const float* x,
+                   float* y, std::size_t ldy, int n);
   int prefill_splits(int n_tokens, int decode_splits) const;
 
   std::unique_ptr<GgufReader> gguf_;
@@ -91,6 +92,7 @@ class CudaModel final : public Model {
   DeviceBuffer<float> router_in_, expert_in_, router_logits_, route_weights_;
   DeviceBuffer<float> exp_gate_up_, exp_act_, exp_out_, moe_out_;
   DeviceBuffer<int> expert_ids_;
+  MoeGemmScratch moe_scratch_;  // prompt chunks: expert-grouped products
   // Per-layer embeddings: [n x width] inputs, token rows, gate activations.
   DeviceBuffer<float> per_layer_, per_layer_tok_, per_layer_gate_;
   DeviceBuffer<std::int32_t> tokens_;

@@ -10,6 +10,13 @@
 // mma.sync m16n8k16 (BF16 in, F32 accumulate); fragments come from shared memory through
 // ldmatrix. Rows of the shared tiles are padded from 128 to 144 bytes, so the 8 row addresses of
 // an ldmatrix phase fall in 8 different 16-byte bank groups.
+//
+// The CTA body (gemm_cta) is shared with the expert-grouped MoE GEMM (moe_gemm_kernel.cuh): it
+// takes the weight matrix as a WeightView and the tile's tokens as a "token map" with
+//   x        any valid activation address (the source of zero-byte copies)
+//   x_row(n): BF16 activation row of tile token n (nullptr: zero-filled, never stored)
+//   y_row(n): output row of tile token n (nullptr: not stored)
+// The dense GEMM maps tile token n to token tok0 + n of x and y (DenseTokens).
 #pragma once
 
 #include "runtime/cuda/check.cuh"
@@ -72,13 +79,37 @@ __device__ __forceinline__ std::uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const std::uint32_t*>(&v);
 }
 
+// One weight matrix: n_rows rows of row_bytes bytes starting at w.
+struct WeightView {
+  const std::uint8_t* w;
+  std::size_t row_bytes;
+  int n_rows, n_cols;
+};
+
+// Tokens tok0 .. tok0 + BN - 1 of a dense product (x row-major n_tokens x n_cols, y[t * ldy + r]).
+struct DenseTokens {
+  const std::uint16_t* x;
+  float* y;
+  std::size_t ldy;
+  int tok0, n_tokens, n_cols;
+  __device__ __forceinline__ const std::uint16_t* x_row(int n) const {
+    const int tok = tok0 + n;
+    return tok < n_tokens ? x + static_cast<std::size_t>(tok) * static_cast<std::size_t>(n_cols)
+                          : nullptr;
+  }
+  __device__ __forceinline__ float* y_row(int n) const {
+    const int tok = tok0 + n;
+    return tok < n_tokens ? y + static_cast<std::size_t>(tok) * ldy : nullptr;
+  }
+};
+
 // Decodes columns [k0, k0 + 64) of rows row0 .. row0 + BM - 1 into `tile` (BM x kLds BF16).
 // Rows past the end repeat the last row (their outputs are never stored); columns past n_cols
 // become zeros, so that they add nothing even against garbage (the matching activations are
 // zero-filled too).
 template <typename D, int BM>
-__device__ __forceinline__ void decode_weights(const Args& a, int row0, int k0, __nv_bfloat16* tile,
-                                               const float* table) {
+__device__ __forceinline__ void decode_weights(const WeightView& a, int row0, int k0,
+                                               __nv_bfloat16* tile, const float* table) {
   const int tid = static_cast<int>(threadIdx.x);
   constexpr int kTotal = BM * D::kUnits;
 #pragma unroll
@@ -108,10 +139,66 @@ __device__ __forceinline__ void decode_weights(const Args& a, int row0, int k0, 
   }
 }
 
-// Copies activations of tokens tok0 .. tok0 + BN - 1, columns [k0, k0 + 64), zero-filling tokens
-// and columns past the end.
-template <int BN>
-__device__ __forceinline__ void load_activations(const Args& a, int tok0, int k0,
+// The two halves of decode_weights for split decoders (gemm_tc_decode.cuh): load_weights issues
+// the global loads of the thread's units into raw[], store_weights converts and stores them.
+template <typename D, int BM>
+constexpr int kUnitIters = (BM * D::kUnits + kThreads - 1) / kThreads;
+
+template <typename D, int BM>
+__device__ __forceinline__ bool unit_in_range(const WeightView& a, int k0, int it, int& r, int& u) {
+  const int i = static_cast<int>(threadIdx.x) + it * kThreads;
+  r = i / D::kUnits, u = i % D::kUnits;
+  if (BM * D::kUnits % kThreads != 0 && i >= BM * D::kUnits) return false;
+  return D::kTailElems == kBK || k0 + (u / D::kUnitsPerTail) * D::kTailElems < a.n_cols;
+}
+
+template <typename D, int BM>
+__device__ __forceinline__ void load_weights(const WeightView& a, int row0, int k0,
+                                             typename D::Raw* raw) {
+#pragma unroll
+  for (int it = 0; it < kUnitIters<D, BM>; ++it) {
+    int r, u;
+    if (!unit_in_range<D, BM>(a, k0, it, r, u)) continue;
+    const int row = min(row0 + r, a.n_rows - 1);
+    raw[it] = D::load(a.w + static_cast<std::size_t>(row) * a.row_bytes, k0, u);
+  }
+}
+
+template <typename D, int BM>
+__device__ __forceinline__ void store_weights(const WeightView& a, int k0,
+                                              const typename D::Raw* raw, __nv_bfloat16* tile,
+                                              const float* table) {
+#pragma unroll
+  for (int it = 0; it < kUnitIters<D, BM>; ++it) {
+    int r, u;
+    __nv_bfloat16* dst;
+    if (unit_in_range<D, BM>(a, k0, it, r, u)) {
+      dst = tile + r * kLds;
+      float w[4 * D::kRuns];
+      int start[D::kRuns];
+      D::convert(raw[it], u, w, start, table);
+#pragma unroll
+      for (int q = 0; q < D::kRuns; ++q) {
+        const uint2 v = make_uint2(pack_bf16(w[4 * q], w[4 * q + 1]),
+                                   pack_bf16(w[4 * q + 2], w[4 * q + 3]));
+        *reinterpret_cast<uint2*>(dst + start[q]) = v;
+      }
+    } else if (static_cast<int>(threadIdx.x) + it * kThreads < BM * D::kUnits &&
+               u % D::kUnitsPerTail == 0) {
+      // The whole piece lies past the end: one thread zeroes its columns.
+      dst = tile + r * kLds;
+      const int piece = u / D::kUnitsPerTail;
+      for (int c = 0; c < D::kTailElems; c += 8) {
+        *reinterpret_cast<uint4*>(dst + piece * D::kTailElems + c) = make_uint4(0, 0, 0, 0);
+      }
+    }
+  }
+}
+
+// Copies activations of the tile's tokens, columns [k0, k0 + 64), zero-filling tokens without a
+// row and columns past the end.
+template <int BN, typename Tokens>
+__device__ __forceinline__ void load_activations(const Tokens& tokens, int n_cols, int k0,
                                                  __nv_bfloat16* tile) {
   const int tid = static_cast<int>(threadIdx.x);
   constexpr int kTotal = BN * (kBK / 8);
@@ -120,28 +207,32 @@ __device__ __forceinline__ void load_activations(const Args& a, int tok0, int k0
   for (int it = 0; it < kTotal / kThreads; ++it) {
     const int i = tid + it * kThreads;
     const int n = i / (kBK / 8), c = 8 * (i % (kBK / 8));
-    const int tok = tok0 + n, col = k0 + c;
-    const bool valid = tok < a.n_tokens && col < a.n_cols;
-    const std::uint16_t* src =
-        valid ? a.x + static_cast<std::size_t>(tok) * static_cast<std::size_t>(a.n_cols) + col
-              : a.x;
-    cp_async16(tile + n * kLds + c, src, valid ? 16 : 0);
+    const int col = k0 + c;
+    const std::uint16_t* row = tokens.x_row(n);
+    const bool valid = row != nullptr && col < n_cols;
+    cp_async16(tile + n * kLds + c, valid ? row + col : tokens.x, valid ? 16 : 0);
   }
   cp_async_commit();
 }
 
-template <typename D, typename T>
-__global__ void __launch_bounds__(kThreads, 2) gemm_kernel(const Args a) {
+// The raw registers of a split decoder (an unused placeholder for the others).
+template <typename D, bool = D::kSplit>
+struct RawOf {
+  using Type = int;
+};
+template <typename D>
+struct RawOf<D, true> {
+  using Type = typename D::Raw;
+};
+
+// The CTA's rows row0 .. row0 + BM - 1 times its BN tokens. Dynamic shared memory holds the two
+// stages (T::kSmemBytes); `table` is the IQ4_NL level table, already filled when D uses it.
+template <typename D, typename T, typename Tokens>
+__device__ __forceinline__ void gemm_cta(const WeightView& a, int row0, const Tokens& tokens,
+                                         const float* table) {
   extern __shared__ uint4 smem_raw[];
   auto* smem = reinterpret_cast<__nv_bfloat16*>(smem_raw);
-  __shared__ float table[16];
-  if constexpr (D::kUsesTable) {
-    if (threadIdx.x < 16) table[threadIdx.x] = blocks::kIq4NlLevels[threadIdx.x];
-    __syncthreads();
-  }
 
-  const int tok0 = static_cast<int>(blockIdx.x) * T::kBN;
-  const int row0 = static_cast<int>(blockIdx.y) * T::kBM;
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
   const int wm0 = (warp % T::kWarpsM) * T::kWM, wn0 = (warp / T::kWarpsM) * T::kWN;
 
@@ -159,7 +250,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_kernel(const Args a) {
   }
 
   const int n_steps = (a.n_cols + kBK - 1) / kBK;
-  load_activations<T::kBN>(a, tok0, 0, x_tile(0));
+  load_activations<T::kBN>(tokens, a.n_cols, 0, x_tile(0));
   decode_weights<D, T::kBM>(a, row0, 0, w_tile(0), table);
   cp_async_wait_all();
   __syncthreads();
@@ -172,10 +263,16 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_kernel(const Args a) {
 
   for (int step = 0; step < n_steps; ++step) {
     const int stage = step & 1;
-    if (step + 1 < n_steps) {
+    const bool more = step + 1 < n_steps;
+    [[maybe_unused]] typename RawOf<D>::Type raw[kUnitIters<D, T::kBM>];
+    if (more) {
       // The other stage was last read before the barrier that ended the previous step.
-      load_activations<T::kBN>(a, tok0, (step + 1) * kBK, x_tile(stage ^ 1));
-      decode_weights<D, T::kBM>(a, row0, (step + 1) * kBK, w_tile(stage ^ 1), table);
+      load_activations<T::kBN>(tokens, a.n_cols, (step + 1) * kBK, x_tile(stage ^ 1));
+      if constexpr (D::kSplit) {
+        load_weights<D, T::kBM>(a, row0, (step + 1) * kBK, raw);  // converted after the MMAs
+      } else {
+        decode_weights<D, T::kBM>(a, row0, (step + 1) * kBK, w_tile(stage ^ 1), table);
+      }
     }
     const __nv_bfloat16* As = w_tile(stage);
     const __nv_bfloat16* Bs = x_tile(stage);
@@ -199,6 +296,9 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_kernel(const Args a) {
         for (int j = 0; j < T::kNT; ++j) mma_bf16(acc[i][j], af[i], bf[j]);
       }
     }
+    if constexpr (D::kSplit) {
+      if (more) store_weights<D, T::kBM>(a, (step + 1) * kBK, raw, w_tile(stage ^ 1), table);
+    }
     cp_async_wait_all();
     __syncthreads();
   }
@@ -206,19 +306,34 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_kernel(const Args a) {
   // Accumulator layout: c0, c1 at (row g, tokens 2t, 2t + 1), c2, c3 at row g + 8.
   const int g = lane >> 2, t2 = 2 * (lane & 3);
 #pragma unroll
-  for (int i = 0; i < T::kMT; ++i) {
+  for (int j = 0; j < T::kNT; ++j) {
 #pragma unroll
-    for (int j = 0; j < T::kNT; ++j) {
+    for (int h = 0; h < 2; ++h) {
+      float* y = tokens.y_row(wn0 + 8 * j + t2 + h);
+      if (y == nullptr) continue;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = row0 + wm0 + 16 * i + g + 8 * (e >> 1);
-        const int tok = tok0 + wn0 + 8 * j + t2 + (e & 1);
-        if (row < a.n_rows && tok < a.n_tokens) {
-          a.y[static_cast<std::size_t>(tok) * a.ldy + static_cast<std::size_t>(row)] = acc[i][j][e];
+      for (int i = 0; i < T::kMT; ++i) {
+#pragma unroll
+        for (int v = 0; v < 2; ++v) {
+          const int row = row0 + wm0 + 16 * i + g + 8 * v;
+          if (row < a.n_rows) y[row] = acc[i][j][2 * v + h];
         }
       }
     }
   }
+}
+
+template <typename D, typename T>
+__global__ void __launch_bounds__(kThreads, 2) gemm_kernel(const Args a) {
+  __shared__ float table[16];
+  if constexpr (D::kUsesTable) {
+    if (threadIdx.x < 16) table[threadIdx.x] = blocks::kIq4NlLevels[threadIdx.x];
+    __syncthreads();
+  }
+  const WeightView weights{a.w, a.row_bytes, a.n_rows, a.n_cols};
+  const DenseTokens tokens{a.x, a.y, a.ldy, static_cast<int>(blockIdx.x) * T::kBN, a.n_tokens,
+                           a.n_cols};
+  gemm_cta<D, T>(weights, static_cast<int>(blockIdx.y) * T::kBM, tokens, table);
 }
 
 template <typename D, typename T>
