@@ -1,0 +1,325 @@
+// flash_decode: attention of 1..8 query tokens over a deep KV cache, all in F32 on CUDA cores.
+//
+// Grid: (KV head, split, row block). A row block is RB query rows of one KV group, the rows being
+// (token, head in group) pairs token-major, so one CTA serves every query head of the group and
+// reads each K/V row of its split once. The positions the block's rows see are cut into
+// gridDim.y equal splits on the device (from *pos0), so the grid never depends on the position.
+// Per step of 128 positions:
+//   scores: thread i takes position j0 + i, reads its whole K row with 16-byte loads and forms
+//           the dot products with all RB queries (held in shared memory, read as broadcasts), so
+//           there is no reduction across lanes per position;
+//   softmax: one warp per row updates the running max / sum of the row and turns the scores into
+//           weights (online softmax, F32);
+//   values: thread (position group, 8-column chunk) accumulates weight * V over its positions,
+//           V rows read as 16-byte vectors; the position groups are summed at the end.
+// Each split writes (max, sum, unnormalized output) per row; flash_decode_merge combines them.
+#include <algorithm>
+#include <cstdint>
+
+#include "runtime/cuda/check.cuh"
+#include "runtime/cuda/flash_attention.cuh"
+#include "runtime/cuda/flash_attention.h"
+#include "runtime/cuda/pdl.cuh"
+#include "runtime/cuda/reduce.cuh"
+
+namespace qforge::cuda {
+namespace {
+
+using flash::first_visible;
+
+constexpr int kThreads = 128;
+constexpr int kTile = kThreads;   // positions per step
+constexpr int kMaxSplits = 4096;  // the merge keeps one weight per split in shared memory
+constexpr int kMinSplit = 64;     // positions: shorter splits leave most threads of a step idle
+
+int rows_per_block(int n_rows) {
+  return n_rows <= 2 ? 2 : n_rows <= 4 ? 4 : 8;
+}
+
+constexpr std::size_t split_smem_floats(int d, int rb) {
+  const std::size_t work = static_cast<std::size_t>(rb) * (d + kTile + 3);
+  const std::size_t reduce = static_cast<std::size_t>(kThreads) * 8 * rb;
+  return work > reduce ? work : reduce;
+}
+
+template <int D, int RB, typename T>
+__global__ void __launch_bounds__(kThreads)
+    flash_decode_split(const float* __restrict__ q, std::size_t q_stride,
+                       const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                       const int* __restrict__ pos0, int n_tokens, int n_head_kv, int group,
+                       float scale, float softcap, int window, float* __restrict__ part) {
+  pdl_wait();
+  pdl_trigger();
+  constexpr int kChunks = D / 8;               // 8-column chunks of a V row
+  constexpr int kGroups = kThreads / kChunks;  // position groups of the value step
+  extern __shared__ __align__(16) float smem[];
+  float* const sq = smem;                // [RB][D] queries
+  float* const sp = sq + RB * D;         // [RB][kTile] scores, then weights
+  float* const s_max = sp + RB * kTile;  // [RB] running max
+  float* const s_sum = s_max + RB;       // [RB] running sum
+  float* const s_corr = s_sum + RB;      // [RB] rescale of this step
+  float* const s_reduce = smem;          // [kGroups][RB][D] at the end (reuses everything)
+
+  const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32;
+  const int kv_head = static_cast<int>(blockIdx.x);
+  const int split = static_cast<int>(blockIdx.y), n_splits = static_cast<int>(gridDim.y);
+  const int f0 = static_cast<int>(blockIdx.z) * RB;
+  const int n_rows = n_tokens * group, n_head = n_head_kv * group;
+  const int base = *pos0;
+
+  for (int i = tid; i < RB * D; i += kThreads) {
+    const int f = f0 + i / D;
+    sq[i] = f < n_rows ? q[static_cast<std::size_t>(f / group) * q_stride +
+                           static_cast<std::size_t>(kv_head * group + f % group) * D + i % D]
+                       : 0.0f;
+  }
+  if (tid < RB) s_max[tid] = -INFINITY, s_sum[tid] = 0.0f;
+  int row_pos[RB], row_first[RB];
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    const int f = f0 + r;
+    row_pos[r] = f < n_rows ? base + f / group : -1;  // -1: padding row, sees nothing
+    row_first[r] = f < n_rows ? first_visible(row_pos[r], window) : 0;
+  }
+
+  // This split's share of the positions any row of the block sees.
+  const int last = min(f0 + RB, n_rows) - 1;
+  const int lo = first_visible(base + f0 / group, window), hi = base + last / group + 1;
+  const int share = (hi - lo + n_splits - 1) / n_splits;
+  const int begin = lo + split * share, end = min(hi, begin + share);
+
+  const int chunk = tid % kChunks, pgroup = tid / kChunks;
+  float acc[RB][8];
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[r][e] = 0.0f;
+  }
+  __syncthreads();
+
+  for (int j0 = begin; j0 < end; j0 += kTile) {
+    // Scores of position j0 + tid.
+    const int j = j0 + tid;
+    float s[RB];
+#pragma unroll
+    for (int r = 0; r < RB; ++r) s[r] = 0.0f;
+    if (j < end) {
+      const T* krow = k_cache + (static_cast<std::size_t>(j) * n_head_kv + kv_head) * D;
+#pragma unroll 16
+      for (int c = 0; c < D; c += 8) {
+        float kv[8];
+        flash::load8(krow + c, kv);
+#pragma unroll
+        for (int r = 0; r < RB; ++r) {
+          const float4 qa = *reinterpret_cast<const float4*>(sq + r * D + c);
+          const float4 qb = *reinterpret_cast<const float4*>(sq + r * D + c + 4);
+          s[r] = fmaf(qa.x, kv[0], s[r]);
+          s[r] = fmaf(qa.y, kv[1], s[r]);
+          s[r] = fmaf(qa.z, kv[2], s[r]);
+          s[r] = fmaf(qa.w, kv[3], s[r]);
+          s[r] = fmaf(qb.x, kv[4], s[r]);
+          s[r] = fmaf(qb.y, kv[5], s[r]);
+          s[r] = fmaf(qb.z, kv[6], s[r]);
+          s[r] = fmaf(qb.w, kv[7], s[r]);
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < RB; ++r) {
+      const bool seen = j < end && j <= row_pos[r] && j >= row_first[r];
+      sp[r * kTile + tid] = seen ? flash::apply_softcap(s[r] * scale, softcap) : -INFINITY;
+    }
+    __syncthreads();
+
+    // Online softmax, one warp per row.
+    for (int r = warp; r < RB; r += kThreads / 32) {
+      float4 v = reinterpret_cast<const float4*>(sp + r * kTile)[lane];
+      const float m_old = s_max[r];
+      const float m_new = fmaxf(m_old, warp_max(fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w))));
+      const float ref = m_new == -INFINITY ? 0.0f : m_new;  // nothing seen yet: weights 0
+      const float corr = expf(m_old - ref);
+      v.x = expf(v.x - ref), v.y = expf(v.y - ref), v.z = expf(v.z - ref), v.w = expf(v.w - ref);
+      reinterpret_cast<float4*>(sp + r * kTile)[lane] = v;
+      const float sum = warp_sum((v.x + v.y) + (v.z + v.w));
+      if (lane == 0) s_max[r] = m_new, s_sum[r] = s_sum[r] * corr + sum, s_corr[r] = corr;
+    }
+    __syncthreads();
+
+    // Weighted values.
+#pragma unroll
+    for (int r = 0; r < RB; ++r) {
+      const float corr = s_corr[r];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[r][e] *= corr;
+    }
+    const int n_here = min(kTile, end - j0);
+    const T* vbase = v_cache + static_cast<std::size_t>(kv_head) * D + chunk * 8;
+#pragma unroll 8
+    for (int jj = pgroup; jj < n_here; jj += kGroups) {
+      float vv[8];
+      flash::load8(vbase + static_cast<std::size_t>(j0 + jj) * n_head_kv * D, vv);
+#pragma unroll
+      for (int r = 0; r < RB; ++r) {
+        const float w = sp[r * kTile + jj];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[r][e] = fmaf(w, vv[e], acc[r][e]);
+      }
+    }
+    __syncthreads();
+  }
+
+  float my_max = -INFINITY, my_sum = 0.0f;
+  if (tid < RB) my_max = s_max[tid], my_sum = s_sum[tid];
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    float* dst = s_reduce + (pgroup * RB + r) * D + chunk * 8;
+    reinterpret_cast<float4*>(dst)[0] = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+    reinterpret_cast<float4*>(dst)[1] = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
+  }
+  __syncthreads();
+
+  auto part_row = [&](int f) {
+    const int t = f / group, h = kv_head * group + f % group;
+    return part + ((static_cast<std::size_t>(t) * n_head + h) * n_splits + split) * (D + 2);
+  };
+  for (int i = tid; i < RB * D; i += kThreads) {
+    const int r = i / D, d = i % D;
+    if (f0 + r >= n_rows) continue;
+    float total = 0.0f;
+#pragma unroll
+    for (int g = 0; g < kGroups; ++g) total += s_reduce[(g * RB + r) * D + d];
+    part_row(f0 + r)[2 + d] = total;
+  }
+  if (tid < RB && f0 + tid < n_rows) {
+    float* dst = part_row(f0 + tid);
+    dst[0] = my_max, dst[1] = my_sum;
+  }
+}
+
+// One CTA per (head, token): out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M), M = max_s m_s.
+__global__ void flash_decode_merge(const float* __restrict__ part, int n_splits, int dv,
+                                   float* __restrict__ out) {
+  pdl_wait();
+  pdl_trigger();
+  extern __shared__ float weight[];  // [n_splits], then the total at [n_splits]
+  const int h = static_cast<int>(blockIdx.x), t = static_cast<int>(blockIdx.y);
+  const int n_head = static_cast<int>(gridDim.x);
+  const std::size_t row = static_cast<std::size_t>(dv + 2);
+  const float* base = part + (static_cast<std::size_t>(t) * n_head + h) * n_splits * row;
+  if (threadIdx.x < 32) {
+    const int lane = static_cast<int>(threadIdx.x);
+    float big = -INFINITY;
+    for (int s = lane; s < n_splits; s += 32) big = fmaxf(big, base[s * row]);
+    big = warp_max(big);
+    float total = 0.0f;
+    for (int s = lane; s < n_splits; s += 32) {
+      const float m = base[s * row];
+      const float w = m == -INFINITY ? 0.0f : expf(m - big);  // empty splits weigh 0
+      weight[s] = w;
+      total += w * base[s * row + 1];
+    }
+    total = warp_sum(total);
+    if (lane == 0) weight[n_splits] = total;
+  }
+  __syncthreads();
+  const float inv = 1.0f / weight[n_splits];
+  float* dst = out + (static_cast<std::size_t>(t) * n_head + h) * dv;
+  for (int d = static_cast<int>(threadIdx.x); d < dv; d += static_cast<int>(blockDim.x)) {
+    float acc = 0.0f;
+    for (int s = 0; s < n_splits; ++s) {
+      if (weight[s] != 0.0f) acc = fmaf(base[s * row + 2 + d], weight[s], acc);
+    }
+    dst[d] = acc * inv;
+  }
+}
+
+template <int D, int RB, typename T>
+void launch(const float* q, const void* k, const void* v, const int* pos0, int n_tokens,
+            const BatchAttention& p, int n_splits, float* part, float* out, StreamHandle stream) {
+  constexpr std::size_t kSmem = split_smem_floats(D, RB) * sizeof(float);
+  static_assert(kSmem <= 48 * 1024, "the split kernel's shared memory must fit the default limit");
+  const int group = p.n_head / p.kv.n_head_kv;
+  const int row_blocks = (n_tokens * group + RB - 1) / RB;
+  const dim3 grid(static_cast<unsigned>(p.kv.n_head_kv), static_cast<unsigned>(n_splits),
+                  static_cast<unsigned>(row_blocks));
+  launch_pdl("flash_decode_split", flash_decode_split<D, RB, T>, grid, kThreads, kSmem, stream, q,
+             p.q_stride, static_cast<const T*>(k), static_cast<const T*>(v), pos0, n_tokens,
+             p.kv.n_head_kv, group, p.scale, p.softcap, p.window, part);
+  QFORGE_CUDA_CHECK_LAUNCH("flash_decode_split");
+  const int threads = std::min(D, 256);
+  launch_pdl("flash_decode_merge", flash_decode_merge,
+             dim3(static_cast<unsigned>(p.n_head), static_cast<unsigned>(n_tokens)),
+             static_cast<unsigned>(threads), (n_splits + 1) * sizeof(float), stream, part, n_splits,
+             D, out);
+  QFORGE_CUDA_CHECK_LAUNCH("flash_decode_merge");
+}
+
+template <int D, typename T>
+void dispatch_rows(const float* q, const void* k, const void* v, const int* pos0, int n_tokens,
+                   const BatchAttention& p, int n_splits, float* part, float* out,
+                   StreamHandle stream) {
+  switch (rows_per_block(n_tokens * (p.n_head / p.kv.n_head_kv))) {
+    case 2:
+      return launch<D, 2, T>(q, k, v, pos0, n_tokens, p, n_splits, part, out, stream);
+    case 4:
+      return launch<D, 4, T>(q, k, v, pos0, n_tokens, p, n_splits, part, out, stream);
+    default:
+      return launch<D, 8, T>(q, k, v, pos0, n_tokens, p, n_splits, part, out, stream);
+  }
+}
+
+template <typename T>
+void dispatch(const float* q, const void* k, const void* v, const int* pos0, int n_tokens,
+              const BatchAttention& p, int n_splits, float* part, float* out, StreamHandle stream) {
+  switch (p.kv.head_dim_k) {
+    case 64:
+      return dispatch_rows<64, T>(q, k, v, pos0, n_tokens, p, n_splits, part, out, stream);
+    case 128:
+      return dispatch_rows<128, T>(q, k, v, pos0, n_tokens, p, n_splits, part, out, stream);
+    case 256:
+      return dispatch_rows<256, T>(q, k, v, pos0, n_tokens, p, n_splits, part, out, stream);
+    default:
+      return dispatch_rows<512, T>(q, k, v, pos0, n_tokens, p, n_splits, part, out, stream);
+  }
+}
+
+}  // namespace
+
+std::size_t flash_decode_scratch_floats(const BatchAttention& p, int n_tokens, int n_splits) {
+  return static_cast<std::size_t>(std::max(n_tokens, 0)) *
+         static_cast<std::size_t>(std::max(p.n_head, 0)) *
+         static_cast<std::size_t>(std::max(n_splits, 0)) *
+         static_cast<std::size_t>(std::max(p.kv.head_dim_v, 0) + 2);
+}
+
+int flash_decode_splits(const BatchAttention& p, int n_tokens, int sm_count, int max_positions) {
+  if (p.kv.n_head_kv <= 0 || p.n_head <= 0 || n_tokens <= 0) return 1;
+  const int n_rows = n_tokens * (p.n_head / p.kv.n_head_kv);
+  const int rb = rows_per_block(n_rows);
+  const int blocks = p.kv.n_head_kv * ((n_rows + rb - 1) / rb);
+  const int want = (4 * std::max(sm_count, 1) + blocks - 1) / blocks;  // ~4 CTAs per SM
+  const int longest = std::max(1, (max_positions + kMinSplit - 1) / kMinSplit);
+  return std::clamp(std::min(want, longest), 1, 256);
+}
+
+void flash_decode(const float* q, const void* k_cache, const void* v_cache, const int* pos0,
+                  int n_tokens, const BatchAttention& p, int n_splits, float* scratch, float* out,
+                  StreamHandle stream) {
+  flash::check_params("flash_decode", q, k_cache, v_cache, pos0, out, n_tokens, p);
+  if (n_tokens > kFlashDecodeMaxTokens) {
+    cuda_fail("flash_decode: ", n_tokens, " tokens (at most ", kFlashDecodeMaxTokens,
+              "; use flash_prefill)");
+  }
+  if (n_splits <= 0 || n_splits > kMaxSplits) {
+    cuda_fail("flash_decode: bad split count ", n_splits, " (expected 1..", kMaxSplits, ")");
+  }
+  if (scratch == nullptr) cuda_fail("flash_decode: null scratch");
+  if (p.kv.bf16) {
+    dispatch<std::uint16_t>(q, k_cache, v_cache, pos0, n_tokens, p, n_splits, scratch, out, stream);
+  } else {
+    dispatch<float>(q, k_cache, v_cache, pos0, n_tokens, p, n_splits, scratch, out, stream);
+  }
+}
+
+}  // namespace qforge::cuda
