@@ -15,6 +15,9 @@
 #include "quant/blocks.h"
 #include "runtime/cuda/buffer.h"
 #include "runtime/cuda/gemv.h"
+#include "runtime/cuda/gemv_mma.h"
+#include "runtime/cuda/graph.h"
+#include "runtime/cuda/moe.h"
 
 namespace qforge {
 namespace {
@@ -24,7 +27,27 @@ double copy_bandwidth_gbs() {
   return gbs;
 }
 
-void BM_CudaGemv(benchmark::State& state, GgmlType type, cuda::GemvKernel kernel) {
+// Random weights for the first min(rows, 1024) rows, repeated: the bytes streamed are the same
+// and the setup of 262144-row LM heads stays short.
+std::vector<std::byte> bench_weights(GgmlType type, std::size_t rows, std::size_t cols) {
+  const std::size_t distinct = std::min<std::size_t>(rows, 1024);
+  std::vector<float> w(distinct * cols);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> dist(0.0f, 0.05f);
+  for (float& f : w) f = dist(rng);
+  const std::size_t rb = row_bytes(type, cols);
+  std::vector<std::byte> q(rows * rb);
+  quantize_rows(type, w, cols, std::span<std::byte>(q).first(distinct * rb));
+  for (std::size_t r = distinct; r < rows; ++r) {
+    std::copy_n(q.begin() + static_cast<std::ptrdiff_t>((r % distinct) * rb), rb,
+                q.begin() + static_cast<std::ptrdiff_t>(r * rb));
+  }
+  return q;
+}
+
+// mma_stages: 0 = the Q4_0 tensor-core kernel off (row-tiled CUDA-core kernel), else its stages.
+void BM_CudaGemv(benchmark::State& state, GgmlType type, cuda::GemvKernel kernel,
+                 int mma_stages = 12) {
   if (!cuda::available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -32,30 +55,37 @@ void BM_CudaGemv(benchmark::State& state, GgmlType type, cuda::GemvKernel kernel
   const auto rows = static_cast<std::size_t>(state.range(0));
   const auto cols = static_cast<std::size_t>(state.range(1));
   const int n_tokens = static_cast<int>(state.range(2));
-  std::vector<float> w(rows * cols);
-  std::mt19937 rng(7);
-  std::normal_distribution<float> dist(0.0f, 0.05f);
-  for (float& f : w) f = dist(rng);
-  std::vector<std::byte> q(rows * row_bytes(type, cols));
-  quantize_rows(type, w, cols, q);
+  const std::vector<std::byte> q = bench_weights(type, rows, cols);
   const std::size_t copies = std::max<std::size_t>(2, (std::size_t{512} << 20) / q.size() + 1);
   std::vector<cuda::DeviceBuffer<std::byte>> weights;
   for (std::size_t c = 0; c < copies; ++c) weights.emplace_back(std::span<const std::byte>(q));
   std::vector<float> x(cols * n_tokens);
+  std::mt19937 rng(8);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
   for (float& f : x) f = dist(rng);
   cuda::DeviceBuffer<float> dx{std::span<const float>(x)}, dy(rows * n_tokens);
   cuda::set_gemv_kernel(kernel);
+  cuda::detail::set_gemv_mma_stages(mma_stages);
+  cuda::detail::set_gemv_mma_min_rows(0);  // variants compare the kernels on every shape
   cuda::Stream stream;
   cuda::Event start, stop;
   for (auto& wc : weights) {  // warm-up: module load, first-touch
     cuda::gemv(type, wc.data(), rows, cols, dx.data(), dy.data(), n_tokens, stream.get());
   }
   stream.synchronize();
-  for (auto _ : state) {
-    start.record(stream.get());
+  // One CUDA graph for the whole rotation, as the model's decode runs: host launch cost (several
+  // us per call) would otherwise hide the kernels of small matrices.
+  cuda::Graph graph;
+  graph.capture(stream.get(), [&] {
     for (auto& wc : weights) {
       cuda::gemv(type, wc.data(), rows, cols, dx.data(), dy.data(), n_tokens, stream.get());
     }
+  });
+  graph.launch(stream.get());
+  stream.synchronize();
+  for (auto _ : state) {
+    start.record(stream.get());
+    graph.launch(stream.get());
     stop.record(stream.get());
     stop.synchronize();
     state.SetIterationTime(cuda::Event::elapsed_ms(start, stop) * 1e-3 / copies);
@@ -64,10 +94,81 @@ void BM_CudaGemv(benchmark::State& state, GgmlType type, cuda::GemvKernel kernel
   state.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["copy_GB/s"] = copy_bandwidth_gbs();
   state.counters["weight_MB"] = static_cast<double>(q.size()) / 1e6;
+  const bool mma = mma_stages != 0 && kernel == cuda::GemvKernel::kTiled &&
+                   cuda::detail::gemv_mma_applies(type, weights[0].data(), cols, n_tokens);
   state.SetLabel(std::string(type_name(type)) +
-                 (kernel == cuda::GemvKernel::kTiled ? " tiled " : " legacy ") +
+                 (mma ? " mma" + std::to_string(mma_stages) + " "
+                      : kernel == cuda::GemvKernel::kTiled ? " tiled " : " legacy ") +
                  cuda::devices().at(0).name);
   cuda::set_gemv_kernel(cuda::GemvKernel::kTiled);
+  cuda::detail::set_gemv_mma_stages(12);
+  cuda::detail::set_gemv_mma_min_rows(8192);
+}
+
+// moe_gemv at Gemma 4 26B-A4B decode shapes: 128 experts, 8 slots (one token, top 8). Args: rows,
+// cols, x_group. Each call picks 8 distinct experts from a rotating list and the stack is copied
+// so that the experts stream from device memory. Bytes = 8 experts + x + y.
+void BM_CudaMoeGemv(benchmark::State& state, GgmlType type, int mma_stages) {
+  if (!cuda::available()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const auto rows = static_cast<std::size_t>(state.range(0));
+  const auto cols = static_cast<std::size_t>(state.range(1));
+  const int x_group = static_cast<int>(state.range(2));
+  const int n_experts = 128, k = 8, n_sets = 16;
+  const std::vector<std::byte> q = bench_weights(type, rows * n_experts, cols);
+  const std::size_t copies = std::max<std::size_t>(2, (std::size_t{768} << 20) / q.size() + 1);
+  std::vector<cuda::DeviceBuffer<std::byte>> stacks;
+  for (std::size_t c = 0; c < copies; ++c) stacks.emplace_back(std::span<const std::byte>(q));
+  std::vector<int> ids;
+  std::mt19937 rng(9);
+  std::vector<int> all(n_experts);
+  for (int e = 0; e < n_experts; ++e) all[static_cast<std::size_t>(e)] = e;
+  for (int s = 0; s < n_sets; ++s) {
+    std::shuffle(all.begin(), all.end(), rng);
+    std::vector<int> chosen(all.begin(), all.begin() + k);
+    std::sort(chosen.begin(), chosen.end());
+    ids.insert(ids.end(), chosen.begin(), chosen.end());
+  }
+  cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
+  const std::size_t x_rows = static_cast<std::size_t>((k - 1) / x_group + 1);
+  std::vector<float> x(x_rows * cols, 0.5f);
+  cuda::DeviceBuffer<float> dx{std::span<const float>(x)}, dy(rows * k);
+  cuda::detail::set_gemv_mma_stages(mma_stages);
+  cuda::ExpertStack w;
+  w.type = type;
+  w.rows = rows;
+  w.cols = cols;
+  w.expert_bytes = rows * row_bytes(type, cols);
+  w.n_experts = n_experts;
+  cuda::Stream stream;
+  cuda::Event start, stop;
+  const int calls = static_cast<int>(copies) * n_sets;
+  auto run_all = [&] {
+    for (int c = 0; c < calls; ++c) {
+      w.data = stacks[static_cast<std::size_t>(c) % copies].data();
+      cuda::moe_gemv(w, dids.data() + (c % n_sets) * k, k, x_group, dx.data(), dy.data(), rows,
+                     stream.get());
+    }
+  };
+  cuda::Graph graph;
+  graph.capture(stream.get(), run_all);
+  graph.launch(stream.get());
+  stream.synchronize();
+  for (auto _ : state) {
+    start.record(stream.get());
+    graph.launch(stream.get());
+    stop.record(stream.get());
+    stop.synchronize();
+    state.SetIterationTime(cuda::Event::elapsed_ms(start, stop) * 1e-3 / calls);
+  }
+  const double bytes = static_cast<double>(k * w.expert_bytes) + 4.0 * (cols * x_rows + rows * k);
+  state.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["copy_GB/s"] = copy_bandwidth_gbs();
+  state.SetLabel(std::string(type_name(type)) + (mma_stages != 0 ? " mma " : " warp-per-row ") +
+                 cuda::devices().at(0).name);
+  cuda::detail::set_gemv_mma_stages(12);
 }
 
 void shapes(benchmark::internal::Benchmark* b) {
@@ -77,6 +178,52 @@ void shapes(benchmark::internal::Benchmark* b) {
   b->Args({4096, 4096, 4});
   b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 }
+
+void q4_0_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"rows", "cols", "tokens"});
+  for (const std::int64_t tokens : {1, 2, 4, 8}) {
+    b->Args({4096, 4096, tokens});
+    b->Args({14336, 4096, tokens});
+  }
+  b->Args({4096, 14336, 1});
+  b->Args({4096, 14336, 4});
+  b->Args({262144, 2816, 1});  // a Q4_0 LM head
+  b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
+}
+
+void lm_head_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"rows", "cols", "tokens"});
+  b->Args({262144, 2816, 1});  // Gemma 4 LM head
+  b->Args({128256, 4096, 1});  // Llama 3 LM head
+  b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
+}
+
+void moe_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"rows", "cols", "x_group"});
+  b->Args({1408, 2816, 8});  // gate_up of 26B-A4B
+  b->Args({2816, 704, 1});   // down
+  b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
+}
+
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_mma2, GgmlType::Q4_0, cuda::GemvKernel::kTiled, 2)
+    ->Apply(q4_0_shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_mma3, GgmlType::Q4_0, cuda::GemvKernel::kTiled, 3)
+    ->Apply(q4_0_shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_mma4, GgmlType::Q4_0, cuda::GemvKernel::kTiled, 4)
+    ->Apply(q4_0_shapes);
+// 12..14: chunks of 256 elements (8 blocks) with 2..4 stages (less shared memory per warp).
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_mma12, GgmlType::Q4_0, cuda::GemvKernel::kTiled, 12)
+    ->Apply(q4_0_shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_mma13, GgmlType::Q4_0, cuda::GemvKernel::kTiled, 13)
+    ->Apply(q4_0_shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_mma14, GgmlType::Q4_0, cuda::GemvKernel::kTiled, 14)
+    ->Apply(q4_0_shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_cudacore, GgmlType::Q4_0, cuda::GemvKernel::kTiled, 0)
+    ->Apply(q4_0_shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q6_k_head, GgmlType::Q6_K, cuda::GemvKernel::kTiled, 12)
+    ->Apply(lm_head_shapes);
+BENCHMARK_CAPTURE(BM_CudaMoeGemv, q4_0_mma, GgmlType::Q4_0, 12)->Apply(moe_shapes);
+BENCHMARK_CAPTURE(BM_CudaMoeGemv, q4_0_warp, GgmlType::Q4_0, 0)->Apply(moe_shapes);
 
 BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_tiled, GgmlType::Q4_0, cuda::GemvKernel::kTiled)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_legacy, GgmlType::Q4_0, cuda::GemvKernel::kLegacy)

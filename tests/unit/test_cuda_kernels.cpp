@@ -29,6 +29,8 @@
 #include "runtime/cuda/attention.h"
 #include "runtime/cuda/buffer.h"
 #include "runtime/cuda/gemv.h"
+#include "runtime/cuda/gemv_mma.h"
+#include "runtime/cuda/moe.h"
 #include "runtime/cuda/ops.h"
 
 namespace qforge {
@@ -137,6 +139,84 @@ TEST(CudaGemv, SmallBatchesShareTheWeightRead) {
       cuda::gemv(type, dw.data(), rows, cols, dx.data(), dy.data(), n_tokens);
       const GemvError e = gemv_error(type, q, rows, cols, x, dy.to_host(), n_tokens);
       EXPECT_LT(e.vs_exact, kGemvTolerance);
+    }
+  }
+}
+
+// The tensor-core Q4_0 path (gemv_mma.cu) takes n_cols multiples of 256 and 1, 2 or 4 tokens:
+// full 512-column chunks, a 256-column tail, fewer chunks than warps, rows not a multiple of 16.
+TEST(CudaGemv, Q4_0TensorCorePath) {
+  SKIP_WITHOUT_GPU();
+  cuda::detail::set_gemv_mma_min_rows(0);  // every row count (the default policy needs >= 8192)
+  std::uint32_t seed = 900;
+  for (const std::size_t cols : {std::size_t{256}, std::size_t{768}, std::size_t{2816},
+                                 std::size_t{4608}}) {
+    for (const std::size_t rows : {std::size_t{1}, std::size_t{16}, std::size_t{45}}) {
+      const Quantized q = make_weights(GgmlType::Q4_0, rows, cols, ++seed);
+      cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+      for (const int n_tokens : {1, 2, 4, 7}) {
+        SCOPED_TRACE(testing::Message() << rows << "x" << cols << " tokens " << n_tokens);
+        const std::vector<float> x = random_floats(cols * n_tokens, ++seed);
+        cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+        cuda::DeviceBuffer<float> dy(rows * n_tokens);
+        dy.fill_bytes(0xff);
+        cuda::gemv(GgmlType::Q4_0, dw.data(), rows, cols, dx.data(), dy.data(), n_tokens);
+        EXPECT_LT(gemv_error(GgmlType::Q4_0, q, rows, cols, x, dy.to_host(), n_tokens).vs_exact,
+                  kGemvTolerance);
+      }
+    }
+  }
+  cuda::detail::set_gemv_mma_min_rows(8192);
+}
+
+// moe_gemv's Q4_0 tensor-core form: per slot the chosen expert's product, zeros for bad ids,
+// shared inputs (x_group 3) and one input per slot (x_group 1), compared with float64.
+TEST(CudaGemv, Q4_0ExpertTensorCorePath) {
+  SKIP_WITHOUT_GPU();
+  const int n_experts = 5;
+  for (const std::size_t cols : {std::size_t{768}, std::size_t{2816}}) {
+    const std::size_t rows = 40;
+    const Quantized q = make_weights(GgmlType::Q4_0, rows * n_experts, cols, 31);
+    cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+    cuda::ExpertStack w;
+    w.type = GgmlType::Q4_0;
+    w.data = dw.data();
+    w.rows = rows;
+    w.cols = cols;
+    w.expert_bytes = rows * row_bytes(GgmlType::Q4_0, cols);
+    w.n_experts = n_experts;
+    const std::vector<int> ids = {4, 0, 2, -1, 3, 7};
+    const int n_slots = static_cast<int>(ids.size());
+    cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
+    for (const int x_group : {1, 3}) {
+      SCOPED_TRACE(testing::Message() << cols << " cols, group " << x_group);
+      const std::size_t x_rows = static_cast<std::size_t>((n_slots - 1) / x_group + 1);
+      const std::vector<float> x = random_floats(x_rows * cols, 40 + x_group);
+      cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+      const std::size_t ldy = rows + 3;
+      cuda::DeviceBuffer<float> dy(ldy * n_slots);
+      dy.fill_bytes(0xff);
+      cuda::moe_gemv(w, dids.data(), n_slots, x_group, dx.data(), dy.data(), ldy, nullptr);
+      const std::vector<float> got = dy.to_host();
+      for (int s = 0; s < n_slots; ++s) {
+        const int e = ids[static_cast<std::size_t>(s)];
+        const float* xs = x.data() + static_cast<std::size_t>(s / x_group) * cols;
+        for (std::size_t r = 0; r < rows; ++r) {
+          const double g = got[static_cast<std::size_t>(s) * ldy + r];
+          if (e < 0 || e >= n_experts) {
+            EXPECT_EQ(g, 0.0) << "slot " << s;
+            continue;
+          }
+          double exact = 0.0, magnitude = 0.0;
+          const float* wr = q.dequantized.data() + (static_cast<std::size_t>(e) * rows + r) * cols;
+          for (std::size_t c = 0; c < cols; ++c) {
+            exact += static_cast<double>(wr[c]) * xs[c];
+            magnitude += std::fabs(static_cast<double>(wr[c]) * xs[c]);
+          }
+          ASSERT_TRUE(std::isfinite(g)) << "slot " << s << " row " << r;
+          EXPECT_LT(std::fabs(g - exact) / magnitude, kGemvTolerance) << "slot " << s;
+        }
+      }
     }
   }
 }

@@ -1,6 +1,7 @@
 // Gated activations (SwiGLU, GeGLU-tanh) and logit soft-capping: element-wise, grid-stride.
 #include "runtime/cuda/check.cuh"
 #include "runtime/cuda/ops.h"
+#include "runtime/cuda/pdl.cuh"
 
 namespace qforge::cuda {
 namespace {
@@ -12,7 +13,9 @@ unsigned grid_for(std::size_t n) {
   return static_cast<unsigned>(blocks < 65535u * 16 ? blocks : 65535u * 16);
 }
 
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+__device__ __forceinline__ float silu(float x) {
+  return x / (1.0f + expf(-x));
+}
 
 __device__ __forceinline__ float gelu_tanh(float x) {
   const float k = 0.7978845608028654f;  // sqrt(2 / pi)
@@ -29,6 +32,8 @@ __global__ void glu_kernel(float* gate, const float* up, std::size_t n) {
 }
 
 __global__ void softcap_kernel(float* x, std::size_t n, float cap) {
+  pdl_wait();
+  pdl_trigger();
   for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
     x[i] = cap * tanhf(x[i] / cap);
@@ -49,7 +54,7 @@ void glu(FfnActivation act, float* gate, const float* up, std::size_t n, StreamH
 
 void softcap(float* x, std::size_t n, float cap, StreamHandle stream) {
   if (n == 0 || cap <= 0.0f) return;
-  softcap_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n, cap);
+  launch_pdl("softcap_kernel", softcap_kernel, grid_for(n), kThreads, 0, stream, x, n, cap);
   QFORGE_CUDA_CHECK_LAUNCH("softcap_kernel");
 }
 

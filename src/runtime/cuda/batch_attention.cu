@@ -5,6 +5,7 @@
 // The share is computed from the position read on the device, so the grid does not depend on
 // the position (one captured graph serves every decode step). A second kernel merges the splits.
 #include "runtime/cuda/check.cuh"
+#include "runtime/cuda/pdl.cuh"
 
 #include "runtime/cuda/model_ops.h"
 #include "runtime/cuda/reduce.cuh"
@@ -73,6 +74,8 @@ __global__ void __launch_bounds__(kWarps * 32)
                           const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                           const int* __restrict__ pos0, int n_head_kv, int group, int dk, int dv,
                           float scale, float softcap, int window, float* __restrict__ part) {
+  pdl_wait();
+  pdl_trigger();
   __shared__ float warp_m[kWarps], warp_l[kWarps];
   __shared__ float warp_o[kWarps][32 * KPL];
   const int h = static_cast<int>(blockIdx.x), t = static_cast<int>(blockIdx.y);
@@ -141,6 +144,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 // One CTA per (head, token): out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M).
 __global__ void batch_attention_merge(const float* __restrict__ part, int n_splits, int dv,
                                       float* __restrict__ out) {
+  pdl_wait();
+  pdl_trigger();
   const int h = static_cast<int>(blockIdx.x), t = static_cast<int>(blockIdx.y);
   const int n_head = static_cast<int>(gridDim.x);
   const float* base = part + (static_cast<std::size_t>(t) * n_head + h) * n_splits *
@@ -178,15 +183,15 @@ void launch(const float* q, const void* k, const void* v, const int* pos0, int n
             const BatchAttention& p, int n_splits, float* part, float* out, StreamHandle stream) {
   const dim3 grid(static_cast<unsigned>(p.n_head), static_cast<unsigned>(n_tokens),
                   static_cast<unsigned>(n_splits));
-  batch_attention_split<KPL, T><<<grid, kWarps * 32, 0, stream>>>(
-      q, p.q_stride, static_cast<const T*>(k), static_cast<const T*>(v), pos0, p.kv.n_head_kv,
-      p.n_head / p.kv.n_head_kv, p.kv.head_dim_k, p.kv.head_dim_v, p.scale, p.softcap, p.window,
-      part);
+  launch_pdl("batch_attention_split", batch_attention_split<KPL, T>, grid, kWarps * 32, 0, stream,
+             q, p.q_stride, static_cast<const T*>(k), static_cast<const T*>(v), pos0,
+             p.kv.n_head_kv, p.n_head / p.kv.n_head_kv, p.kv.head_dim_k, p.kv.head_dim_v, p.scale,
+             p.softcap, p.window, part);
   QFORGE_CUDA_CHECK_LAUNCH("batch_attention_split");
   const int threads = p.kv.head_dim_v >= 256 ? 256 : (p.kv.head_dim_v + 31) / 32 * 32;
-  batch_attention_merge<<<dim3(static_cast<unsigned>(p.n_head), static_cast<unsigned>(n_tokens)),
-                          static_cast<unsigned>(threads), 0, stream>>>(part, n_splits,
-                                                                       p.kv.head_dim_v, out);
+  launch_pdl("batch_attention_merge", batch_attention_merge,
+             dim3(static_cast<unsigned>(p.n_head), static_cast<unsigned>(n_tokens)),
+             static_cast<unsigned>(threads), 0, stream, part, n_splits, p.kv.head_dim_v, out);
   QFORGE_CUDA_CHECK_LAUNCH("batch_attention_merge");
 }
 

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "runtime/cuda/flash_attention.h"
 #include "runtime/cuda/gemm_f32.h"
 #include "runtime/cuda/gemm_tc.h"
 #include "runtime/cuda/gemma4_ops.h"
@@ -104,17 +105,25 @@ std::size_t part_rows(const ModelConfig& c, int sm_count, int max_dv) {
   return rows * sz(c.n_head) * sz(max_dv + 2);
 }
 
+// The most splits flash_decode_splits returns (flash_attention.h).
+constexpr int kMaxFlashSplits = 256;
+// Decode steps take flash_decode on caches of at least this many positions. On short contexts
+// batch_attention's per-warp splits have less fixed cost per step (Llama-3-8B tg128 from depth 0,
+// H200: 285 vs 272 tokens/s); at depth 4096 flash_decode is far ahead (250 vs 143). The choice
+// must not depend on the position (one graph serves every step), so it follows the cache size.
+constexpr int kFlashDecodeMinCtx = 1024;
+
 struct ScratchSizes {
-  std::size_t x, qkv, att, gate_up, act, part, logits, rope;
+  std::size_t x, qkv, att, gate_up, act, part, flash_part, logits, rope;
   // MoE: per token (router_in, expert_in, moe_out: x; router logits) and per slot.
   std::size_t router_logits, slots, exp_gate_up, exp_act, exp_out;
   std::size_t exp_x_bf16;                 // moe_gemm's BF16 copy of the slots' inputs
   std::size_t per_layer, per_layer_gate;  // E models
   std::size_t total_bytes() const {
-    const std::size_t floats = 3 * x + qkv + att + gate_up + act + part + logits + 4 * rope +
-                               (router_logits > 0 ? 3 * x : 0) + router_logits + 2 * slots +
-                               exp_gate_up + exp_act + exp_out + exp_x_bf16 / 2 + 2 * per_layer +
-                               per_layer_gate;
+    const std::size_t floats = 3 * x + qkv + att + gate_up + act + part + flash_part + logits +
+                               4 * rope + (router_logits > 0 ? 3 * x : 0) + router_logits +
+                               2 * slots + exp_gate_up + exp_act + exp_out + exp_x_bf16 / 2 +
+                               2 * per_layer + per_layer_gate;
     return 4 * floats + (1u << 26);
   }
 };
@@ -130,6 +139,7 @@ ScratchSizes scratch_sizes(const ModelConfig& c, const std::vector<LayerPlan>& l
   s.gate_up = b * 2 * g.ff;
   s.act = b * g.ff;
   s.part = part_rows(c, sm_count, g.dv);
+  s.flash_part = sz(c.n_head) * sz(kMaxFlashSplits) * sz(g.dv + 2);
   s.logits = sz(CudaModel::kLogitsRows) * sz(c.n_vocab);
   // The full-layer table is computed with n_rot even if every layer is a sliding one.
   s.rope = b * sz(std::max(g.n_rot, c.n_rot) / 2);
@@ -146,6 +156,11 @@ ScratchSizes scratch_sizes(const ModelConfig& c, const std::vector<LayerPlan>& l
     s.per_layer_gate = b * sz(c.n_embd_per_layer);
   }
   return s;
+}
+
+bool flash_enabled_by_env() {
+  const char* env = std::getenv("QFORGE_FLASH");
+  return env == nullptr || (std::strcmp(env, "off") != 0 && std::strcmp(env, "0") != 0);
 }
 
 bool gemm_enabled_by_env() {
@@ -167,6 +182,7 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
       any_swa_(
           std::any_of(layers_.begin(), layers_.end(), [](const LayerPlan& p) { return p.swa; })),
       use_gemm_(gemm_enabled_by_env()),
+      use_flash_(flash_enabled_by_env()),
       weights_(host_weights_, config_,
                scratch_sizes(config_, layers_, per_layer_width_, sm_count_).total_bytes()) {
   const ScratchSizes s = scratch_sizes(config_, layers_, per_layer_width_, sm_count_);
@@ -178,6 +194,7 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
   gate_up_ = DeviceBuffer<float>(s.gate_up);
   act_ = DeviceBuffer<float>(s.act);
   part_ = DeviceBuffer<float>(s.part);
+  flash_part_ = DeviceBuffer<float>(s.flash_part);
   logits_ = DeviceBuffer<float>(s.logits);
   cos_global_ = DeviceBuffer<float>(s.rope);
   sin_global_ = DeviceBuffer<float>(s.rope);
@@ -308,8 +325,20 @@ void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits) {
   ap.softcap = c.attn_softcap;
   ap.window = g.window ? c.sliding_window : 0;
   ap.q_stride = ld;
-  batch_attention(qkv, cache.k(g.kv_source), cache.v(g.kv_source), pos_.data(), n, ap, splits,
-                  part_.data(), att_.data(), s);
+  const void* k_cache = cache.k(g.kv_source);
+  const void* v_cache = cache.v(g.kv_source);
+  if (use_flash_ && n == 1 && cache.n_ctx() >= kFlashDecodeMinCtx && flash_decode_supported(ap)) {
+    const int flash_splits = flash_decode_splits(ap, 1, sm_count_, cache.n_ctx());
+    flash_decode(qkv, k_cache, v_cache, pos_.data(), 1, ap, flash_splits, flash_part_.data(),
+                 att_.data(), s);
+  } else if (use_flash_ && use_gemm_ && n >= kGemmMinTokens && flash_prefill_supported(ap)) {
+    // Tensor cores like the prefill GEMM (and off with it: the tight CPU comparisons run both
+    // in F32).
+    flash_prefill(qkv, k_cache, v_cache, pos_.data(), n, ap, att_.data(), s);
+  } else {
+    batch_attention(qkv, k_cache, v_cache, pos_.data(), n, ap, splits, part_.data(), att_.data(),
+                    s);
+  }
   matmul(l.wo, att_.data(), o_.data(), embd_, n);
   add_and_norm(x_.data(), o_.data(), l.post_attn_norm, l.ffn_norm, h_.data(), n, embd_, eps, s);
 }

@@ -58,6 +58,13 @@ class CudaModel final : public Model {
   // Prompt chunks of >= kGemmMinTokens tokens through the tensor-core GEMM (BF16 operands) or
   // the F32 GEMV. Initially on, unless QFORGE_GEMM=off.
   void set_prefill_gemm(bool on) { use_gemm_ = on; }
+  // Attention through the flash kernels where they support the layer's shape (decode: F32;
+  // prompt chunks that also take the GEMM: tensor cores, Q and P rounded to BF16) or through
+  // batch_attention everywhere (F32). Initially on, unless QFORGE_FLASH=off.
+  void set_flash_attention(bool on) {
+    use_flash_ = on;
+    decode_graph_cache_ = 0;  // the decode graph is captured again with the new choice
+  }
 
  private:
   // Enqueues one chunk of n tokens whose ids and start position are already in tokens_/pos_;
@@ -83,10 +90,11 @@ class CudaModel final : public Model {
   std::size_t per_layer_width_ = 0;  // E models: n_layer (of the file) * n_embd_per_layer
   bool any_swa_ = false;
   bool use_gemm_ = true;
+  bool use_flash_ = true;  // flash attention kernels (flash_attention.h); QFORGE_FLASH=off: not
   DeviceWeights weights_;
   Stream stream_;
 
-  DeviceBuffer<float> x_, h_, qkv_, att_, o_, gate_up_, act_, part_, logits_;
+  DeviceBuffer<float> x_, h_, qkv_, att_, o_, gate_up_, act_, part_, flash_part_, logits_;
   DeviceBuffer<float> cos_global_, sin_global_, cos_local_, sin_local_;
   // MoE scratch: router input and logits, routing, per-slot expert activations.
   DeviceBuffer<float> router_in_, expert_in_, router_logits_, route_weights_;

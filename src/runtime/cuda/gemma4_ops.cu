@@ -1,5 +1,6 @@
 // Gemma 4 kernels of the CUDA forward pass (see gemma4_ops.h).
 #include "runtime/cuda/check.cuh"
+#include "runtime/cuda/pdl.cuh"
 
 #include "runtime/cuda/gemma4_ops.h"
 #include "runtime/cuda/reduce.cuh"
@@ -26,6 +27,8 @@ __device__ __forceinline__ float gelu_tanh(float x) {
 __global__ void copy_norm_heads_kernel(float* qkv, int n_tokens, std::size_t token_stride,
                                        std::size_t src_offset, std::size_t dst_offset, int n_heads,
                                        int head_dim, bool normalize, float eps) {
+  pdl_wait();
+  pdl_trigger();
   const int warp = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) / 32);
   const int lane = static_cast<int>(threadIdx.x % 32);
   if (warp >= n_tokens * n_heads) return;
@@ -49,6 +52,8 @@ template <int kPer>
 __global__ void moe_combine_kernel(float* __restrict__ o, const float* __restrict__ e,
                                    const float* __restrict__ w_dense,
                                    const float* __restrict__ w_moe, std::size_t n, float eps) {
+  pdl_wait();
+  pdl_trigger();
   __shared__ float scratch[32];
   float* orow = o + blockIdx.x * n;
   RowRegs<kPer> dense, experts;
@@ -67,6 +72,8 @@ __global__ void residual_scale_norm_kernel(float* __restrict__ x, const float* _
                                            const float* __restrict__ o_norm, float scale,
                                            const float* __restrict__ next_norm,
                                            float* __restrict__ h, std::size_t n, float eps) {
+  pdl_wait();
+  pdl_trigger();
   __shared__ float scratch[32];
   float* xr = x + blockIdx.x * n;
   RowRegs<kPer> xv;
@@ -91,6 +98,8 @@ __global__ void residual_scale_norm_kernel(float* __restrict__ x, const float* _
 __global__ void per_layer_combine_kernel(float* proj, const float* token_rows, const float* norm,
                                          int n_tokens, std::size_t width, int n_pl,
                                          float proj_scale, float mix_scale, float eps) {
+  pdl_wait();
+  pdl_trigger();
   const int n_slices = static_cast<int>(width / static_cast<std::size_t>(n_pl));
   const int warp = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) / 32);
   const int lane = static_cast<int>(threadIdx.x % 32);
@@ -113,6 +122,8 @@ __global__ void per_layer_combine_kernel(float* proj, const float* token_rows, c
 template <bool kSilu>
 __global__ void per_layer_gate_kernel(float* g, const float* per_layer, int n_pl, std::size_t width,
                                       std::size_t offset, std::size_t total) {
+  pdl_wait();
+  pdl_trigger();
   const std::size_t idx = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= total) return;
   const std::size_t t = idx / static_cast<std::size_t>(n_pl);
@@ -128,8 +139,9 @@ void copy_norm_heads(float* qkv, int n_tokens, std::size_t token_stride, std::si
                      StreamHandle stream) {
   const std::size_t threads = static_cast<std::size_t>(n_tokens) * n_heads * 32;
   if (threads == 0 || head_dim <= 0) return;
-  copy_norm_heads_kernel<<<blocks_for(threads, 128), 128, 0, stream>>>(
-      qkv, n_tokens, token_stride, src_offset, dst_offset, n_heads, head_dim, normalize, eps);
+  launch_pdl("copy_norm_heads_kernel", copy_norm_heads_kernel, blocks_for(threads, 128), 128, 0,
+             stream, qkv, n_tokens, token_stride, src_offset, dst_offset, n_heads, head_dim,
+             normalize, eps);
   QFORGE_CUDA_CHECK_LAUNCH("copy_norm_heads_kernel");
 }
 
@@ -137,8 +149,8 @@ void moe_combine(float* o, const float* e, const float* w_dense, const float* w_
                  std::size_t n, float eps, StreamHandle stream) {
   if (n_rows <= 0 || n == 0) return;
   with_row_regs(n, [&]<int kPer>(std::integral_constant<int, kPer>, unsigned threads) {
-    moe_combine_kernel<kPer>
-        <<<static_cast<unsigned>(n_rows), threads, 0, stream>>>(o, e, w_dense, w_moe, n, eps);
+    launch_pdl("moe_combine_kernel", moe_combine_kernel<kPer>, static_cast<unsigned>(n_rows),
+               threads, 0, stream, o, e, w_dense, w_moe, n, eps);
   });
   QFORGE_CUDA_CHECK_LAUNCH("moe_combine_kernel");
 }
@@ -148,8 +160,9 @@ void residual_scale_norm(float* x, const float* o, const float* o_norm, float sc
                          StreamHandle stream) {
   if (n_rows <= 0 || n == 0) return;
   with_row_regs(n, [&]<int kPer>(std::integral_constant<int, kPer>, unsigned threads) {
-    residual_scale_norm_kernel<kPer><<<static_cast<unsigned>(n_rows), threads, 0, stream>>>(
-        x, o, o_norm, scale, next_norm, h, n, eps);
+    launch_pdl("residual_scale_norm_kernel", residual_scale_norm_kernel<kPer>,
+               static_cast<unsigned>(n_rows), threads, 0, stream, x, o, o_norm, scale, next_norm, h,
+               n, eps);
   });
   QFORGE_CUDA_CHECK_LAUNCH("residual_scale_norm_kernel");
 }
@@ -163,8 +176,8 @@ void per_layer_combine(float* proj, const float* token_rows, const float* norm, 
   const std::size_t threads =
       static_cast<std::size_t>(n_tokens) * (width / static_cast<std::size_t>(n_pl)) * 32;
   if (threads == 0) return;
-  per_layer_combine_kernel<<<blocks_for(threads, 128), 128, 0, stream>>>(
-      proj, token_rows, norm, n_tokens, width, n_pl, proj_scale, mix_scale, eps);
+  launch_pdl("per_layer_combine_kernel", per_layer_combine_kernel, blocks_for(threads, 128), 128, 0,
+             stream, proj, token_rows, norm, n_tokens, width, n_pl, proj_scale, mix_scale, eps);
   QFORGE_CUDA_CHECK_LAUNCH("per_layer_combine_kernel");
 }
 
@@ -173,11 +186,11 @@ void per_layer_gate(FfnActivation act, float* g, const float* per_layer, int n_t
   const std::size_t total = static_cast<std::size_t>(n_tokens) * static_cast<std::size_t>(n_pl);
   if (total == 0) return;
   if (act == FfnActivation::kSiluGlu) {
-    per_layer_gate_kernel<true>
-        <<<blocks_for(total), kThreads, 0, stream>>>(g, per_layer, n_pl, width, offset, total);
+    launch_pdl("per_layer_gate_kernel", per_layer_gate_kernel<true>, blocks_for(total), kThreads, 0,
+               stream, g, per_layer, n_pl, width, offset, total);
   } else {
-    per_layer_gate_kernel<false>
-        <<<blocks_for(total), kThreads, 0, stream>>>(g, per_layer, n_pl, width, offset, total);
+    launch_pdl("per_layer_gate_kernel", per_layer_gate_kernel<false>, blocks_for(total), kThreads,
+               0, stream, g, per_layer, n_pl, width, offset, total);
   }
   QFORGE_CUDA_CHECK_LAUNCH("per_layer_gate_kernel");
 }

@@ -2,11 +2,13 @@
 // so that a warp's loads cover consecutive bytes, x is read through the read-only cache (all the
 // warps of the device read the same x, which stays in L1/L2), and the warp's partial sums meet in
 // a shuffle reduction.
-#include "runtime/cuda/check.cuh"
 #include <cuda_bf16.h>
+#include "runtime/cuda/check.cuh"
+#include "runtime/cuda/pdl.cuh"
 
 #include "runtime/cuda/block_decode.cuh"
 #include "runtime/cuda/gemv.h"
+#include "runtime/cuda/gemv_mma.h"
 #include "runtime/cuda/gemv_tiled.h"
 #include "runtime/cuda/reduce.cuh"
 
@@ -32,6 +34,8 @@ template <typename Fmt, int kTokens, typename X>
 __global__ void __launch_bounds__(kWarpsPerCta * 32)
     gemv_kernel(const std::uint8_t* __restrict__ w, std::size_t n_rows, std::size_t n_cols,
                 const X* __restrict__ x, float* __restrict__ y, std::size_t ldy) {
+  pdl_wait();
+  pdl_trigger();
   __shared__ float table[16];
   if constexpr (blocks::UsesTable<Fmt>) {
     if (threadIdx.x < 16) table[threadIdx.x] = blocks::kIq4NlLevels[threadIdx.x];
@@ -80,8 +84,8 @@ template <typename Fmt, int kTokens, typename X>
 void launch(const void* w, std::size_t n_rows, std::size_t n_cols, const X* x, float* y,
             std::size_t ldy, StreamHandle stream) {
   const auto grid = static_cast<unsigned>((n_rows + kWarpsPerCta - 1) / kWarpsPerCta);
-  gemv_kernel<Fmt, kTokens, X><<<grid, kWarpsPerCta * 32, 0, stream>>>(
-      static_cast<const std::uint8_t*>(w), n_rows, n_cols, x, y, ldy);
+  launch_pdl("gemv_kernel", gemv_kernel<Fmt, kTokens, X>, grid, kWarpsPerCta * 32, 0, stream,
+             static_cast<const std::uint8_t*>(w), n_rows, n_cols, x, y, ldy);
   QFORGE_CUDA_CHECK_LAUNCH("gemv_kernel");
 }
 
@@ -109,7 +113,7 @@ void check_shape(GgmlType type, const void* w, std::size_t n_rows, std::size_t n
 GemvKernel initial_kernel() {
   const char* env = std::getenv("QFORGE_GEMV");
   return env != nullptr && std::strcmp(env, "legacy") == 0 ? GemvKernel::kLegacy
-                                                             : GemvKernel::kTiled;
+                                                           : GemvKernel::kTiled;
 }
 
 std::atomic<GemvKernel>& kernel_choice() {
@@ -131,7 +135,10 @@ void run_tokens(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_
     const int batch = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
     const float* xt = x + static_cast<std::size_t>(t) * n_cols;
     float* yt = y + static_cast<std::size_t>(t) * ldy;
-    if (tiled) {
+    if (tiled && detail::gemv_mma_applies(type, w, n_cols, batch) &&
+        detail::gemv_mma_preferred(n_rows, batch)) {
+      detail::gemv_mma(w, n_rows, n_cols, xt, yt, ldy, batch, stream);
+    } else if (tiled) {
       detail::gemv_tiled(type, w, n_rows, n_cols, xt, yt, ldy, batch, stream);
     } else if (batch == 8) {
       launch<Fmt, 8>(w, n_rows, n_cols, xt, yt, ldy, stream);
@@ -149,18 +156,30 @@ void run_tokens(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_
 template <typename Fn>
 void dispatch(GgmlType type, Fn&& fn) {
   switch (type) {
-    case GgmlType::F32: return fn(blocks::F32{});
-    case GgmlType::F16: return fn(blocks::F16{});
-    case GgmlType::BF16: return fn(blocks::BF16{});
-    case GgmlType::Q4_0: return fn(blocks::Q4_0{});
-    case GgmlType::Q4_1: return fn(blocks::Q4_1{});
-    case GgmlType::Q5_0: return fn(blocks::Q5_0{});
-    case GgmlType::Q8_0: return fn(blocks::Q8_0{});
-    case GgmlType::IQ4_NL: return fn(blocks::IQ4_NL{});
-    case GgmlType::Q4_K: return fn(blocks::Q4_K{});
-    case GgmlType::Q5_K: return fn(blocks::Q5_K{});
-    case GgmlType::Q6_K: return fn(blocks::Q6_K{});
-    default: cuda_fail("CUDA gemv: no kernel for weight type ", type_name(type));
+    case GgmlType::F32:
+      return fn(blocks::F32{});
+    case GgmlType::F16:
+      return fn(blocks::F16{});
+    case GgmlType::BF16:
+      return fn(blocks::BF16{});
+    case GgmlType::Q4_0:
+      return fn(blocks::Q4_0{});
+    case GgmlType::Q4_1:
+      return fn(blocks::Q4_1{});
+    case GgmlType::Q5_0:
+      return fn(blocks::Q5_0{});
+    case GgmlType::Q8_0:
+      return fn(blocks::Q8_0{});
+    case GgmlType::IQ4_NL:
+      return fn(blocks::IQ4_NL{});
+    case GgmlType::Q4_K:
+      return fn(blocks::Q4_K{});
+    case GgmlType::Q5_K:
+      return fn(blocks::Q5_K{});
+    case GgmlType::Q6_K:
+      return fn(blocks::Q6_K{});
+    default:
+      cuda_fail("CUDA gemv: no kernel for weight type ", type_name(type));
   }
 }
 
@@ -168,9 +187,17 @@ void dispatch(GgmlType type, Fn&& fn) {
 
 bool gemv_supported(GgmlType type) {
   switch (type) {
-    case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q4_0:
-    case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q8_0: case GgmlType::IQ4_NL:
-    case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K:
+    case GgmlType::F32:
+    case GgmlType::F16:
+    case GgmlType::BF16:
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_0:
+    case GgmlType::Q8_0:
+    case GgmlType::IQ4_NL:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+    case GgmlType::Q6_K:
       return true;
     default:
       return false;
@@ -190,7 +217,8 @@ void gemv_ld(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_col
   if (type == GgmlType::F32 && n_cols % 8 != 0 && kernel_choice().load() == GemvKernel::kTiled) {
     // The row-tiled F32 kernel needs only a multiple of 4 columns (16-byte rows).
     check_shape<blocks::F32>(type, w, n_rows, 8, x, y);
-    if (n_cols % 4 != 0) cuda_fail("CUDA gemv: F32 rows need a multiple of 4 columns, got ", n_cols);
+    if (n_cols % 4 != 0)
+      cuda_fail("CUDA gemv: F32 rows need a multiple of 4 columns, got ", n_cols);
     if (ldy < n_rows) cuda_fail("CUDA gemv: output stride ", ldy, " < rows ", n_rows);
     for (int t = 0; t < n_tokens;) {
       const int left = n_tokens - t;
@@ -206,8 +234,12 @@ void gemv_ld(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_col
   });
 }
 
-void set_gemv_kernel(GemvKernel kernel) { kernel_choice().store(kernel); }
-GemvKernel gemv_kernel() { return kernel_choice().load(); }
+void set_gemv_kernel(GemvKernel kernel) {
+  kernel_choice().store(kernel);
+}
+GemvKernel gemv_kernel() {
+  return kernel_choice().load();
+}
 
 void gemv_bf16_x(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols,
                  const std::uint16_t* x, float* y, StreamHandle stream) {

@@ -11,6 +11,7 @@
 // Scales are applied once per run of 4 products (weight = s * code + o, so the run contributes
 // s * sum(code * x) + o * sum(x)), which saves one multiply per weight.
 #include "runtime/cuda/check.cuh"
+#include "runtime/cuda/pdl.cuh"
 
 #include "runtime/cuda/gemv_lanes.cuh"
 #include "runtime/cuda/gemv_tiled.h"
@@ -26,6 +27,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     gemv_tiled_kernel(const std::uint8_t* __restrict__ w, std::size_t row_bytes, int n_rows,
                       int n_cols, const float* __restrict__ x, float* __restrict__ y,
                       std::size_t ldy) {
+  pdl_wait();
+  pdl_trigger();
   constexpr int G = L::kGroups;
   __shared__ float partial[kWarps][kRows * kTokens];
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
@@ -109,9 +112,9 @@ template <typename L, int kRows, int kTokens, int kUnroll = 2>  // kUnroll: step
 void launch(const void* w, std::size_t row_bytes, std::size_t n_rows, std::size_t n_cols,
             const float* x, float* y, std::size_t ldy, StreamHandle stream) {
   const auto grid = static_cast<unsigned>((n_rows + kRows - 1) / kRows);
-  gemv_tiled_kernel<L, kRows, kTokens, kUnroll><<<grid, kWarps * 32, 0, stream>>>(
-      static_cast<const std::uint8_t*>(w), row_bytes, static_cast<int>(n_rows),
-      static_cast<int>(n_cols), x, y, ldy);
+  launch_pdl("gemv_tiled_kernel", gemv_tiled_kernel<L, kRows, kTokens, kUnroll>, grid, kWarps * 32,
+             0, stream, static_cast<const std::uint8_t*>(w), row_bytes, static_cast<int>(n_rows),
+             static_cast<int>(n_cols), x, y, ldy);
   QFORGE_CUDA_CHECK_LAUNCH("gemv_tiled_kernel");
 }
 

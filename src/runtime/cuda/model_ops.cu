@@ -1,6 +1,7 @@
 // Element-wise and row-wise kernels of the CUDA forward pass (see model_ops.h).
 #include <cuda_bf16.h>
 #include "runtime/cuda/check.cuh"
+#include "runtime/cuda/pdl.cuh"
 
 #include "runtime/cuda/block_decode.cuh"
 #include "runtime/cuda/model_ops.h"
@@ -21,6 +22,8 @@ template <typename Fmt>
 __global__ void embed_kernel(const std::uint8_t* __restrict__ w, std::size_t n_blocks,
                              const std::int32_t* __restrict__ tokens, float scale,
                              float* __restrict__ out) {
+  pdl_wait();
+  pdl_trigger();
   __shared__ float table[16];
   if constexpr (blocks::UsesTable<Fmt>) {
     if (threadIdx.x < 16) table[threadIdx.x] = blocks::kIq4NlLevels[threadIdx.x];
@@ -51,8 +54,8 @@ void launch_embed(const void* w, std::size_t n_cols, const std::int32_t* tokens,
   }
   const std::size_t n_blocks = n_cols / Fmt::kBlockElems;
   const dim3 grid(blocks_for(n_blocks * Fmt::kUnitsPerBlock), static_cast<unsigned>(n_tokens));
-  embed_kernel<Fmt><<<grid, kThreads, 0, stream>>>(static_cast<const std::uint8_t*>(w), n_blocks,
-                                                   tokens, scale, out);
+  launch_pdl("embed_kernel", embed_kernel<Fmt>, grid, kThreads, 0, stream,
+             static_cast<const std::uint8_t*>(w), n_blocks, tokens, scale, out);
   QFORGE_CUDA_CHECK_LAUNCH("embed_kernel");
 }
 
@@ -60,6 +63,8 @@ void launch_embed(const void* w, std::size_t n_cols, const std::int32_t* tokens,
 __global__ void rope_table_kernel(const int* pos0, int n_tokens, int n_rot, double base,
                                   double freq_scale, const float* freq_factors, float* cos_out,
                                   float* sin_out) {
+  pdl_wait();
+  pdl_trigger();
   const int half = n_rot / 2;
   const int idx = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
   if (idx >= n_tokens * half) return;
@@ -76,6 +81,8 @@ __global__ void rope_table_kernel(const int* pos0, int n_tokens, int n_rot, doub
 // ---- QK-norm + rope: one warp per (token, head) ------------------------------------------------
 __global__ void qk_prepare_kernel(float* qkv, int n_tokens, QkPrepare p, const float* cos,
                                   const float* sin) {
+  pdl_wait();
+  pdl_trigger();
   const int warp_global = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) / 32);
   const int lane = static_cast<int>(threadIdx.x % 32);
   const int heads = p.n_head + p.n_head_kv;
@@ -113,6 +120,8 @@ __global__ void add_norm_kernel(float* __restrict__ x, const float* __restrict__
                                 const float* __restrict__ o_norm,
                                 const float* __restrict__ next_norm, float* __restrict__ h,
                                 std::size_t n, float eps) {
+  pdl_wait();
+  pdl_trigger();
   __shared__ float scratch[32];
   float* xr = x + blockIdx.x * n;
   RowRegs<kPer> xv;
@@ -141,6 +150,8 @@ __device__ __forceinline__ float gelu_tanh(float x) {
 template <bool kSilu>
 __global__ void glu_rows_kernel(const float* gate_up, float* out, std::size_t n_ff,
                                 std::size_t total) {
+  pdl_wait();
+  pdl_trigger();
   const std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= total) return;
   const std::size_t t = i / n_ff, j = i % n_ff;
@@ -165,6 +176,8 @@ template <typename T>
 __global__ void store_kv_kernel(const float* qkv, std::size_t token_stride, std::size_t k_offset,
                                 std::size_t v_offset, int n_tokens, const int* pos0, int k_dim,
                                 int v_dim, T* k_cache, T* v_cache) {
+  pdl_wait();
+  pdl_trigger();
   const int per_token = k_dim + v_dim;
   const int idx = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
   if (idx >= n_tokens * per_token) return;
@@ -215,8 +228,9 @@ void rope_tables(const int* pos0, int n_tokens, int n_rot, const RopeParams& par
                  const float* freq_factors, float* cos, float* sin, StreamHandle stream) {
   const int total = n_tokens * (n_rot / 2);
   if (total <= 0) return;
-  rope_table_kernel<<<blocks_for(static_cast<std::size_t>(total)), kThreads, 0, stream>>>(
-      pos0, n_tokens, n_rot, params.freq_base, params.freq_scale, freq_factors, cos, sin);
+  launch_pdl("rope_table_kernel", rope_table_kernel, blocks_for(static_cast<std::size_t>(total)),
+             kThreads, 0, stream, pos0, n_tokens, n_rot, params.freq_base, params.freq_scale,
+             freq_factors, cos, sin);
   QFORGE_CUDA_CHECK_LAUNCH("rope_table_kernel");
 }
 
@@ -227,7 +241,8 @@ void qk_prepare(float* qkv, int n_tokens, const QkPrepare& p, const float* cos, 
   }
   const std::size_t threads = static_cast<std::size_t>(n_tokens) * (p.n_head + p.n_head_kv) * 32;
   if (threads == 0) return;
-  qk_prepare_kernel<<<blocks_for(threads, 128), 128, 0, stream>>>(qkv, n_tokens, p, cos, sin);
+  launch_pdl("qk_prepare_kernel", qk_prepare_kernel, blocks_for(threads, 128), 128, 0, stream, qkv,
+             n_tokens, p, cos, sin);
   QFORGE_CUDA_CHECK_LAUNCH("qk_prepare_kernel");
 }
 
@@ -235,8 +250,8 @@ void add_and_norm(float* x, const float* o, const float* o_norm, const float* ne
                   int n_rows, std::size_t n, float eps, StreamHandle stream) {
   if (n_rows <= 0 || n == 0) return;
   with_row_regs(n, [&]<int kPer>(std::integral_constant<int, kPer>, unsigned threads) {
-    add_norm_kernel<kPer><<<static_cast<unsigned>(n_rows), threads, 0, stream>>>(x, o, o_norm,
-                                                                                next_norm, h, n, eps);
+    launch_pdl("add_norm_kernel", add_norm_kernel<kPer>, static_cast<unsigned>(n_rows), threads, 0,
+               stream, x, o, o_norm, next_norm, h, n, eps);
   });
   QFORGE_CUDA_CHECK_LAUNCH("add_norm_kernel");
 }
@@ -246,9 +261,11 @@ void glu_rows(FfnActivation act, const float* gate_up, float* out, int n_tokens,
   const std::size_t total = static_cast<std::size_t>(n_tokens) * n_ff;
   if (total == 0) return;
   if (act == FfnActivation::kSiluGlu) {
-    glu_rows_kernel<true><<<blocks_for(total), kThreads, 0, stream>>>(gate_up, out, n_ff, total);
+    launch_pdl("glu_rows_kernel", glu_rows_kernel<true>, blocks_for(total), kThreads, 0, stream,
+               gate_up, out, n_ff, total);
   } else {
-    glu_rows_kernel<false><<<blocks_for(total), kThreads, 0, stream>>>(gate_up, out, n_ff, total);
+    launch_pdl("glu_rows_kernel", glu_rows_kernel<false>, blocks_for(total), kThreads, 0, stream,
+               gate_up, out, n_ff, total);
   }
   QFORGE_CUDA_CHECK_LAUNCH("glu_rows_kernel");
 }
@@ -260,13 +277,13 @@ void store_kv(const float* qkv, std::size_t token_stride, std::size_t k_offset,
   const std::size_t total = static_cast<std::size_t>(n_tokens) * (k_dim + v_dim);
   if (total == 0) return;
   if (kv.bf16) {
-    store_kv_kernel<std::uint16_t><<<blocks_for(total), kThreads, 0, stream>>>(
-        qkv, token_stride, k_offset, v_offset, n_tokens, pos0, k_dim, v_dim,
-        static_cast<std::uint16_t*>(k_cache), static_cast<std::uint16_t*>(v_cache));
+    launch_pdl("store_kv_kernel", store_kv_kernel<std::uint16_t>, blocks_for(total), kThreads, 0,
+               stream, qkv, token_stride, k_offset, v_offset, n_tokens, pos0, k_dim, v_dim,
+               static_cast<std::uint16_t*>(k_cache), static_cast<std::uint16_t*>(v_cache));
   } else {
-    store_kv_kernel<float><<<blocks_for(total), kThreads, 0, stream>>>(
-        qkv, token_stride, k_offset, v_offset, n_tokens, pos0, k_dim, v_dim,
-        static_cast<float*>(k_cache), static_cast<float*>(v_cache));
+    launch_pdl("store_kv_kernel", store_kv_kernel<float>, blocks_for(total), kThreads, 0, stream,
+               qkv, token_stride, k_offset, v_offset, n_tokens, pos0, k_dim, v_dim,
+               static_cast<float*>(k_cache), static_cast<float*>(v_cache));
   }
   QFORGE_CUDA_CHECK_LAUNCH("store_kv_kernel");
 }

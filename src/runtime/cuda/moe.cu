@@ -1,11 +1,14 @@
 // Mixture-of-experts kernels (see moe.h).
 #include "runtime/cuda/check.cuh"
+#include "runtime/cuda/pdl.cuh"
 
 #include <cstdint>
 
 #include "runtime/cuda/block_decode.cuh"
+#include "runtime/cuda/gemv_mma.h"
 #include "runtime/cuda/moe.h"
 #include "runtime/cuda/reduce.cuh"
+#include "runtime/cuda/row_regs.cuh"
 
 namespace qforge::cuda {
 namespace {
@@ -27,6 +30,8 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32)
                        std::size_t n_rows, std::size_t n_cols, const int* __restrict__ ids,
                        int x_group, const float* __restrict__ x, float* __restrict__ y,
                        std::size_t ldy) {
+  pdl_wait();
+  pdl_trigger();
   __shared__ float table[16];
   if constexpr (blocks::UsesTable<Fmt>) {
     if (threadIdx.x < 16) table[threadIdx.x] = blocks::kIq4NlLevels[threadIdx.x];
@@ -111,18 +116,22 @@ bool dispatch(GgmlType type, Fn&& fn) {
   }
 }
 
-// ---- router and expert inputs: one CTA per row ---------------------------------------------
+// ---- router and expert inputs: one CTA per row, the row in registers (row_regs.cuh) --------
+template <int kPer>
 __global__ void moe_inputs_kernel(const float* __restrict__ x, const float* __restrict__ scale,
                                   const float* __restrict__ pre_norm, float* __restrict__ r_out,
                                   float* __restrict__ e_out, std::size_t n, float eps, float root) {
+  pdl_wait();
+  pdl_trigger();
   __shared__ float scratch[32];
-  const float* xr = x + blockIdx.x * n;
-  float ss = 0.0f;
-  for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
-  ss = block_reduce<false>(ss, scratch);
-  const float inv = 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
-  for (std::size_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const float normed = xr[i] * inv;
+  RowRegs<kPer> xv;
+  xv.load(x + blockIdx.x * n, n);
+  const float inv = xv.inv_rms(n, eps, scratch);
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const std::size_t i = RowRegs<kPer>::index(j);
+    if (i >= n) continue;
+    const float normed = xv.v[j] * inv;
     r_out[blockIdx.x * n + i] = normed * scale[i] * root;
     e_out[blockIdx.x * n + i] = normed * pre_norm[i];
   }
@@ -132,6 +141,8 @@ __global__ void moe_inputs_kernel(const float* __restrict__ x, const float* __re
 __global__ void route_kernel(const float* __restrict__ logits, int n_expert, int k,
                              const float* __restrict__ expert_scale, int* __restrict__ ids,
                              float* __restrict__ weights) {
+  pdl_wait();
+  pdl_trigger();
   extern __shared__ float shared[];
   float* p = shared;                                   // n_expert probabilities
   float* chosen_p = shared + n_expert;                 // k
@@ -201,6 +212,8 @@ __global__ void route_kernel(const float* __restrict__ logits, int n_expert, int
 // ---- weighted sum of the slots of each token -------------------------------------------------
 __global__ void weighted_sum_kernel(const float* __restrict__ y, const float* __restrict__ w, int k,
                                     std::size_t n, std::size_t total, float* __restrict__ out) {
+  pdl_wait();
+  pdl_trigger();
   const std::size_t idx = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= total) return;
   const std::size_t t = idx / n, i = idx % n;
@@ -252,12 +265,17 @@ void moe_gemv(const ExpertStack& w, const int* ids, int n_slots, int x_group, co
   if (reinterpret_cast<std::uintptr_t>(x) % 16 != 0) {
     cuda_fail("CUDA MoE gemv: x must be 16-byte aligned");
   }
+  if (detail::gemv_mma_applies(w.type, w.data, w.cols, 1) && w.expert_bytes % 16 == 0) {
+    detail::moe_gemv_mma(w.data, w.expert_bytes, w.n_experts, w.rows, w.cols, ids, n_slots, x_group,
+                         x, y, ldy, stream);
+    return;
+  }
   const dim3 grid(static_cast<unsigned>((w.rows + kWarpsPerCta - 1) / kWarpsPerCta),
                   static_cast<unsigned>(n_slots));
   const bool ok = dispatch(w.type, [&]<typename Fmt>(Fmt) {
-    expert_gemv_kernel<Fmt><<<grid, kWarpsPerCta * 32, 0, stream>>>(
-        static_cast<const std::uint8_t*>(w.data), w.expert_bytes, w.n_experts, w.rows, w.cols, ids,
-        x_group, x, y, ldy);
+    launch_pdl("expert_gemv_kernel", expert_gemv_kernel<Fmt>, grid, kWarpsPerCta * 32, 0, stream,
+               static_cast<const std::uint8_t*>(w.data), w.expert_bytes, w.n_experts, w.rows,
+               w.cols, ids, x_group, x, y, ldy);
   });
   if (!ok) cuda_fail("CUDA MoE gemv: no kernel for weight type ", type_name(w.type));
   QFORGE_CUDA_CHECK_LAUNCH("expert_gemv_kernel");
@@ -267,8 +285,10 @@ void moe_inputs(const float* x, const float* router_scale, const float* pre_norm
                 float* expert_in, int n_rows, std::size_t n, float eps, StreamHandle stream) {
   if (n_rows <= 0 || n == 0) return;
   const float root = 1.0f / sqrtf(static_cast<float>(n));
-  moe_inputs_kernel<<<static_cast<unsigned>(n_rows), 256, 0, stream>>>(
-      x, router_scale, pre_norm, router_in, expert_in, n, eps, root);
+  with_row_regs(n, [&]<int kPer>(std::integral_constant<int, kPer>, unsigned threads) {
+    launch_pdl("moe_inputs_kernel", moe_inputs_kernel<kPer>, static_cast<unsigned>(n_rows), threads,
+               0, stream, x, router_scale, pre_norm, router_in, expert_in, n, eps, root);
+  });
   QFORGE_CUDA_CHECK_LAUNCH("moe_inputs_kernel");
 }
 
@@ -280,8 +300,8 @@ void moe_route(const float* logits, int n_tokens, int n_expert, int k, const flo
               kMaxExperts, " experts)");
   }
   const std::size_t shared = sizeof(float) * static_cast<std::size_t>(n_expert + 2 * k);
-  route_kernel<<<static_cast<unsigned>(n_tokens), 32, shared, stream>>>(logits, n_expert, k,
-                                                                        expert_scale, ids, weights);
+  launch_pdl("route_kernel", route_kernel, static_cast<unsigned>(n_tokens), 32, shared, stream,
+             logits, n_expert, k, expert_scale, ids, weights);
   QFORGE_CUDA_CHECK_LAUNCH("route_kernel");
 }
 
@@ -289,7 +309,8 @@ void moe_weighted_sum(const float* y, const float* weights, int n_tokens, int k,
                       float* out, StreamHandle stream) {
   const std::size_t total = static_cast<std::size_t>(n_tokens) * n;
   if (total == 0) return;
-  weighted_sum_kernel<<<blocks_for(total), kThreads, 0, stream>>>(y, weights, k, n, total, out);
+  launch_pdl("weighted_sum_kernel", weighted_sum_kernel, blocks_for(total), kThreads, 0, stream, y,
+             weights, k, n, total, out);
   QFORGE_CUDA_CHECK_LAUNCH("weighted_sum_kernel");
 }
 

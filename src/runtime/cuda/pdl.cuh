@@ -1,0 +1,56 @@
+// Programmatic dependent launch (sm_90 and newer): a kernel launched with launch_pdl may start
+// while the kernel before it on the stream is still finishing, so its launch and CTA setup
+// overlap that kernel's last wave instead of following it. A decode step is hundreds of short
+// kernels, where those gaps add up to a sizeable part of the step.
+//
+// The contract, for every kernel launched with launch_pdl:
+//   1. call pdl_wait() before touching any memory an earlier kernel writes (it returns once the
+//      preceding grid has completed and its writes are visible), and
+//   2. call pdl_trigger() after pdl_wait(), which lets the next kernel's CTAs start launching.
+//      Triggering only after the wait keeps at most one kernel waiting behind a running one.
+// Kernels launched the ordinary way may follow or precede them: ordinary launches wait for full
+// completion as always. On older GPUs, or with QFORGE_PDL=0 in the environment, launch_pdl is an
+// ordinary launch and the two calls compile to nothing / are no-ops.
+#pragma once
+
+#include "runtime/cuda/check.cuh"
+
+#include <cstddef>
+
+#include "runtime/cuda/stream.h"
+
+namespace qforge::cuda {
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// True when the current device supports it (compute capability 9.0+) and QFORGE_PDL is not "0".
+bool pdl_enabled();
+
+template <typename... KernelArgs, typename... Args>
+void launch_pdl(const char* name, void (*kernel)(KernelArgs...), dim3 grid, dim3 block,
+                std::size_t shared_bytes, StreamHandle stream, Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared_bytes;
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = pdl_enabled() ? 1 : 0;
+  check_status(cudaLaunchKernelEx(&config, kernel, static_cast<KernelArgs>(args)...), name,
+               __FILE__, __LINE__);
+}
+
+}  // namespace qforge::cuda
