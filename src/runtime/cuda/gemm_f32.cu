@@ -18,7 +18,8 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float ws[kStep][kTile + 4];
   __shared__ float xs[kStep][kTile + 4];
   const int r0 = static_cast<int>(blockIdx.x) * kTile, t0 = static_cast<int>(blockIdx.y) * kTile;
-  const int tr = static_cast<int>(threadIdx.x % 16) * 4, tt = static_cast<int>(threadIdx.x / 16) * 4;
+  const int tr = static_cast<int>(threadIdx.x % 16) * 4,
+            tt = static_cast<int>(threadIdx.x / 16) * 4;
   float acc[4][4] = {};
   for (int k0 = 0; k0 < n_cols; k0 += kStep) {
     // 64 x 16 values of each operand: 4 per thread.
@@ -63,10 +64,10 @@ __global__ void __launch_bounds__(kThreads)
 void gemm_f32(const float* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
               std::size_t ldy, int n_tokens, StreamHandle stream) {
   if (n_tokens <= 0) return;
-  if (n_rows == 0 || n_cols == 0 || n_rows > 0x7fffffffu || n_cols > 0x7fffffffu ||
-      ldy < n_rows || w == nullptr || x == nullptr || y == nullptr) {
-    cuda_fail("CUDA F32 GEMM: bad shape (", n_rows, " x ", n_cols, ", ldy ", ldy, ", ",
-              n_tokens, " tokens)");
+  if (n_rows == 0 || n_cols == 0 || n_rows > 0x7fffffffu || n_cols > 0x7fffffffu || ldy < n_rows ||
+      w == nullptr || x == nullptr || y == nullptr) {
+    cuda_fail("CUDA F32 GEMM: bad shape (", n_rows, " x ", n_cols, ", ldy ", ldy, ", ", n_tokens,
+              " tokens)");
   }
   const dim3 grid(static_cast<unsigned>((n_rows + kTile - 1) / kTile),
                   static_cast<unsigned>((n_tokens + kTile - 1) / kTile));
