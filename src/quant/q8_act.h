@@ -22,6 +22,34 @@ namespace qforge {
 
 inline constexpr std::size_t kQ8ActBlock = 32;
 
+namespace q8act {
+// Scratch of trivial values whose data() is 64-byte aligned, so that the kernels' 32-byte loads
+// of rows that start at multiples of 32 bytes never straddle a cache line. resize() only ever
+// grows the storage (a matmul alternates between row lengths; growing a vector again would
+// zero-fill it every time) and leaves the contents unspecified.
+template <typename T>
+class AlignedBuffer {
+ public:
+  void resize(std::size_t n) {
+    if (n + kPad > storage_.size()) {
+      storage_.resize(n + kPad);
+      const auto addr = reinterpret_cast<std::uintptr_t>(storage_.data());
+      offset_ = ((kAlign - addr % kAlign) % kAlign) / sizeof(T);
+    }
+    size_ = n;
+  }
+  std::size_t size() const { return size_; }
+  T* data() { return storage_.data() + offset_; }
+  const T* data() const { return storage_.data() + offset_; }
+
+ private:
+  static constexpr std::size_t kAlign = 64;
+  static constexpr std::size_t kPad = kAlign / sizeof(T);
+  std::vector<T> storage_;
+  std::size_t offset_ = 0, size_ = 0;
+};
+}  // namespace q8act
+
 class Q8Activations {
  public:
   // Quantizes n_rows rows of n_cols floats (n_cols % kQ8ActBlock == 0), rows in parallel when
@@ -39,13 +67,23 @@ class Q8Activations {
     return sums_.data() + row * 2 * blocks_per_row();
   }
 
+  // For the multi-token VNNI tile, written when rows() >= kGroupRows:
+  // the codes + 128 as unsigned bytes (what the VNNI dot product takes) of a row,
+  const std::uint8_t* biased_codes(std::size_t row) const { return uq_.data() + row * cols_; }
+  // and the scales of the rows 4g..4g+3 interleaved per block (4 per block), for g < rows() / 4.
+  static constexpr std::size_t kGroupRows = 4;
+  const float* group_scales(std::size_t g) const {
+    return group_d_.data() + g * kGroupRows * blocks_per_row();
+  }
+
   // The values the codes stand for (d * q), for tests.
   void dequantize_row(std::size_t row, std::span<float> out) const;
 
  private:
   std::size_t rows_ = 0, cols_ = 0;
-  std::vector<std::int8_t> q_;
-  std::vector<float> d_, sums_;
+  q8act::AlignedBuffer<std::int8_t> q_;
+  q8act::AlignedBuffer<std::uint8_t> uq_;
+  q8act::AlignedBuffer<float> d_, sums_, group_d_;
 };
 
 // Quantizes one row with the portable scalar code (the dispatched one is AVX2 when built so);
@@ -78,6 +116,11 @@ float dot_row_q8_isa(Q8Isa isa, GgmlType type, std::span<const std::byte> row,
 // type has one; they give the same bits as the tiled kernels.
 void matmul_q8_rows(GgmlType type, const std::byte* weights, std::size_t row_stride, std::size_t r0,
                     std::size_t r1, const Q8Activations& a, float* y, std::size_t ldy);
+
+// The same with the kernels of one instruction set (tests, benchmarks).
+void matmul_q8_rows_isa(Q8Isa isa, GgmlType type, const std::byte* weights, std::size_t row_stride,
+                        std::size_t r0, std::size_t r1, const Q8Activations& a, float* y,
+                        std::size_t ldy);
 
 // Whether `isa` has a fused one-token kernel for `type`.
 bool q8_gemv_available(Q8Isa isa, GgmlType type);

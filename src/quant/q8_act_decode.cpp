@@ -331,21 +331,22 @@ TypeKernels kernels_for(GgmlType type) {
 #endif
   switch (type) {
     case GgmlType::Q4_0:
-      return {QFORGE_Q8_PICK(q4_0_avx2, q4_0_scalar), q4_0_scalar, false};
+      return {QFORGE_Q8_PICK(q4_0_avx2, q4_0_scalar), q4_0_scalar, false, true};
     case GgmlType::Q4_1:
-      return {QFORGE_Q8_PICK(q4_1_avx2, q4_1_scalar), q4_1_scalar, true};
+      return {QFORGE_Q8_PICK(q4_1_avx2, q4_1_scalar), q4_1_scalar, true, true};
     case GgmlType::Q5_0:
-      return {QFORGE_Q8_PICK(q5_0_avx2, q5_0_scalar), q5_0_scalar, false};
+      return {QFORGE_Q8_PICK(q5_0_avx2, q5_0_scalar), q5_0_scalar, false, true};
     case GgmlType::Q5_1:
-      return {QFORGE_Q8_PICK(q5_1_avx2, q5_1_scalar), q5_1_scalar, true};
+      return {QFORGE_Q8_PICK(q5_1_avx2, q5_1_scalar), q5_1_scalar, true, true};
     case GgmlType::Q8_0:
-      return {QFORGE_Q8_PICK(q8_0_avx2, q8_0_scalar), q8_0_scalar, false};
+      return {QFORGE_Q8_PICK(q8_0_avx2, q8_0_scalar), q8_0_scalar, false, true};
     case GgmlType::IQ4_NL:
-      return {QFORGE_Q8_PICK(iq4_nl_avx2, iq4_nl_scalar), iq4_nl_scalar, false};
+      return {QFORGE_Q8_PICK(iq4_nl_avx2, iq4_nl_scalar), iq4_nl_scalar, false, true};
     case GgmlType::Q4_K:
-      return {QFORGE_Q8_PICK(q45_k_avx2<false>, q45_k_scalar<false>), q45_k_scalar<false>, true};
+      return {QFORGE_Q8_PICK(q45_k_avx2<false>, q45_k_scalar<false>), q45_k_scalar<false>, true,
+              true};
     case GgmlType::Q5_K:
-      return {QFORGE_Q8_PICK(q45_k_avx2<true>, q45_k_scalar<true>), q45_k_scalar<true>, true};
+      return {QFORGE_Q8_PICK(q45_k_avx2<true>, q45_k_scalar<true>), q45_k_scalar<true>, true, true};
     case GgmlType::Q6_K:
       return {QFORGE_Q8_PICK(q6_k_avx2, q6_k_scalar), q6_k_scalar, false};
     case GgmlType::Q3_K:
@@ -353,7 +354,7 @@ TypeKernels kernels_for(GgmlType type) {
     case GgmlType::Q2_K:
       return {q2_k_scalar, q2_k_scalar, true};
     case GgmlType::IQ4_XS:
-      return {iq4_xs_scalar, iq4_xs_scalar, false};
+      return {iq4_xs_scalar, iq4_xs_scalar, false, true};
     default:
       return {};
   }

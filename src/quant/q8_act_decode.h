@@ -28,6 +28,9 @@ struct TypeKernels {
   DecodeRowFn decode = nullptr;         // AVX2 where available, else the scalar one
   DecodeRowFn decode_scalar = nullptr;  // portable reference
   bool has_offset = false;
+  // Both halves of every block get the same half_scale (one scale per 32 elements), which lets
+  // the VNNI tile use one scalar scale product per block and output.
+  bool same_half_scales = false;
 };
 
 // Null decode for types without 8-bit activation support.

@@ -227,6 +227,69 @@ TEST(Q8Act, FusedOneTokenKernelsMatchDecodingKernelsBitForBit) {
   if (checked_isas == 0) GTEST_SKIP() << "no SIMD kernels in this build";
 }
 
+// The multi-token path (register tiles of weight rows x tokens, and for one-scale types on
+// AVX512-VNNI the 4 x 4 tile with precomputed scale products) against the portable scalar
+// kernel, bit for bit, for every type and instruction set: 9 tokens (two full groups of 4 and a
+// tail of 1) with outliers, tiny values and all-zero blocks, over a row range that does not start
+// at 0 and ends in a partial group of rows.
+TEST(Q8Act, TiledMatmulMatchesScalarKernelBitForBit) {
+  constexpr std::size_t kRows = 11, kR0 = 2, kTokens = 9;
+  for (const Q8Isa isa : {Q8Isa::kScalar, Q8Isa::kAvx2, Q8Isa::kAvx512Vnni}) {
+    if (!q8_act_isa_available(isa)) continue;
+    for (const GgmlType type : kTypes) {
+      std::mt19937 rng(700 + static_cast<std::uint32_t>(type));
+      std::vector<float> wf = normal(kRows * kCols, 0.05f, rng);
+      wf[kCols * 3 + 5] = 0.9f;  // one large weight: extreme codes in its block
+      const std::vector<std::byte> wq = quantized_rows(type, wf, kRows);
+      const std::size_t stride = row_bytes(type, kCols);
+      std::vector<float> x = activation_rows(rng);
+      const std::vector<float> more = activation_rows(rng);
+      x.insert(x.end(), more.begin(), more.end());
+      const std::vector<float> last = normal(kCols, 3.0f, rng);
+      x.insert(x.end(), last.begin(), last.end());
+      Q8Activations a;
+      a.quantize(x, kTokens, kCols);
+      std::vector<float> y(kTokens * kRows, -1.0f);
+      matmul_q8_rows_isa(isa, type, wq.data(), stride, kR0, kRows, a, y.data(), kRows);
+      for (std::size_t t = 0; t < kTokens; ++t) {
+        for (std::size_t r = 0; r < kRows; ++r) {
+          if (r < kR0) {
+            EXPECT_EQ(y[t * kRows + r], -1.0f) << "row outside the range was written";
+            continue;
+          }
+          const std::span<const std::byte> row = std::span(wq).subspan(r * stride, stride);
+          EXPECT_EQ(y[t * kRows + r], dot_row_q8_isa(Q8Isa::kScalar, type, row, a, t))
+              << label(type, t) << " weight row " << r << " isa " << static_cast<int>(isa);
+        }
+      }
+    }
+  }
+}
+
+// Quantizing fewer rows after more (and a different row length) must not leave stale group data
+// behind: the 4-token tiles read the biased codes and group scales written by quantize.
+TEST(Q8Act, ReusedActivationsGiveTheSameTiledResults) {
+  constexpr std::size_t kRows = 8, kTokens = 8;
+  const GgmlType type = GgmlType::Q4_0;
+  std::mt19937 rng(801);
+  const std::vector<std::byte> wq = quantized_rows(type, normal(kRows * kCols, 0.05f, rng), kRows);
+  const std::vector<float> x = normal(kTokens * kCols, 2.0f, rng);
+  const std::vector<float> other = normal(16 * 2 * kCols, 7.0f, rng);
+  Q8Activations fresh, reused;
+  fresh.quantize(x, kTokens, kCols);
+  reused.quantize(other, 16, 2 * kCols);
+  reused.quantize(x, kTokens, kCols);
+  std::vector<float> y1(kTokens * kRows), y2(kTokens * kRows);
+  const std::size_t stride = row_bytes(type, kCols);
+  matmul_q8_rows(type, wq.data(), stride, 0, kRows, fresh, y1.data(), kRows);
+  matmul_q8_rows(type, wq.data(), stride, 0, kRows, reused, y2.data(), kRows);
+  EXPECT_EQ(y1, y2);
+  for (std::size_t t = 0; t < kTokens; ++t) {
+    const std::span<const std::byte> row = std::span(wq).subspan(5 * stride, stride);
+    EXPECT_EQ(y2[t * kRows + 5], dot_row_q8_isa(Q8Isa::kScalar, type, row, fresh, t));
+  }
+}
+
 TEST(Q8Act, RejectsUnsupportedTypeAndShortRow) {
   std::mt19937 rng(3);
   const std::vector<float> x = normal(kCols, 1.0f, rng);
