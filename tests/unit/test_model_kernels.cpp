@@ -57,7 +57,7 @@ TEST(CpuAttention, MatchesNaiveWithGqaWindowAndSoftcap) {
   c.n_head_kv = 2;
   c.head_dim_k = 32;
   c.head_dim_v = 64;
-  const int n_pos = 12;
+  const int n_pos = 20;
   const auto k_all = random_vector(n_pos * 2 * 32, 1);
   const auto v_all = random_vector(n_pos * 2 * 64, 2);
   for (const KvType kv : {KvType::F32, KvType::BF16, KvType::Q8_0}) {
@@ -84,20 +84,24 @@ TEST(CpuAttention, MatchesNaiveWithGqaWindowAndSoftcap) {
           for (int i = 0; i < 32; ++i) EXPECT_NEAR(kr[i], k_all[p * 64 + h * 32 + i], tol * 4);
         }
       }
-      const int pos0 = 8, n_tok = 4;
-      const auto q = random_vector(n_tok * 4 * 32, 3);
-      std::vector<float> out(n_tok * 4 * 64);
-      const AttentionParams ap{4, 2, 32, 64, 0.3f, 1.5f, window};
-      attention(cache, 0, pos0, n_tok, q, ap, out);
-      for (int t = 0; t < n_tok; ++t) {
-        const int pos = pos0 + t;
-        const int first = window > 0 ? std::max(0, pos - window + 1) : 0;
-        for (int h = 0; h < 4; ++h) {
-          std::vector<float> qh(q.begin() + (t * 4 + h) * 32, q.begin() + (t * 4 + h + 1) * 32);
-          const auto ref = naive_head(qh, keys[h / 2], values[h / 2], first, pos, 0.3, 1.5);
-          for (int i = 0; i < 64; ++i) {
-            ASSERT_NEAR(out[(t * 4 + h) * 64 + i], ref[i], 1e-4)
-                << kv_type_name(kv) << " window " << window << " t " << t << " h " << h;
+      // 4 tokens take the per-head path, 11 the token-block path (blocks of 8 + a tail).
+      for (const int n_tok : {4, 11}) {
+        const int pos0 = 8;
+        const auto q = random_vector(n_tok * 4 * 32, 3);
+        std::vector<float> out(n_tok * 4 * 64);
+        const AttentionParams ap{4, 2, 32, 64, 0.3f, 1.5f, window};
+        attention(cache, 0, pos0, n_tok, q, ap, out);
+        for (int t = 0; t < n_tok; ++t) {
+          const int pos = pos0 + t;
+          const int first = window > 0 ? std::max(0, pos - window + 1) : 0;
+          for (int h = 0; h < 4; ++h) {
+            std::vector<float> qh(q.begin() + (t * 4 + h) * 32, q.begin() + (t * 4 + h + 1) * 32);
+            const auto ref = naive_head(qh, keys[h / 2], values[h / 2], first, pos, 0.3, 1.5);
+            for (int i = 0; i < 64; ++i) {
+              ASSERT_NEAR(out[(t * 4 + h) * 64 + i], ref[i], 1e-4)
+                  << kv_type_name(kv) << " window " << window << " t " << t << " h " << h << " of "
+                  << n_tok << " tokens";
+            }
           }
         }
       }
@@ -198,6 +202,38 @@ TEST(ThreadPool, ManySmallLoopsNestedCallsAndErrors) {
   parallel_for(10, [&](std::size_t b, std::size_t e) { after += static_cast<int>(e - b); });
   EXPECT_EQ(after.load(), 10);
   set_thread_count(0);
+}
+
+// A batch of tokens gives bit for bit what the same tokens give one at a time (the tasks differ:
+// blocks of 8 tokens x a KV group vs one query head), for stories260K's shape (8 heads, 4 KV
+// heads, d 8). A BF16 cache rounds K/V on store, so any difference would grow through the layers.
+TEST(CpuAttention, BatchEqualsTokenByToken) {
+  ModelConfig c;
+  c.n_layer = 1;
+  c.n_head = 8;
+  c.n_head_kv = 4;
+  c.head_dim_k = 8;
+  c.head_dim_v = 8;
+  const int n_tok = 41;
+  const auto k_all = random_vector(n_tok * 4 * 8, 4);
+  const auto v_all = random_vector(n_tok * 4 * 8, 5);
+  const auto q = random_vector(n_tok * 8 * 8, 6);
+  for (const KvType kv : {KvType::F32, KvType::BF16}) {
+    CpuKvCache cache(c, 64, kv);
+    for (int p = 0; p < n_tok; ++p) {
+      cache.store(0, p, std::span(k_all).subspan(p * 32, 32), std::span(v_all).subspan(p * 32, 32));
+    }
+    const AttentionParams ap{8, 4, 8, 8, 0.35f, 0.0f, 0};
+    std::vector<float> batch(n_tok * 64), one(64);
+    attention(cache, 0, 0, n_tok, q, ap, batch);
+    for (int t = 0; t < n_tok; ++t) {
+      attention(cache, 0, t, 1, std::span(q).subspan(t * 64, 64), ap, one);
+      for (int i = 0; i < 64; ++i) {
+        ASSERT_EQ(batch[t * 64 + i], one[i])
+            << kv_type_name(kv) << " t " << t << " i " << i;
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -125,6 +125,14 @@ std::span<const std::byte> CpuKvCache::v_row(int il, int pos, int kv_head) const
   return std::span(l.v).subspan(row * l.v_row_bytes, l.v_row_bytes);
 }
 
+void CpuKvCache::k_row_f32(int layer, int pos, int kv_head, std::span<float> out) const {
+  dequantize_row(storage_type_, k_row(layer, pos, kv_head), out);
+}
+
+void CpuKvCache::v_row_f32(int layer, int pos, int kv_head, std::span<float> out) const {
+  dequantize_row(storage_type_, v_row(layer, pos, kv_head), out);
+}
+
 float CpuKvCache::dot_k(int layer, int pos, int kv_head, std::span<const float> q) const {
   return dot_row(storage_type_, k_row(layer, pos, kv_head), q);
 }

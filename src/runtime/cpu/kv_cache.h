@@ -42,6 +42,9 @@ class CpuKvCache final : public KvCache {
   float dot_k(int layer, int pos, int kv_head, std::span<const float> q) const;
   // out += weight * V[layer, pos, kv_head] (out.size() is the layer's value length)
   void add_scaled_v(int layer, int pos, int kv_head, float weight, std::span<float> out) const;
+  // The stored K / V row as F32 (out.size() is the layer's key / value length).
+  void k_row_f32(int layer, int pos, int kv_head, std::span<float> out) const;
+  void v_row_f32(int layer, int pos, int kv_head, std::span<float> out) const;
 
  private:
   std::span<const std::byte> k_row(int layer, int pos, int kv_head) const;
