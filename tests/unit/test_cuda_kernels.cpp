@@ -23,10 +23,8 @@
 #include "core/half.h"
 #include "model/config.h"
 #include "quant/blocks.h"
-#include "runtime/cpu/attention.h"
 #include "runtime/cpu/kernels.h"
 #include "runtime/cpu/kv_cache.h"
-#include "runtime/cuda/attention.h"
 #include "runtime/cuda/buffer.h"
 #include "runtime/cuda/gemv.h"
 #include "runtime/cuda/gemv_mma.h"
@@ -372,61 +370,6 @@ TEST(CudaOps, GatedActivationsSoftmaxSoftcapMatchCpu) {
   // tanhf (2 ulp) on capped logits up to 30 moves exp's argument by ~4e-6; expf adds 2 ulp; the
   // per-thread sums of 512 terms and the tree add less than 1e-5.
   EXPECT_LT(max_rel, 1e-4);
-}
-
-// ---- attention ------------------------------------------------------------------------------
-
-struct AttnCase {
-  int n_head, n_head_kv, dk, dv, pos, window;
-  float softcap;
-};
-
-TEST(CudaAttention, SplitKDecodeMatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  const AttnCase cases[] = {
-      {8, 2, 256, 256, 300, 0, 0.0f},    // Gemma-like GQA, 3 splits
-      {8, 2, 256, 256, 700, 128, 50.0f}, // sliding window + soft-cap
-      {4, 4, 128, 128, 0, 0, 0.0f},      // first token
-      {32, 8, 128, 128, 1500, 0, 0.0f},  // Llama-like, many splits
-      {4, 1, 512, 512, 129, 0, 0.0f},    // Gemma 4 global-layer size
-      {6, 3, 128, 64, 77, 32, 0.0f},     // different key / value sizes
-  };
-  for (const AttnCase& c : cases) {
-    SCOPED_TRACE(testing::Message() << "heads " << c.n_head << "/" << c.n_head_kv << " dims "
-                                    << c.dk << "/" << c.dv << " pos " << c.pos << " window "
-                                    << c.window);
-    ModelConfig config;
-    config.n_layer = 1;
-    config.n_head = c.n_head;
-    config.n_head_kv = c.n_head_kv;
-    config.head_dim_k = c.dk;
-    config.head_dim_v = c.dv;
-    const int n_pos = c.pos + 1;
-    cpu::CpuKvCache cache(config, n_pos, KvType::BF16);
-    const std::vector<float> k = random_floats(static_cast<std::size_t>(n_pos) * c.n_head_kv * c.dk, 51);
-    const std::vector<float> v = random_floats(static_cast<std::size_t>(n_pos) * c.n_head_kv * c.dv, 52);
-    for (int p = 0; p < n_pos; ++p) {
-      cache.store(0, p, std::span(k).subspan(static_cast<std::size_t>(p) * c.n_head_kv * c.dk, c.n_head_kv * c.dk),
-                  std::span(v).subspan(static_cast<std::size_t>(p) * c.n_head_kv * c.dv, c.n_head_kv * c.dv));
-    }
-    cache.set_filled(n_pos);
-    const std::vector<float> q = random_floats(static_cast<std::size_t>(c.n_head) * c.dk, 53, 0.3f);
-    cpu::AttentionParams cp{c.n_head, c.n_head_kv, c.dk, c.dv, 1.0f / std::sqrt(float(c.dk)), c.softcap, c.window};
-    std::vector<float> want(static_cast<std::size_t>(c.n_head) * c.dv);
-    cpu::attention(cache, 0, c.pos, 1, q, cp, want);
-
-    cuda::AttentionParams gp{c.n_head, c.n_head_kv, c.dk, c.dv, cp.scale, c.softcap, c.window};
-    cuda::DeviceBuffer<float> dk{std::span<const float>(k)}, dv{std::span<const float>(v)};
-    cuda::DeviceBuffer<float> dq{std::span<const float>(q)}, dout(want.size());
-    cuda::DeviceBuffer<std::uint16_t> kc(k.size()), vc(v.size());
-    cuda::DeviceBuffer<float> scratch;
-    cuda::store_kv_bf16(dk.data(), dv.data(), static_cast<std::size_t>(n_pos), 0, gp, kc.data(), vc.data());
-    dout.fill_bytes(0xff);
-    cuda::attention_decode(dq.data(), kc.data(), vc.data(), c.pos, gp, dout.data(), scratch);
-    // Outputs are convex combinations of V entries of size ~1, so an absolute tolerance: F32
-    // rounding plus expf (CUDA, <= 2 ulp) vs std::exp differences, ~1e-6 observed scale.
-    EXPECT_LT(max_abs_diff(dout.to_host(), want), 1e-5f);
-  }
 }
 
 }  // namespace
