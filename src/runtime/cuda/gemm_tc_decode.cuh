@@ -28,6 +28,7 @@
 
 #include <cstdint>
 
+#include "quant/ggml_type.h"
 #include "runtime/cuda/block_decode.cuh"
 
 namespace qforge::cuda::gemm_tc {
@@ -142,5 +143,69 @@ struct Q6_K64 {
     }
   }
 };
+
+// The decoder of each type, per family (each family's kernels are instantiated in their own .cu
+// file, for the dense and the MoE GEMM alike): fn(D{}) with the decoder D of `type`, or false
+// when `type` is not in the family. split_q4_0 picks Q4_0Split for Q4_0.
+template <typename Fn>
+bool with_legacy_decoder(GgmlType type, bool split_q4_0, Fn&& fn) {
+  switch (type) {
+    case GgmlType::Q4_0:
+      if (split_q4_0) {
+        fn(Q4_0Split{});
+      } else {
+        fn(SmallBlocks<blocks::Q4_0>{});
+      }
+      return true;
+    case GgmlType::Q4_1:
+      fn(SmallBlocks<blocks::Q4_1>{});
+      return true;
+    case GgmlType::Q5_0:
+      fn(SmallBlocks<blocks::Q5_0>{});
+      return true;
+    case GgmlType::Q8_0:
+      fn(SmallBlocks<blocks::Q8_0>{});
+      return true;
+    case GgmlType::IQ4_NL:
+      fn(SmallBlocks<blocks::IQ4_NL>{});
+      return true;
+    default:
+      return false;
+  }
+}
+
+template <typename Fn>
+bool with_kquant_decoder(GgmlType type, Fn&& fn) {
+  switch (type) {
+    case GgmlType::Q4_K:
+      fn(KQuant64<blocks::Q4_K>{});
+      return true;
+    case GgmlType::Q5_K:
+      fn(KQuant64<blocks::Q5_K>{});
+      return true;
+    case GgmlType::Q6_K:
+      fn(Q6_K64{});
+      return true;
+    default:
+      return false;
+  }
+}
+
+template <typename Fn>
+bool with_float_decoder(GgmlType type, Fn&& fn) {
+  switch (type) {
+    case GgmlType::F32:
+      fn(SmallBlocks<blocks::F32>{});
+      return true;
+    case GgmlType::F16:
+      fn(SmallBlocks<blocks::F16>{});
+      return true;
+    case GgmlType::BF16:
+      fn(SmallBlocks<blocks::BF16>{});
+      return true;
+    default:
+      return false;
+  }
+}
 
 }  // namespace qforge::cuda::gemm_tc

@@ -1,15 +1,10 @@
-// Tensor-core GEMM instantiations for float weights (rounded to BF16 in shared memory).
+// Tensor-core GEMM instantiations for the float formats.
 #include "runtime/cuda/gemm_tc_kernel.cuh"
 
 namespace qforge::cuda::gemm_tc {
 
 bool run_float(GgmlType type, const Args& args) {
-  switch (type) {
-    case GgmlType::F32: run<SmallBlocks<blocks::F32>>(args); return true;
-    case GgmlType::F16: run<SmallBlocks<blocks::F16>>(args); return true;
-    case GgmlType::BF16: run<SmallBlocks<blocks::BF16>>(args); return true;
-    default: return false;
-  }
+  return with_float_decoder(type, [&]<typename D>(D) { run<D>(args); });
 }
 
 }  // namespace qforge::cuda::gemm_tc

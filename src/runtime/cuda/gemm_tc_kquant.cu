@@ -4,12 +4,7 @@
 namespace qforge::cuda::gemm_tc {
 
 bool run_kquant(GgmlType type, const Args& args) {
-  switch (type) {
-    case GgmlType::Q4_K: run<KQuant64<blocks::Q4_K>>(args); return true;
-    case GgmlType::Q5_K: run<KQuant64<blocks::Q5_K>>(args); return true;
-    case GgmlType::Q6_K: run<Q6_K64>(args); return true;
-    default: return false;
-  }
+  return with_kquant_decoder(type, [&]<typename D>(D) { run<D>(args); });
 }
 
 }  // namespace qforge::cuda::gemm_tc

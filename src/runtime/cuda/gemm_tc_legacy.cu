@@ -20,29 +20,7 @@ bool q4_0_split() {
 }  // namespace
 
 bool run_legacy(GgmlType type, const Args& args) {
-  switch (type) {
-    case GgmlType::Q4_0:
-      if (q4_0_split()) {
-        run<Q4_0Split>(args);
-      } else {
-        run<SmallBlocks<blocks::Q4_0>>(args);
-      }
-      return true;
-    case GgmlType::Q4_1:
-      run<SmallBlocks<blocks::Q4_1>>(args);
-      return true;
-    case GgmlType::Q5_0:
-      run<SmallBlocks<blocks::Q5_0>>(args);
-      return true;
-    case GgmlType::Q8_0:
-      run<SmallBlocks<blocks::Q8_0>>(args);
-      return true;
-    case GgmlType::IQ4_NL:
-      run<SmallBlocks<blocks::IQ4_NL>>(args);
-      return true;
-    default:
-      return false;
-  }
+  return with_legacy_decoder(type, q4_0_split(), [&]<typename D>(D) { run<D>(args); });
 }
 
 }  // namespace qforge::cuda::gemm_tc

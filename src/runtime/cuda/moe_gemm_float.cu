@@ -4,20 +4,7 @@
 namespace qforge::cuda::moe_gemm_tc {
 
 bool run_float(GgmlType type, const Args& args) {
-  using gemm_tc::SmallBlocks;
-  switch (type) {
-    case GgmlType::F32:
-      run<SmallBlocks<blocks::F32>>(args);
-      return true;
-    case GgmlType::F16:
-      run<SmallBlocks<blocks::F16>>(args);
-      return true;
-    case GgmlType::BF16:
-      run<SmallBlocks<blocks::BF16>>(args);
-      return true;
-    default:
-      return false;
-  }
+  return gemm_tc::with_float_decoder(type, [&]<typename D>(D) { run<D>(args); });
 }
 
 }  // namespace qforge::cuda::moe_gemm_tc
