@@ -26,6 +26,8 @@
 
 #ifdef QFORGE_HAVE_CUDA
 
+#include "cuda_test_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -46,43 +48,6 @@
 
 namespace qforge {
 namespace {
-
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda::available()) GTEST_SKIP() << "no CUDA device"
-
-std::vector<float> random_floats(std::size_t n, std::uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& f : v) f = dist(rng);
-  return v;
-}
-
-struct Weights {
-  std::vector<std::byte> bytes;
-  std::vector<float> dequantized;  // the exact weights the bytes encode, per the CPU decoder
-};
-
-Weights make_weights(GgmlType type, std::size_t rows, std::size_t cols, std::uint32_t seed) {
-  const std::vector<float> w = random_floats(rows * cols, seed, 0.05f);
-  Weights q;
-  q.bytes.resize(rows * row_bytes(type, cols));
-  quantize_rows(type, w, cols, q.bytes);
-  q.dequantized.resize(rows * cols);
-  dequantize_rows(type, q.bytes, cols, q.dequantized);
-  return q;
-}
-
-float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
-
-// One BF16 step of |w| when w lies within one F32 ulp of a BF16 rounding boundary, else 0.
-double boundary_slack(float w) {
-  const float r = round_bf16(w);
-  const float up = std::nextafter(w, std::numeric_limits<float>::infinity());
-  const float down = std::nextafter(w, -std::numeric_limits<float>::infinity());
-  if (round_bf16(up) == r && round_bf16(down) == r) return 0.0;
-  return std::ldexp(std::fabs(static_cast<double>(w)), -7);
-}
 
 // Rows whose outputs are checked: all of a small matrix, else the edges of the 64/128-row tiles
 // at both ends and in the middle, plus a few random ones.
@@ -109,7 +74,7 @@ struct GemmError {
 };
 
 // got is n_tokens x ldy as downloaded; x is F32, n_tokens x cols.
-GemmError gemm_error(const Weights& w, std::size_t rows, std::size_t cols,
+GemmError gemm_error(const Quantized& w, std::size_t rows, std::size_t cols,
                      const std::vector<float>& x, int n_tokens, const std::vector<float>& got,
                      std::size_t ldy, std::uint32_t seed) {
   GemmError e;
@@ -189,7 +154,7 @@ void check_type(GgmlType type, std::uint32_t seed) {
   ASSERT_TRUE(cuda::gemm_supported(type));
   for (const std::size_t cols : cols_for(type, is_main_type(type))) {
     for (const std::size_t rows : {std::size_t{1}, std::size_t{100}, std::size_t{4096 + 64}}) {
-      const Weights w = make_weights(type, rows, cols, ++seed);
+      const Quantized w = make_weights(type, rows, cols, ++seed);
       cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(w.bytes)};
       for (const int n_tokens : {1, 17, 64, 512}) {
         SCOPED_TRACE(testing::Message() << type_name(type) << " " << rows << "x" << cols << ", "
@@ -249,7 +214,7 @@ TEST(CudaGemm, EveryTileAtItsEdges) {
     const ForcedTile forced(tile);
     for (const GgmlType type : {GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::BF16}) {
       const std::size_t rows = 193, cols = 512;
-      const Weights w = make_weights(type, rows, cols, ++seed);
+      const Quantized w = make_weights(type, rows, cols, ++seed);
       cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(w.bytes)};
       for (const int n_tokens : {1, 31, 33, 65, 129, 200}) {
         SCOPED_TRACE(testing::Message() << type_name(type) << ", tile " << static_cast<int>(tile)
@@ -295,8 +260,8 @@ TEST(CudaGemm, Bf16InputOnStreamMatchesGemm) {
   SKIP_WITHOUT_GPU();
   const std::size_t rows_a = 96, rows_b = 160, cols = 1024, ldy = rows_a + rows_b;
   const int n_tokens = 45;
-  const Weights wa = make_weights(GgmlType::Q4_0, rows_a, cols, 41);
-  const Weights wb = make_weights(GgmlType::Q6_K, rows_b, cols, 42);
+  const Quantized wa = make_weights(GgmlType::Q4_0, rows_a, cols, 41);
+  const Quantized wb = make_weights(GgmlType::Q6_K, rows_b, cols, 42);
   const std::vector<float> x = random_floats(cols * n_tokens, 43);
   cuda::DeviceBuffer<std::byte> dwa{std::span<const std::byte>(wa.bytes)};
   cuda::DeviceBuffer<std::byte> dwb{std::span<const std::byte>(wb.bytes)};

@@ -5,6 +5,8 @@
 
 #ifdef QFORGE_HAVE_CUDA
 
+#include "cuda_test_util.h"
+
 #include <cmath>
 #include <random>
 #include <vector>
@@ -16,18 +18,10 @@
 namespace qforge {
 namespace {
 
-std::vector<float> random_floats(std::size_t n, std::uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& f : v) f = dist(rng);
-  return v;
-}
-
 // Shapes around the 64 x 64 tiles and 16-column steps, and the Gemma 4 26B-A4B router
 // (128 experts x 2816).
 TEST(CudaGemmF32, MatchesFloat64Product) {
-  if (!cuda::available()) GTEST_SKIP() << "no CUDA device";
+  SKIP_WITHOUT_GPU();
   struct Shape {
     std::size_t rows, cols;
     int tokens;
@@ -65,7 +59,7 @@ TEST(CudaGemmF32, MatchesFloat64Product) {
 }
 
 TEST(CudaGemmF32, RejectsBadShapes) {
-  if (!cuda::available()) GTEST_SKIP() << "no CUDA device";
+  SKIP_WITHOUT_GPU();
   cuda::DeviceBuffer<float> buf(64);
   EXPECT_THROW(cuda::gemm_f32(buf.data(), 0, 8, buf.data(), buf.data(), 8, 1), Error);
   EXPECT_THROW(cuda::gemm_f32(buf.data(), 8, 8, buf.data(), buf.data(), 4, 1), Error);

@@ -13,6 +13,8 @@
 
 #ifdef QFORGE_HAVE_CUDA
 
+#include "cuda_test_util.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -33,32 +35,6 @@
 
 namespace qforge {
 namespace {
-
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda::available()) GTEST_SKIP() << "no CUDA device"
-
-std::vector<float> random_floats(std::size_t n, std::uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& f : v) f = dist(rng);
-  return v;
-}
-
-struct Quantized {
-  std::vector<std::byte> bytes;
-  std::vector<float> dequantized;  // the exact weights the bytes encode, per the CPU decoder
-};
-
-Quantized make_weights(GgmlType type, std::size_t rows, std::size_t cols, std::uint32_t seed) {
-  const std::vector<float> w = random_floats(rows * cols, seed, 0.05f);
-  Quantized q;
-  q.bytes.resize(rows * row_bytes(type, cols));
-  quantize_rows(type, w, cols, q.bytes);
-  q.dequantized.resize(rows * cols);
-  dequantize_rows(type, q.bytes, cols, q.dequantized);
-  return q;
-}
 
 // Largest |got - exact| / sum|w x| over rows and tokens, with `exact` in float64.
 struct GemvError {
@@ -103,8 +79,8 @@ TEST(CudaGemv, MatchesCpuReferenceForEveryTypeAndShape) {
     ASSERT_TRUE(cuda::gemv_supported(type));
     const bool k_quant = block_size(type) == 256;
     // K = 640 (Gemma 3 270M's width) is not a multiple of 256: K-quants use 768 there.
-    for (const std::size_t cols : {k_quant ? std::size_t{768} : std::size_t{640}, std::size_t{2048},
-                                   std::size_t{5376}}) {
+    for (const std::size_t cols :
+         {k_quant ? std::size_t{768} : std::size_t{640}, std::size_t{2048}, std::size_t{5376}}) {
       for (const std::size_t rows : {std::size_t{37}, std::size_t{130}}) {
         SCOPED_TRACE(testing::Message() << type_name(type) << " " << rows << "x" << cols);
         const Quantized q = make_weights(type, rows, cols, ++seed);
@@ -147,8 +123,8 @@ TEST(CudaGemv, Q4_0TensorCorePath) {
   SKIP_WITHOUT_GPU();
   cuda::detail::set_gemv_mma_min_rows(0);  // every row count (the default policy needs >= 8192)
   std::uint32_t seed = 900;
-  for (const std::size_t cols : {std::size_t{256}, std::size_t{768}, std::size_t{2816},
-                                 std::size_t{4608}}) {
+  for (const std::size_t cols :
+       {std::size_t{256}, std::size_t{768}, std::size_t{2816}, std::size_t{4608}}) {
     for (const std::size_t rows : {std::size_t{1}, std::size_t{16}, std::size_t{45}}) {
       const Quantized q = make_weights(GgmlType::Q4_0, rows, cols, ++seed);
       cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
@@ -377,6 +353,8 @@ TEST(CudaOps, GatedActivationsSoftmaxSoftcapMatchCpu) {
 
 #else  // !QFORGE_HAVE_CUDA
 
-TEST(CudaKernels, SkippedWithoutCudaBuild) { GTEST_SKIP() << "built without the CUDA backend"; }
+TEST(CudaKernels, SkippedWithoutCudaBuild) {
+  GTEST_SKIP() << "built without the CUDA backend";
+}
 
 #endif

@@ -21,6 +21,8 @@
 
 #ifdef QFORGE_HAVE_CUDA
 
+#include "cuda_test_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -31,6 +33,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -44,30 +47,6 @@
 namespace qforge {
 namespace {
 
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda::available()) GTEST_SKIP() << "no CUDA device"
-
-std::vector<float> random_floats(std::size_t n, std::uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& f : v) f = dist(rng);
-  return v;
-}
-
-float round_bf16(float f) {
-  return bf16_to_f32(f32_to_bf16(f));
-}
-
-// One BF16 step of |w| when w lies within one F32 ulp of a BF16 rounding boundary, else 0.
-double boundary_slack(float w) {
-  const float r = round_bf16(w);
-  const float up = std::nextafter(w, std::numeric_limits<float>::infinity());
-  const float down = std::nextafter(w, -std::numeric_limits<float>::infinity());
-  if (round_bf16(up) == r && round_bf16(down) == r) return 0.0;
-  return std::ldexp(std::fabs(static_cast<double>(w)), -7);
-}
-
 // n_experts quantized matrices of rows x cols, back to back, and what they decode to.
 struct Stack {
   GgmlType type;
@@ -80,14 +59,8 @@ struct Stack {
 
 Stack make_stack(GgmlType type, int n_experts, std::size_t rows, std::size_t cols,
                  std::uint32_t seed) {
-  Stack s{type, rows, cols, n_experts, {}, {}};
-  const std::size_t all_rows = rows * static_cast<std::size_t>(n_experts);
-  const std::vector<float> w = random_floats(all_rows * cols, seed, 0.05f);
-  s.bytes.resize(all_rows * row_bytes(type, cols));
-  quantize_rows(type, w, cols, s.bytes);
-  s.dequantized.resize(all_rows * cols);
-  dequantize_rows(type, s.bytes, cols, s.dequantized);
-  return s;
+  Quantized q = make_weights(type, rows * static_cast<std::size_t>(n_experts), cols, seed);
+  return Stack{type, rows, cols, n_experts, std::move(q.bytes), std::move(q.dequantized)};
 }
 
 cuda::ExpertStack device_view(const Stack& s, const cuda::DeviceBuffer<std::byte>& d) {
