@@ -18,6 +18,7 @@
 #include "runtime/cuda/gemv_mma.h"
 #include "runtime/cuda/graph.h"
 #include "runtime/cuda/moe.h"
+#include "runtime/cuda/q4_0x8.h"
 
 namespace qforge {
 namespace {
@@ -45,7 +46,10 @@ std::vector<std::byte> bench_weights(GgmlType type, std::size_t rows, std::size_
   return q;
 }
 
-// mma_stages: 0 = the Q4_0 tensor-core kernel off (row-tiled CUDA-core kernel), else its stages.
+// mma_stages: 0 = the Q4_0 tensor-core kernel off (row-tiled CUDA-core kernel), else its stages;
+// kQ4_0x8 - r: the weights regrouped (q4_0x8.h) and gemv_q4_0x8 with r rows per warp task (0 =
+// its own choice).
+constexpr int kQ4_0x8 = -10;
 void BM_CudaGemv(benchmark::State& state, GgmlType type, cuda::GemvKernel kernel,
                  int mma_stages = 12) {
   if (!cuda::available()) {
@@ -69,17 +73,25 @@ void BM_CudaGemv(benchmark::State& state, GgmlType type, cuda::GemvKernel kernel
   cuda::detail::set_gemv_mma_min_rows(0);  // variants compare the kernels on every shape
   cuda::Stream stream;
   cuda::Event start, stop;
-  for (auto& wc : weights) {  // warm-up: module load, first-touch
-    cuda::gemv(type, wc.data(), rows, cols, dx.data(), dy.data(), n_tokens, stream.get());
+  const bool x8 = mma_stages <= kQ4_0x8;
+  if (x8) {
+    for (auto& wc : weights) cuda::repack_q4_0x8(wc.data(), rows, cols);
+    cuda::set_gemv_q4_0x8_rows(kQ4_0x8 - mma_stages);
   }
+  auto gemv = [&](const void* w) {
+    if (x8) {
+      cuda::gemv_q4_0x8(w, rows, cols, dx.data(), dy.data(), rows, n_tokens, stream.get());
+    } else {
+      cuda::gemv(type, w, rows, cols, dx.data(), dy.data(), n_tokens, stream.get());
+    }
+  };
+  for (auto& wc : weights) gemv(wc.data());  // warm-up: module load, first-touch
   stream.synchronize();
   // One CUDA graph for the whole rotation, as the model's decode runs: host launch cost (several
   // us per call) would otherwise hide the kernels of small matrices.
   cuda::Graph graph;
   graph.capture(stream.get(), [&] {
-    for (auto& wc : weights) {
-      cuda::gemv(type, wc.data(), rows, cols, dx.data(), dy.data(), n_tokens, stream.get());
-    }
+    for (auto& wc : weights) gemv(wc.data());
   });
   graph.launch(stream.get());
   stream.synchronize();
@@ -97,9 +109,11 @@ void BM_CudaGemv(benchmark::State& state, GgmlType type, cuda::GemvKernel kernel
   const bool mma = mma_stages != 0 && kernel == cuda::GemvKernel::kTiled &&
                    cuda::detail::gemv_mma_applies(type, weights[0].data(), cols, n_tokens);
   state.SetLabel(std::string(type_name(type)) +
-                 (mma ? " mma" + std::to_string(mma_stages) + " "
-                      : kernel == cuda::GemvKernel::kTiled ? " tiled " : " legacy ") +
+                 (x8    ? " x8r" + std::to_string(kQ4_0x8 - mma_stages) + " "
+                  : mma ? " mma" + std::to_string(mma_stages) + " "
+                        : kernel == cuda::GemvKernel::kTiled ? " tiled " : " legacy ") +
                  cuda::devices().at(0).name);
+  cuda::set_gemv_q4_0x8_rows(0);
   cuda::set_gemv_kernel(cuda::GemvKernel::kTiled);
   cuda::detail::set_gemv_mma_stages(12);
   cuda::detail::set_gemv_mma_min_rows(8192);
@@ -205,6 +219,14 @@ void moe_shapes(benchmark::internal::Benchmark* b) {
   b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
 }
 
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_0x8, GgmlType::Q4_0, cuda::GemvKernel::kTiled, kQ4_0x8)
+    ->Apply(q4_0_shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_0x8_r1, GgmlType::Q4_0, cuda::GemvKernel::kTiled, kQ4_0x8 - 1)
+    ->Apply(q4_0_shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_0x8_r2, GgmlType::Q4_0, cuda::GemvKernel::kTiled, kQ4_0x8 - 2)
+    ->Apply(q4_0_shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_0x8_r4, GgmlType::Q4_0, cuda::GemvKernel::kTiled, kQ4_0x8 - 4)
+    ->Apply(q4_0_shapes);
 BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_mma2, GgmlType::Q4_0, cuda::GemvKernel::kTiled, 2)
     ->Apply(q4_0_shapes);
 BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_mma3, GgmlType::Q4_0, cuda::GemvKernel::kTiled, 3)

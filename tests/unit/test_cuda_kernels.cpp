@@ -29,9 +29,11 @@
 #include "runtime/cpu/kv_cache.h"
 #include "runtime/cuda/buffer.h"
 #include "runtime/cuda/gemv.h"
+#include "runtime/cuda/gemm_tc.h"
 #include "runtime/cuda/gemv_mma.h"
 #include "runtime/cuda/moe.h"
 #include "runtime/cuda/ops.h"
+#include "runtime/cuda/q4_0x8.h"
 
 namespace qforge {
 namespace {
@@ -193,6 +195,116 @@ TEST(CudaGemv, Q4_0ExpertTensorCorePath) {
       }
     }
   }
+}
+
+// Q4_0 regrouped at load (q4_0x8.h) and multiplied with integer plane products: the same 1e-5
+// bound as the F32 GEMV for every warp-task size, partial 32-block steps (2816, 5376 columns),
+// row counts that leave tasks partly empty, and token counts handled in pairs plus one.
+TEST(CudaGemv, Q4_0x8MatchesExactSum) {
+  SKIP_WITHOUT_GPU();
+  std::uint32_t seed = 4000;
+  for (const std::size_t cols :
+       {std::size_t{256}, std::size_t{2816}, std::size_t{4096}, std::size_t{5376}}) {
+    for (const std::size_t rows : {std::size_t{1}, std::size_t{7}, std::size_t{130}}) {
+      const Quantized q = make_weights(GgmlType::Q4_0, rows, cols, ++seed);
+      cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+      cuda::repack_q4_0x8(dw.data(), rows, cols);
+      for (const int task_rows : {0, 1, 2, 4}) {
+        cuda::set_gemv_q4_0x8_rows(task_rows);
+        for (const int n_tokens : {1, 2, 3}) {
+          SCOPED_TRACE(testing::Message() << rows << "x" << cols << " task rows " << task_rows
+                                          << " tokens " << n_tokens);
+          const std::vector<float> x = random_floats(cols * n_tokens, ++seed);
+          cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+          cuda::DeviceBuffer<float> dy(rows * n_tokens);
+          dy.fill_bytes(0xff);
+          cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), dy.data(), rows, n_tokens);
+          EXPECT_LT(gemv_error(GgmlType::Q4_0, q, rows, cols, x, dy.to_host(), n_tokens).vs_exact,
+                    kGemvTolerance);
+        }
+      }
+    }
+  }
+  cuda::set_gemv_q4_0x8_rows(0);
+}
+
+// Activations with outliers (a few values ~1e4 beside ~1e-3) and whole blocks of zeros. The
+// plane representation is exact to max|x| * 2^-24 per 32-column block, not per element, so a
+// small x next to an outlier in its block keeps only that absolute accuracy: the error is
+// measured against sum_k |w_k| * max|x of k's block| (1e-5 as everywhere), and the plain
+// sum |w x| bound still holds for rows whose outlier weights are not zero.
+TEST(CudaGemv, Q4_0x8LargeAndZeroActivations) {
+  SKIP_WITHOUT_GPU();
+  const std::size_t rows = 40, cols = 2048;
+  const Quantized q = make_weights(GgmlType::Q4_0, rows, cols, 7);
+  cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+  cuda::repack_q4_0x8(dw.data(), rows, cols);
+  std::vector<float> x = random_floats(cols, 8, 1e-3f);
+  x[5] = 3.0e4f;
+  x[700] = -1.7e4f;
+  for (std::size_t k = 64; k < 96; ++k) x[k] = 0.0f;
+  cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+  cuda::DeviceBuffer<float> dy(rows);
+  dy.fill_bytes(0xff);
+  cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), dy.data(), rows, 1);
+  const std::vector<float> got = dy.to_host();
+  for (std::size_t r = 0; r < rows; ++r) {
+    const float* w = q.dequantized.data() + r * cols;
+    double exact = 0.0, magnitude = 0.0, block_magnitude = 0.0;
+    for (std::size_t b = 0; b < cols / 32; ++b) {
+      double block_max = 0.0;
+      for (std::size_t k = 32 * b; k < 32 * b + 32; ++k) {
+        block_max = std::max(block_max, std::fabs(static_cast<double>(x[k])));
+      }
+      for (std::size_t k = 32 * b; k < 32 * b + 32; ++k) {
+        exact += static_cast<double>(w[k]) * x[k];
+        magnitude += std::fabs(static_cast<double>(w[k]) * x[k]);
+        block_magnitude += std::fabs(static_cast<double>(w[k])) * block_max;
+      }
+    }
+    ASSERT_TRUE(std::isfinite(got[r])) << "row " << r;
+    EXPECT_LT(std::fabs(got[r] - exact) / block_magnitude, kGemvTolerance) << "row " << r;
+    if (w[5] != 0.0f && w[700] != 0.0f) {
+      EXPECT_LT(std::fabs(got[r] - exact) / magnitude, kGemvTolerance) << "row " << r;
+    }
+  }
+  x[1000] = INFINITY;
+  cuda::DeviceBuffer<float> dinf{std::span<const float>(x)};
+  cuda::gemv_q4_0x8(dw.data(), rows, cols, dinf.data(), dy.data(), rows, 1);
+  for (const float v : dy.to_host()) EXPECT_FALSE(std::isfinite(v));
+}
+
+// The prompt GEMM reads Q4_0x8 weights with its own decoder: bit for bit the GGUF-layout result.
+TEST(CudaGemm, Q4_0x8EqualsGgufLayout) {
+  SKIP_WITHOUT_GPU();
+  const std::size_t rows = 150, cols = 2816;
+  const Quantized q = make_weights(GgmlType::Q4_0, rows, cols, 11);
+  cuda::DeviceBuffer<std::byte> gguf{std::span<const std::byte>(q.bytes)};
+  cuda::DeviceBuffer<std::byte> regrouped{std::span<const std::byte>(q.bytes)};
+  cuda::repack_q4_0x8(regrouped.data(), rows, cols);
+  for (const int n_tokens : {16, 45, 130}) {
+    SCOPED_TRACE(testing::Message() << n_tokens << " tokens");
+    const std::vector<float> x = random_floats(cols * n_tokens, 12 + n_tokens);
+    cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+    cuda::DeviceBuffer<float> want(rows * n_tokens), got(rows * n_tokens);
+    cuda::gemm(GgmlType::Q4_0, gguf.data(), rows, cols, dx.data(), want.data(), rows, n_tokens);
+    cuda::gemm(GgmlType::Q4_0, regrouped.data(), rows, cols, dx.data(), got.data(), rows,
+               n_tokens, nullptr, cuda::WeightLayout::kQ4_0x8);
+    EXPECT_EQ(got.to_host(), want.to_host());
+  }
+}
+
+TEST(CudaGemv, Q4_0x8RejectsBadShapes) {
+  SKIP_WITHOUT_GPU();
+  cuda::DeviceBuffer<std::byte> w(4096);
+  cuda::DeviceBuffer<float> x(1024), y(16);
+  EXPECT_THROW(cuda::repack_q4_0x8(w.data(), 4, 640), Error);
+  EXPECT_THROW(cuda::gemv_q4_0x8(w.data(), 4, 640, x.data(), y.data(), 4, 1), Error);
+  EXPECT_THROW(cuda::gemv_q4_0x8(w.data(), 4, 256, x.data(), y.data(), 3, 1), Error);
+  EXPECT_THROW(cuda::gemv_q4_0x8(w.data() + 2, 4, 256, x.data(), y.data(), 4, 1), Error);
+  EXPECT_THROW(cuda::gemv_q4_0x8(w.data(), 4, 256, x.data(), y.data(), 4, 0), Error);
+  EXPECT_FALSE(cuda::q4_0x8_applies(GgmlType::Q4_0, 640));
+  EXPECT_FALSE(cuda::q4_0x8_applies(GgmlType::Q8_0, 4096));
 }
 
 TEST(CudaGemv, Bf16Activations) {

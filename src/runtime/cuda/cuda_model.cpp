@@ -15,6 +15,7 @@
 #include "runtime/cuda/moe.h"
 #include "runtime/cuda/moe_gemm.h"
 #include "runtime/cuda/ops.h"
+#include "runtime/cuda/q4_0x8.h"
 #include "runtime/cuda_device.h"
 #include "runtime/cuda_model.h"
 
@@ -243,6 +244,14 @@ int CudaModel::prefill_splits(int n_tokens, int decode_splits) const {
 
 void CudaModel::matmul(const DeviceMatrix& m, const float* x, float* y, std::size_t ldy, int n) {
   const StreamHandle s = stream_.get();
+  if (m.layout == WeightLayout::kQ4_0x8) {
+    if (use_gemm_ && n >= kGemmMinTokens) {
+      gemm(m.type, m.data, m.rows, m.cols, x, y, ldy, n, s, m.layout);
+    } else {
+      gemv_q4_0x8(m.data, m.rows, m.cols, x, y, ldy, n, s);
+    }
+    return;
+  }
   if (use_gemm_ && n >= kGemmMinTokens && gemm_supported(m.type) && m.cols % 8 == 0 &&
       m.cols % block_size(m.type) == 0) {
     gemm(m.type, m.data, m.rows, m.cols, x, y, ldy, n, s);

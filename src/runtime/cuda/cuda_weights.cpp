@@ -303,6 +303,35 @@ DeviceWeights::DeviceWeights(const ModelWeights& host, const ModelConfig& config
     }
     d.output_scale = l.output_scale;
   }
+  regroup_q4_0();
+}
+
+// Q4_0 attention and FFN matrices into Q4_0x8 where their width allows. A stacked group (qkv,
+// gate_up) is regrouped once and its members share the layout.
+void DeviceWeights::regroup_q4_0() {
+  auto regroup = [this](DeviceMatrix& m) {
+    if (m.empty() || !q4_0x8_applies(m.type, m.cols)) return;
+    const auto offset = static_cast<std::size_t>(static_cast<const std::byte*>(m.data) - arena_.data());
+    repack_q4_0x8(arena_.data() + offset, m.rows, m.cols);
+    m.layout = WeightLayout::kQ4_0x8;
+  };
+  for (DeviceLayer& d : layers) {
+    if (!d.qkv.empty()) {
+      regroup(d.qkv);
+      d.wq.layout = d.wk.layout = d.wv.layout = d.qkv.layout;
+    } else {
+      for (DeviceMatrix* m : {&d.wq, &d.wk, &d.wv}) regroup(*m);
+    }
+    regroup(d.wo);
+    if (!d.gate_up.empty()) {
+      regroup(d.gate_up);
+      d.gate.layout = d.up.layout = d.gate_up.layout;
+    } else {
+      regroup(d.gate);
+      regroup(d.up);
+    }
+    regroup(d.down);
+  }
 }
 
 }  // namespace qforge::cuda

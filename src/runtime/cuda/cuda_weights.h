@@ -2,7 +2,9 @@
 // stored type (small vectors as the F32 values bind_weights decoded). Q/K/V and gate/up matrices of
 // the same type are placed back to back, so one GEMV launch computes all of them. Gemma 4 adds
 // optional pieces: MoE blocks (router, stacked experts, their norms and scales), per-layer
-// embedding inputs and layer output scales; absent matrices are empty (null data).
+// embedding inputs and layer output scales; absent matrices are empty (null data). The attention
+// and dense FFN matrices of Q4_0 layers are regrouped after the upload (q4_0x8.h) where their
+// width allows; the embedding tables, the LM head and the experts keep the GGUF layout.
 #pragma once
 
 #include <cstddef>
@@ -13,6 +15,7 @@
 #include "model/weights.h"
 #include "runtime/cuda/buffer.h"
 #include "runtime/cuda/moe.h"
+#include "runtime/cuda/q4_0x8.h"
 
 namespace qforge::cuda {
 
@@ -21,6 +24,7 @@ struct DeviceMatrix {
   GgmlType type = GgmlType::F32;
   std::size_t rows = 0, cols = 0;
   const void* data = nullptr;
+  WeightLayout layout = WeightLayout::kGguf;
   bool empty() const { return data == nullptr; }
 };
 
@@ -81,6 +85,7 @@ class DeviceWeights {
   std::vector<DeviceLayer> layers;
 
  private:
+  void regroup_q4_0();
   DeviceBuffer<std::byte> arena_;
 };
 

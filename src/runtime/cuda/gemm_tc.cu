@@ -91,9 +91,14 @@ int sm_count() {
 }
 
 void check_args(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols,
-                const void* x, const float* y, std::size_t ldy, int n_tokens) {
+                const void* x, const float* y, std::size_t ldy, int n_tokens,
+                WeightLayout layout) {
   FormatNeeds needs{};
   if (!needs_of(type, needs)) cuda_fail("CUDA gemm: no kernel for weight type ", type_name(type));
+  if (layout == WeightLayout::kQ4_0x8) {
+    if (type != GgmlType::Q4_0) cuda_fail("CUDA gemm: the Q4_0x8 layout needs Q4_0 weights");
+    needs = {256, 16};
+  }
   if (n_cols == 0 || n_cols % needs.cols != 0) {
     cuda_fail("CUDA gemm: ", type_name(type), " rows need a column count that is a positive ",
               "multiple of ", needs.cols, ", got ", n_cols);
@@ -115,8 +120,9 @@ void check_args(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_
 
 gemm_tc::Args make_args(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols,
                         const std::uint16_t* x_bf16, float* y, std::size_t ldy, int n_tokens,
-                        StreamHandle stream, int sms) {
+                        StreamHandle stream, int sms, WeightLayout layout) {
   gemm_tc::Args args{};
+  args.q4_0x8 = layout == WeightLayout::kQ4_0x8;
   args.w = static_cast<const std::uint8_t*>(w);
   args.row_bytes = row_bytes(type, n_cols);
   args.n_rows = static_cast<int>(n_rows);
@@ -164,15 +170,15 @@ void convert_to_bf16(const float* x, std::uint16_t* out, std::size_t n, StreamHa
 
 void gemm_bf16_x(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols,
                  const std::uint16_t* x_bf16, float* y, std::size_t ldy, int n_tokens,
-                 StreamHandle stream) {
-  check_args(type, w, n_rows, n_cols, x_bf16, y, ldy, n_tokens);
+                 StreamHandle stream, WeightLayout layout) {
+  check_args(type, w, n_rows, n_cols, x_bf16, y, ldy, n_tokens, layout);
   run_checked(type, make_args(type, w, n_rows, n_cols, x_bf16, y, ldy, n_tokens, stream,
-                              sm_count()));
+                              sm_count(), layout));
 }
 
 void gemm(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols, const float* x,
-          float* y, std::size_t ldy, int n_tokens, StreamHandle stream) {
-  check_args(type, w, n_rows, n_cols, x, y, ldy, n_tokens);
+          float* y, std::size_t ldy, int n_tokens, StreamHandle stream, WeightLayout layout) {
+  check_args(type, w, n_rows, n_cols, x, y, ldy, n_tokens, layout);
   const std::size_t n = n_cols * static_cast<std::size_t>(n_tokens);
   const int device = current_device();
   // The lock covers the enqueueing only; calls on one stream are ordered by the stream.
@@ -186,7 +192,7 @@ void gemm(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols, 
   }
   convert_to_bf16(x, state.scratch.data(), n, stream);
   run_checked(type, make_args(type, w, n_rows, n_cols, state.scratch.data(), y, ldy, n_tokens,
-                              stream, state.sm_count));
+                              stream, state.sm_count, layout));
 }
 
 }  // namespace qforge::cuda

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "quant/ggml_type.h"
+#include "runtime/cuda/q4_0x8.h"
 #include "runtime/cuda/stream.h"
 
 namespace qforge::cuda {
@@ -31,14 +32,18 @@ bool gemm_supported(GgmlType type);
 // x is converted into a BF16 scratch buffer owned by this module (one per device, grown as
 // needed, which synchronizes the device): calls that may overlap on different streams, or that
 // are captured into a CUDA graph, should use gemm_bf16_x with their own buffer instead.
+//
+// layout kQ4_0x8 (type Q4_0, n_cols a multiple of 256, w 16-byte aligned) reads weights regrouped
+// by repack_q4_0x8; the result is bit for bit that of the same weights in GGUF order.
 void gemm(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols, const float* x,
-          float* y, std::size_t ldy, int n_tokens, StreamHandle stream = nullptr);
+          float* y, std::size_t ldy, int n_tokens, StreamHandle stream = nullptr,
+          WeightLayout layout = WeightLayout::kGguf);
 
 // The same with activations already in BF16 (raw bits, n_tokens x n_cols, 16-byte aligned), e.g.
 // converted once with convert_to_bf16 for several products of the same input (Q/K/V, gate/up).
 void gemm_bf16_x(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols,
                  const std::uint16_t* x_bf16, float* y, std::size_t ldy, int n_tokens,
-                 StreamHandle stream = nullptr);
+                 StreamHandle stream = nullptr, WeightLayout layout = WeightLayout::kGguf);
 
 // out[i] = bf16(x[i]) (round to nearest even) for i < n; n a multiple of 8, both pointers
 // 16-byte aligned.

@@ -30,6 +30,7 @@
 
 #include "quant/ggml_type.h"
 #include "runtime/cuda/block_decode.cuh"
+#include "runtime/cuda/q4_0x8.cuh"
 
 namespace qforge::cuda::gemm_tc {
 
@@ -79,6 +80,23 @@ struct Q4_0Split : SmallBlocks<blocks::Q4_0> {
     blocks::run4<8>((r.q1 >> 4) & blocks::kLowNibbles, d, 0.0f, w + 12);
     start[0] = base + 8 * h, start[1] = base + 8 * h + 4;
     start[2] = base + 16 + 8 * h, start[3] = base + 20 + 8 * h;
+  }
+};
+
+// Q4_0x8 rows (q4_0x8.h): the same codes and arithmetic as Q4_0Split, each block's code bytes
+// 16-byte aligned (two 4-byte loads per unit instead of four 2-byte ones) and its scale in the
+// group header.
+struct Q4_0x8Split : Q4_0Split {
+  static constexpr int kAlign = 16;
+  __device__ __forceinline__ static Raw load(const std::uint8_t* row, int k0, int unit) {
+    const int b = k0 / 32 + unit / 2, h = unit % 2;
+    const std::uint8_t* codes = row + q4_0x8::codes_offset(b) + 8 * h;
+    return {blocks::ld_u16(row + q4_0x8::scale_offset(b)), blocks::ld_u32(codes),
+            blocks::ld_u32(codes + 4)};
+  }
+  __device__ __forceinline__ static void decode(const std::uint8_t* row, int k0, int unit, float* w,
+                                                int* start, const float* table) {
+    convert(load(row, k0, unit), unit, w, start, table);
   }
 };
 

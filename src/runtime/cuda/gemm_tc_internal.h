@@ -21,6 +21,7 @@ struct Args {
   StreamHandle stream;
   int sm_count;            // picks the tile size
   int tile;                // GemmTile (gemm_tc.h) as int; 0 picks from the shape
+  bool q4_0x8;             // Q4_0 weights in the Q4_0x8 layout (q4_0x8.h)
 };
 
 // Shapes, alignment and type already checked by the caller; each returns false for a type that

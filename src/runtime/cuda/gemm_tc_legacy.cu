@@ -20,6 +20,10 @@ bool q4_0_split() {
 }  // namespace
 
 bool run_legacy(GgmlType type, const Args& args) {
+  if (args.q4_0x8) {
+    run<Q4_0x8Split>(args);
+    return true;
+  }
   return with_legacy_decoder(type, q4_0_split(), [&]<typename D>(D) { run<D>(args); });
 }
 

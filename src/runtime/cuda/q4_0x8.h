@@ -1,0 +1,49 @@
+// Q4_0 matrices regrouped at load time ("Q4_0x8"), for the decode GEMV (gemv_q4_0x8.cu) and the
+// prompt GEMM (gemm_tc, the Q4_0x8 decoder).
+//
+// A GGUF Q4_0 block is 18 bytes (an f16 scale, then 16 bytes of codes), so its codes start at a
+// 2-byte boundary and a kernel can only read them 2 bytes at a time: on an H100/H200 those loads,
+// not HBM, limit a GEMV. Q4_0x8 keeps every byte and every row's size (18 bytes per 32 columns)
+// but, per 256 columns (8 blocks, 144 bytes, a multiple of 16), stores the 8 scales first
+// (16 bytes) and then the 8 code arrays (16 bytes each, in GGUF's order: byte j holds element j
+// in its low nibble and element j + 16 in its high nibble). Each block's codes are then one
+// aligned 16-byte load. Only matrices whose rows are a multiple of 256 columns qualify.
+#pragma once
+
+#include <cstddef>
+
+#include "quant/ggml_type.h"
+#include "runtime/cuda/stream.h"
+
+namespace qforge::cuda {
+
+// How a weight matrix's bytes are arranged on the device.
+enum class WeightLayout { kGguf, kQ4_0x8 };
+
+// True for Q4_0 with n_cols a positive multiple of 256, unless QFORGE_Q4_0X8=0 is set (for
+// comparisons with the GGUF-layout kernels).
+bool q4_0x8_applies(GgmlType type, std::size_t n_cols);
+
+// Rewrites n_rows GGUF Q4_0 rows of n_cols columns at w (device memory, 16-byte aligned) into
+// Q4_0x8 in place, through a scratch buffer of at most 64 MiB; returns when done.
+void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols, StreamHandle stream = nullptr);
+
+// y[t * ldy + r] = sum_k W[r, k] * x[t * n_cols + k] for r < n_rows, t < n_tokens (>= 1), with W
+// in Q4_0x8 (16-byte aligned), x and y device arrays (x 16-byte aligned), ldy >= n_rows.
+//
+// Numerics: each 32-column block of x is written as s * (p0 + p1 / 254 + p2 / 254^2) with int8
+// planes p0..p2 and an F32 scale s = max|x| / 127, so each value is represented to within
+// max|x of its block| * 2^-24 (F32's rounding of the block's largest value), the code x plane
+// products are exact integer sums (dp4a), and the block sums are combined in F32. With ordinary
+// activations the result meets the F32 GEMV's (gemv.h) 1e-5 of sum |w x| bound; a tiny value
+// beside an outlier of its block keeps the block's absolute accuracy rather than its own
+// relative one (the bound is then 1e-5 of sum |w| * max|x| per block: still ~2^16 times finer than
+// the int8 activations of llama.cpp's quantized GEMV). Non-finite x gives a non-finite result.
+// QFORGE_Q4_0X8=0 keeps GGUF order and the F32 kernels.
+void gemv_q4_0x8(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
+                 std::size_t ldy, int n_tokens, StreamHandle stream = nullptr);
+
+// For measurements and tests: rows per warp task (1, 2 or 4; 0 = chosen from the shape).
+void set_gemv_q4_0x8_rows(int rows);
+
+}  // namespace qforge::cuda
