@@ -31,6 +31,7 @@
 #include "runtime/cuda/gemv.h"
 #include "runtime/cuda/gemm_tc.h"
 #include "runtime/cuda/gemv_mma.h"
+#include "runtime/cuda/model_ops.h"
 #include "runtime/cuda/moe.h"
 #include "runtime/cuda/ops.h"
 #include "runtime/cuda/q4_0x8.h"
@@ -272,6 +273,33 @@ TEST(CudaGemv, Q4_0x8LargeAndZeroActivations) {
   cuda::DeviceBuffer<float> dinf{std::span<const float>(x)};
   cuda::gemv_q4_0x8(dw.data(), rows, cols, dinf.data(), dy.data(), rows, 1);
   for (const float v : dy.to_host()) EXPECT_FALSE(std::isfinite(v));
+}
+
+// The down projection with the gated activation applied while reading gate/up rows equals
+// glu_rows followed by the plain Q4_0x8 GEMV (the same activation code), for 1 to 3 tokens.
+TEST(CudaGemv, Q4_0x8GluInputEqualsSeparateActivation) {
+  SKIP_WITHOUT_GPU();
+  const std::size_t rows = 70, ff = 1536;
+  const Quantized q = make_weights(GgmlType::Q4_0, rows, ff, 21);
+  cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+  cuda::repack_q4_0x8(dw.data(), rows, ff);
+  for (const FfnActivation act : {FfnActivation::kSiluGlu, FfnActivation::kGeluTanhGlu}) {
+    for (const int n_tokens : {1, 2, 3}) {
+      SCOPED_TRACE(testing::Message() << static_cast<int>(act) << " tokens " << n_tokens);
+      const std::vector<float> gate_up = random_floats(2 * ff * n_tokens, 22 + n_tokens, 2.0f);
+      cuda::DeviceBuffer<float> dgu{std::span<const float>(gate_up)};
+      cuda::DeviceBuffer<float> dact(ff * n_tokens), want(rows * n_tokens), got(rows * n_tokens);
+      cuda::glu_rows(act, dgu.data(), dact.data(), n_tokens, ff, nullptr);
+      cuda::gemv_q4_0x8(dw.data(), rows, ff, dact.data(), want.data(), rows, n_tokens);
+      got.fill_bytes(0xff);
+      cuda::gemv_q4_0x8_glu(act, dw.data(), rows, ff, dgu.data(), got.data(), rows, n_tokens);
+      const std::vector<float> a = want.to_host(), b = got.to_host();
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        ASSERT_TRUE(std::isfinite(b[i])) << i;
+        EXPECT_NEAR(b[i], a[i], 1e-6 * (1.0 + std::fabs(a[i]))) << i;
+      }
+    }
+  }
 }
 
 // The prompt GEMM reads Q4_0x8 weights with its own decoder: bit for bit the GGUF-layout result.

@@ -21,6 +21,7 @@
 #include <atomic>
 
 #include "runtime/cuda/block_decode.cuh"
+#include "runtime/cuda/glu.cuh"
 #include "runtime/cuda/q4_0x8.cuh"
 #include "runtime/cuda/q4_0x8.h"
 #include "runtime/cuda/reduce.cuh"
@@ -48,9 +49,31 @@ __device__ __forceinline__ std::uint32_t pack_bytes(const int* p) {
          (static_cast<std::uint32_t>(p[2]) & 0xffu) << 16 | static_cast<std::uint32_t>(p[3]) << 24;
 }
 
+// What the kernel's x argument holds: x itself (n_tokens x n_cols), or a gated FFN's gate/up rows
+// (n_tokens x 2 n_cols: gate then up), of which x = act(gate) * up is formed while reading.
+enum Input { kPlain, kSiluGlu, kGeluGlu };
+
+template <int kInput>
+__device__ __forceinline__ void load8(const float* __restrict__ x, int n_cols, int t, int col,
+                                      float* v) {
+  if constexpr (kInput == kPlain) {
+    const float* src = x + static_cast<std::size_t>(t) * n_cols + col;
+    const float4 a = __ldg(reinterpret_cast<const float4*>(src));
+    const float4 c = __ldg(reinterpret_cast<const float4*>(src + 4));
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = c.x, v[5] = c.y, v[6] = c.z, v[7] = c.w;
+  } else {
+    const float* gate = x + 2 * static_cast<std::size_t>(t) * n_cols + col;
+    float g[8], u[8];
+    load8<kPlain>(gate, 0, 0, 0, g);
+    load8<kPlain>(gate + n_cols, 0, 0, 0, u);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = (kInput == kSiluGlu ? silu(g[k]) : gelu_tanh(g[k])) * u[k];
+  }
+}
+
 // Four threads per (token, block), 8 consecutive elements each; the x loads of kBatch rounds are
 // issued together (one L2 round trip for up to kBatch * kThreads / 4 blocks).
-template <int kTokens>
+template <int kTokens, int kInput>
 __device__ void build_planes(const float* __restrict__ x, int n_cols, int n_blocks,
                              std::uint8_t* smem) {
   constexpr int kBatch = 4;
@@ -64,11 +87,7 @@ __device__ void build_planes(const float* __restrict__ x, int n_cols, int n_bloc
       for (int k = 0; k < 8; ++k) v[j][k] = 0.0f;
       if (i < total) {
         const int t = i / per_token, b = (i - t * per_token) >> 2, q = i & 3;
-        const float* src = x + static_cast<std::size_t>(t) * n_cols + 32 * b + 8 * q;
-        const float4 a = __ldg(reinterpret_cast<const float4*>(src));
-        const float4 c = __ldg(reinterpret_cast<const float4*>(src + 4));
-        v[j][0] = a.x, v[j][1] = a.y, v[j][2] = a.z, v[j][3] = a.w;
-        v[j][4] = c.x, v[j][5] = c.y, v[j][6] = c.z, v[j][7] = c.w;
+        load8<kInput>(x, n_cols, t, 32 * b + 8 * q, v[j]);
       }
     }
 #pragma unroll
@@ -137,19 +156,80 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
-template <int R, int kTokens, int kUnroll>
+// Asynchronous 16-byte global -> shared copies (bypassing L1), in per-thread groups.
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* src) {
+  const auto dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
+}
+
+// One pipeline stage of a warp: per row, the 32 lanes' code arrays (512 bytes) and the 4 group
+// headers (8 scales each) of the 32 blocks.
+template <int R>
+struct Stage {
+  static constexpr int kRowBytes = 512 + 64;
+  static constexpr int kBytes = R * kRowBytes;
+};
+
+// Stages per warp: enough that (stages - 1) * R * 512 bytes (~3.5-4 KiB per warp, ~60 KiB per SM)
+// are in flight while a stage is computed; fewer for two tokens, whose planes take twice the room.
+template <int R, int kTokens>
+constexpr int stages() {
+  if constexpr (kTokens == 2) return 3;
+  return R == 1 ? 8 : R == 2 ? 5 : 3;
+}
+
+template <int R, int kTokens>
+__host__ __device__ constexpr std::size_t ring_bytes() {
+  return static_cast<std::size_t>(kWarps) * stages<R, kTokens>() * Stage<R>::kBytes;
+}
+
+// The warp's work is a sequence of items (task, 32-block step); item k goes to stage k % S, and
+// S - 1 items are always in flight, across task boundaries (a 4096-column row is only 4 steps).
+template <int R, int kTokens, int kInput>
 __global__ void __launch_bounds__(kThreads)
     gemv_q4_0x8_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols,
                        const float* __restrict__ x, float* __restrict__ y, std::size_t ldy) {
+  constexpr int S = stages<R, kTokens>();
   extern __shared__ uint4 smem_words[];
   auto* smem = reinterpret_cast<std::uint8_t*>(smem_words);
-  const int lane = static_cast<int>(threadIdx.x & 31);
-  const int n_blocks = n_cols / 32;
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  const int n_blocks = n_cols / 32, n_steps = (n_blocks + 31) / 32;
   const std::size_t row_bytes = static_cast<std::size_t>(n_blocks) * 18;
   const int n_tasks = (n_rows + R - 1) / R;
-  const int first_task = static_cast<int>(blockIdx.x) * kWarps + static_cast<int>(threadIdx.x >> 5);
+  const int first_task = static_cast<int>(blockIdx.x) * kWarps + warp;
   const int task_stride = static_cast<int>(gridDim.x) * kWarps;
+  const int my_tasks = first_task < n_tasks ? (n_tasks - first_task + task_stride - 1) / task_stride : 0;
+  const int n_items = my_tasks * n_steps;
+  std::uint8_t* ring = smem + ring_bytes<R, kTokens>() / kWarps * warp;
+  std::uint8_t* planes = smem + ring_bytes<R, kTokens>();
 
+  auto issue = [&](int k) {
+    if (k < n_items) {
+      const int task = first_task + (k / n_steps) * task_stride, b = (k % n_steps) * 32 + lane;
+      std::uint8_t* stage = ring + (k % S) * Stage<R>::kBytes;
+      if (b < n_blocks) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const std::uint8_t* row = w + static_cast<std::size_t>(min(task * R + r, n_rows - 1)) * row_bytes;
+          cp_async16(stage + r * Stage<R>::kRowBytes + 16 * lane, row + q4_0x8::codes_offset(b));
+          if ((lane & 7) == 0) {
+            cp_async16(stage + r * Stage<R>::kRowBytes + 512 + 2 * lane,
+                       row + q4_0x8::scale_offset(b));
+          }
+        }
+      }
+    }
+    cp_async_commit();
+  };
+
+  // The weights do not depend on the previous kernel: start streaming them before waiting for it.
   if (first_task < n_tasks) {
     for (int r = 0; r < R; ++r) {
       const std::uint8_t* row = w + static_cast<std::size_t>(min(first_task * R + r, n_rows - 1)) * row_bytes;
@@ -158,62 +238,83 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
+#pragma unroll
+  for (int k = 0; k < S - 1; ++k) issue(k);
   pdl_wait();
   pdl_trigger();
-  build_planes<kTokens>(x, n_cols, n_blocks, smem);
+  build_planes<kTokens, kInput>(x, n_cols, n_blocks, planes);
   __syncthreads();
 
   const std::size_t tb = token_bytes(n_blocks);
-  for (int task = first_task; task < n_tasks; task += task_stride) {
-    const std::uint8_t* rows[R];
+  float acc[R][kTokens];
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      rows[r] = w + static_cast<std::size_t>(min(task * R + r, n_rows - 1)) * row_bytes;
-    }
-    float acc[R][kTokens];
+  for (int r = 0; r < R; ++r) {
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-#pragma unroll
-      for (int t = 0; t < kTokens; ++t) acc[r][t] = 0.0f;
-    }
-#pragma unroll kUnroll
-    for (int b = lane; b < n_blocks; b += 32) {
+    for (int t = 0; t < kTokens; ++t) acc[r][t] = 0.0f;
+  }
+  for (int k = 0; k < n_items; ++k) {
+    issue(k + S - 1);
+    cp_async_wait<S - 1>();  // item k has landed (this lane's copies) ...
+    __syncwarp();            // ... and so have the headers other lanes copied
+    const int step = k % n_steps, b = step * 32 + lane;
+    const std::uint8_t* stage = ring + (k % S) * Stage<R>::kBytes;
+    if (b < n_blocks) {
       uint4 codes[R];
       float d[R];
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        codes[r] = blocks::ld_u128(rows[r] + q4_0x8::codes_offset(b));
-        d[r] = blocks::ld_f16(rows[r] + q4_0x8::scale_offset(b));
+        codes[r] = *reinterpret_cast<const uint4*>(stage + r * Stage<R>::kRowBytes + 16 * lane);
+        d[r] = __half2float(*reinterpret_cast<const __half*>(stage + r * Stage<R>::kRowBytes + 512 +
+                                                               16 * (lane >> 3) + 2 * (lane & 7)));
       }
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
-        const std::uint8_t* tok = smem + static_cast<std::size_t>(t) * tb;
+        const std::uint8_t* tok = planes + static_cast<std::size_t>(t) * tb;
         uint4 pl[6];
 #pragma unroll
         for (int c = 0; c < 6; ++c) {
           pl[c] = reinterpret_cast<const uint4*>(tok)[static_cast<std::size_t>(c) * n_blocks + b];
         }
-        const float2 xb = reinterpret_cast<const float2*>(tok + 96 * static_cast<std::size_t>(n_blocks))[b];
+        const float2 xb =
+            reinterpret_cast<const float2*>(tok + 96 * static_cast<std::size_t>(n_blocks))[b];
 #pragma unroll
         for (int r = 0; r < R; ++r) acc[r][t] = fmaf(d[r], block_dot(codes[r], pl, xb), acc[r][t]);
       }
     }
+    if (step == n_steps - 1) {
+      const int task = first_task + (k / n_steps) * task_stride;
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
+      for (int r = 0; r < R; ++r) {
 #pragma unroll
-      for (int t = 0; t < kTokens; ++t) {
-        const float v = warp_sum(acc[r][t]);
-        if (lane == 0 && task * R + r < n_rows) {
-          y[static_cast<std::size_t>(t) * ldy + static_cast<std::size_t>(task * R + r)] = v;
+        for (int t = 0; t < kTokens; ++t) {
+          const float v = warp_sum(acc[r][t]);
+          acc[r][t] = 0.0f;
+          if (lane == 0 && task * R + r < n_rows) {
+            y[static_cast<std::size_t>(t) * ldy + static_cast<std::size_t>(task * R + r)] = v;
+          }
         }
       }
     }
+    __syncwarp();  // every lane has read stage k % S before the next issue() refills it
   }
+  cp_async_wait<0>();
 }
 
 std::atomic<int>& rows_choice() {
   static std::atomic<int> rows{0};
   return rows;
+}
+
+std::size_t max_smem() {
+  static thread_local int device = -1, bytes = 0;
+  int current = 0;
+  QFORGE_CUDA_CHECK(cudaGetDevice(&current));
+  if (current != device) {
+    QFORGE_CUDA_CHECK(
+        cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, current));
+    device = current;
+  }
+  return static_cast<std::size_t>(bytes);
 }
 
 int sm_count() {
@@ -227,12 +328,15 @@ int sm_count() {
   return count;
 }
 
-template <int R, int kTokens>
+template <int R, int kTokens, int kInput>
 void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
             StreamHandle stream) {
-  constexpr int kUnroll = R == 4 ? 2 : 4;  // 8 or 4-8 code loads of 16 bytes in flight per lane
-  auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kUnroll>;
-  const std::size_t smem = kTokens * token_bytes(n_cols / 32);
+  auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kInput>;
+  const std::size_t smem = ring_bytes<R, kTokens>() + kTokens * token_bytes(n_cols / 32);
+  if (smem > max_smem()) {
+    cuda_fail("CUDA gemv (Q4_0x8): ", n_cols, " columns x ", kTokens, " tokens need ", smem,
+              " bytes of shared memory, the device has ", max_smem());
+  }
   static std::atomic<std::size_t> opted_in{48 * 1024};
   if (smem > opted_in.load()) {
     QFORGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -268,17 +372,56 @@ int pick_rows(int n_rows, int n_tokens) {
   return best;
 }
 
-template <int kTokens>
+template <int kTokens, int kInput>
 void launch_tokens(const void* w, int n_rows, int n_cols, const float* x, float* y,
                    std::size_t ldy, StreamHandle stream) {
   switch (pick_rows(n_rows, kTokens)) {
     case 4:
-      if constexpr (kTokens == 1) return launch<4, kTokens>(w, n_rows, n_cols, x, y, ldy, stream);
+      if constexpr (kTokens == 1) {
+        return launch<4, kTokens, kInput>(w, n_rows, n_cols, x, y, ldy, stream);
+      }
       [[fallthrough]];
     case 2:
-      return launch<2, kTokens>(w, n_rows, n_cols, x, y, ldy, stream);
+      return launch<2, kTokens, kInput>(w, n_rows, n_cols, x, y, ldy, stream);
     default:
-      return launch<1, kTokens>(w, n_rows, n_cols, x, y, ldy, stream);
+      return launch<1, kTokens, kInput>(w, n_rows, n_cols, x, y, ldy, stream);
+  }
+}
+
+void check(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, const float* y,
+           std::size_t ldy, int n_tokens) {
+  if (n_cols == 0 || n_cols % 256 != 0 || n_cols > kMaxQ4_0x8Cols || n_rows == 0 ||
+      n_rows > 0x7fffffffu) {
+    cuda_fail("CUDA gemv (Q4_0x8): ", n_rows, " x ", n_cols,
+              " (need rows in [1, 2^31) and columns a positive multiple of 256 up to ",
+              kMaxQ4_0x8Cols, ")");
+  }
+  if (w == nullptr || reinterpret_cast<std::uintptr_t>(w) % 16 != 0 || x == nullptr ||
+      reinterpret_cast<std::uintptr_t>(x) % 16 != 0 || y == nullptr) {
+    cuda_fail("CUDA gemv (Q4_0x8): weights and x must be 16-byte aligned device arrays, y non-null");
+  }
+  if (n_tokens < 1) cuda_fail("CUDA gemv (Q4_0x8): n_tokens must be positive, got ", n_tokens);
+  if (ldy < n_rows) cuda_fail("CUDA gemv (Q4_0x8): output stride ", ldy, " < rows ", n_rows);
+}
+
+// Tokens in pairs that share the weight read where both tokens' planes fit in shared memory.
+// x_stride: floats per token of the input (n_cols, or 2 n_cols for gate/up rows).
+template <int kInput>
+void run_tokens(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x,
+                std::size_t x_stride, float* y, std::size_t ldy, int n_tokens,
+                StreamHandle stream) {
+  const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
+  const bool pairs = ring_bytes<2, 2>() + 2 * token_bytes(cols / 32) <= max_smem();
+  for (int t = 0; t < n_tokens;) {
+    const float* xt = x + static_cast<std::size_t>(t) * x_stride;
+    float* yt = y + static_cast<std::size_t>(t) * ldy;
+    if (pairs && n_tokens - t >= 2) {
+      launch_tokens<2, kInput>(w, rows, cols, xt, yt, ldy, stream);
+      t += 2;
+    } else {
+      launch_tokens<1, kInput>(w, rows, cols, xt, yt, ldy, stream);
+      t += 1;
+    }
   }
 }
 
@@ -293,28 +436,18 @@ void set_gemv_q4_0x8_rows(int rows) {
 
 void gemv_q4_0x8(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
                  std::size_t ldy, int n_tokens, StreamHandle stream) {
-  if (n_cols == 0 || n_cols % 256 != 0 || n_cols > (1u << 24) || n_rows == 0 ||
-      n_rows > 0x7fffffffu) {
-    cuda_fail("CUDA gemv (Q4_0x8): ", n_rows, " x ", n_cols,
-              " (need rows in [1, 2^31) and columns a positive multiple of 256 up to 2^24)");
-  }
-  if (w == nullptr || reinterpret_cast<std::uintptr_t>(w) % 16 != 0 || x == nullptr ||
-      reinterpret_cast<std::uintptr_t>(x) % 16 != 0 || y == nullptr) {
-    cuda_fail("CUDA gemv (Q4_0x8): weights and x must be 16-byte aligned device arrays, y non-null");
-  }
-  if (n_tokens < 1) cuda_fail("CUDA gemv (Q4_0x8): n_tokens must be positive, got ", n_tokens);
-  if (ldy < n_rows) cuda_fail("CUDA gemv (Q4_0x8): output stride ", ldy, " < rows ", n_rows);
-  const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
-  for (int t = 0; t < n_tokens;) {
-    const float* xt = x + static_cast<std::size_t>(t) * n_cols;
-    float* yt = y + static_cast<std::size_t>(t) * ldy;
-    if (n_tokens - t >= 2) {
-      launch_tokens<2>(w, rows, cols, xt, yt, ldy, stream);
-      t += 2;
-    } else {
-      launch_tokens<1>(w, rows, cols, xt, yt, ldy, stream);
-      t += 1;
-    }
+  check(w, n_rows, n_cols, x, y, ldy, n_tokens);
+  run_tokens<kPlain>(w, n_rows, n_cols, x, n_cols, y, ldy, n_tokens, stream);
+}
+
+void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::size_t n_cols,
+                     const float* gate_up, float* y, std::size_t ldy, int n_tokens,
+                     StreamHandle stream) {
+  check(w, n_rows, n_cols, gate_up, y, ldy, n_tokens);
+  if (act == FfnActivation::kSiluGlu) {
+    run_tokens<kSiluGlu>(w, n_rows, n_cols, gate_up, 2 * n_cols, y, ldy, n_tokens, stream);
+  } else {
+    run_tokens<kGeluGlu>(w, n_rows, n_cols, gate_up, 2 * n_cols, y, ldy, n_tokens, stream);
   }
 }
 

@@ -4,6 +4,7 @@
 #include "runtime/cuda/pdl.cuh"
 
 #include "runtime/cuda/block_decode.cuh"
+#include "runtime/cuda/glu.cuh"
 #include "runtime/cuda/model_ops.h"
 #include "runtime/cuda/reduce.cuh"
 #include "runtime/cuda/row_regs.cuh"
@@ -139,14 +140,6 @@ __global__ void add_norm_kernel(float* __restrict__ x, const float* __restrict__
 }
 
 // ---- gated activation ---------------------------------------------------------------------------
-__device__ __forceinline__ float silu(float x) {
-  return x / (1.0f + expf(-x));
-}
-__device__ __forceinline__ float gelu_tanh(float x) {
-  const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-  return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
-}
-
 template <bool kSilu>
 __global__ void glu_rows_kernel(const float* gate_up, float* out, std::size_t n_ff,
                                 std::size_t total) {

@@ -12,6 +12,7 @@
 
 #include <cstddef>
 
+#include "model/config.h"
 #include "quant/ggml_type.h"
 #include "runtime/cuda/stream.h"
 
@@ -20,7 +21,10 @@ namespace qforge::cuda {
 // How a weight matrix's bytes are arranged on the device.
 enum class WeightLayout { kGguf, kQ4_0x8 };
 
-// True for Q4_0 with n_cols a positive multiple of 256, unless QFORGE_Q4_0X8=0 is set (for
+// The widest rows the GEMV takes (its x planes and weight pipeline share one SM's shared memory).
+constexpr std::size_t kMaxQ4_0x8Cols = 32768;
+
+// True for Q4_0 with n_cols a positive multiple of 256 up to kMaxQ4_0x8Cols, unless QFORGE_Q4_0X8=0 is set (for
 // comparisons with the GGUF-layout kernels).
 bool q4_0x8_applies(GgmlType type, std::size_t n_cols);
 
@@ -42,6 +46,13 @@ void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols, StreamHandle
 // QFORGE_Q4_0X8=0 keeps GGUF order and the F32 kernels.
 void gemv_q4_0x8(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
                  std::size_t ldy, int n_tokens, StreamHandle stream = nullptr);
+
+// The down projection of a gated FFN with the activation applied while reading its input:
+// y = W * (act(gate) * up) for gate_up holding per token the n_cols gate values then the n_cols up
+// values (as glu_rows in model_ops.h reads them, with the same activation functions).
+void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::size_t n_cols,
+                     const float* gate_up, float* y, std::size_t ldy, int n_tokens,
+                     StreamHandle stream = nullptr);
 
 // For measurements and tests: rows per warp task (1, 2 or 4; 0 = chosen from the shape).
 void set_gemv_q4_0x8_rows(int rows);

@@ -40,7 +40,8 @@ bool q4_0x8_applies(GgmlType type, std::size_t n_cols) {
     const char* env = std::getenv("QFORGE_Q4_0X8");
     return env == nullptr || std::strcmp(env, "0") != 0;
   }();
-  return enabled && type == GgmlType::Q4_0 && n_cols > 0 && n_cols % 256 == 0;
+  return enabled && type == GgmlType::Q4_0 && n_cols > 0 && n_cols % 256 == 0 &&
+         n_cols <= kMaxQ4_0x8Cols;
 }
 
 void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols, StreamHandle stream) {

@@ -1,0 +1,15 @@
+// The gated-FFN activations, shared by glu_rows (model_ops.cu) and the down-projection GEMV that
+// applies them while reading its input (gemv_q4_0x8.cu), so both give the same values.
+#pragma once
+
+namespace qforge::cuda {
+
+__device__ __forceinline__ float silu(float x) {
+  return x / (1.0f + expf(-x));
+}
+__device__ __forceinline__ float gelu_tanh(float x) {
+  const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+  return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+}  // namespace qforge::cuda
