@@ -325,10 +325,38 @@ TEST_P(CudaGemma4SmallMoe, PrefillAndDecodeMatchCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(CudaGemma4Types, CudaGemma4SmallMoe,
-                         ::testing::Values(GgmlType::Q4_K, GgmlType::Q8_0),
+                         ::testing::Values(GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q4_0),
                          [](const ::testing::TestParamInfo<GgmlType>& param_info) {
                            return std::string(type_name(param_info.param));
                          });
+
+// A dense variant whose every attention and FFN matrix is 256-column aligned, in Q4_0: the GPU
+// regroups them (q4_0x8.h), so decode runs the integer-plane GEMV, including the down projection
+// that applies GeGLU while reading gate/up, and prompts the Q4_0x8 GEMM decoder (gemm off here:
+// the F32-equivalent GEMV for every token count).
+TEST(CudaGemma4Q4_0x8, DenseModelMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  nlohmann::json config = small_moe_config();
+  config["enable_moe_block"] = false;
+  config["intermediate_size"] = 1024;
+  const fs::path tmp = env_or("QFORGE_TEST_TMP", QFORGE_TEST_TMP);
+  fs::create_directories(tmp);
+  const fs::path path = tmp / "cuda_gemma4_small_dense_q4_0.gguf";
+  synth::SynthTypeOptions types;
+  types.type = GgmlType::Q4_0;
+  const synth::SynthPlan plan = synth::plan_synth_model(
+      synth::SynthArch::kGemma4, synth::synth_config_from_json(config, "small_dense"), types,
+      "small dense");
+  synth::write_synth_model(plan, path, 9);
+  const CpuF32Activations f32;
+  auto cpu = load_model(path);
+  auto gpu = cuda_model(path, /*gemm=*/false);
+  std::vector<std::int32_t> ids(40);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    ids[i] = static_cast<std::int32_t>(3 + (i * 53) % 500);
+  }
+  expect_gpu_matches_cpu(*cpu, *gpu, ids, 6, KvType::F32, "small dense Q4_0 (Q4_0x8 on the GPU)");
+}
 
 // ---- the tensor-core GEMM prefill path -------------------------------------------------------
 
