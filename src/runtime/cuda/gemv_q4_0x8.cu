@@ -11,9 +11,10 @@
 // Work split: a warp takes R rows at a time and walks their blocks with lane = block (32 blocks,
 // 576 contiguous bytes per step and row), so each plane load from shared memory serves R rows;
 // the lanes' sums meet in a shuffle reduction. One CTA of 16 warps per SM loops over the warp
-// tasks, so the planes are built once per SM, not once per R rows. Before waiting for the previous
-// kernel (programmatic dependent launch, pdl.cuh) each warp asks L2 for its first rows, which
-// overlaps the weight latency with the previous kernel's tail and the plane set-up.
+// tasks, so the planes are built once per SM, not once per R rows. Each warp streams its weights
+// through a ring of cp.async stages in shared memory (S - 1 steps in flight, across task
+// boundaries); the first stages and an L2 prefetch of the first rows are issued before waiting for
+// the previous kernel (programmatic dependent launch, pdl.cuh), since weights never depend on it.
 #include "runtime/cuda/check.cuh"
 #include "runtime/cuda/pdl.cuh"
 
@@ -45,7 +46,8 @@ __device__ __forceinline__ int dp4a_us(std::uint32_t a, std::uint32_t b, int c) 
 }
 
 __device__ __forceinline__ std::uint32_t pack_bytes(const int* p) {
-  return (static_cast<std::uint32_t>(p[0]) & 0xffu) | (static_cast<std::uint32_t>(p[1]) & 0xffu) << 8 |
+  return (static_cast<std::uint32_t>(p[0]) & 0xffu) |
+         (static_cast<std::uint32_t>(p[1]) & 0xffu) << 8 |
          (static_cast<std::uint32_t>(p[2]) & 0xffu) << 16 | static_cast<std::uint32_t>(p[3]) << 24;
 }
 
@@ -205,7 +207,8 @@ __global__ void __launch_bounds__(kThreads)
   const int n_tasks = (n_rows + R - 1) / R;
   const int first_task = static_cast<int>(blockIdx.x) * kWarps + warp;
   const int task_stride = static_cast<int>(gridDim.x) * kWarps;
-  const int my_tasks = first_task < n_tasks ? (n_tasks - first_task + task_stride - 1) / task_stride : 0;
+  const int my_tasks =
+      first_task < n_tasks ? (n_tasks - first_task + task_stride - 1) / task_stride : 0;
   const int n_items = my_tasks * n_steps;
   std::uint8_t* ring = smem + ring_bytes<R, kTokens>() / kWarps * warp;
   std::uint8_t* planes = smem + ring_bytes<R, kTokens>();
@@ -217,7 +220,8 @@ __global__ void __launch_bounds__(kThreads)
       if (b < n_blocks) {
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-          const std::uint8_t* row = w + static_cast<std::size_t>(min(task * R + r, n_rows - 1)) * row_bytes;
+          const std::uint8_t* row =
+              w + static_cast<std::size_t>(min(task * R + r, n_rows - 1)) * row_bytes;
           cp_async16(stage + r * Stage<R>::kRowBytes + 16 * lane, row + q4_0x8::codes_offset(b));
           if ((lane & 7) == 0) {
             cp_async16(stage + r * Stage<R>::kRowBytes + 512 + 2 * lane,
@@ -232,8 +236,10 @@ __global__ void __launch_bounds__(kThreads)
   // The weights do not depend on the previous kernel: start streaming them before waiting for it.
   if (first_task < n_tasks) {
     for (int r = 0; r < R; ++r) {
-      const std::uint8_t* row = w + static_cast<std::size_t>(min(first_task * R + r, n_rows - 1)) * row_bytes;
-      for (std::size_t off = 128 * static_cast<std::size_t>(lane); off < row_bytes; off += 32 * 128) {
+      const std::uint8_t* row =
+          w + static_cast<std::size_t>(min(first_task * R + r, n_rows - 1)) * row_bytes;
+      for (std::size_t off = 128 * static_cast<std::size_t>(lane); off < row_bytes;
+           off += 32 * 128) {
         prefetch_l2(row + off);
       }
     }
@@ -265,7 +271,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int r = 0; r < R; ++r) {
         codes[r] = *reinterpret_cast<const uint4*>(stage + r * Stage<R>::kRowBytes + 16 * lane);
         d[r] = __half2float(*reinterpret_cast<const __half*>(stage + r * Stage<R>::kRowBytes + 512 +
-                                                               16 * (lane >> 3) + 2 * (lane & 7)));
+                                                             16 * (lane >> 3) + 2 * (lane & 7)));
       }
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
@@ -373,8 +379,8 @@ int pick_rows(int n_rows, int n_tokens) {
 }
 
 template <int kTokens, int kInput>
-void launch_tokens(const void* w, int n_rows, int n_cols, const float* x, float* y,
-                   std::size_t ldy, StreamHandle stream) {
+void launch_tokens(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
+                   StreamHandle stream) {
   switch (pick_rows(n_rows, kTokens)) {
     case 4:
       if constexpr (kTokens == 1) {
@@ -398,7 +404,8 @@ void check(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x
   }
   if (w == nullptr || reinterpret_cast<std::uintptr_t>(w) % 16 != 0 || x == nullptr ||
       reinterpret_cast<std::uintptr_t>(x) % 16 != 0 || y == nullptr) {
-    cuda_fail("CUDA gemv (Q4_0x8): weights and x must be 16-byte aligned device arrays, y non-null");
+    cuda_fail(
+        "CUDA gemv (Q4_0x8): weights and x must be 16-byte aligned device arrays, y non-null");
   }
   if (n_tokens < 1) cuda_fail("CUDA gemv (Q4_0x8): n_tokens must be positive, got ", n_tokens);
   if (ldy < n_rows) cuda_fail("CUDA gemv (Q4_0x8): output stride ", ldy, " < rows ", n_rows);

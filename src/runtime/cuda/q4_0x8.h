@@ -24,8 +24,8 @@ enum class WeightLayout { kGguf, kQ4_0x8 };
 // The widest rows the GEMV takes (its x planes and weight pipeline share one SM's shared memory).
 constexpr std::size_t kMaxQ4_0x8Cols = 32768;
 
-// True for Q4_0 with n_cols a positive multiple of 256 up to kMaxQ4_0x8Cols, unless QFORGE_Q4_0X8=0 is set (for
-// comparisons with the GGUF-layout kernels).
+// True for Q4_0 with n_cols a positive multiple of 256 up to kMaxQ4_0x8Cols, unless QFORGE_Q4_0X8=0
+// is set (for comparisons with the GGUF-layout kernels).
 bool q4_0x8_applies(GgmlType type, std::size_t n_cols);
 
 // Rewrites n_rows GGUF Q4_0 rows of n_cols columns at w (device memory, 16-byte aligned) into

@@ -59,8 +59,8 @@ void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols, StreamHandle
     const std::size_t n = std::min(chunk, total - first);
     std::uint8_t* piece = bytes + first * kBlockBytes;
     detail::copy_device_to_device(scratch.data(), piece, n * kBlockBytes, stream);
-    repack_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(scratch.data(),
-                                                                              piece, n);
+    repack_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(scratch.data(), piece,
+                                                                              n);
     QFORGE_CUDA_CHECK_LAUNCH("repack_kernel");
   }
   QFORGE_CUDA_CHECK(cudaStreamSynchronize(stream));
