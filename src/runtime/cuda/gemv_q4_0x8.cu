@@ -213,39 +213,57 @@ __global__ void __launch_bounds__(kThreads)
   std::uint8_t* ring = smem + ring_bytes<R, kTokens>() / kWarps * warp;
   std::uint8_t* planes = smem + ring_bytes<R, kTokens>();
 
-  auto issue = [&](int k) {
-    if (k < n_items) {
-      const int task = first_task + (k / n_steps) * task_stride, b = (k % n_steps) * 32 + lane;
-      std::uint8_t* stage = ring + (k % S) * Stage<R>::kBytes;
-      if (b < n_blocks) {
+  // Offsets of this lane's block inside a 32-block step of a row (4 groups of 144 bytes).
+  const int lane_codes = 144 * (lane >> 3) + 16 + 16 * (lane & 7), lane_header = 144 * (lane >> 3);
+  auto task_rows = [&](int task, const std::uint8_t** rows) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      rows[r] = w + static_cast<std::size_t>(min(task * R + r, n_rows - 1)) * row_bytes;
+    }
+  };
+
+  // Issue side: the next item's (task, step), its stage, and the rows of its task. Counters
+  // instead of k / n_steps and k % S: integer division costs ~20 instructions.
+  int issued = 0, issue_step = 0, issue_task = first_task, issue_slot = 0;
+  const std::uint8_t* issue_rows[R];
+  task_rows(issue_task, issue_rows);
+  auto issue = [&] {
+    if (issued < n_items) {
+      std::uint8_t* stage = ring + issue_slot * Stage<R>::kBytes;
+      if (issue_step * 32 + lane < n_blocks) {
+        const std::size_t step_off = static_cast<std::size_t>(issue_step) * 576;
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-          const std::uint8_t* row =
-              w + static_cast<std::size_t>(min(task * R + r, n_rows - 1)) * row_bytes;
-          cp_async16(stage + r * Stage<R>::kRowBytes + 16 * lane, row + q4_0x8::codes_offset(b));
+          cp_async16(stage + r * Stage<R>::kRowBytes + 16 * lane,
+                     issue_rows[r] + step_off + lane_codes);
           if ((lane & 7) == 0) {
             cp_async16(stage + r * Stage<R>::kRowBytes + 512 + 2 * lane,
-                       row + q4_0x8::scale_offset(b));
+                       issue_rows[r] + step_off + lane_header);
           }
         }
       }
+      ++issued;
+      if (++issue_step == n_steps) {
+        issue_step = 0;
+        issue_task += task_stride;
+        task_rows(issue_task, issue_rows);
+      }
     }
     cp_async_commit();
+    if (++issue_slot == S) issue_slot = 0;
   };
 
   // The weights do not depend on the previous kernel: start streaming them before waiting for it.
   if (first_task < n_tasks) {
     for (int r = 0; r < R; ++r) {
-      const std::uint8_t* row =
-          w + static_cast<std::size_t>(min(first_task * R + r, n_rows - 1)) * row_bytes;
       for (std::size_t off = 128 * static_cast<std::size_t>(lane); off < row_bytes;
            off += 32 * 128) {
-        prefetch_l2(row + off);
+        prefetch_l2(issue_rows[r] + off);
       }
     }
   }
 #pragma unroll
-  for (int k = 0; k < S - 1; ++k) issue(k);
+  for (int k = 0; k < S - 1; ++k) issue();
   pdl_wait();
   pdl_trigger();
   build_planes<kTokens, kInput>(x, n_cols, n_blocks, planes);
@@ -258,12 +276,13 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int t = 0; t < kTokens; ++t) acc[r][t] = 0.0f;
   }
+  int step = 0, task = first_task, slot = 0;
   for (int k = 0; k < n_items; ++k) {
-    issue(k + S - 1);
+    issue();
     cp_async_wait<S - 1>();  // item k has landed (this lane's copies) ...
     __syncwarp();            // ... and so have the headers other lanes copied
-    const int step = k % n_steps, b = step * 32 + lane;
-    const std::uint8_t* stage = ring + (k % S) * Stage<R>::kBytes;
+    const int b = step * 32 + lane;
+    const std::uint8_t* stage = ring + slot * Stage<R>::kBytes;
     if (b < n_blocks) {
       uint4 codes[R];
       float d[R];
@@ -275,20 +294,17 @@ __global__ void __launch_bounds__(kThreads)
       }
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
-        const std::uint8_t* tok = planes + static_cast<std::size_t>(t) * tb;
+        const uint4* tok =
+            reinterpret_cast<const uint4*>(planes + static_cast<std::size_t>(t) * tb);
         uint4 pl[6];
 #pragma unroll
-        for (int c = 0; c < 6; ++c) {
-          pl[c] = reinterpret_cast<const uint4*>(tok)[static_cast<std::size_t>(c) * n_blocks + b];
-        }
-        const float2 xb =
-            reinterpret_cast<const float2*>(tok + 96 * static_cast<std::size_t>(n_blocks))[b];
+        for (int c = 0; c < 6; ++c) pl[c] = tok[c * n_blocks + b];
+        const float2 xb = reinterpret_cast<const float2*>(tok + 6 * n_blocks)[b];
 #pragma unroll
         for (int r = 0; r < R; ++r) acc[r][t] = fmaf(d[r], block_dot(codes[r], pl, xb), acc[r][t]);
       }
     }
-    if (step == n_steps - 1) {
-      const int task = first_task + (k / n_steps) * task_stride;
+    if (++step == n_steps) {
 #pragma unroll
       for (int r = 0; r < R; ++r) {
 #pragma unroll
@@ -300,8 +316,11 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
       }
+      step = 0;
+      task += task_stride;
     }
-    __syncwarp();  // every lane has read stage k % S before the next issue() refills it
+    if (++slot == S) slot = 0;
+    __syncwarp();  // every lane has read this stage before the next issue() refills it
   }
   cp_async_wait<0>();
 }
