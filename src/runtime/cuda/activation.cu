@@ -1,5 +1,6 @@
 // Gated activations (SwiGLU, GeGLU-tanh) and logit soft-capping: element-wise, grid-stride.
 #include "runtime/cuda/check.cuh"
+#include "runtime/cuda/glu.cuh"
 #include "runtime/cuda/ops.h"
 #include "runtime/cuda/pdl.cuh"
 
@@ -11,15 +12,6 @@ constexpr unsigned kThreads = 256;
 unsigned grid_for(std::size_t n) {
   const std::size_t blocks = (n + kThreads - 1) / kThreads;
   return static_cast<unsigned>(blocks < 65535u * 16 ? blocks : 65535u * 16);
-}
-
-__device__ __forceinline__ float silu(float x) {
-  return x / (1.0f + expf(-x));
-}
-
-__device__ __forceinline__ float gelu_tanh(float x) {
-  const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-  return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
 }
 
 template <bool kSilu>

@@ -320,13 +320,17 @@ void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits) {
   qp.k_norm = g.has_kv ? l.k_norm : nullptr;
   qp.eps = eps;
   qp.style = c.rope_style;
+  const KvLayout kv{g.n_kv, g.dk, g.dv, cache.layout().bf16};
+  if (g.has_kv) {  // K and V go into the cache in the same launch
+    qp.k_cache = cache.k(il);
+    qp.v_cache = cache.v(il);
+    qp.pos0 = pos_.data();
+    qp.v_offset = g.q_dim + g.k_dim;
+    qp.head_dim_v = g.dv;
+    qp.cache_bf16 = kv.bf16;
+  }
   qk_prepare(qkv, n, qp, g.swa ? cos_local_.data() : cos_global_.data(),
              g.swa ? sin_local_.data() : sin_global_.data(), s);
-
-  const KvLayout kv{g.n_kv, g.dk, g.dv, cache.layout().bf16};
-  if (g.has_kv) {
-    store_kv(qkv, ld, g.q_dim, g.q_dim + g.k_dim, n, pos_.data(), kv, cache.k(il), cache.v(il), s);
-  }
   BatchAttention ap;
   ap.n_head = c.n_head;
   ap.kv = kv;

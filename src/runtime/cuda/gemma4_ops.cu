@@ -3,6 +3,7 @@
 #include "runtime/cuda/pdl.cuh"
 
 #include "runtime/cuda/gemma4_ops.h"
+#include "runtime/cuda/glu.cuh"
 #include "runtime/cuda/reduce.cuh"
 #include "runtime/cuda/row_regs.cuh"
 
@@ -13,14 +14,6 @@ constexpr unsigned kThreads = 256;
 
 unsigned blocks_for(std::size_t n, unsigned threads = kThreads) {
   return static_cast<unsigned>((n + threads - 1) / threads);
-}
-
-__device__ __forceinline__ float silu(float x) {
-  return x / (1.0f + expf(-x));
-}
-__device__ __forceinline__ float gelu_tanh(float x) {
-  const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-  return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
 }
 
 // One warp per (token, head).
@@ -49,18 +42,21 @@ __global__ void copy_norm_heads_kernel(float* qkv, int n_tokens, std::size_t tok
 
 // One CTA per row, rows in registers (row_regs.cuh).
 template <int kPer>
-__global__ void moe_combine_kernel(float* __restrict__ o, const float* __restrict__ e,
-                                   const float* __restrict__ w_dense,
-                                   const float* __restrict__ w_moe, std::size_t n, float eps) {
+__global__ void __launch_bounds__(1024)
+    moe_combine_kernel(float* __restrict__ o, const float* __restrict__ e,
+                       const float* __restrict__ w_dense, const float* __restrict__ w_moe,
+                       std::size_t n, float eps) {
   pdl_wait();
   pdl_trigger();
   __shared__ float scratch[32];
   float* orow = o + blockIdx.x * n;
-  RowRegs<kPer> dense, experts;
+  RowRegs<kPer> dense, experts, wd, we;
   dense.load(orow, n);
   experts.load(e + blockIdx.x * n, n);
-  dense.scale(dense.inv_rms(n, eps, scratch), w_dense, n);
-  experts.scale(experts.inv_rms(n, eps, scratch), w_moe, n);
+  wd.load_weights(w_dense, n);
+  we.load_weights(w_moe, n);
+  dense.scale(dense.inv_rms(n, eps, scratch), wd);
+  experts.scale(experts.inv_rms(n, eps, scratch), we);
 #pragma unroll
   for (int j = 0; j < kPer; ++j) dense.v[j] += experts.v[j];
   dense.store(orow, n);
@@ -68,20 +64,23 @@ __global__ void moe_combine_kernel(float* __restrict__ o, const float* __restric
 
 // One CTA per row, rows in registers.
 template <int kPer>
-__global__ void residual_scale_norm_kernel(float* __restrict__ x, const float* __restrict__ o,
-                                           const float* __restrict__ o_norm, float scale,
-                                           const float* __restrict__ next_norm,
-                                           float* __restrict__ h, std::size_t n, float eps) {
+__global__ void __launch_bounds__(1024)
+    residual_scale_norm_kernel(float* __restrict__ x, const float* __restrict__ o,
+                               const float* __restrict__ o_norm, float scale,
+                               const float* __restrict__ next_norm, float* __restrict__ h,
+                               std::size_t n, float eps) {
   pdl_wait();
   pdl_trigger();
   __shared__ float scratch[32];
   float* xr = x + blockIdx.x * n;
-  RowRegs<kPer> xv;
+  RowRegs<kPer> xv, wn;
   xv.load(xr, n);
+  wn.load_weights(next_norm, n);
   if (o != nullptr) {
-    RowRegs<kPer> ov;
+    RowRegs<kPer> ov, wo;
     ov.load(o + blockIdx.x * n, n);
-    if (o_norm != nullptr) ov.scale(ov.inv_rms(n, eps, scratch), o_norm, n);
+    wo.load_weights(o_norm, n);
+    if (o_norm != nullptr) ov.scale(ov.inv_rms(n, eps, scratch), wo);
 #pragma unroll
     for (int j = 0; j < kPer; ++j) xv.v[j] = (xv.v[j] + ov.v[j]) * scale;
   } else {
@@ -90,7 +89,7 @@ __global__ void residual_scale_norm_kernel(float* __restrict__ x, const float* _
   }
   xv.store(xr, n);
   if (next_norm == nullptr) return;
-  xv.scale(xv.inv_rms(n, eps, scratch), next_norm, n);
+  xv.scale(xv.inv_rms(n, eps, scratch), wn);
   xv.store(h + blockIdx.x * n, n);
 }
 

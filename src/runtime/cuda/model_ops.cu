@@ -79,16 +79,42 @@ __global__ void rope_table_kernel(const int* pos0, int n_tokens, int n_rot, doub
   sin_out[idx] = static_cast<float>(s);
 }
 
+// ---- the KV cache's element type -----------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ T to_cache(float v);
+template <>
+__device__ __forceinline__ std::uint16_t to_cache<std::uint16_t>(float v) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+template <>
+__device__ __forceinline__ float to_cache<float>(float v) {
+  return v;
+}
+
 // ---- QK-norm + rope: one warp per (token, head) ------------------------------------------------
+// With a cache (p.k_cache), n_head_kv more warps per token copy the V heads into it, and the K
+// heads' warps write their final values there too (K: [n_ctx x n_head_kv x dk], V likewise with
+// dv).
+template <typename T>
 __global__ void qk_prepare_kernel(float* qkv, int n_tokens, QkPrepare p, const float* cos,
                                   const float* sin) {
   pdl_wait();
   pdl_trigger();
   const int warp_global = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) / 32);
   const int lane = static_cast<int>(threadIdx.x % 32);
-  const int heads = p.n_head + p.n_head_kv;
+  const bool store = p.k_cache != nullptr;
+  const int heads = p.n_head + p.n_head_kv * (store ? 2 : 1);
   if (warp_global >= n_tokens * heads) return;
   const int t = warp_global / heads, head = warp_global % heads;
+  const std::size_t pos = store ? static_cast<std::size_t>(*p.pos0 + t) : 0;
+  if (head >= p.n_head + p.n_head_kv) {  // a V head: copy only
+    const int hv = head - p.n_head - p.n_head_kv;
+    const float* src = qkv + static_cast<std::size_t>(t) * p.token_stride + p.v_offset +
+                       static_cast<std::size_t>(hv) * p.head_dim_v;
+    T* dst = static_cast<T*>(p.v_cache) + (pos * p.n_head_kv + hv) * p.head_dim_v;
+    for (int i = lane; i < p.head_dim_v; i += 32) dst[i] = to_cache<T>(src[i]);
+    return;
+  }
   const bool is_q = head < p.n_head;
   float* v = qkv + static_cast<std::size_t>(t) * p.token_stride +
              (is_q ? static_cast<std::size_t>(head) * p.head_dim
@@ -113,29 +139,37 @@ __global__ void qk_prepare_kernel(float* qkv, int n_tokens, QkPrepare p, const f
     v[a] = x0 * ct[i] - x1 * st[i];
     v[b] = x0 * st[i] + x1 * ct[i];
   }
+  if (store && !is_q) {
+    __syncwarp();  // the lanes' rotated values are in v
+    const int hk = head - p.n_head;
+    T* dst = static_cast<T*>(p.k_cache) + (pos * p.n_head_kv + hk) * p.head_dim;
+    for (int i = lane; i < p.head_dim; i += 32) dst[i] = to_cache<T>(v[i]);
+  }
 }
 
 // ---- residual add + RMSNorm: one CTA per row, the row in registers (row_regs.cuh) -----------
 template <int kPer>
-__global__ void add_norm_kernel(float* __restrict__ x, const float* __restrict__ o,
-                                const float* __restrict__ o_norm,
-                                const float* __restrict__ next_norm, float* __restrict__ h,
-                                std::size_t n, float eps) {
+__global__ void __launch_bounds__(1024)
+    add_norm_kernel(float* __restrict__ x, const float* __restrict__ o,
+                    const float* __restrict__ o_norm, const float* __restrict__ next_norm,
+                    float* __restrict__ h, std::size_t n, float eps) {
   pdl_wait();
   pdl_trigger();
   __shared__ float scratch[32];
   float* xr = x + blockIdx.x * n;
-  RowRegs<kPer> xv;
+  RowRegs<kPer> xv, wn;
   xv.load(xr, n);
+  wn.load_weights(next_norm, n);
   if (o != nullptr) {
-    RowRegs<kPer> ov;
+    RowRegs<kPer> ov, wo;
     ov.load(o + blockIdx.x * n, n);
-    if (o_norm != nullptr) ov.scale(ov.inv_rms(n, eps, scratch), o_norm, n);
+    wo.load_weights(o_norm, n);
+    if (o_norm != nullptr) ov.scale(ov.inv_rms(n, eps, scratch), wo);
 #pragma unroll
     for (int j = 0; j < kPer; ++j) xv.v[j] += ov.v[j];
     xv.store(xr, n);
   }
-  xv.scale(xv.inv_rms(n, eps, scratch), next_norm, n);
+  xv.scale(xv.inv_rms(n, eps, scratch), wn);
   xv.store(h + blockIdx.x * n, n);
 }
 
@@ -150,38 +184,6 @@ __global__ void glu_rows_kernel(const float* gate_up, float* out, std::size_t n_
   const std::size_t t = i / n_ff, j = i % n_ff;
   const float g = gate_up[2 * n_ff * t + j], u = gate_up[2 * n_ff * t + n_ff + j];
   out[i] = (kSilu ? silu(g) : gelu_tanh(g)) * u;
-}
-
-// ---- KV store
-// -------------------------------------------------------------------------------------
-template <typename T>
-__device__ __forceinline__ T to_cache(float v);
-template <>
-__device__ __forceinline__ std::uint16_t to_cache<std::uint16_t>(float v) {
-  return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-}
-template <>
-__device__ __forceinline__ float to_cache<float>(float v) {
-  return v;
-}
-
-template <typename T>
-__global__ void store_kv_kernel(const float* qkv, std::size_t token_stride, std::size_t k_offset,
-                                std::size_t v_offset, int n_tokens, const int* pos0, int k_dim,
-                                int v_dim, T* k_cache, T* v_cache) {
-  pdl_wait();
-  pdl_trigger();
-  const int per_token = k_dim + v_dim;
-  const int idx = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
-  if (idx >= n_tokens * per_token) return;
-  const int t = idx / per_token, i = idx % per_token;
-  const float* src = qkv + static_cast<std::size_t>(t) * token_stride;
-  const auto pos = static_cast<std::size_t>(*pos0 + t);
-  if (i < k_dim) {
-    k_cache[pos * k_dim + i] = to_cache<T>(src[k_offset + i]);
-  } else {
-    v_cache[pos * v_dim + (i - k_dim)] = to_cache<T>(src[v_offset + (i - k_dim)]);
-  }
 }
 
 }  // namespace
@@ -232,10 +234,20 @@ void qk_prepare(float* qkv, int n_tokens, const QkPrepare& p, const float* cos, 
   if (p.n_rot <= 0 || p.n_rot % 2 != 0 || p.n_rot > p.head_dim) {
     cuda_fail("CUDA qk_prepare: n_rot ", p.n_rot, " must be even and in (0, ", p.head_dim, "]");
   }
-  const std::size_t threads = static_cast<std::size_t>(n_tokens) * (p.n_head + p.n_head_kv) * 32;
+  const bool store = p.k_cache != nullptr;
+  if (store && (p.v_cache == nullptr || p.pos0 == nullptr || p.n_head_kv == 0)) {
+    cuda_fail("CUDA qk_prepare: storing into the cache needs both caches, pos0 and K heads");
+  }
+  const std::size_t threads =
+      static_cast<std::size_t>(n_tokens) * (p.n_head + p.n_head_kv * (store ? 2 : 1)) * 32;
   if (threads == 0) return;
-  launch_pdl("qk_prepare_kernel", qk_prepare_kernel, blocks_for(threads, 128), 128, 0, stream, qkv,
-             n_tokens, p, cos, sin);
+  if (!store || p.cache_bf16) {
+    launch_pdl("qk_prepare_kernel", qk_prepare_kernel<std::uint16_t>, blocks_for(threads, 128), 128,
+               0, stream, qkv, n_tokens, p, cos, sin);
+  } else {
+    launch_pdl("qk_prepare_kernel", qk_prepare_kernel<float>, blocks_for(threads, 128), 128, 0,
+               stream, qkv, n_tokens, p, cos, sin);
+  }
   QFORGE_CUDA_CHECK_LAUNCH("qk_prepare_kernel");
 }
 
@@ -261,24 +273,6 @@ void glu_rows(FfnActivation act, const float* gate_up, float* out, int n_tokens,
                gate_up, out, n_ff, total);
   }
   QFORGE_CUDA_CHECK_LAUNCH("glu_rows_kernel");
-}
-
-void store_kv(const float* qkv, std::size_t token_stride, std::size_t k_offset,
-              std::size_t v_offset, int n_tokens, const int* pos0, const KvLayout& kv,
-              void* k_cache, void* v_cache, StreamHandle stream) {
-  const int k_dim = kv.n_head_kv * kv.head_dim_k, v_dim = kv.n_head_kv * kv.head_dim_v;
-  const std::size_t total = static_cast<std::size_t>(n_tokens) * (k_dim + v_dim);
-  if (total == 0) return;
-  if (kv.bf16) {
-    launch_pdl("store_kv_kernel", store_kv_kernel<std::uint16_t>, blocks_for(total), kThreads, 0,
-               stream, qkv, token_stride, k_offset, v_offset, n_tokens, pos0, k_dim, v_dim,
-               static_cast<std::uint16_t*>(k_cache), static_cast<std::uint16_t*>(v_cache));
-  } else {
-    launch_pdl("store_kv_kernel", store_kv_kernel<float>, blocks_for(total), kThreads, 0, stream,
-               qkv, token_stride, k_offset, v_offset, n_tokens, pos0, k_dim, v_dim,
-               static_cast<float*>(k_cache), static_cast<float*>(v_cache));
-  }
-  QFORGE_CUDA_CHECK_LAUNCH("store_kv_kernel");
 }
 
 }  // namespace qforge::cuda

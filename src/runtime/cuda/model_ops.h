@@ -33,9 +33,18 @@ struct QkPrepare {
   const float* k_norm = nullptr;
   float eps = 0.0f;
   RopeStyle style = RopeStyle::kAdjacentPairs;
+  // Optional (k_cache non-null): also store the prepared K and the V rows (at v_offset, head_dim_v
+  // per head) into one layer's cache (K: [n_ctx x n_head_kv x dk], V: [n_ctx x n_head_kv x dv])
+  // at positions *pos0 + t, converted to the cache type (BF16 rounds to nearest even).
+  void* k_cache = nullptr;
+  void* v_cache = nullptr;
+  const int* pos0 = nullptr;
+  std::size_t v_offset = 0;
+  int head_dim_v = 0;
+  bool cache_bf16 = true;  // else F32
 };
 // Per token and head of Q and K in place: optional RMSNorm with the head weights, then rotary
-// embedding with the tables of rope_tables.
+// embedding with the tables of rope_tables; then the optional cache store.
 void qk_prepare(float* qkv, int n_tokens, const QkPrepare& p, const float* cos, const float* sin,
                 StreamHandle stream);
 
@@ -52,12 +61,6 @@ struct KvLayout {
   int n_head_kv = 0, head_dim_k = 0, head_dim_v = 0;
   bool bf16 = true;  // else F32
 };
-// Stores K and V of n_tokens tokens (read from the qkv buffer: k at k_offset, v at v_offset,
-// tokens token_stride apart) at positions *pos0 + t of one layer's cache
-// (K: [n_ctx x n_head_kv x dk], V: [n_ctx x n_head_kv x dv]).
-void store_kv(const float* qkv, std::size_t token_stride, std::size_t k_offset,
-              std::size_t v_offset, int n_tokens, const int* pos0, const KvLayout& kv,
-              void* k_cache, void* v_cache, StreamHandle stream);
 
 struct BatchAttention {
   int n_head = 0;

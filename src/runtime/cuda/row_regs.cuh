@@ -42,12 +42,16 @@ struct RowRegs {
     ss = block_reduce<false>(ss, scratch);
     return 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
   }
-  // v[j] *= s * w[index(j)] (w may be null: no weight).
-  __device__ __forceinline__ void scale(float s, const float* __restrict__ w, std::size_t n) {
+  // The weights w (or ones for a null w), loaded up front so that their latency overlaps the row's
+  // loads instead of following the norm's reduction.
+  __device__ __forceinline__ void load_weights(const float* __restrict__ w, std::size_t n) {
 #pragma unroll
-    for (int j = 0; j < kPer; ++j) {
-      if (index(j) < n) v[j] = v[j] * s * (w != nullptr ? w[index(j)] : 1.0f);
-    }
+    for (int j = 0; j < kPer; ++j) v[j] = w != nullptr && index(j) < n ? w[index(j)] : 1.0f;
+  }
+  // v[j] *= s * w.v[j], with w from load_weights.
+  __device__ __forceinline__ void scale(float s, const RowRegs& w) {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) v[j] = v[j] * s * w.v[j];
   }
 };
 
