@@ -331,9 +331,9 @@ INSTANTIATE_TEST_SUITE_P(CudaGemma4Types, CudaGemma4SmallMoe,
                          });
 
 // A dense variant whose every attention and FFN matrix is 256-column aligned, in Q4_0: the GPU
-// regroups them (q4_0x8.h), so decode runs the integer-plane GEMV, including the down projection
-// that applies GeGLU while reading gate/up, and prompts the Q4_0x8 GEMM decoder (gemm off here:
-// the F32-equivalent GEMV for every token count).
+// regroups them (q4_0x8.h), so decode runs the integer-plane GEMV, including the gate/up product
+// that applies GeGLU to its sums (gemm off here: the F32-equivalent GEMV for every token count;
+// the Q4_0x8 GEMM decoder is checked bit for bit in test_cuda_kernels.cpp).
 TEST(CudaGemma4Q4_0x8, DenseModelMatchesCpu) {
   SKIP_WITHOUT_GPU();
   nlohmann::json config = small_moe_config();

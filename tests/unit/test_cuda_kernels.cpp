@@ -275,31 +275,41 @@ TEST(CudaGemv, Q4_0x8LargeAndZeroActivations) {
   for (const float v : dy.to_host()) EXPECT_FALSE(std::isfinite(v));
 }
 
-// The down projection with the gated activation applied while reading gate/up rows equals
-// glu_rows followed by the plain Q4_0x8 GEMV (the same activation code), for 1 to 3 tokens.
-TEST(CudaGemv, Q4_0x8GluInputEqualsSeparateActivation) {
+// The gate/up product with the activation applied in the GEMV (gate row j and up row j summed by
+// one warp) equals the plain Q4_0x8 GEMV into a [gate | up] buffer followed by glu_rows, for both
+// activations, 1 to 3 tokens, every task size and an output stride wider than n_ff.
+TEST(CudaGemv, Q4_0x8GluOutputEqualsSeparateActivation) {
   SKIP_WITHOUT_GPU();
-  const std::size_t rows = 70, ff = 1536;
-  const Quantized q = make_weights(GgmlType::Q4_0, rows, ff, 21);
+  const std::size_t ff = 70, cols = 1536, ldy = ff + 5;
+  const Quantized q = make_weights(GgmlType::Q4_0, 2 * ff, cols, 21);
   cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
-  cuda::repack_q4_0x8(dw.data(), rows, ff);
+  cuda::repack_q4_0x8(dw.data(), 2 * ff, cols);
   for (const FfnActivation act : {FfnActivation::kSiluGlu, FfnActivation::kGeluTanhGlu}) {
-    for (const int n_tokens : {1, 2, 3}) {
-      SCOPED_TRACE(testing::Message() << static_cast<int>(act) << " tokens " << n_tokens);
-      const std::vector<float> gate_up = random_floats(2 * ff * n_tokens, 22 + n_tokens, 2.0f);
-      cuda::DeviceBuffer<float> dgu{std::span<const float>(gate_up)};
-      cuda::DeviceBuffer<float> dact(ff * n_tokens), want(rows * n_tokens), got(rows * n_tokens);
-      cuda::glu_rows(act, dgu.data(), dact.data(), n_tokens, ff, nullptr);
-      cuda::gemv_q4_0x8(dw.data(), rows, ff, dact.data(), want.data(), rows, n_tokens);
-      got.fill_bytes(0xff);
-      cuda::gemv_q4_0x8_glu(act, dw.data(), rows, ff, dgu.data(), got.data(), rows, n_tokens);
-      const std::vector<float> a = want.to_host(), b = got.to_host();
-      for (std::size_t i = 0; i < a.size(); ++i) {
-        ASSERT_TRUE(std::isfinite(b[i])) << i;
-        EXPECT_NEAR(b[i], a[i], 1e-6 * (1.0 + std::fabs(a[i]))) << i;
+    for (const int task_rows : {0, 1, 2, 4}) {
+      cuda::set_gemv_q4_0x8_rows(task_rows);
+      for (const int n_tokens : {1, 2, 3}) {
+        SCOPED_TRACE(testing::Message() << static_cast<int>(act) << " task rows " << task_rows
+                                        << " tokens " << n_tokens);
+        const std::vector<float> x = random_floats(cols * n_tokens, 22 + n_tokens, 2.0f);
+        cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+        cuda::DeviceBuffer<float> gate_up(2 * ff * n_tokens), want(ff * n_tokens),
+            got(ldy * n_tokens);
+        cuda::gemv_q4_0x8(dw.data(), 2 * ff, cols, dx.data(), gate_up.data(), 2 * ff, n_tokens);
+        cuda::glu_rows(act, gate_up.data(), want.data(), n_tokens, ff, nullptr);
+        got.fill_bytes(0xff);
+        cuda::gemv_q4_0x8_glu(act, dw.data(), 2 * ff, cols, dx.data(), got.data(), ldy, n_tokens);
+        const std::vector<float> a = want.to_host(), b = got.to_host();
+        for (int t = 0; t < n_tokens; ++t) {
+          for (std::size_t j = 0; j < ff; ++j) {
+            const float e = a[t * ff + j], g = b[t * ldy + j];
+            ASSERT_TRUE(std::isfinite(g)) << t << " " << j;
+            EXPECT_NEAR(g, e, 1e-6 * (1.0 + std::fabs(e))) << t << " " << j;
+          }
+        }
       }
     }
   }
+  cuda::set_gemv_q4_0x8_rows(0);
 }
 
 // The prompt GEMM reads Q4_0x8 weights with its own decoder: bit for bit the GGUF-layout result.

@@ -141,29 +141,43 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (threadIdx.x == 0) dst[0] = big, dst[1] = total;
 }
 
-// One CTA per (head, token): out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+constexpr int kMaxMergeSplits = 1024;
+
+// One CTA per (head, token): out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M). The splits'
+// (m, l) are read once into shared memory and their weights e^(m_s - M) computed once per CTA
+// (not once per output element), with the sums in the same order as a plain loop over s.
 __global__ void batch_attention_merge(const float* __restrict__ part, int n_splits, int dv,
                                       float* __restrict__ out) {
   pdl_wait();
   pdl_trigger();
+  __shared__ float m[kMaxMergeSplits], l[kMaxMergeSplits];
   const int h = static_cast<int>(blockIdx.x), t = static_cast<int>(blockIdx.y);
   const int n_head = static_cast<int>(gridDim.x);
-  const float* base = part + (static_cast<std::size_t>(t) * n_head + h) * n_splits *
-                                 static_cast<std::size_t>(dv + 2);
+  const auto stride = static_cast<std::size_t>(dv + 2);
+  const float* base = part + (static_cast<std::size_t>(t) * n_head + h) * n_splits * stride;
+  for (int s = static_cast<int>(threadIdx.x); s < n_splits; s += static_cast<int>(blockDim.x)) {
+    m[s] = base[s * stride];
+    l[s] = base[s * stride + 1];
+  }
+  __syncthreads();
   float big = -INFINITY;
-  for (int s = 0; s < n_splits; ++s) big = fmaxf(big, base[s * (dv + 2)]);
+  for (int s = 0; s < n_splits; ++s) big = fmaxf(big, m[s]);
+  __syncthreads();  // every thread has its maximum before m is overwritten with the weights
+  for (int s = static_cast<int>(threadIdx.x); s < n_splits; s += static_cast<int>(blockDim.x)) {
+    m[s] = m[s] == -INFINITY ? -1.0f : expf(m[s] - big);  // -1: an empty split, left out
+  }
+  __syncthreads();
   float total = 0.0f;
   for (int s = 0; s < n_splits; ++s) {
-    const float ms = base[s * (dv + 2)];
-    if (ms != -INFINITY) total += base[s * (dv + 2) + 1] * expf(ms - big);
+    if (m[s] >= 0.0f) total += l[s] * m[s];
   }
   const float inv = 1.0f / total;
   float* dst = out + (static_cast<std::size_t>(t) * n_head + h) * dv;
   for (int d = static_cast<int>(threadIdx.x); d < dv; d += static_cast<int>(blockDim.x)) {
     float acc = 0.0f;
+#pragma unroll 8
     for (int s = 0; s < n_splits; ++s) {
-      const float ms = base[s * (dv + 2)];
-      if (ms != -INFINITY) acc += base[s * (dv + 2) + 2 + d] * expf(ms - big);
+      if (m[s] >= 0.0f) acc += base[s * stride + 2 + d] * m[s];
     }
     dst[d] = acc * inv;
   }
@@ -230,7 +244,7 @@ void batch_attention(const float* q, const void* k_cache, const void* v_cache, c
     cuda_fail("CUDA attention: ", p.n_head, " query heads do not split into ", p.kv.n_head_kv,
               " KV groups");
   }
-  if (n_tokens <= 0 || n_tokens > 65535 || n_splits <= 0 || n_splits > 65535) {
+  if (n_tokens <= 0 || n_tokens > 65535 || n_splits <= 0 || n_splits > kMaxMergeSplits) {
     cuda_fail("CUDA attention: bad batch (", n_tokens, " tokens, ", n_splits, " splits)");
   }
   if (p.kv.bf16) {

@@ -363,20 +363,21 @@ void CudaModel::ffn_block(int il, int n) {
   const StreamHandle s = stream_.get();
   const DeviceLayer& l = weights_.layers[sz(il)];
   const std::size_t ff = layers_[sz(il)].ff;
-  if (!l.gate_up.empty()) {
-    matmul(l.gate_up, h_.data(), gate_up_.data(), 2 * ff, n);
+  const bool decode_gemv = !(use_gemm_ && n >= kGemmMinTokens);
+  if (!l.gate_up.empty() && l.gate_up.layout == WeightLayout::kQ4_0x8 && decode_gemv) {
+    // Gate and up rows summed by the same warp, the activation applied on the spot.
+    gemv_q4_0x8_glu(c.ffn_act, l.gate_up.data, l.gate_up.rows, l.gate_up.cols, h_.data(),
+                    act_.data(), ff, n, s);
   } else {
-    matmul(l.gate, h_.data(), gate_up_.data(), 2 * ff, n);
-    matmul(l.up, h_.data(), gate_up_.data() + ff, 2 * ff, n);
-  }
-  if (l.down.layout == WeightLayout::kQ4_0x8 && !(use_gemm_ && n >= kGemmMinTokens)) {
-    // The activation is applied by the down GEMV as it reads gate/up: one launch less per layer.
-    gemv_q4_0x8_glu(c.ffn_act, l.down.data, l.down.rows, l.down.cols, gate_up_.data(), o_.data(),
-                    embd_, n, s);
-  } else {
+    if (!l.gate_up.empty()) {
+      matmul(l.gate_up, h_.data(), gate_up_.data(), 2 * ff, n);
+    } else {
+      matmul(l.gate, h_.data(), gate_up_.data(), 2 * ff, n);
+      matmul(l.up, h_.data(), gate_up_.data() + ff, 2 * ff, n);
+    }
     glu_rows(c.ffn_act, gate_up_.data(), act_.data(), n, ff, s);
-    matmul(l.down, act_.data(), o_.data(), embd_, n);
   }
+  matmul(l.down, act_.data(), o_.data(), embd_, n);
   if (l.has_moe) {
     moe_block(il, n);
     moe_combine(o_.data(), moe_out_.data(), l.moe.post_norm_dense, l.moe.post_norm_moe, n, embd_,

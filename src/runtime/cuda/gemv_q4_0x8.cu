@@ -51,31 +51,15 @@ __device__ __forceinline__ std::uint32_t pack_bytes(const int* p) {
          (static_cast<std::uint32_t>(p[2]) & 0xffu) << 16 | static_cast<std::uint32_t>(p[3]) << 24;
 }
 
-// What the kernel's x argument holds: x itself (n_tokens x n_cols), or a gated FFN's gate/up rows
-// (n_tokens x 2 n_cols: gate then up), of which x = act(gate) * up is formed while reading.
-enum Input { kPlain, kSiluGlu, kGeluGlu };
-
-template <int kInput>
-__device__ __forceinline__ void load8(const float* __restrict__ x, int n_cols, int t, int col,
-                                      float* v) {
-  if constexpr (kInput == kPlain) {
-    const float* src = x + static_cast<std::size_t>(t) * n_cols + col;
-    const float4 a = __ldg(reinterpret_cast<const float4*>(src));
-    const float4 c = __ldg(reinterpret_cast<const float4*>(src + 4));
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = c.x, v[5] = c.y, v[6] = c.z, v[7] = c.w;
-  } else {
-    const float* gate = x + 2 * static_cast<std::size_t>(t) * n_cols + col;
-    float g[8], u[8];
-    load8<kPlain>(gate, 0, 0, 0, g);
-    load8<kPlain>(gate + n_cols, 0, 0, 0, u);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) v[k] = (kInput == kSiluGlu ? silu(g[k]) : gelu_tanh(g[k])) * u[k];
-  }
+__device__ __forceinline__ void load8(const float* __restrict__ src, float* v) {
+  const float4 a = __ldg(reinterpret_cast<const float4*>(src));
+  const float4 c = __ldg(reinterpret_cast<const float4*>(src + 4));
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = c.x, v[5] = c.y, v[6] = c.z, v[7] = c.w;
 }
 
 // Four threads per (token, block), 8 consecutive elements each; the x loads of kBatch rounds are
 // issued together (one L2 round trip for up to kBatch * kThreads / 4 blocks).
-template <int kTokens, int kInput>
+template <int kTokens>
 __device__ void build_planes(const float* __restrict__ x, int n_cols, int n_blocks,
                              std::uint8_t* smem) {
   constexpr int kBatch = 4;
@@ -89,7 +73,7 @@ __device__ void build_planes(const float* __restrict__ x, int n_cols, int n_bloc
       for (int k = 0; k < 8; ++k) v[j][k] = 0.0f;
       if (i < total) {
         const int t = i / per_token, b = (i - t * per_token) >> 2, q = i & 3;
-        load8<kInput>(x, n_cols, t, 32 * b + 8 * q, v[j]);
+        load8(x + static_cast<std::size_t>(t) * n_cols + 32 * b + 8 * q, v[j]);
       }
     }
 #pragma unroll
@@ -194,17 +178,30 @@ __host__ __device__ constexpr std::size_t ring_bytes() {
 
 // The warp's work is a sequence of items (task, 32-block step); item k goes to stage k % S, and
 // S - 1 items are always in flight, across task boundaries (a 4096-column row is only 4 steps).
-template <int R, int kTokens, int kInput>
+// What a task's sums become: one output per row, or (a gated FFN's gate/up matrix, gate rows
+// then up rows) act(gate row j) * (up row j) per pair j, as glu_rows computes it: a task then
+// holds R / 2 gate rows and the R / 2 matching up rows.
+enum Output { kRows, kSiluGlu, kGeluGlu };
+
+template <int R, int kOut>
+__host__ __device__ constexpr int task_count(int n_rows) {
+  return kOut == kRows ? (n_rows + R - 1) / R : (n_rows / 2 + R / 2 - 1) / (R / 2);
+}
+
+template <int R, int kTokens, int kOut>
 __global__ void __launch_bounds__(kThreads)
     gemv_q4_0x8_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols,
                        const float* __restrict__ x, float* __restrict__ y, std::size_t ldy) {
   constexpr int S = stages<R, kTokens>();
+  constexpr bool kGlu = kOut != kRows;
+  constexpr int kPairs = R / 2;
+  static_assert(!kGlu || R % 2 == 0);
   extern __shared__ uint4 smem_words[];
   auto* smem = reinterpret_cast<std::uint8_t*>(smem_words);
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
   const int n_blocks = n_cols / 32, n_steps = (n_blocks + 31) / 32;
   const std::size_t row_bytes = static_cast<std::size_t>(n_blocks) * 18;
-  const int n_tasks = (n_rows + R - 1) / R;
+  const int n_tasks = task_count<R, kOut>(n_rows), n_pairs = n_rows / 2;
   const int first_task = static_cast<int>(blockIdx.x) * kWarps + warp;
   const int task_stride = static_cast<int>(gridDim.x) * kWarps;
   const int my_tasks =
@@ -218,7 +215,12 @@ __global__ void __launch_bounds__(kThreads)
   auto task_rows = [&](int task, const std::uint8_t** rows) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      rows[r] = w + static_cast<std::size_t>(min(task * R + r, n_rows - 1)) * row_bytes;
+      int row = min(task * R + r, n_rows - 1);
+      if constexpr (kGlu) {
+        const int pair = min(task * kPairs + r % kPairs, n_pairs - 1);
+        row = r < kPairs ? pair : n_pairs + pair;
+      }
+      rows[r] = w + static_cast<std::size_t>(row) * row_bytes;
     }
   };
 
@@ -266,7 +268,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int k = 0; k < S - 1; ++k) issue();
   pdl_wait();
   pdl_trigger();
-  build_planes<kTokens, kInput>(x, n_cols, n_blocks, planes);
+  build_planes<kTokens>(x, n_cols, n_blocks, planes);
   __syncthreads();
 
   const std::size_t tb = token_bytes(n_blocks);
@@ -306,13 +308,24 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (++step == n_steps) {
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
+      for (int t = 0; t < kTokens; ++t) {
+        float v[R];
 #pragma unroll
-        for (int t = 0; t < kTokens; ++t) {
-          const float v = warp_sum(acc[r][t]);
+        for (int r = 0; r < R; ++r) {
+          v[r] = warp_sum(acc[r][t]);
           acc[r][t] = 0.0f;
-          if (lane == 0 && task * R + r < n_rows) {
-            y[static_cast<std::size_t>(t) * ldy + static_cast<std::size_t>(task * R + r)] = v;
+        }
+        if (lane == 0) {
+          float* yt = y + static_cast<std::size_t>(t) * ldy;
+#pragma unroll
+          for (int r = 0; r < (kGlu ? kPairs : R); ++r) {
+            if constexpr (kGlu) {
+              const int pair = task * kPairs + r;
+              const float g = v[r], u = v[r + kPairs];
+              if (pair < n_pairs) yt[pair] = (kOut == kSiluGlu ? silu(g) : gelu_tanh(g)) * u;
+            } else if (task * R + r < n_rows) {
+              yt[task * R + r] = v[r];
+            }
           }
         }
       }
@@ -353,10 +366,10 @@ int sm_count() {
   return count;
 }
 
-template <int R, int kTokens, int kInput>
+template <int R, int kTokens, int kOut>
 void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
             StreamHandle stream) {
-  auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kInput>;
+  auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut>;
   const std::size_t smem = ring_bytes<R, kTokens>() + kTokens * token_bytes(n_cols / 32);
   if (smem > max_smem()) {
     cuda_fail("CUDA gemv (Q4_0x8): ", n_cols, " columns x ", kTokens, " tokens need ", smem,
@@ -370,7 +383,7 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std
   }
   // One CTA per SM: the planes are built once per SM, and a second CTA's room is left to the next
   // kernel (programmatic dependent launch) to start its prefetch while this one runs.
-  const int n_tasks = (n_rows + R - 1) / R;
+  const int n_tasks = task_count<R, kOut>(n_rows);
   const int grid = std::min((n_tasks + kWarps - 1) / kWarps, sm_count());
   launch_pdl("gemv_q4_0x8_kernel", kernel, static_cast<unsigned>(grid), kThreads, smem, stream,
              static_cast<const std::uint8_t*>(w), n_rows, n_cols, x, y, ldy);
@@ -397,19 +410,23 @@ int pick_rows(int n_rows, int n_tokens) {
   return best;
 }
 
-template <int kTokens, int kInput>
+template <int kTokens, int kOut>
 void launch_tokens(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
                    StreamHandle stream) {
   switch (pick_rows(n_rows, kTokens)) {
     case 4:
       if constexpr (kTokens == 1) {
-        return launch<4, kTokens, kInput>(w, n_rows, n_cols, x, y, ldy, stream);
+        return launch<4, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
       }
       [[fallthrough]];
     case 2:
-      return launch<2, kTokens, kInput>(w, n_rows, n_cols, x, y, ldy, stream);
+      return launch<2, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
     default:
-      return launch<1, kTokens, kInput>(w, n_rows, n_cols, x, y, ldy, stream);
+      if constexpr (kOut == kRows) {
+        return launch<1, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
+      } else {  // a gate/up task holds pairs of rows
+        return launch<2, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
+      }
   }
 }
 
@@ -431,21 +448,19 @@ void check(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x
 }
 
 // Tokens in pairs that share the weight read where both tokens' planes fit in shared memory.
-// x_stride: floats per token of the input (n_cols, or 2 n_cols for gate/up rows).
-template <int kInput>
-void run_tokens(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x,
-                std::size_t x_stride, float* y, std::size_t ldy, int n_tokens,
-                StreamHandle stream) {
+template <int kOut>
+void run_tokens(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
+                std::size_t ldy, int n_tokens, StreamHandle stream) {
   const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
   const bool pairs = ring_bytes<2, 2>() + 2 * token_bytes(cols / 32) <= max_smem();
   for (int t = 0; t < n_tokens;) {
-    const float* xt = x + static_cast<std::size_t>(t) * x_stride;
+    const float* xt = x + static_cast<std::size_t>(t) * n_cols;
     float* yt = y + static_cast<std::size_t>(t) * ldy;
     if (pairs && n_tokens - t >= 2) {
-      launch_tokens<2, kInput>(w, rows, cols, xt, yt, ldy, stream);
+      launch_tokens<2, kOut>(w, rows, cols, xt, yt, ldy, stream);
       t += 2;
     } else {
-      launch_tokens<1, kInput>(w, rows, cols, xt, yt, ldy, stream);
+      launch_tokens<1, kOut>(w, rows, cols, xt, yt, ldy, stream);
       t += 1;
     }
   }
@@ -463,17 +478,19 @@ void set_gemv_q4_0x8_rows(int rows) {
 void gemv_q4_0x8(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
                  std::size_t ldy, int n_tokens, StreamHandle stream) {
   check(w, n_rows, n_cols, x, y, ldy, n_tokens);
-  run_tokens<kPlain>(w, n_rows, n_cols, x, n_cols, y, ldy, n_tokens, stream);
+  run_tokens<kRows>(w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
 }
 
 void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::size_t n_cols,
-                     const float* gate_up, float* y, std::size_t ldy, int n_tokens,
-                     StreamHandle stream) {
-  check(w, n_rows, n_cols, gate_up, y, ldy, n_tokens);
+                     const float* x, float* y, std::size_t ldy, int n_tokens, StreamHandle stream) {
+  if (n_rows % 2 != 0) {
+    cuda_fail("CUDA gemv (Q4_0x8, gated): ", n_rows, " rows are not gate rows + as many up rows");
+  }
+  check(w, n_rows, n_cols, x, y, ldy * 2, n_tokens);  // ldy >= n_rows / 2
   if (act == FfnActivation::kSiluGlu) {
-    run_tokens<kSiluGlu>(w, n_rows, n_cols, gate_up, 2 * n_cols, y, ldy, n_tokens, stream);
+    run_tokens<kSiluGlu>(w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
   } else {
-    run_tokens<kGeluGlu>(w, n_rows, n_cols, gate_up, 2 * n_cols, y, ldy, n_tokens, stream);
+    run_tokens<kGeluGlu>(w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
   }
 }
 

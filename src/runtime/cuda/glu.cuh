@@ -1,6 +1,6 @@
 // The gated-FFN activations, one definition for every kernel that applies them (glu / glu_rows,
-// the Gemma 4 per-layer gate, and the Q4_0x8 down-projection GEMV that applies them while reading
-// its input), so all of them give the same values.
+// the Gemma 4 per-layer gate, and the Q4_0x8 gate/up GEMV that applies them to its sums), so all of
+// them give the same values.
 #pragma once
 
 namespace qforge::cuda {

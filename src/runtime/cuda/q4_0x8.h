@@ -47,11 +47,13 @@ void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols, StreamHandle
 void gemv_q4_0x8(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
                  std::size_t ldy, int n_tokens, StreamHandle stream = nullptr);
 
-// The down projection of a gated FFN with the activation applied while reading its input:
-// y = W * (act(gate) * up) for gate_up holding per token the n_cols gate values then the n_cols up
-// values (as glu_rows in model_ops.h reads them, with the same activation functions).
+// The gate/up product of a gated FFN with the activation applied to its result: W holds the n_ff
+// gate rows and then the n_ff up rows (n_rows = 2 n_ff), and y[t * ldy + j] = act(gate_j . x_t) *
+// (up_j . x_t) for j < n_ff (ldy >= n_ff), the values glu_rows (model_ops.h) would compute from
+// the two products: the gate and up rows of an output are summed by the same warp, so no
+// [gate | up] buffer is written and no separate activation kernel runs.
 void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::size_t n_cols,
-                     const float* gate_up, float* y, std::size_t ldy, int n_tokens,
+                     const float* x, float* y, std::size_t ldy, int n_tokens,
                      StreamHandle stream = nullptr);
 
 // For measurements and tests: rows per warp task (1, 2 or 4; 0 = chosen from the shape).
