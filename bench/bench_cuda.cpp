@@ -201,6 +201,8 @@ void q4_0_shapes(benchmark::internal::Benchmark* b) {
   }
   b->Args({4096, 14336, 1});
   b->Args({4096, 14336, 4});
+  b->Args({6144, 4096, 1});    // Llama-3-8B's fused Q/K/V
+  b->Args({5376, 5376, 1});    // Gemma 4 31B's attention output
   b->Args({262144, 2816, 1});  // a Q4_0 LM head
   b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
 }

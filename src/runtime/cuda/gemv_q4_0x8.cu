@@ -390,24 +390,16 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std
   QFORGE_CUDA_CHECK_LAUNCH("gemv_q4_0x8_kernel");
 }
 
-// Rows per warp task: the largest of 4, 2, 1 whose tasks keep >= 70% of the device's warps busy
-// through the last round (a 4096-row matrix takes 2 rows per warp, 14336 rows 4).
+// Rows per warp task: 2, or 1 for matrices too short to give every resident warp a 2-row task.
+// Measured on an H100 (bench_cuda.cpp, one token, us for R = 1 / 2 / 4): 14336 x 4096 18.5 /
+// 14.3 / 16.3, 4096 x 14336 19.2 / 18.9 / 21.4, 6144 x 4096 10.4 / 8.0 / 8.1, 5376 x 5376 12.3 /
+// 9.7 / 10.0, 4096 x 4096 6.7 / 6.8 / 6.5: two rows share each plane load from shared memory,
+// four leave too few tasks for an even last round.
 int pick_rows(int n_rows, int n_tokens) {
   if (const int forced = rows_choice().load(); forced != 0) {
     return n_tokens == 2 ? std::min(forced, 2) : forced;
   }
-  const int warps = kWarps * sm_count();
-  int best = 1;
-  double best_use = 0.0;
-  for (const int r : {4, 2, 1}) {
-    if (n_tokens == 2 && r == 4) continue;
-    const int tasks = (n_rows + r - 1) / r;
-    const int rounds = (tasks + warps - 1) / warps;
-    const double use = static_cast<double>(tasks) / (static_cast<double>(rounds) * warps);
-    if (use >= 0.7) return r;
-    if (use > best_use) best = r, best_use = use;
-  }
-  return best;
+  return n_rows >= kWarps * sm_count() ? 2 : 1;
 }
 
 template <int kTokens, int kOut>
