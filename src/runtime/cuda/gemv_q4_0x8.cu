@@ -176,8 +176,6 @@ __host__ __device__ constexpr std::size_t ring_bytes() {
   return static_cast<std::size_t>(kWarps) * stages<R, kTokens>() * Stage<R>::kBytes;
 }
 
-// The warp's work is a sequence of items (task, 32-block step); item k goes to stage k % S, and
-// S - 1 items are always in flight, across task boundaries (a 4096-column row is only 4 steps).
 // What a task's sums become: one output per row, or (a gated FFN's gate/up matrix, gate rows
 // then up rows) act(gate row j) * (up row j) per pair j, as glu_rows computes it: a task then
 // holds R / 2 gate rows and the R / 2 matching up rows.
@@ -188,6 +186,8 @@ __host__ __device__ constexpr int task_count(int n_rows) {
   return kOut == kRows ? (n_rows + R - 1) / R : (n_rows / 2 + R / 2 - 1) / (R / 2);
 }
 
+// The warp's work is a sequence of items (task, 32-block step); item k goes to stage k % S, and
+// S - 1 items are always in flight, across task boundaries (a 4096-column row is only 4 steps).
 template <int R, int kTokens, int kOut>
 __global__ void __launch_bounds__(kThreads)
     gemv_q4_0x8_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols,
@@ -375,14 +375,12 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std
     cuda_fail("CUDA gemv (Q4_0x8): ", n_cols, " columns x ", kTokens, " tokens need ", smem,
               " bytes of shared memory, the device has ", max_smem());
   }
-  static std::atomic<std::size_t> opted_in{48 * 1024};
-  if (smem > opted_in.load()) {
+  if (smem > 48 * 1024) {  // per device and kernel; a host-side call, also during graph capture
     QFORGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem)));
-    opted_in.store(smem);
   }
-  // One CTA per SM: the planes are built once per SM, and a second CTA's room is left to the next
-  // kernel (programmatic dependent launch) to start its prefetch while this one runs.
+  // One CTA per SM: the planes are built once per SM, and where shared memory allows, the next
+  // kernel's CTA (programmatic dependent launch) fits beside it and starts its prefetch early.
   const int n_tasks = task_count<R, kOut>(n_rows);
   const int grid = std::min((n_tasks + kWarps - 1) / kWarps, sm_count());
   launch_pdl("gemv_q4_0x8_kernel", kernel, static_cast<unsigned>(grid), kThreads, smem, stream,
