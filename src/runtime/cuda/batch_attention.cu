@@ -150,7 +150,9 @@ __global__ void batch_attention_merge(const float* __restrict__ part, int n_spli
                                       float* __restrict__ out) {
   pdl_wait();
   pdl_trigger();
-  __shared__ float m[kMaxMergeSplits], l[kMaxMergeSplits];
+  // 4 floats of padding: unrolled loops may load a few elements past n_splits ahead of the test
+  // (flash_decode_merge, the same pattern, was caught doing so by compute-sanitizer).
+  __shared__ float m[kMaxMergeSplits + 4], l[kMaxMergeSplits + 4];
   const int h = static_cast<int>(blockIdx.x), t = static_cast<int>(blockIdx.y);
   const int n_head = static_cast<int>(gridDim.x);
   const auto stride = static_cast<std::size_t>(dv + 2);

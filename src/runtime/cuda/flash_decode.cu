@@ -31,6 +31,7 @@ constexpr int kThreads = 128;
 constexpr int kTile = kThreads;   // positions per step
 constexpr int kMaxSplits = 4096;  // the merge keeps one weight per split in shared memory
 constexpr int kMinSplit = 64;     // positions: shorter splits leave most threads of a step idle
+constexpr int kMergePad = 4;      // floats after the merge's weights (see flash_decode_merge)
 
 int rows_per_block(int n_rows) {
   return n_rows <= 2 ? 2 : n_rows <= 4 ? 4 : 8;
@@ -202,7 +203,10 @@ __global__ void flash_decode_merge(const float* __restrict__ part, int n_splits,
                                    float* __restrict__ out) {
   pdl_wait();
   pdl_trigger();
-  extern __shared__ float weight[];  // [n_splits], then the total at [n_splits]
+  // [n_splits], then the total at [n_splits], then kMergePad floats of padding: compute-sanitizer
+  // caught the unrolled weight loop reading up to three floats past the total (loads the compiler
+  // issues ahead of the loop test; their values are never used).
+  extern __shared__ float weight[];
   const int h = static_cast<int>(blockIdx.x), t = static_cast<int>(blockIdx.y);
   const int n_head = static_cast<int>(gridDim.x);
   const std::size_t row = static_cast<std::size_t>(dv + 2);
@@ -250,8 +254,8 @@ void launch(const float* q, const void* k, const void* v, const int* pos0, int n
   const int threads = std::min(D, 256);
   launch_pdl("flash_decode_merge", flash_decode_merge,
              dim3(static_cast<unsigned>(p.n_head), static_cast<unsigned>(n_tokens)),
-             static_cast<unsigned>(threads), (n_splits + 1) * sizeof(float), stream, part, n_splits,
-             D, out);
+             static_cast<unsigned>(threads), (n_splits + 1 + kMergePad) * sizeof(float), stream,
+             part, n_splits, D, out);
   QFORGE_CUDA_CHECK_LAUNCH("flash_decode_merge");
 }
 
