@@ -28,8 +28,8 @@
 #include "runtime/cpu/kernels.h"
 #include "runtime/cpu/kv_cache.h"
 #include "runtime/cuda/buffer.h"
-#include "runtime/cuda/gemv.h"
 #include "runtime/cuda/gemm_tc.h"
+#include "runtime/cuda/gemv.h"
 #include "runtime/cuda/gemv_mma.h"
 #include "runtime/cuda/model_ops.h"
 #include "runtime/cuda/moe.h"
@@ -326,8 +326,8 @@ TEST(CudaGemm, Q4_0x8EqualsGgufLayout) {
     cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
     cuda::DeviceBuffer<float> want(rows * n_tokens), got(rows * n_tokens);
     cuda::gemm(GgmlType::Q4_0, gguf.data(), rows, cols, dx.data(), want.data(), rows, n_tokens);
-    cuda::gemm(GgmlType::Q4_0, regrouped.data(), rows, cols, dx.data(), got.data(), rows,
-               n_tokens, nullptr, cuda::WeightLayout::kQ4_0x8);
+    cuda::gemm(GgmlType::Q4_0, regrouped.data(), rows, cols, dx.data(), got.data(), rows, n_tokens,
+               nullptr, cuda::WeightLayout::kQ4_0x8);
     EXPECT_EQ(got.to_host(), want.to_host());
   }
 }

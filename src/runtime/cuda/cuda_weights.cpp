@@ -311,7 +311,8 @@ DeviceWeights::DeviceWeights(const ModelWeights& host, const ModelConfig& config
 void DeviceWeights::regroup_q4_0() {
   auto regroup = [this](DeviceMatrix& m) {
     if (m.empty() || !q4_0x8_applies(m.type, m.cols)) return;
-    const auto offset = static_cast<std::size_t>(static_cast<const std::byte*>(m.data) - arena_.data());
+    const auto offset =
+        static_cast<std::size_t>(static_cast<const std::byte*>(m.data) - arena_.data());
     repack_q4_0x8(arena_.data() + offset, m.rows, m.cols);
     m.layout = WeightLayout::kQ4_0x8;
   };

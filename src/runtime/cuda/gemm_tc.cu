@@ -90,9 +90,8 @@ int sm_count() {
   return device_state(device).sm_count;
 }
 
-void check_args(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols,
-                const void* x, const float* y, std::size_t ldy, int n_tokens,
-                WeightLayout layout) {
+void check_args(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols, const void* x,
+                const float* y, std::size_t ldy, int n_tokens, WeightLayout layout) {
   FormatNeeds needs{};
   if (!needs_of(type, needs)) cuda_fail("CUDA gemm: no kernel for weight type ", type_name(type));
   if (layout == WeightLayout::kQ4_0x8) {
@@ -172,8 +171,8 @@ void gemm_bf16_x(GgmlType type, const void* w, std::size_t n_rows, std::size_t n
                  const std::uint16_t* x_bf16, float* y, std::size_t ldy, int n_tokens,
                  StreamHandle stream, WeightLayout layout) {
   check_args(type, w, n_rows, n_cols, x_bf16, y, ldy, n_tokens, layout);
-  run_checked(type, make_args(type, w, n_rows, n_cols, x_bf16, y, ldy, n_tokens, stream,
-                              sm_count(), layout));
+  run_checked(type, make_args(type, w, n_rows, n_cols, x_bf16, y, ldy, n_tokens, stream, sm_count(),
+                              layout));
 }
 
 void gemm(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols, const float* x,
