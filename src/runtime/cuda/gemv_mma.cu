@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cstdint>
 
+#include "runtime/cuda/cp_async.cuh"
 #include "runtime/cuda/gemv_mma.h"
 
 namespace qforge::cuda::detail {
@@ -65,18 +66,6 @@ struct Args {
   float* y;
   std::size_t ldy;
 };
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const auto s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 
 __device__ __forceinline__ std::uint32_t bf16x2_bits(__nv_bfloat162 v) {
   return *reinterpret_cast<std::uint32_t*>(&v);

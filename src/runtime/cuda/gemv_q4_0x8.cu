@@ -22,6 +22,7 @@
 #include <atomic>
 
 #include "runtime/cuda/block_decode.cuh"
+#include "runtime/cuda/cp_async.cuh"
 #include "runtime/cuda/glu.cuh"
 #include "runtime/cuda/q4_0x8.cuh"
 #include "runtime/cuda/q4_0x8.h"
@@ -140,19 +141,6 @@ __device__ __forceinline__ float block_dot(const uint4& codes, const uint4 (&pl)
 
 __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
-
-// Asynchronous 16-byte global -> shared copies (bypassing L1), in per-thread groups.
-__device__ __forceinline__ void cp_async16(void* smem_dst, const void* src) {
-  const auto dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;" ::: "memory");
-}
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
 }
 
 // One pipeline stage of a warp: per row, the 32 lanes' code arrays (512 bytes) and the 4 group
