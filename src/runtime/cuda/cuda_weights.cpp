@@ -309,11 +309,12 @@ DeviceWeights::DeviceWeights(const ModelWeights& host, const ModelConfig& config
 // Q4_0 attention and FFN matrices into Q4_0x8 where their width allows. A stacked group (qkv,
 // gate_up) is regrouped once and its members share the layout.
 void DeviceWeights::regroup_q4_0() {
-  auto regroup = [this](DeviceMatrix& m) {
+  DeviceBuffer<std::uint8_t> scratch;  // one for every matrix
+  auto regroup = [this, &scratch](DeviceMatrix& m) {
     if (m.empty() || !q4_0x8_applies(m.type, m.cols)) return;
     const auto offset =
         static_cast<std::size_t>(static_cast<const std::byte*>(m.data) - arena_.data());
-    repack_q4_0x8(arena_.data() + offset, m.rows, m.cols);
+    repack_q4_0x8(arena_.data() + offset, m.rows, m.cols, scratch);
     m.layout = WeightLayout::kQ4_0x8;
   };
   for (DeviceLayer& d : layers) {

@@ -14,6 +14,7 @@
 
 #include "model/config.h"
 #include "quant/ggml_type.h"
+#include "runtime/cuda/buffer.h"
 #include "runtime/cuda/stream.h"
 
 namespace qforge::cuda {
@@ -31,6 +32,9 @@ bool q4_0x8_applies(GgmlType type, std::size_t n_cols);
 // Rewrites n_rows GGUF Q4_0 rows of n_cols columns at w (device memory, 16-byte aligned) into
 // Q4_0x8 in place, through a scratch buffer of at most 64 MiB; returns when done.
 void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols, StreamHandle stream = nullptr);
+// The same with a caller-owned scratch buffer, grown as needed, for a series of matrices.
+void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols,
+                   DeviceBuffer<std::uint8_t>& scratch, StreamHandle stream = nullptr);
 
 // y[t * ldy + r] = sum_k W[r, k] * x[t * n_cols + k] for r < n_rows, t < n_tokens (>= 1), with W
 // in Q4_0x8 (16-byte aligned), x and y device arrays (x 16-byte aligned), ldy >= n_rows.

@@ -45,6 +45,12 @@ bool q4_0x8_applies(GgmlType type, std::size_t n_cols) {
 }
 
 void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols, StreamHandle stream) {
+  DeviceBuffer<std::uint8_t> scratch;
+  repack_q4_0x8(w, n_rows, n_cols, scratch, stream);
+}
+
+void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols,
+                   DeviceBuffer<std::uint8_t>& scratch, StreamHandle stream) {
   if (n_cols == 0 || n_cols % 256 != 0 || reinterpret_cast<std::uintptr_t>(w) % 16 != 0) {
     cuda_fail("repack_q4_0x8: ", n_cols, " columns at ", w,
               " (need a positive multiple of 256 columns and 16-byte alignment)");
@@ -53,7 +59,7 @@ void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols, StreamHandle
   constexpr std::size_t kChunkGroups = (std::size_t{64} << 20) / q4_0x8::kGroupBytes;
   const std::size_t chunk = std::min(total, kChunkGroups * q4_0x8::kGroupBlocks);
   if (total == 0) return;
-  DeviceBuffer<std::uint8_t> scratch(chunk * kBlockBytes);
+  scratch.reserve_discard(chunk * kBlockBytes);  // a previous call's work is synchronized
   auto* bytes = static_cast<std::uint8_t*>(w);
   for (std::size_t first = 0; first < total; first += chunk) {
     const std::size_t n = std::min(chunk, total - first);
