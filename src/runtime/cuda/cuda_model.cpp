@@ -245,14 +245,14 @@ int CudaModel::prefill_splits(int n_tokens, int decode_splits) const {
 void CudaModel::matmul(const DeviceMatrix& m, const float* x, float* y, std::size_t ldy, int n) {
   const StreamHandle s = stream_.get();
   if (m.layout == WeightLayout::kQ4_0x8) {
-    if (use_gemm_ && n >= kGemmMinTokens) {
+    if (tensor_core_chunk(n)) {
       gemm(m.type, m.data, m.rows, m.cols, x, y, ldy, n, s, m.layout);
     } else {
       gemv_q4_0x8(m.data, m.rows, m.cols, x, y, ldy, n, s);
     }
     return;
   }
-  if (use_gemm_ && n >= kGemmMinTokens && gemm_supported(m.type) && m.cols % 8 == 0 &&
+  if (tensor_core_chunk(n) && gemm_supported(m.type) && m.cols % 8 == 0 &&
       m.cols % block_size(m.type) == 0) {
     gemm(m.type, m.data, m.rows, m.cols, x, y, ldy, n, s);
     return;
@@ -344,7 +344,7 @@ void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits) {
     const int flash_splits = flash_decode_splits(ap, 1, sm_count_, cache.n_ctx());
     flash_decode(qkv, k_cache, v_cache, pos_.data(), 1, ap, flash_splits, flash_part_.data(),
                  att_.data(), s);
-  } else if (use_flash_ && use_gemm_ && n >= kGemmMinTokens && flash_prefill_supported(ap)) {
+  } else if (use_flash_ && tensor_core_chunk(n) && flash_prefill_supported(ap)) {
     // Tensor cores like the prefill GEMM (and off with it: the tight CPU comparisons run both
     // in F32).
     flash_prefill(qkv, k_cache, v_cache, pos_.data(), n, ap, att_.data(), s);
@@ -363,8 +363,7 @@ void CudaModel::ffn_block(int il, int n) {
   const StreamHandle s = stream_.get();
   const DeviceLayer& l = weights_.layers[sz(il)];
   const std::size_t ff = layers_[sz(il)].ff;
-  const bool decode_gemv = !(use_gemm_ && n >= kGemmMinTokens);
-  if (!l.gate_up.empty() && l.gate_up.layout == WeightLayout::kQ4_0x8 && decode_gemv) {
+  if (!l.gate_up.empty() && l.gate_up.layout == WeightLayout::kQ4_0x8 && !tensor_core_chunk(n)) {
     // Gate and up rows summed by the same warp, the activation applied on the spot.
     gemv_q4_0x8_glu(c.ffn_act, l.gate_up.data, l.gate_up.rows, l.gate_up.cols, h_.data(),
                     act_.data(), ff, n, s);
@@ -408,7 +407,7 @@ void CudaModel::moe_block(int il, int n) {
   const int slots = n * k;
   // Prompt chunks: experts grouped on the device, each expert's weights read once per tile of
   // its tokens, on tensor cores. Decode: one GEMV per chosen expert.
-  const bool grouped = use_gemm_ && n >= kGemmMinTokens && moe_gemm_supported(m.gate_up.type) &&
+  const bool grouped = tensor_core_chunk(n) && moe_gemm_supported(m.gate_up.type) &&
                        moe_gemm_supported(m.down.type) && m.gate_up.cols % 8 == 0 &&
                        m.down.cols % 8 == 0;
   if (grouped) {

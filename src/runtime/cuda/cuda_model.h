@@ -80,6 +80,9 @@ class CudaModel final : public Model {
   void gemv_pieces(GgmlType type, const void* w, std::size_t rows, std::size_t cols, const float* x,
                    float* y, std::size_t ldy, int n);
   int prefill_splits(int n_tokens, int decode_splits) const;
+  // A chunk of n tokens takes the tensor-core (BF16-operand) prompt kernels: GEMM, MoE GEMM,
+  // flash prefill. Smaller chunks and decode steps stay on the F32 GEMV paths.
+  bool tensor_core_chunk(int n) const { return use_gemm_ && n >= kGemmMinTokens; }
 
   std::unique_ptr<GgufReader> gguf_;
   ModelConfig config_;
