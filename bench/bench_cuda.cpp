@@ -111,7 +111,8 @@ void BM_CudaGemv(benchmark::State& state, GgmlType type, cuda::GemvKernel kernel
   state.SetLabel(std::string(type_name(type)) +
                  (x8    ? " x8r" + std::to_string(kQ4_0x8 - mma_stages) + " "
                   : mma ? " mma" + std::to_string(mma_stages) + " "
-                        : kernel == cuda::GemvKernel::kTiled ? " tiled " : " legacy ") +
+                  : kernel == cuda::GemvKernel::kTiled ? " tiled "
+                                                       : " legacy ") +
                  cuda::devices().at(0).name);
   cuda::set_gemv_q4_0x8_rows(0);
   cuda::set_gemv_kernel(cuda::GemvKernel::kTiled);
@@ -122,7 +123,10 @@ void BM_CudaGemv(benchmark::State& state, GgmlType type, cuda::GemvKernel kernel
 // moe_gemv at Gemma 4 26B-A4B decode shapes: 128 experts, 8 slots (one token, top 8). Args: rows,
 // cols, x_group. Each call picks 8 distinct experts from a rotating list and the stack is copied
 // so that the experts stream from device memory. Bytes = 8 experts + x + y.
-void BM_CudaMoeGemv(benchmark::State& state, GgmlType type, int mma_stages) {
+// mma_stages 0 with the row-tiled family: the row-tiled expert kernel; with kLegacy: one warp per
+// row.
+void BM_CudaMoeGemv(benchmark::State& state, GgmlType type, int mma_stages,
+                    cuda::GemvKernel kernel) {
   if (!cuda::available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -150,6 +154,7 @@ void BM_CudaMoeGemv(benchmark::State& state, GgmlType type, int mma_stages) {
   std::vector<float> x(x_rows * cols, 0.5f);
   cuda::DeviceBuffer<float> dx{std::span<const float>(x)}, dy(rows * k);
   cuda::detail::set_gemv_mma_stages(mma_stages);
+  cuda::set_gemv_kernel(kernel);
   cuda::ExpertStack w;
   w.type = type;
   w.rows = rows;
@@ -180,9 +185,14 @@ void BM_CudaMoeGemv(benchmark::State& state, GgmlType type, int mma_stages) {
   const double bytes = static_cast<double>(k * w.expert_bytes) + 4.0 * (cols * x_rows + rows * k);
   state.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["copy_GB/s"] = copy_bandwidth_gbs();
-  state.SetLabel(std::string(type_name(type)) + (mma_stages != 0 ? " mma " : " warp-per-row ") +
+  const bool legacy = kernel == cuda::GemvKernel::kLegacy;
+  state.SetLabel(std::string(type_name(type)) +
+                 (legacy            ? " warp-per-row "
+                  : mma_stages != 0 ? " mma/tiled "
+                                    : " tiled ") +
                  cuda::devices().at(0).name);
   cuda::detail::set_gemv_mma_stages(12);
+  cuda::set_gemv_kernel(cuda::GemvKernel::kTiled);
 }
 
 void shapes(benchmark::internal::Benchmark* b) {
@@ -246,8 +256,12 @@ BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_cudacore, GgmlType::Q4_0, cuda::GemvKernel::
     ->Apply(q4_0_shapes);
 BENCHMARK_CAPTURE(BM_CudaGemv, q6_k_head, GgmlType::Q6_K, cuda::GemvKernel::kTiled, 12)
     ->Apply(lm_head_shapes);
-BENCHMARK_CAPTURE(BM_CudaMoeGemv, q4_0_mma, GgmlType::Q4_0, 12)->Apply(moe_shapes);
-BENCHMARK_CAPTURE(BM_CudaMoeGemv, q4_0_warp, GgmlType::Q4_0, 0)->Apply(moe_shapes);
+BENCHMARK_CAPTURE(BM_CudaMoeGemv, q4_0_mma, GgmlType::Q4_0, 12, cuda::GemvKernel::kTiled)
+    ->Apply(moe_shapes);
+BENCHMARK_CAPTURE(BM_CudaMoeGemv, q4_0_tiled, GgmlType::Q4_0, 0, cuda::GemvKernel::kTiled)
+    ->Apply(moe_shapes);
+BENCHMARK_CAPTURE(BM_CudaMoeGemv, q4_0_warp, GgmlType::Q4_0, 0, cuda::GemvKernel::kLegacy)
+    ->Apply(moe_shapes);
 
 BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_tiled, GgmlType::Q4_0, cuda::GemvKernel::kTiled)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_legacy, GgmlType::Q4_0, cuda::GemvKernel::kLegacy)

@@ -15,6 +15,7 @@
 
 #include "cuda_test_util.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -146,56 +147,80 @@ TEST(CudaGemv, Q4_0TensorCorePath) {
   cuda::detail::set_gemv_mma_min_rows(8192);
 }
 
-// moe_gemv's Q4_0 tensor-core form: per slot the chosen expert's product, zeros for bad ids,
-// shared inputs (x_group 3) and one input per slot (x_group 1), compared with float64.
-TEST(CudaGemv, Q4_0ExpertTensorCorePath) {
-  SKIP_WITHOUT_GPU();
+// moe_gemv against float64: per slot the chosen expert's product, zeros for bad ids, shared
+// inputs (x_group 3) and one input per slot (x_group 1), 42 rows (a partial row tile).
+void check_expert_gemv(GgmlType type, std::size_t cols) {
   const int n_experts = 5;
-  for (const std::size_t cols : {std::size_t{768}, std::size_t{2816}}) {
-    const std::size_t rows = 40;
-    const Quantized q = make_weights(GgmlType::Q4_0, rows * n_experts, cols, 31);
-    cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
-    cuda::ExpertStack w;
-    w.type = GgmlType::Q4_0;
-    w.data = dw.data();
-    w.rows = rows;
-    w.cols = cols;
-    w.expert_bytes = rows * row_bytes(GgmlType::Q4_0, cols);
-    w.n_experts = n_experts;
-    const std::vector<int> ids = {4, 0, 2, -1, 3, 7};
-    const int n_slots = static_cast<int>(ids.size());
-    cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
-    for (const int x_group : {1, 3}) {
-      SCOPED_TRACE(testing::Message() << cols << " cols, group " << x_group);
-      const std::size_t x_rows = static_cast<std::size_t>((n_slots - 1) / x_group + 1);
-      const std::vector<float> x = random_floats(x_rows * cols, 40 + x_group);
-      cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
-      const std::size_t ldy = rows + 3;
-      cuda::DeviceBuffer<float> dy(ldy * n_slots);
-      dy.fill_bytes(0xff);
-      cuda::moe_gemv(w, dids.data(), n_slots, x_group, dx.data(), dy.data(), ldy, nullptr);
-      const std::vector<float> got = dy.to_host();
-      for (int s = 0; s < n_slots; ++s) {
-        const int e = ids[static_cast<std::size_t>(s)];
-        const float* xs = x.data() + static_cast<std::size_t>(s / x_group) * cols;
-        for (std::size_t r = 0; r < rows; ++r) {
-          const double g = got[static_cast<std::size_t>(s) * ldy + r];
-          if (e < 0 || e >= n_experts) {
-            EXPECT_EQ(g, 0.0) << "slot " << s;
-            continue;
-          }
-          double exact = 0.0, magnitude = 0.0;
-          const float* wr = q.dequantized.data() + (static_cast<std::size_t>(e) * rows + r) * cols;
-          for (std::size_t c = 0; c < cols; ++c) {
-            exact += static_cast<double>(wr[c]) * xs[c];
-            magnitude += std::fabs(static_cast<double>(wr[c]) * xs[c]);
-          }
-          ASSERT_TRUE(std::isfinite(g)) << "slot " << s << " row " << r;
-          EXPECT_LT(std::fabs(g - exact) / magnitude, kGemvTolerance) << "slot " << s;
+  const std::size_t rows = 42;
+  const Quantized q = make_weights(type, rows * n_experts, cols, 31);
+  cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+  cuda::ExpertStack w;
+  w.type = type;
+  w.data = dw.data();
+  w.rows = rows;
+  w.cols = cols;
+  w.expert_bytes = rows * row_bytes(type, cols);
+  w.n_experts = n_experts;
+  const std::vector<int> ids = {4, 0, 2, -1, 3, 7};
+  const int n_slots = static_cast<int>(ids.size());
+  cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
+  for (const int x_group : {1, 3}) {
+    SCOPED_TRACE(testing::Message()
+                 << type_name(type) << ", " << cols << " cols, group " << x_group);
+    const std::size_t x_rows = static_cast<std::size_t>((n_slots - 1) / x_group + 1);
+    const std::vector<float> x = random_floats(x_rows * cols, 40 + x_group);
+    cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+    const std::size_t ldy = rows + 3;
+    cuda::DeviceBuffer<float> dy(ldy * n_slots);
+    dy.fill_bytes(0xff);
+    cuda::moe_gemv(w, dids.data(), n_slots, x_group, dx.data(), dy.data(), ldy, nullptr);
+    const std::vector<float> got = dy.to_host();
+    for (int s = 0; s < n_slots; ++s) {
+      const int e = ids[static_cast<std::size_t>(s)];
+      const float* xs = x.data() + static_cast<std::size_t>(s / x_group) * cols;
+      for (std::size_t r = 0; r < rows; ++r) {
+        const double g = got[static_cast<std::size_t>(s) * ldy + r];
+        if (e < 0 || e >= n_experts) {
+          EXPECT_EQ(g, 0.0) << "slot " << s;
+          continue;
         }
+        double exact = 0.0, magnitude = 0.0;
+        const float* wr = q.dequantized.data() + (static_cast<std::size_t>(e) * rows + r) * cols;
+        for (std::size_t c = 0; c < cols; ++c) {
+          exact += static_cast<double>(wr[c]) * xs[c];
+          magnitude += std::fabs(static_cast<double>(wr[c]) * xs[c]);
+        }
+        ASSERT_TRUE(std::isfinite(g)) << "slot " << s << " row " << r;
+        EXPECT_LT(std::fabs(g - exact) / magnitude, kGemvTolerance) << "slot " << s << " row " << r;
       }
     }
   }
+}
+
+// The tensor-core form (Q4_0, widths that are multiples of 256).
+TEST(CudaGemv, Q4_0ExpertTensorCorePath) {
+  SKIP_WITHOUT_GPU();
+  for (const std::size_t cols : {std::size_t{768}, std::size_t{2816}}) {
+    check_expert_gemv(GgmlType::Q4_0, cols);
+  }
+}
+
+// The row-tiled form (tensor cores off, or widths such as Gemma 4 26B-A4B's 704-column down
+// experts that end in a partial 256-column step) and the one-warp-per-row form (legacy family).
+TEST(CudaGemv, ExpertRowTiledAndWarpPaths) {
+  SKIP_WITHOUT_GPU();
+  for (const cuda::GemvKernel kernel : {cuda::GemvKernel::kTiled, cuda::GemvKernel::kLegacy}) {
+    cuda::set_gemv_kernel(kernel);
+    cuda::detail::set_gemv_mma_stages(0);
+    check_expert_gemv(GgmlType::Q4_0, 2816);
+    cuda::detail::set_gemv_mma_stages(12);
+    check_expert_gemv(GgmlType::Q4_0, 704);
+    check_expert_gemv(GgmlType::Q8_0, 704);
+    check_expert_gemv(GgmlType::Q4_K, 768);
+    check_expert_gemv(GgmlType::BF16, 704);
+    check_expert_gemv(GgmlType::Q6_K, 768);  // no row-tiled kernel: one warp per row
+  }
+  cuda::set_gemv_kernel(cuda::GemvKernel::kTiled);
 }
 
 // Q4_0 regrouped at load (q4_0x8.h) and multiplied with integer plane products: the same 1e-5
@@ -496,6 +521,53 @@ TEST(CudaOps, GatedActivationsSoftmaxSoftcapMatchCpu) {
   // tanhf (2 ulp) on capped logits up to 30 moves exp's argument by ~4e-6; expf adds 2 ulp; the
   // per-thread sums of 512 terms and the tree add less than 1e-5.
   EXPECT_LT(max_rel, 1e-4);
+}
+
+// moe_route against a float64 reference: the k most probable experts (ties: lower index),
+// listed in increasing expert index, weights p / sum(chosen p) * expert_scale. Cases: 128 experts
+// top 8 (Gemma 4 26B-A4B), more slots than a warp has lanes (64 of 96), 4096 experts, all
+// experts chosen; each with a three-way tie for the top.
+TEST(CudaMoe, RouteMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    int n_tokens, n_expert, k;
+  };
+  for (const Case cs : {Case{3, 128, 8}, Case{2, 96, 64}, Case{2, 4096, 8}, Case{1, 7, 7}}) {
+    SCOPED_TRACE(testing::Message() << cs.n_expert << " experts, top " << cs.k);
+    std::vector<float> logits = random_floats(static_cast<std::size_t>(cs.n_tokens) * cs.n_expert,
+                                              static_cast<std::uint32_t>(cs.n_expert + cs.k), 3.0f);
+    logits[1] = logits[5] = logits[static_cast<std::size_t>(cs.n_expert) - 1] = 10.0f;
+    const std::vector<float> scale = random_floats(static_cast<std::size_t>(cs.n_expert), 5, 1.0f);
+    cuda::DeviceBuffer<float> dl{std::span<const float>(logits)}, ds{std::span<const float>(scale)};
+    const std::size_t slots = static_cast<std::size_t>(cs.n_tokens) * cs.k;
+    cuda::DeviceBuffer<int> dids(slots);
+    cuda::DeviceBuffer<float> dw(slots);
+    cuda::moe_route(dl.data(), cs.n_tokens, cs.n_expert, cs.k, ds.data(), dids.data(), dw.data(),
+                    nullptr);
+    const std::vector<int> ids = dids.to_host();
+    const std::vector<float> weights = dw.to_host();
+    for (int t = 0; t < cs.n_tokens; ++t) {
+      const float* l = logits.data() + static_cast<std::size_t>(t) * cs.n_expert;
+      std::vector<int> order;
+      double max = -INFINITY;
+      for (int e = 0; e < cs.n_expert; ++e) {
+        order.push_back(e);
+        max = std::max(max, static_cast<double>(l[e]));
+      }
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return l[a] > l[b]; });
+      order.resize(static_cast<std::size_t>(cs.k));
+      double chosen_sum = 0.0;
+      for (const int e : order) chosen_sum += std::exp(static_cast<double>(l[e]) - max);
+      std::sort(order.begin(), order.end());
+      for (int j = 0; j < cs.k; ++j) {
+        const std::size_t slot = static_cast<std::size_t>(t) * cs.k + j;
+        const int e = order[static_cast<std::size_t>(j)];
+        ASSERT_EQ(ids[slot], e) << "token " << t << " slot " << j;
+        const double want = std::exp(static_cast<double>(l[e]) - max) / chosen_sum * scale[e];
+        EXPECT_NEAR(weights[slot], want, 1e-5 * std::fabs(want) + 1e-7) << "token " << t;
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -116,13 +116,13 @@ constexpr int kFlashDecodeMinCtx = 1024;
 
 struct ScratchSizes {
   std::size_t x, qkv, att, gate_up, act, part, flash_part, logits, rope;
-  // MoE: per token (router_in, expert_in, moe_out: x; router logits) and per slot.
+  // MoE: per token (router_in, expert_in: x; router logits) and per slot.
   std::size_t router_logits, slots, exp_gate_up, exp_act, exp_out;
   std::size_t exp_x_bf16;                 // moe_gemm's BF16 copy of the slots' inputs
   std::size_t per_layer, per_layer_gate;  // E models
   std::size_t total_bytes() const {
     const std::size_t floats = 3 * x + qkv + att + gate_up + act + part + flash_part + logits +
-                               4 * rope + (router_logits > 0 ? 3 * x : 0) + router_logits +
+                               4 * rope + (router_logits > 0 ? 2 * x : 0) + router_logits +
                                2 * slots + exp_gate_up + exp_act + exp_out + exp_x_bf16 / 2 +
                                2 * per_layer + per_layer_gate;
     return 4 * floats + (1u << 26);
@@ -204,7 +204,6 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
   if (config_.n_expert > 0) {
     router_in_ = DeviceBuffer<float>(s.x);
     expert_in_ = DeviceBuffer<float>(s.x);
-    moe_out_ = DeviceBuffer<float>(s.x);
     router_logits_ = DeviceBuffer<float>(s.router_logits);
     route_weights_ = DeviceBuffer<float>(s.slots);
     expert_ids_ = DeviceBuffer<int>(s.slots);
@@ -304,11 +303,6 @@ void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits) {
       if (!l.wv.empty()) matmul(l.wv, h_.data(), qkv + g.q_dim + g.k_dim, ld, n);
     }
   }
-  // V = K (before K's norm) and the value norm, before qk_prepare normalizes K in place.
-  if (g.has_kv && (g.v_from_k || c.value_norm)) {
-    copy_norm_heads(qkv, n, ld, g.v_from_k ? g.q_dim : g.q_dim + g.k_dim, g.q_dim + g.k_dim, g.n_kv,
-                    g.dv, c.value_norm, eps, s);
-  }
   QkPrepare qp;
   qp.n_head = c.n_head;
   qp.n_head_kv = g.has_kv ? g.n_kv : 0;  // a KV-sharing layer prepares only its queries
@@ -321,12 +315,14 @@ void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits) {
   qp.eps = eps;
   qp.style = c.rope_style;
   const KvLayout kv{g.n_kv, g.dk, g.dv, cache.layout().bf16};
-  if (g.has_kv) {  // K and V go into the cache in the same launch
+  if (g.has_kv) {  // K and V (V = K before K's norm, the value norm) into the cache
+    qp.v_offset = g.q_dim + g.k_dim;
+    qp.head_dim_v = g.dv;
+    qp.v_from_k = g.v_from_k;
+    qp.v_norm = c.value_norm;
     qp.k_cache = cache.k(il);
     qp.v_cache = cache.v(il);
     qp.pos0 = pos_.data();
-    qp.v_offset = g.q_dim + g.k_dim;
-    qp.head_dim_v = g.dv;
     qp.cache_bf16 = kv.bf16;
   }
   qk_prepare(qkv, n, qp, g.swa ? cos_local_.data() : cos_global_.data(),
@@ -353,7 +349,16 @@ void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits) {
                     s);
   }
   matmul(l.wo, att_.data(), o_.data(), embd_, n);
-  add_and_norm(x_.data(), o_.data(), l.post_attn_norm, l.ffn_norm, h_.data(), n, embd_, eps, s);
+  // A MoE layer's router and expert inputs come from the same normalized residual as h.
+  MoeInputs moe_in;
+  if (l.has_moe) {
+    moe_in.router_scale = l.moe.router_scale;
+    moe_in.pre_norm = l.moe.pre_norm;
+    moe_in.router_in = router_in_.data();
+    moe_in.expert_in = expert_in_.data();
+  }
+  add_and_norm(x_.data(), o_.data(), l.post_attn_norm, l.ffn_norm, h_.data(), n, embd_, eps, s,
+               moe_in);
 }
 
 // The FFN output before post_ffn_norm into o_: the dense gated FFN of h, with MoE
@@ -379,20 +384,19 @@ void CudaModel::ffn_block(int il, int n) {
   matmul(l.down, act_.data(), o_.data(), embd_, n);
   if (l.has_moe) {
     moe_block(il, n);
-    moe_combine(o_.data(), moe_out_.data(), l.moe.post_norm_dense, l.moe.post_norm_moe, n, embd_,
-                c.norm_eps, s);
+    moe_combine(o_.data(), exp_out_.data(), route_weights_.data(), c.n_expert_used,
+                l.moe.post_norm_dense, l.moe.post_norm_moe, n, embd_, c.norm_eps, s);
   }
 }
 
-// Routing and the chosen experts on the device (moe.h); reads the residual stream x_.
+// Routing and the chosen experts on the device (moe.h), from router_in_ and expert_in_ (made by
+// attention_block's add_and_norm).
 void CudaModel::moe_block(int il, int n) {
   const ModelConfig& c = config_;
   const StreamHandle s = stream_.get();
   const DeviceMoe& m = weights_.layers[sz(il)].moe;
   const int k = c.n_expert_used;
   const auto ff_exp = sz(c.n_ff_exp);
-  moe_inputs(x_.data(), m.router_scale, m.pre_norm, router_in_.data(), expert_in_.data(), n, embd_,
-             c.norm_eps, s);
   // The router never takes the BF16 tensor-core GEMM: its rounding could change which experts
   // are chosen. F32 routers of prompt chunks go through the F32 GEMM (one launch).
   if (m.router.type == GgmlType::F32 && n >= kGemmMinTokens) {
@@ -424,7 +428,6 @@ void CudaModel::moe_block(int il, int n) {
   } else {
     moe_gemv(m.down, expert_ids_.data(), slots, 1, exp_act_.data(), exp_out_.data(), embd_, s);
   }
-  moe_weighted_sum(exp_out_.data(), route_weights_.data(), n, k, embd_, moe_out_.data(), s);
 }
 
 void CudaModel::record_chunk(int n, CudaKvCache& cache) {

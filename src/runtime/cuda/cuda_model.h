@@ -74,7 +74,7 @@ class CudaModel final : public Model {
   void record_logits(const float* rows, int n_rows);
   void attention_block(int il, int n, CudaKvCache& cache, int splits);
   void ffn_block(int il, int n);  // leaves the FFN output (before post_ffn_norm) in o_
-  void moe_block(int il, int n);  // leaves the experts' weighted sum in moe_out_
+  void moe_block(int il, int n);  // leaves the k slot outputs per token in exp_out_
   void per_layer_inputs(int n);
   void matmul(const DeviceMatrix& m, const float* x, float* y, std::size_t ldy, int n);
   void gemv_pieces(GgmlType type, const void* w, std::size_t rows, std::size_t cols, const float* x,
@@ -101,7 +101,7 @@ class CudaModel final : public Model {
   DeviceBuffer<float> cos_global_, sin_global_, cos_local_, sin_local_;
   // MoE scratch: router input and logits, routing, per-slot expert activations.
   DeviceBuffer<float> router_in_, expert_in_, router_logits_, route_weights_;
-  DeviceBuffer<float> exp_gate_up_, exp_act_, exp_out_, moe_out_;
+  DeviceBuffer<float> exp_gate_up_, exp_act_, exp_out_;
   DeviceBuffer<int> expert_ids_;
   MoeGemmScratch moe_scratch_;  // prompt chunks: expert-grouped products
   // Per-layer embeddings: [n x width] inputs, token rows, gate activations.

@@ -16,45 +16,33 @@ unsigned blocks_for(std::size_t n, unsigned threads = kThreads) {
   return static_cast<unsigned>((n + threads - 1) / threads);
 }
 
-// One warp per (token, head).
-__global__ void copy_norm_heads_kernel(float* qkv, int n_tokens, std::size_t token_stride,
-                                       std::size_t src_offset, std::size_t dst_offset, int n_heads,
-                                       int head_dim, bool normalize, float eps) {
-  pdl_wait();
-  pdl_trigger();
-  const int warp = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) / 32);
-  const int lane = static_cast<int>(threadIdx.x % 32);
-  if (warp >= n_tokens * n_heads) return;
-  const int t = warp / n_heads, h = warp % n_heads;
-  float* row = qkv + static_cast<std::size_t>(t) * token_stride;
-  const float* src = row + src_offset + static_cast<std::size_t>(h) * head_dim;
-  float* dst = row + dst_offset + static_cast<std::size_t>(h) * head_dim;
-  float inv = 1.0f;
-  if (normalize) {
-    float ss = 0.0f;
-    for (int i = lane; i < head_dim; i += 32) ss = fmaf(src[i], src[i], ss);
-    ss = warp_sum(ss);
-    inv = 1.0f / sqrtf(ss / static_cast<float>(head_dim) + eps);
-  }
-  // Each lane reads and writes the same elements, so src == dst is safe.
-  for (int i = lane; i < head_dim; i += 32) dst[i] = normalize ? src[i] * inv : src[i];
-}
-
-// One CTA per row, rows in registers (row_regs.cuh).
+// One CTA per row, rows in registers (row_regs.cuh). The experts' row is the weighted sum of the
+// token's k slot outputs, added in slot order (as the CPU reference).
 template <int kPer>
 __global__ void __launch_bounds__(1024)
-    moe_combine_kernel(float* __restrict__ o, const float* __restrict__ e,
-                       const float* __restrict__ w_dense, const float* __restrict__ w_moe,
-                       std::size_t n, float eps) {
+    moe_combine_kernel(float* __restrict__ o, const float* __restrict__ y,
+                       const float* __restrict__ slot_w, int k, const float* __restrict__ w_dense,
+                       const float* __restrict__ w_moe, std::size_t n, float eps) {
   pdl_wait();
   pdl_trigger();
   __shared__ float scratch[32];
   float* orow = o + blockIdx.x * n;
   RowRegs<kPer> dense, experts, wd, we;
   dense.load(orow, n);
-  experts.load(e + blockIdx.x * n, n);
   wd.load_weights(w_dense, n);
   we.load_weights(w_moe, n);
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) experts.v[j] = 0.0f;
+  for (int s = 0; s < k; ++s) {
+    const std::size_t slot = static_cast<std::size_t>(blockIdx.x) * k + static_cast<std::size_t>(s);
+    const float w = slot_w[slot];
+    const float* ys = y + slot * n;
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const std::size_t i = RowRegs<kPer>::index(j);
+      if (i < n) experts.v[j] += w * ys[i];
+    }
+  }
   dense.scale(dense.inv_rms(n, eps, scratch), wd);
   experts.scale(experts.inv_rms(n, eps, scratch), we);
 #pragma unroll
@@ -133,23 +121,13 @@ __global__ void per_layer_gate_kernel(float* g, const float* per_layer, int n_pl
 
 }  // namespace
 
-void copy_norm_heads(float* qkv, int n_tokens, std::size_t token_stride, std::size_t src_offset,
-                     std::size_t dst_offset, int n_heads, int head_dim, bool normalize, float eps,
-                     StreamHandle stream) {
-  const std::size_t threads = static_cast<std::size_t>(n_tokens) * n_heads * 32;
-  if (threads == 0 || head_dim <= 0) return;
-  launch_pdl("copy_norm_heads_kernel", copy_norm_heads_kernel, blocks_for(threads, 128), 128, 0,
-             stream, qkv, n_tokens, token_stride, src_offset, dst_offset, n_heads, head_dim,
-             normalize, eps);
-  QFORGE_CUDA_CHECK_LAUNCH("copy_norm_heads_kernel");
-}
-
-void moe_combine(float* o, const float* e, const float* w_dense, const float* w_moe, int n_rows,
-                 std::size_t n, float eps, StreamHandle stream) {
+void moe_combine(float* o, const float* y, const float* slot_weights, int k, const float* w_dense,
+                 const float* w_moe, int n_rows, std::size_t n, float eps, StreamHandle stream) {
   if (n_rows <= 0 || n == 0) return;
+  if (k <= 0) cuda_fail("CUDA moe_combine: ", k, " slots per token");
   with_row_regs(n, [&]<int kPer>(std::integral_constant<int, kPer>, unsigned threads) {
     launch_pdl("moe_combine_kernel", moe_combine_kernel<kPer>, static_cast<unsigned>(n_rows),
-               threads, 0, stream, o, e, w_dense, w_moe, n, eps);
+               threads, 0, stream, o, y, slot_weights, k, w_dense, w_moe, n, eps);
   });
   QFORGE_CUDA_CHECK_LAUNCH("moe_combine_kernel");
 }

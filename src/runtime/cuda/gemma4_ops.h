@@ -1,5 +1,5 @@
 // Row-wise kernels that Gemma 4 adds to the CUDA forward pass (cuda_model.cpp), in the order of
-// the CPU reference (src/runtime/cpu/cpu_model.cpp): value norm, the MoE/dense output mix, the
+// the CPU reference (src/runtime/cpu/cpu_model.cpp): the MoE/dense output mix, the
 // layer output scale and per-layer embeddings. All pointers are device pointers; every call is
 // asynchronous on `stream`. F32 throughout.
 #pragma once
@@ -11,18 +11,11 @@
 
 namespace qforge::cuda {
 
-// Per token t and head h < n_heads of the interleaved qkv buffer (tokens token_stride floats
-// apart): dst = src, divided by its RMS (no weight) when `normalize`, where
-//   src = qkv + t * token_stride + src_offset + h * head_dim, dst likewise with dst_offset.
-// src and dst may be the same. Gemma 4's value norm, and V = K (before K's norm) on layers
-// without attn_v.
-void copy_norm_heads(float* qkv, int n_tokens, std::size_t token_stride, std::size_t src_offset,
-                     std::size_t dst_offset, int n_heads, int head_dim, bool normalize, float eps,
-                     StreamHandle stream);
-
-// o[r, :] = rms_norm(o[r, :]) * w_dense + rms_norm(e[r, :]) * w_moe  (rows of n floats).
-void moe_combine(float* o, const float* e, const float* w_dense, const float* w_moe, int n_rows,
-                 std::size_t n, float eps, StreamHandle stream);
+// o[r, :] = rms_norm(o[r, :]) * w_dense + rms_norm(e_r) * w_moe  (rows of n floats), where
+// e_r = sum_{j < k} slot_weights[r * k + j] * y[(r * k + j) * n + :], summed in slot order: the
+// MoE output of token r from its k expert slots (moe.h).
+void moe_combine(float* o, const float* y, const float* slot_weights, int k, const float* w_dense,
+                 const float* w_moe, int n_rows, std::size_t n, float eps, StreamHandle stream);
 
 // x[r, :] += (o_norm ? rms_norm(o[r, :]) * o_norm : o[r, :]) when o is not null; then
 // x[r, :] *= scale; then, when next_norm is not null, h[r, :] = rms_norm(x[r, :]) * next_norm.

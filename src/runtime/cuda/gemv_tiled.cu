@@ -8,6 +8,10 @@
 // weight loads of a warp fall in 1-2 lines each. Splitting a row over 4 warps keeps enough CTAs
 // (n_rows / kRows) and enough loads in flight for 4096-row matrices.
 //
+// The expert form (moe_gemv_tiled) is the same kernel with grid.y = slot: each slot reads its
+// expert id from device memory (written by the routing kernel, so after pdl_wait) and offsets the
+// weights, x and y; ids outside [0, n_experts) produce zero rows.
+//
 // Scales are applied once per run of 4 products (weight = s * code + o, so the run contributes
 // s * sum(code * x) + o * sum(x)), which saves one multiply per weight.
 #include "runtime/cuda/check.cuh"
@@ -21,18 +25,39 @@ namespace qforge::cuda::detail {
 namespace {
 
 constexpr int kWarps = 4;
+constexpr std::size_t kFewRows = 1024;
+
+// Expert indirection of the expert form; ids == nullptr for a plain product.
+struct Experts {
+  const int* ids = nullptr;
+  std::size_t expert_bytes = 0;
+  int n_experts = 0;
+  int x_group = 1;
+};
 
 template <typename L, int kRows, int kTokens, int kUnroll>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_tiled_kernel(const std::uint8_t* __restrict__ w, std::size_t row_bytes, int n_rows,
                       int n_cols, const float* __restrict__ x, float* __restrict__ y,
-                      std::size_t ldy) {
+                      std::size_t ldy, Experts experts) {
   pdl_wait();
   pdl_trigger();
   constexpr int G = L::kGroups;
   __shared__ float partial[kWarps][kRows * kTokens];
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
   const int row0 = static_cast<int>(blockIdx.x) * kRows;
+  if (experts.ids != nullptr) {  // expert form: one token per slot (kTokens == 1)
+    const int slot = static_cast<int>(blockIdx.y);
+    const int e = experts.ids[slot];
+    y += static_cast<std::size_t>(slot) * ldy;
+    if (e < 0 || e >= experts.n_experts) {
+      const int r = static_cast<int>(threadIdx.x);
+      if (r < kRows && row0 + r < n_rows) y[row0 + r] = 0.0f;
+      return;
+    }
+    w += static_cast<std::size_t>(e) * experts.expert_bytes;
+    x += static_cast<std::size_t>(slot / experts.x_group) * static_cast<std::size_t>(n_cols);
+  }
 
   const std::uint8_t* rows[kRows];
 #pragma unroll
@@ -110,28 +135,61 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 template <typename L, int kRows, int kTokens, int kUnroll = 2>  // kUnroll: steps in flight
 void launch(const void* w, std::size_t row_bytes, std::size_t n_rows, std::size_t n_cols,
-            const float* x, float* y, std::size_t ldy, StreamHandle stream) {
-  const auto grid = static_cast<unsigned>((n_rows + kRows - 1) / kRows);
+            const float* x, float* y, std::size_t ldy, StreamHandle stream, Experts experts,
+            unsigned n_slots) {
+  const dim3 grid(static_cast<unsigned>((n_rows + kRows - 1) / kRows), n_slots);
   launch_pdl("gemv_tiled_kernel", gemv_tiled_kernel<L, kRows, kTokens, kUnroll>, grid, kWarps * 32,
              0, stream, static_cast<const std::uint8_t*>(w), row_bytes, static_cast<int>(n_rows),
-             static_cast<int>(n_cols), x, y, ldy);
+             static_cast<int>(n_cols), x, y, ldy, experts);
   QFORGE_CUDA_CHECK_LAUNCH("gemv_tiled_kernel");
 }
 
 template <typename L>
 void run(const void* w, std::size_t row_bytes, std::size_t n_rows, std::size_t n_cols,
-         const float* x, float* y, std::size_t ldy, int n_tokens, StreamHandle stream) {
+         const float* x, float* y, std::size_t ldy, int n_tokens, StreamHandle stream,
+         Experts experts = {}, unsigned n_slots = 1) {
   switch (n_tokens) {
     case 1:
-      return launch<L, 4, 1>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream);
+      // Matrices of few rows (a MoE router: 128 x 2816) get a CTA per row, else 32 CTAs would
+      // read the whole matrix.
+      if (n_slots == 1 && n_rows < kFewRows) {
+        return launch<L, 1, 1>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream, experts, 1);
+      }
+      return launch<L, 4, 1>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream, experts, n_slots);
     case 2:
-      return launch<L, 4, 2>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream);
+      return launch<L, 4, 2>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream, {}, 1);
     case 4:
-      return launch<L, 4, 4>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream);
+      return launch<L, 4, 4>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream, {}, 1);
     case 8:
-      return launch<L, 2, 8>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream);
+      return launch<L, 2, 8>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream, {}, 1);
     default:
       cuda_fail("CUDA gemv (tiled): batch of ", n_tokens, " tokens is not 1, 2, 4 or 8");
+  }
+}
+
+template <typename Fn>
+void dispatch(GgmlType type, Fn&& fn) {
+  switch (type) {
+    case GgmlType::F32:
+      return fn(lanes::F32{});
+    case GgmlType::F16:
+      return fn(lanes::F16{});
+    case GgmlType::BF16:
+      return fn(lanes::BF16{});
+    case GgmlType::Q4_0:
+      return fn(lanes::Q4_0{});
+    case GgmlType::Q8_0:
+      return fn(lanes::Q8_0{});
+    case GgmlType::Q4_K:
+      return fn(lanes::Q4_K{});
+    default:
+      cuda_fail("CUDA gemv (tiled): no kernel for ", type_name(type));
+  }
+}
+
+void check_size(std::size_t n_rows, std::size_t n_cols) {
+  if (n_rows > 0x7fffffffu || n_cols > 0x7fffff00u) {
+    cuda_fail("CUDA gemv (tiled): ", n_rows, " x ", n_cols, " is too large");
   }
 }
 
@@ -153,26 +211,21 @@ bool gemv_tiled_supported(GgmlType type) {
 
 void gemv_tiled(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols,
                 const float* x, float* y, std::size_t ldy, int n_tokens, StreamHandle stream) {
-  if (n_rows > 0x7fffffffu || n_cols > 0x7fffff00u) {
-    cuda_fail("CUDA gemv (tiled): ", n_rows, " x ", n_cols, " is too large");
-  }
+  check_size(n_rows, n_cols);
   const std::size_t rb = row_bytes(type, n_cols);
-  switch (type) {
-    case GgmlType::F32:
-      return run<lanes::F32>(w, rb, n_rows, n_cols, x, y, ldy, n_tokens, stream);
-    case GgmlType::F16:
-      return run<lanes::F16>(w, rb, n_rows, n_cols, x, y, ldy, n_tokens, stream);
-    case GgmlType::BF16:
-      return run<lanes::BF16>(w, rb, n_rows, n_cols, x, y, ldy, n_tokens, stream);
-    case GgmlType::Q4_0:
-      return run<lanes::Q4_0>(w, rb, n_rows, n_cols, x, y, ldy, n_tokens, stream);
-    case GgmlType::Q8_0:
-      return run<lanes::Q8_0>(w, rb, n_rows, n_cols, x, y, ldy, n_tokens, stream);
-    case GgmlType::Q4_K:
-      return run<lanes::Q4_K>(w, rb, n_rows, n_cols, x, y, ldy, n_tokens, stream);
-    default:
-      cuda_fail("CUDA gemv (tiled): no kernel for ", type_name(type));
-  }
+  dispatch(type,
+           [&]<typename L>(L) { run<L>(w, rb, n_rows, n_cols, x, y, ldy, n_tokens, stream); });
+}
+
+void moe_gemv_tiled(GgmlType type, const void* w, std::size_t expert_bytes, int n_experts,
+                    std::size_t n_rows, std::size_t n_cols, const int* ids, int n_slots,
+                    int x_group, const float* x, float* y, std::size_t ldy, StreamHandle stream) {
+  check_size(n_rows, n_cols);
+  const std::size_t rb = row_bytes(type, n_cols);
+  const Experts experts{ids, expert_bytes, n_experts, x_group};
+  dispatch(type, [&]<typename L>(L) {
+    run<L>(w, rb, n_rows, n_cols, x, y, ldy, 1, stream, experts, static_cast<unsigned>(n_slots));
+  });
 }
 
 }  // namespace qforge::cuda::detail

@@ -1,5 +1,7 @@
 // Element-wise and row-wise kernels of the CUDA forward pass (see model_ops.h).
 #include <cuda_bf16.h>
+
+#include <algorithm>
 #include "runtime/cuda/check.cuh"
 #include "runtime/cuda/pdl.cuh"
 
@@ -91,41 +93,77 @@ __device__ __forceinline__ float to_cache<float>(float v) {
   return v;
 }
 
-// ---- QK-norm + rope: one warp per (token, head) ------------------------------------------------
-// With a cache (p.k_cache), n_head_kv more warps per token copy the V heads into it, and the K
-// heads' warps write their final values there too (K: [n_ctx x n_head_kv x dk], V likewise with
-// dv).
+// ---- QK-norm + rope (+ V): one warp per (token, head) ------------------------------------------
+// Warps per token: n_head Q heads, n_head_kv K heads, then (v_warps) n_head_kv V heads. Each warp
+// copies its head into its own shared-memory slice once and works there: the previous version
+// worked in place in global memory and paid an L2 round trip for each of its passes (norm sum,
+// scaling, rope, cache store), ~5 us per decode step. A K warp with v_from_k also makes that
+// head's V from the K values before the norm (Gemma 4 layers without attn_v).
+constexpr int kQkWarps = 4;
+
+// Sum of squares in the lane-strided order of the CPU-compared reference: i = lane, lane + 32, ...
+__device__ __forceinline__ float head_inv_rms(const float* buf, int dim, float eps, int lane) {
+  float ss = 0.0f;
+  for (int i = lane; i < dim; i += 32) ss = fmaf(buf[i], buf[i], ss);
+  ss = warp_sum(ss);
+  return 1.0f / sqrtf(ss / static_cast<float>(dim) + eps);
+}
+
 template <typename T>
-__global__ void qk_prepare_kernel(float* qkv, int n_tokens, QkPrepare p, const float* cos,
-                                  const float* sin) {
+__device__ __forceinline__ void emit_v(const QkPrepare& p, const float* buf, float* qkv_token,
+                                       std::size_t pos, int hv, int lane) {
+  const int dv = p.head_dim_v;
+  const float inv = p.v_norm ? head_inv_rms(buf, dv, p.eps, lane) : 1.0f;
+  if (p.k_cache != nullptr) {
+    T* dst = static_cast<T*>(p.v_cache) + (pos * p.n_head_kv + hv) * dv;
+    for (int i = lane; i < dv; i += 32) dst[i] = to_cache<T>(p.v_norm ? buf[i] * inv : buf[i]);
+  } else {
+    float* dst = qkv_token + p.v_offset + static_cast<std::size_t>(hv) * dv;
+    for (int i = lane; i < dv; i += 32) dst[i] = p.v_norm ? buf[i] * inv : buf[i];
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kQkWarps * 32)
+    qk_prepare_kernel(float* qkv, int n_tokens, QkPrepare p, const float* cos, const float* sin,
+                      int heads, int buf_floats) {
+  extern __shared__ float qk_shared[];
   pdl_wait();
   pdl_trigger();
-  const int warp_global = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) / 32);
+  const int warp = static_cast<int>(threadIdx.x / 32);
+  const int warp_global = static_cast<int>(blockIdx.x) * kQkWarps + warp;
   const int lane = static_cast<int>(threadIdx.x % 32);
-  const bool store = p.k_cache != nullptr;
-  const int heads = p.n_head + p.n_head_kv * (store ? 2 : 1);
   if (warp_global >= n_tokens * heads) return;
+  float* buf = qk_shared + static_cast<std::size_t>(warp) * buf_floats;
+  const bool store = p.k_cache != nullptr;
   const int t = warp_global / heads, head = warp_global % heads;
   const std::size_t pos = store ? static_cast<std::size_t>(*p.pos0 + t) : 0;
-  if (head >= p.n_head + p.n_head_kv) {  // a V head: copy only
+  float* token = qkv + static_cast<std::size_t>(t) * p.token_stride;
+
+  if (head >= p.n_head + p.n_head_kv) {  // a V head of its own
     const int hv = head - p.n_head - p.n_head_kv;
-    const float* src = qkv + static_cast<std::size_t>(t) * p.token_stride + p.v_offset +
-                       static_cast<std::size_t>(hv) * p.head_dim_v;
-    T* dst = static_cast<T*>(p.v_cache) + (pos * p.n_head_kv + hv) * p.head_dim_v;
-    for (int i = lane; i < p.head_dim_v; i += 32) dst[i] = to_cache<T>(src[i]);
+    const float* src = token + p.v_offset + static_cast<std::size_t>(hv) * p.head_dim_v;
+#pragma unroll 4
+    for (int i = lane; i < p.head_dim_v; i += 32) buf[i] = src[i];
+    __syncwarp();
+    emit_v<T>(p, buf, token, pos, hv, lane);
     return;
   }
   const bool is_q = head < p.n_head;
-  float* v = qkv + static_cast<std::size_t>(t) * p.token_stride +
-             (is_q ? static_cast<std::size_t>(head) * p.head_dim
-                   : p.k_offset + static_cast<std::size_t>(head - p.n_head) * p.head_dim);
+  const int hk = head - p.n_head;
+  float* v = token + (is_q ? static_cast<std::size_t>(head) * p.head_dim
+                           : p.k_offset + static_cast<std::size_t>(hk) * p.head_dim);
   const float* norm = is_q ? p.q_norm : p.k_norm;
+#pragma unroll 4
+  for (int i = lane; i < p.head_dim; i += 32) buf[i] = v[i];
+  __syncwarp();
+  if (!is_q && p.v_from_k) {
+    emit_v<T>(p, buf, token, pos, hk, lane);  // reads buf only: K's own pass may follow
+    __syncwarp();
+  }
   if (norm != nullptr) {
-    float ss = 0.0f;
-    for (int i = lane; i < p.head_dim; i += 32) ss = fmaf(v[i], v[i], ss);
-    ss = warp_sum(ss);
-    const float inv = 1.0f / sqrtf(ss / static_cast<float>(p.head_dim) + p.eps);
-    for (int i = lane; i < p.head_dim; i += 32) v[i] = v[i] * inv * norm[i];
+    const float inv = head_inv_rms(buf, p.head_dim, p.eps, lane);
+    for (int i = lane; i < p.head_dim; i += 32) buf[i] = buf[i] * inv * norm[i];
     __syncwarp();
   }
   const int half = p.n_rot / 2;
@@ -135,31 +173,35 @@ __global__ void qk_prepare_kernel(float* qkv, int n_tokens, QkPrepare p, const f
   for (int i = lane; i < half; i += 32) {
     const int a = adjacent ? 2 * i : i;
     const int b = adjacent ? 2 * i + 1 : i + half;
-    const float x0 = v[a], x1 = v[b];
-    v[a] = x0 * ct[i] - x1 * st[i];
-    v[b] = x0 * st[i] + x1 * ct[i];
+    const float x0 = buf[a], x1 = buf[b];
+    buf[a] = x0 * ct[i] - x1 * st[i];
+    buf[b] = x0 * st[i] + x1 * ct[i];
   }
+  __syncwarp();
+  for (int i = lane; i < p.head_dim; i += 32) v[i] = buf[i];
   if (store && !is_q) {
-    __syncwarp();  // the lanes' rotated values are in v
-    const int hk = head - p.n_head;
     T* dst = static_cast<T*>(p.k_cache) + (pos * p.n_head_kv + hk) * p.head_dim;
-    for (int i = lane; i < p.head_dim; i += 32) dst[i] = to_cache<T>(v[i]);
+    for (int i = lane; i < p.head_dim; i += 32) dst[i] = to_cache<T>(buf[i]);
   }
 }
 
 // ---- residual add + RMSNorm: one CTA per row, the row in registers (row_regs.cuh) -----------
-template <int kPer>
+template <int kPer, bool kMoe>
 __global__ void __launch_bounds__(1024)
     add_norm_kernel(float* __restrict__ x, const float* __restrict__ o,
                     const float* __restrict__ o_norm, const float* __restrict__ next_norm,
-                    float* __restrict__ h, std::size_t n, float eps) {
+                    float* __restrict__ h, std::size_t n, float eps, MoeInputs moe, float root) {
   pdl_wait();
   pdl_trigger();
   __shared__ float scratch[32];
   float* xr = x + blockIdx.x * n;
-  RowRegs<kPer> xv, wn;
+  RowRegs<kPer> xv, wn, wr, wp;
   xv.load(xr, n);
   wn.load_weights(next_norm, n);
+  if constexpr (kMoe) {
+    wr.load_weights(moe.router_scale, n);
+    wp.load_weights(moe.pre_norm, n);
+  }
   if (o != nullptr) {
     RowRegs<kPer> ov, wo;
     ov.load(o + blockIdx.x * n, n);
@@ -169,7 +211,18 @@ __global__ void __launch_bounds__(1024)
     for (int j = 0; j < kPer; ++j) xv.v[j] += ov.v[j];
     xv.store(xr, n);
   }
-  xv.scale(xv.inv_rms(n, eps, scratch), wn);
+  const float inv = xv.inv_rms(n, eps, scratch);
+  if constexpr (kMoe) {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const std::size_t i = RowRegs<kPer>::index(j);
+      if (i >= n) continue;
+      const float normed = xv.v[j] * inv;
+      moe.router_in[blockIdx.x * n + i] = normed * wr.v[j] * root;
+      moe.expert_in[blockIdx.x * n + i] = normed * wp.v[j];
+    }
+  }
+  xv.scale(inv, wn);
   xv.store(h + blockIdx.x * n, n);
 }
 
@@ -238,25 +291,49 @@ void qk_prepare(float* qkv, int n_tokens, const QkPrepare& p, const float* cos, 
   if (store && (p.v_cache == nullptr || p.pos0 == nullptr || p.n_head_kv == 0)) {
     cuda_fail("CUDA qk_prepare: storing into the cache needs both caches, pos0 and K heads");
   }
-  const std::size_t threads =
-      static_cast<std::size_t>(n_tokens) * (p.n_head + p.n_head_kv * (store ? 2 : 1)) * 32;
-  if (threads == 0) return;
+  const bool has_v = p.n_head_kv > 0 && (store || p.v_from_k || p.v_norm);
+  if (has_v && (p.head_dim_v <= 0 || (p.v_from_k && p.head_dim_v != p.head_dim))) {
+    cuda_fail("CUDA qk_prepare: V heads of ", p.head_dim_v, " floats (K heads ", p.head_dim,
+              (p.v_from_k ? ", V taken from K" : ""), ")");
+  }
+  if (p.head_dim > kMaxQkHeadDim || p.head_dim_v > kMaxQkHeadDim) {
+    cuda_fail("CUDA qk_prepare: heads of ", p.head_dim, " / ", p.head_dim_v,
+              " floats are wider than the supported ", kMaxQkHeadDim);
+  }
+  const bool v_warps = has_v && !p.v_from_k;
+  const int heads = p.n_head + p.n_head_kv * (v_warps ? 2 : 1);
+  const std::size_t warps = static_cast<std::size_t>(n_tokens) * heads;
+  if (warps == 0) return;
+  const int buf_floats = std::max(p.head_dim, has_v ? p.head_dim_v : 0);
+  const std::size_t shared = sizeof(float) * kQkWarps * static_cast<std::size_t>(buf_floats);
+  const auto grid = static_cast<unsigned>((warps + kQkWarps - 1) / kQkWarps);
   if (!store || p.cache_bf16) {
-    launch_pdl("qk_prepare_kernel", qk_prepare_kernel<std::uint16_t>, blocks_for(threads, 128), 128,
-               0, stream, qkv, n_tokens, p, cos, sin);
+    launch_pdl("qk_prepare_kernel", qk_prepare_kernel<std::uint16_t>, grid, kQkWarps * 32, shared,
+               stream, qkv, n_tokens, p, cos, sin, heads, buf_floats);
   } else {
-    launch_pdl("qk_prepare_kernel", qk_prepare_kernel<float>, blocks_for(threads, 128), 128, 0,
-               stream, qkv, n_tokens, p, cos, sin);
+    launch_pdl("qk_prepare_kernel", qk_prepare_kernel<float>, grid, kQkWarps * 32, shared, stream,
+               qkv, n_tokens, p, cos, sin, heads, buf_floats);
   }
   QFORGE_CUDA_CHECK_LAUNCH("qk_prepare_kernel");
 }
 
 void add_and_norm(float* x, const float* o, const float* o_norm, const float* next_norm, float* h,
-                  int n_rows, std::size_t n, float eps, StreamHandle stream) {
+                  int n_rows, std::size_t n, float eps, StreamHandle stream, const MoeInputs& moe) {
   if (n_rows <= 0 || n == 0) return;
+  const bool with_moe = moe.router_in != nullptr;
+  if (with_moe &&
+      (moe.router_scale == nullptr || moe.pre_norm == nullptr || moe.expert_in == nullptr)) {
+    cuda_fail("CUDA add_and_norm: MoE inputs need both scales and both outputs");
+  }
+  const float root = 1.0f / sqrtf(static_cast<float>(n));
   with_row_regs(n, [&]<int kPer>(std::integral_constant<int, kPer>, unsigned threads) {
-    launch_pdl("add_norm_kernel", add_norm_kernel<kPer>, static_cast<unsigned>(n_rows), threads, 0,
-               stream, x, o, o_norm, next_norm, h, n, eps);
+    if (with_moe) {
+      launch_pdl("add_norm_kernel", add_norm_kernel<kPer, true>, static_cast<unsigned>(n_rows),
+                 threads, 0, stream, x, o, o_norm, next_norm, h, n, eps, moe, root);
+    } else {
+      launch_pdl("add_norm_kernel", add_norm_kernel<kPer, false>, static_cast<unsigned>(n_rows),
+                 threads, 0, stream, x, o, o_norm, next_norm, h, n, eps, moe, root);
+    }
   });
   QFORGE_CUDA_CHECK_LAUNCH("add_norm_kernel");
 }

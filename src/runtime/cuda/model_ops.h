@@ -33,25 +33,45 @@ struct QkPrepare {
   const float* k_norm = nullptr;
   float eps = 0.0f;
   RopeStyle style = RopeStyle::kAdjacentPairs;
-  // Optional (k_cache non-null): also store the prepared K and the V rows (at v_offset, head_dim_v
-  // per head) into one layer's cache (K: [n_ctx x n_head_kv x dk], V: [n_ctx x n_head_kv x dv])
-  // at positions *pos0 + t, converted to the cache type (BF16 rounds to nearest even).
+  // V heads (head_dim_v floats each, at v_offset of a token): v_from_k takes head h's V from K
+  // head h before K's norm (the V rows of qkv are then not read; head_dim_v must equal
+  // head_dim); v_norm divides each V head by its RMS (no weight), Gemma 4's value norm.
+  std::size_t v_offset = 0;
+  int head_dim_v = 0;
+  bool v_from_k = false;
+  bool v_norm = false;
+  // Optional (k_cache non-null): store the prepared K and V into one layer's cache
+  // (K: [n_ctx x n_head_kv x dk], V: [n_ctx x n_head_kv x dv]) at positions *pos0 + t, converted
+  // to the cache type (BF16 rounds to nearest even), instead of writing V back to qkv.
   void* k_cache = nullptr;
   void* v_cache = nullptr;
   const int* pos0 = nullptr;
-  std::size_t v_offset = 0;
-  int head_dim_v = 0;
   bool cache_bf16 = true;  // else F32
 };
+inline constexpr int kMaxQkHeadDim = 1024;
 // Per token and head of Q and K in place: optional RMSNorm with the head weights, then rotary
-// embedding with the tables of rope_tables; then the optional cache store.
+// embedding with the tables of rope_tables; then the optional cache store. V heads (when stored,
+// taken from K or normalized): from K or qkv, normalized if v_norm, into the cache when storing,
+// else back into qkv's V rows.
 void qk_prepare(float* qkv, int n_tokens, const QkPrepare& p, const float* cos, const float* sin,
                 StreamHandle stream);
 
+// The inputs of a Gemma 4 MoE block (moe.h), made from the same normalized row as h:
+//   router_in = x * inv * router_scale * (1 / sqrt(n)),   expert_in = x * inv * pre_norm,
+// inv = 1 / sqrt(mean(x^2) + eps). All null: none.
+struct MoeInputs {
+  const float* router_scale = nullptr;
+  const float* pre_norm = nullptr;
+  float* router_in = nullptr;
+  float* expert_in = nullptr;
+};
+
 // x[r, :] += (o_norm ? rms_norm(o[r, :]) * o_norm : o[r, :]) when o is not null; then
-// h[r, :] = rms_norm(x[r, :]) * next_norm. Rows of n floats; one CTA per row.
+// h[r, :] = rms_norm(x[r, :]) * next_norm, and the MoE inputs of x[r, :] when moe has them. Rows
+// of n floats; one CTA per row.
 void add_and_norm(float* x, const float* o, const float* o_norm, const float* next_norm, float* h,
-                  int n_rows, std::size_t n, float eps, StreamHandle stream);
+                  int n_rows, std::size_t n, float eps, StreamHandle stream,
+                  const MoeInputs& moe = {});
 
 // gate_up rows [gate | up] of 2 * n_ff floats -> out rows act(gate) * up of n_ff floats.
 void glu_rows(FfnActivation act, const float* gate_up, float* out, int n_tokens, std::size_t n_ff,

@@ -5,21 +5,17 @@
 #include <cstdint>
 
 #include "runtime/cuda/block_decode.cuh"
+#include "runtime/cuda/gemv.h"
 #include "runtime/cuda/gemv_mma.h"
+#include "runtime/cuda/gemv_tiled.h"
 #include "runtime/cuda/moe.h"
 #include "runtime/cuda/reduce.cuh"
-#include "runtime/cuda/row_regs.cuh"
 
 namespace qforge::cuda {
 namespace {
 
 constexpr int kWarpsPerCta = 4;
-constexpr unsigned kThreads = 256;
 constexpr int kMaxExperts = 4096;
-
-unsigned blocks_for(std::size_t n, unsigned threads = kThreads) {
-  return static_cast<unsigned>((n + threads - 1) / threads);
-}
 
 // ---- expert GEMV: one warp per (output row, slot); grid (row groups, slots) -----------------
 // The lanes walk the decode units of the row in order (coalesced weight loads), as the first
@@ -116,28 +112,21 @@ bool dispatch(GgmlType type, Fn&& fn) {
   }
 }
 
-// ---- router and expert inputs: one CTA per row, the row in registers (row_regs.cuh) --------
-template <int kPer>
-__global__ void moe_inputs_kernel(const float* __restrict__ x, const float* __restrict__ scale,
-                                  const float* __restrict__ pre_norm, float* __restrict__ r_out,
-                                  float* __restrict__ e_out, std::size_t n, float eps, float root) {
-  pdl_wait();
-  pdl_trigger();
-  __shared__ float scratch[32];
-  RowRegs<kPer> xv;
-  xv.load(x + blockIdx.x * n, n);
-  const float inv = xv.inv_rms(n, eps, scratch);
-#pragma unroll
-  for (int j = 0; j < kPer; ++j) {
-    const std::size_t i = RowRegs<kPer>::index(j);
-    if (i >= n) continue;
-    const float normed = xv.v[j] * inv;
-    r_out[blockIdx.x * n + i] = normed * scale[i] * root;
-    e_out[blockIdx.x * n + i] = normed * pre_norm[i];
+// ---- routing: one warp per token -----------------------------------------------------------
+// Lane l owns the experts l, l + 32, ... (their probabilities in shared memory) and keeps the
+// best of them; each of the k rounds is one warp arg-max over the lanes' bests, after which only
+// the winner's lane rescans its experts. The chosen experts are then put in increasing index
+// order by rank, every lane placing its own (the first version did k full scans and a serial
+// insertion sort plus k dependent global loads on lane 0: ~7 us of every MoE layer's step).
+__device__ __forceinline__ void lane_best(const float* p, int n_expert, int lane, float& best,
+                                          int& best_i) {
+  best = -2.0f;  // below every probability; chosen experts hold -inf, NaN never compares greater
+  best_i = 0x7fffffff;
+  for (int i = lane; i < n_expert; i += 32) {
+    if (p[i] > best) best = p[i], best_i = i;  // strict: the lowest index of a lane wins ties
   }
 }
 
-// ---- routing: one warp per token -----------------------------------------------------------
 __global__ void route_kernel(const float* __restrict__ logits, int n_expert, int k,
                              const float* __restrict__ expert_scale, int* __restrict__ ids,
                              float* __restrict__ weights) {
@@ -145,7 +134,7 @@ __global__ void route_kernel(const float* __restrict__ logits, int n_expert, int
   pdl_trigger();
   extern __shared__ float shared[];
   float* p = shared;                                   // n_expert probabilities
-  float* chosen_p = shared + n_expert;                 // k
+  float* chosen_p = shared + n_expert;                 // k, in the order chosen
   int* chosen = reinterpret_cast<int*>(chosen_p + k);  // k
   const int t = static_cast<int>(blockIdx.x), lane = static_cast<int>(threadIdx.x);
   const float* l = logits + static_cast<std::size_t>(t) * n_expert;
@@ -162,67 +151,42 @@ __global__ void route_kernel(const float* __restrict__ logits, int n_expert, int
   sum = warp_sum(sum);
   const float inv = 1.0f / sum;
   for (int i = lane; i < n_expert; i += 32) p[i] *= inv;
-  __syncwarp();
 
-  // k rounds of arg-max; a chosen expert is marked with -1 (probabilities are >= 0).
+  float mine;
+  int mine_i;
+  lane_best(p, n_expert, lane, mine, mine_i);
   for (int j = 0; j < k; ++j) {
-    float best = -2.0f;
-    int best_i = 0x7fffffff;
-    for (int i = lane; i < n_expert; i += 32) {
-      if (p[i] > best) best = p[i], best_i = i;  // strict: the lowest index of a lane wins ties
-    }
+    float best = mine;
+    int best_i = mine_i;
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
       const float ob = __shfl_xor_sync(0xffffffffu, best, off);
       const int oi = __shfl_xor_sync(0xffffffffu, best_i, off);
       if (ob > best || (ob == best && oi < best_i)) best = ob, best_i = oi;
     }
+    // NaN logits match nothing: the slot gets id -1 (zero output, zero weight).
+    const bool found = best_i < n_expert;
     if (lane == 0) {
-      // NaN logits match nothing: the slot gets id -1 (zero output, zero weight).
-      const bool found = best_i < n_expert;
       chosen[j] = found ? best_i : -1;
       chosen_p[j] = found ? best : 0.0f;
-      if (found) p[best_i] = -1.0f;
     }
-    __syncwarp();
+    if (found && lane == best_i % 32) {
+      p[best_i] = -INFINITY;
+      lane_best(p, n_expert, lane, mine, mine_i);
+    }
   }
-  if (lane != 0) return;
+  __syncwarp();
   float total = 0.0f;  // in order of decreasing probability, as the CPU reference
   for (int j = 0; j < k; ++j) total += chosen_p[j];
-  // Increasing expert index (insertion sort of k entries).
-  for (int j = 1; j < k; ++j) {
+  // Slot of chosen expert j: its rank in increasing expert index (ids -1 first, in the order
+  // chosen).
+  for (int j = lane; j < k; j += 32) {
     const int e = chosen[j];
-    const float pe = chosen_p[j];
-    int i = j - 1;
-    while (i >= 0 && chosen[i] > e) {
-      chosen[i + 1] = chosen[i];
-      chosen_p[i + 1] = chosen_p[i];
-      --i;
-    }
-    chosen[i + 1] = e;
-    chosen_p[i + 1] = pe;
+    int rank = 0;
+    for (int i = 0; i < k; ++i) rank += chosen[i] < e || (chosen[i] == e && i < j) ? 1 : 0;
+    ids[t * k + rank] = e;
+    weights[t * k + rank] = e < 0 ? 0.0f : chosen_p[j] / total * expert_scale[e];
   }
-  for (int j = 0; j < k; ++j) {
-    const int e = chosen[j];
-    ids[t * k + j] = e;
-    weights[t * k + j] = e < 0 ? 0.0f : chosen_p[j] / total * expert_scale[e];
-  }
-}
-
-// ---- weighted sum of the slots of each token -------------------------------------------------
-__global__ void weighted_sum_kernel(const float* __restrict__ y, const float* __restrict__ w, int k,
-                                    std::size_t n, std::size_t total, float* __restrict__ out) {
-  pdl_wait();
-  pdl_trigger();
-  const std::size_t idx = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= total) return;
-  const std::size_t t = idx / n, i = idx % n;
-  float acc = 0.0f;
-  for (int j = 0; j < k; ++j) {
-    const std::size_t slot = t * static_cast<std::size_t>(k) + static_cast<std::size_t>(j);
-    acc += w[slot] * y[slot * n + i];
-  }
-  out[idx] = acc;
 }
 
 }  // namespace
@@ -265,9 +229,18 @@ void moe_gemv(const ExpertStack& w, const int* ids, int n_slots, int x_group, co
   if (reinterpret_cast<std::uintptr_t>(x) % 16 != 0) {
     cuda_fail("CUDA MoE gemv: x must be 16-byte aligned");
   }
-  if (detail::gemv_mma_applies(w.type, w.data, w.cols, 1) && w.expert_bytes % 16 == 0) {
+  // The same kernel choice as gemv(): with the row-tiled family selected, the tensor-core kernel
+  // where it applies, else the row-tiled kernel where it decodes the type (2816 x 704 Q4_0 down
+  // experts of Gemma 4 26B-A4B: bench_cuda.cpp's BM_CudaMoeGemv), else one warp per row.
+  const bool tiled = gemv_kernel() == GemvKernel::kTiled;
+  if (tiled && detail::gemv_mma_applies(w.type, w.data, w.cols, 1) && w.expert_bytes % 16 == 0) {
     detail::moe_gemv_mma(w.data, w.expert_bytes, w.n_experts, w.rows, w.cols, ids, n_slots, x_group,
                          x, y, ldy, stream);
+    return;
+  }
+  if (tiled && detail::gemv_tiled_supported(w.type)) {
+    detail::moe_gemv_tiled(w.type, w.data, w.expert_bytes, w.n_experts, w.rows, w.cols, ids,
+                           n_slots, x_group, x, y, ldy, stream);
     return;
   }
   const dim3 grid(static_cast<unsigned>((w.rows + kWarpsPerCta - 1) / kWarpsPerCta),
@@ -281,17 +254,6 @@ void moe_gemv(const ExpertStack& w, const int* ids, int n_slots, int x_group, co
   QFORGE_CUDA_CHECK_LAUNCH("expert_gemv_kernel");
 }
 
-void moe_inputs(const float* x, const float* router_scale, const float* pre_norm, float* router_in,
-                float* expert_in, int n_rows, std::size_t n, float eps, StreamHandle stream) {
-  if (n_rows <= 0 || n == 0) return;
-  const float root = 1.0f / sqrtf(static_cast<float>(n));
-  with_row_regs(n, [&]<int kPer>(std::integral_constant<int, kPer>, unsigned threads) {
-    launch_pdl("moe_inputs_kernel", moe_inputs_kernel<kPer>, static_cast<unsigned>(n_rows), threads,
-               0, stream, x, router_scale, pre_norm, router_in, expert_in, n, eps, root);
-  });
-  QFORGE_CUDA_CHECK_LAUNCH("moe_inputs_kernel");
-}
-
 void moe_route(const float* logits, int n_tokens, int n_expert, int k, const float* expert_scale,
                int* ids, float* weights, StreamHandle stream) {
   if (n_tokens <= 0) return;
@@ -303,15 +265,6 @@ void moe_route(const float* logits, int n_tokens, int n_expert, int k, const flo
   launch_pdl("route_kernel", route_kernel, static_cast<unsigned>(n_tokens), 32, shared, stream,
              logits, n_expert, k, expert_scale, ids, weights);
   QFORGE_CUDA_CHECK_LAUNCH("route_kernel");
-}
-
-void moe_weighted_sum(const float* y, const float* weights, int n_tokens, int k, std::size_t n,
-                      float* out, StreamHandle stream) {
-  const std::size_t total = static_cast<std::size_t>(n_tokens) * n;
-  if (total == 0) return;
-  launch_pdl("weighted_sum_kernel", weighted_sum_kernel, blocks_for(total), kThreads, 0, stream, y,
-             weights, k, n, total, out);
-  QFORGE_CUDA_CHECK_LAUNCH("weighted_sum_kernel");
 }
 
 }  // namespace qforge::cuda

@@ -2,13 +2,14 @@
 // src/runtime/cpu/cpu_model.cpp). Routing happens on the device and the chosen expert ids stay in
 // device memory, so a decode step needs no host round trip and fits in one CUDA graph:
 //
-//   moe_inputs       router input and expert input from the residual stream
+//   (add_and_norm)   router input and expert input from the residual stream (model_ops.h)
 //   (router GEMV)    logits [n_tokens x n_expert]  (gemv.h)
 //   moe_route        softmax, top k, renormalised weights times the expert scales
 //   moe_gemv         gate_up of each (token, chosen expert) "slot", reading the expert id from ids
 //   glu_rows         (model_ops.h) on the slots' gate_up rows
 //   moe_gemv         down of each slot
-//   moe_weighted_sum per token: sum over its k slots of weight * output
+//   (moe_combine)    per token: sum over its k slots of weight * output, mixed with the dense
+//                    FFN (gemma4_ops.h)
 //
 // A slot is one (token, chosen expert) pair: slot s = t * k + j. The k slots of a token hold its
 // experts in increasing expert index (the order in which the CPU reference accumulates them).
@@ -49,19 +50,10 @@ void check_expert_stack(const ExpertStack& w, const char* what);
 void moe_gemv(const ExpertStack& w, const int* ids, int n_slots, int x_group, const float* x,
               float* y, std::size_t ldy, StreamHandle stream);
 
-// Per row of x ([n_rows x n]) with inv = 1 / sqrt(mean(x^2) + eps):
-//   router_in = x * inv * router_scale * (1 / sqrt(n)),   expert_in = x * inv * pre_norm.
-void moe_inputs(const float* x, const float* router_scale, const float* pre_norm, float* router_in,
-                float* expert_in, int n_rows, std::size_t n, float eps, StreamHandle stream);
-
 // Per token: p = softmax(logits[t]), the k most probable experts (ties: lower index first),
 // weight_j = p_j / sum of the k chosen p * expert_scale[e_j]. Writes ids[t * k + j] and
 // weights[t * k + j], j in increasing expert index. k <= n_expert <= 4096.
 void moe_route(const float* logits, int n_tokens, int n_expert, int k, const float* expert_scale,
                int* ids, float* weights, StreamHandle stream);
-
-// out[t * n + i] = sum_j weights[t * k + j] * y[(t * k + j) * n + i], summed in slot order.
-void moe_weighted_sum(const float* y, const float* weights, int n_tokens, int k, std::size_t n,
-                      float* out, StreamHandle stream);
 
 }  // namespace qforge::cuda
