@@ -124,7 +124,8 @@ void BM_CudaGemv(benchmark::State& state, GgmlType type, cuda::GemvKernel kernel
 // cols, x_group. Each call picks 8 distinct experts from a rotating list and the stack is copied
 // so that the experts stream from device memory. Bytes = 8 experts + x + y.
 // mma_stages 0 with the row-tiled family: the row-tiled expert kernel; with kLegacy: one warp per
-// row.
+// row; kQ4_0x8: the stacks regrouped and the gated Q4_0x8 expert GEMV (gate/up shapes only; its
+// output is the activation, rows / 2 values per slot).
 void BM_CudaMoeGemv(benchmark::State& state, GgmlType type, int mma_stages,
                     cuda::GemvKernel kernel) {
   if (!cuda::available()) {
@@ -138,7 +139,11 @@ void BM_CudaMoeGemv(benchmark::State& state, GgmlType type, int mma_stages,
   const std::vector<std::byte> q = bench_weights(type, rows * n_experts, cols);
   const std::size_t copies = std::max<std::size_t>(2, (std::size_t{768} << 20) / q.size() + 1);
   std::vector<cuda::DeviceBuffer<std::byte>> stacks;
-  for (std::size_t c = 0; c < copies; ++c) stacks.emplace_back(std::span<const std::byte>(q));
+  const bool x8 = mma_stages == kQ4_0x8;
+  for (std::size_t c = 0; c < copies; ++c) {
+    stacks.emplace_back(std::span<const std::byte>(q));
+    if (x8) cuda::repack_q4_0x8(stacks.back().data(), rows * n_experts, cols);
+  }
   std::vector<int> ids;
   std::mt19937 rng(9);
   std::vector<int> all(n_experts);
@@ -153,7 +158,7 @@ void BM_CudaMoeGemv(benchmark::State& state, GgmlType type, int mma_stages,
   const std::size_t x_rows = static_cast<std::size_t>((k - 1) / x_group + 1);
   std::vector<float> x(x_rows * cols, 0.5f);
   cuda::DeviceBuffer<float> dx{std::span<const float>(x)}, dy(rows * k);
-  cuda::detail::set_gemv_mma_stages(mma_stages);
+  cuda::detail::set_gemv_mma_stages(x8 ? 12 : mma_stages);
   cuda::set_gemv_kernel(kernel);
   cuda::ExpertStack w;
   w.type = type;
@@ -161,14 +166,20 @@ void BM_CudaMoeGemv(benchmark::State& state, GgmlType type, int mma_stages,
   w.cols = cols;
   w.expert_bytes = rows * row_bytes(type, cols);
   w.n_experts = n_experts;
+  if (x8) w.layout = cuda::WeightLayout::kQ4_0x8;
   cuda::Stream stream;
   cuda::Event start, stop;
   const int calls = static_cast<int>(copies) * n_sets;
   auto run_all = [&] {
     for (int c = 0; c < calls; ++c) {
       w.data = stacks[static_cast<std::size_t>(c) % copies].data();
-      cuda::moe_gemv(w, dids.data() + (c % n_sets) * k, k, x_group, dx.data(), dy.data(), rows,
-                     stream.get());
+      if (x8) {
+        cuda::moe_gemv_q4_0x8_glu(FfnActivation::kGeluTanhGlu, w, dids.data() + (c % n_sets) * k, k,
+                                  dx.data(), dy.data(), rows / 2, stream.get());
+      } else {
+        cuda::moe_gemv(w, dids.data() + (c % n_sets) * k, k, x_group, dx.data(), dy.data(), rows,
+                       stream.get());
+      }
     }
   };
   cuda::Graph graph;
@@ -187,7 +198,8 @@ void BM_CudaMoeGemv(benchmark::State& state, GgmlType type, int mma_stages,
   state.counters["copy_GB/s"] = copy_bandwidth_gbs();
   const bool legacy = kernel == cuda::GemvKernel::kLegacy;
   state.SetLabel(std::string(type_name(type)) +
-                 (legacy            ? " warp-per-row "
+                 (x8                ? " q4_0x8 gated "
+                  : legacy          ? " warp-per-row "
                   : mma_stages != 0 ? " mma/tiled "
                                     : " tiled ") +
                  cuda::devices().at(0).name);
@@ -262,6 +274,11 @@ BENCHMARK_CAPTURE(BM_CudaMoeGemv, q4_0_tiled, GgmlType::Q4_0, 0, cuda::GemvKerne
     ->Apply(moe_shapes);
 BENCHMARK_CAPTURE(BM_CudaMoeGemv, q4_0_warp, GgmlType::Q4_0, 0, cuda::GemvKernel::kLegacy)
     ->Apply(moe_shapes);
+BENCHMARK_CAPTURE(BM_CudaMoeGemv, q4_0x8_glu, GgmlType::Q4_0, kQ4_0x8, cuda::GemvKernel::kTiled)
+    ->Args({1408, 2816, 8})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(0.05);
 
 BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_tiled, GgmlType::Q4_0, cuda::GemvKernel::kTiled)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_legacy, GgmlType::Q4_0, cuda::GemvKernel::kLegacy)

@@ -337,6 +337,54 @@ TEST(CudaGemv, Q4_0x8GluOutputEqualsSeparateActivation) {
   cuda::set_gemv_q4_0x8_rows(0);
 }
 
+// The expert form of the gated Q4_0x8 GEMV: per slot, exactly the single-matrix gated GEMV of its
+// expert (same arithmetic per output), zeros for ids out of range; output stride above the width.
+TEST(CudaGemv, Q4_0x8ExpertGluEqualsPerExpertProduct) {
+  SKIP_WITHOUT_GPU();
+  const int n_experts = 5;
+  const std::size_t ff = 90, cols = 768, ldy = ff + 6;
+  const Quantized q = make_weights(GgmlType::Q4_0, 2 * ff * n_experts, cols, 51);
+  cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+  cuda::repack_q4_0x8(dw.data(), 2 * ff * n_experts, cols);
+  cuda::ExpertStack w;
+  w.type = GgmlType::Q4_0;
+  w.layout = cuda::WeightLayout::kQ4_0x8;
+  w.data = dw.data();
+  w.rows = 2 * ff;
+  w.cols = cols;
+  w.expert_bytes = 2 * ff * row_bytes(GgmlType::Q4_0, cols);
+  w.n_experts = n_experts;
+  const std::vector<int> ids = {4, 0, 2, -1, 3, 7, 1, 0};
+  const int n_slots = static_cast<int>(ids.size());
+  cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
+  const std::vector<float> x = random_floats(cols, 52, 2.0f);
+  cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+  for (const FfnActivation act : {FfnActivation::kSiluGlu, FfnActivation::kGeluTanhGlu}) {
+    SCOPED_TRACE(testing::Message() << "activation " << static_cast<int>(act));
+    cuda::DeviceBuffer<float> got(ldy * n_slots), one(ff);
+    got.fill_bytes(0xff);
+    cuda::moe_gemv_q4_0x8_glu(act, w, dids.data(), n_slots, dx.data(), got.data(), ldy, nullptr);
+    const std::vector<float> g = got.to_host();
+    for (int s = 0; s < n_slots; ++s) {
+      const int e = ids[static_cast<std::size_t>(s)];
+      std::vector<float> want(ff, 0.0f);
+      if (e >= 0 && e < n_experts) {
+        cuda::gemv_q4_0x8_glu(act, dw.data() + static_cast<std::size_t>(e) * w.expert_bytes, 2 * ff,
+                              cols, dx.data(), one.data(), ff, 1);
+        want = one.to_host();
+      }
+      for (std::size_t j = 0; j < ff; ++j) {
+        ASSERT_EQ(g[static_cast<std::size_t>(s) * ldy + j], want[j]) << "slot " << s << " " << j;
+      }
+    }
+  }
+  w.layout = cuda::WeightLayout::kGguf;  // the kernel reads Q4_0x8 only
+  cuda::DeviceBuffer<float> sink(ldy * n_slots);
+  EXPECT_THROW(cuda::moe_gemv_q4_0x8_glu(FfnActivation::kSiluGlu, w, dids.data(), n_slots,
+                                         dx.data(), sink.data(), ldy, nullptr),
+               Error);
+}
+
 // The prompt GEMM reads Q4_0x8 weights with its own decoder: bit for bit the GGUF-layout result.
 TEST(CudaGemm, Q4_0x8EqualsGgufLayout) {
   SKIP_WITHOUT_GPU();

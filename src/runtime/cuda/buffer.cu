@@ -1,5 +1,5 @@
-#include "runtime/cuda/check.cuh"
 #include "runtime/cuda/buffer.h"
+#include "runtime/cuda/check.cuh"
 
 namespace qforge::cuda::detail {
 
@@ -9,8 +9,8 @@ void* device_alloc(std::size_t bytes) {
   const cudaError_t status = cudaMalloc(&ptr, bytes);
   if (status != cudaSuccess) {
     cudaGetLastError();  // an allocation failure is not sticky: clear it so later calls work
-    cuda_fail("CUDA: cannot allocate ", bytes, " bytes of device memory: ",
-              cudaGetErrorString(status));
+    cuda_fail("CUDA: cannot allocate ", bytes,
+              " bytes of device memory: ", cudaGetErrorString(status));
   }
   return ptr;
 }

@@ -414,14 +414,24 @@ void CudaModel::moe_block(int il, int n) {
   const bool grouped = tensor_core_chunk(n) && moe_gemm_supported(m.gate_up.type) &&
                        moe_gemm_supported(m.down.type) && m.gate_up.cols % 8 == 0 &&
                        m.down.cols % 8 == 0;
-  if (grouped) {
-    moe_gemm(m.gate_up, expert_ids_.data(), slots, k, expert_in_.data(), exp_gate_up_.data(),
-             2 * ff_exp, moe_scratch_, s);
+  if (!grouped && m.gate_up.layout == WeightLayout::kQ4_0x8) {
+    // Per token, its k experts' gate and up rows in one launch, the activation applied on the
+    // spot (q4_0x8.h).
+    for (int t = 0; t < n; ++t) {
+      moe_gemv_q4_0x8_glu(c.ffn_act, m.gate_up, expert_ids_.data() + t * k, k,
+                          expert_in_.data() + sz(t) * embd_, exp_act_.data() + sz(t * k) * ff_exp,
+                          ff_exp, s);
+    }
   } else {
-    moe_gemv(m.gate_up, expert_ids_.data(), slots, k, expert_in_.data(), exp_gate_up_.data(),
-             2 * ff_exp, s);
+    if (grouped) {
+      moe_gemm(m.gate_up, expert_ids_.data(), slots, k, expert_in_.data(), exp_gate_up_.data(),
+               2 * ff_exp, moe_scratch_, s);
+    } else {
+      moe_gemv(m.gate_up, expert_ids_.data(), slots, k, expert_in_.data(), exp_gate_up_.data(),
+               2 * ff_exp, s);
+    }
+    glu_rows(c.ffn_act, exp_gate_up_.data(), exp_act_.data(), slots, ff_exp, s);
   }
-  glu_rows(c.ffn_act, exp_gate_up_.data(), exp_act_.data(), slots, ff_exp, s);
   if (grouped) {
     moe_gemm(m.down, expert_ids_.data(), slots, 1, exp_act_.data(), exp_out_.data(), embd_,
              moe_scratch_, s);

@@ -306,8 +306,8 @@ DeviceWeights::DeviceWeights(const ModelWeights& host, const ModelConfig& config
   regroup_q4_0();
 }
 
-// Q4_0 attention and FFN matrices into Q4_0x8 where their width allows. A stacked group (qkv,
-// gate_up) is regrouped once and its members share the layout.
+// Q4_0 attention, FFN and expert gate/up matrices into Q4_0x8 where their width allows. A stacked
+// group (qkv, gate_up) is regrouped once and its members share the layout.
 void DeviceWeights::regroup_q4_0() {
   DeviceBuffer<std::uint8_t> scratch;  // one for every matrix
   auto regroup = [this, &scratch](DeviceMatrix& m) {
@@ -333,6 +333,23 @@ void DeviceWeights::regroup_q4_0() {
       regroup(d.up);
     }
     regroup(d.down);
+    // Expert gate/up stacks too (moe_gemv_q4_0x8_glu for decode, moe_gemm for prompts). The down
+    // stacks stay in GGUF order: the Q4_0x8 GEMV shares one x among the slots of a launch, and
+    // each slot of a down product has its own.
+    ExpertStack& gu = d.moe.gate_up;
+    if (d.has_moe && !gu.empty() && q4_0x8_applies(gu.type, gu.cols) && gu.expert_bytes % 16 == 0) {
+      auto* data = arena_.data() + (static_cast<const std::byte*>(gu.data) - arena_.data());
+      const std::size_t used = gu.rows * row_bytes(gu.type, gu.cols);
+      if (gu.expert_bytes == used) {  // back to back: one pass over the stack
+        repack_q4_0x8(data, gu.rows * static_cast<std::size_t>(gu.n_experts), gu.cols, scratch);
+      } else {
+        for (int e = 0; e < gu.n_experts; ++e) {
+          repack_q4_0x8(data + static_cast<std::size_t>(e) * gu.expert_bytes, gu.rows, gu.cols,
+                        scratch);
+        }
+      }
+      gu.layout = WeightLayout::kQ4_0x8;
+    }
   }
 }
 

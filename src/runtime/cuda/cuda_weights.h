@@ -2,9 +2,10 @@
 // stored type (small vectors as the F32 values bind_weights decoded). Q/K/V and gate/up matrices of
 // the same type are placed back to back, so one GEMV launch computes all of them. Gemma 4 adds
 // optional pieces: MoE blocks (router, stacked experts, their norms and scales), per-layer
-// embedding inputs and layer output scales; absent matrices are empty (null data). The attention
-// and dense FFN matrices of Q4_0 layers are regrouped after the upload (q4_0x8.h) where their
-// width allows; the embedding tables, the LM head and the experts keep the GGUF layout.
+// embedding inputs and layer output scales; absent matrices are empty (null data). The attention,
+// dense FFN and expert gate/up matrices of Q4_0 layers are regrouped after the upload (q4_0x8.h)
+// where their width allows; the embedding tables, the LM head and the down experts keep the GGUF
+// layout.
 #pragma once
 
 #include <cstddef>

@@ -1,6 +1,6 @@
 // Block-format rows to F32: one thread per decode unit (block_decode.cuh).
-#include "runtime/cuda/check.cuh"
 #include "runtime/cuda/block_decode.cuh"
+#include "runtime/cuda/check.cuh"
 #include "runtime/cuda/ops.h"
 
 namespace qforge::cuda {
@@ -42,8 +42,9 @@ void launch(const void* w, std::size_t first_row, std::size_t n_rows, std::size_
   const std::size_t n_units = n_rows * blocks_per_row * Fmt::kUnitsPerBlock;
   if (n_units == 0) return;
   constexpr unsigned kThreads = 256;
-  dequantize_kernel<Fmt><<<static_cast<unsigned>((n_units + kThreads - 1) / kThreads), kThreads,
-                           0, stream>>>(base, n_units, out);
+  dequantize_kernel<Fmt>
+      <<<static_cast<unsigned>((n_units + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+          base, n_units, out);
   QFORGE_CUDA_CHECK_LAUNCH("dequantize_kernel");
 }
 
@@ -52,18 +53,30 @@ void launch(const void* w, std::size_t first_row, std::size_t n_rows, std::size_
 void dequantize_rows(GgmlType type, const void* w, std::size_t first_row, std::size_t n_rows,
                      std::size_t n_cols, float* out, StreamHandle stream) {
   switch (type) {
-    case GgmlType::F32: return launch<blocks::F32>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::F16: return launch<blocks::F16>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::BF16: return launch<blocks::BF16>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::Q4_0: return launch<blocks::Q4_0>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::Q4_1: return launch<blocks::Q4_1>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::Q5_0: return launch<blocks::Q5_0>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::Q8_0: return launch<blocks::Q8_0>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::IQ4_NL: return launch<blocks::IQ4_NL>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::Q4_K: return launch<blocks::Q4_K>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::Q5_K: return launch<blocks::Q5_K>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::Q6_K: return launch<blocks::Q6_K>(w, first_row, n_rows, n_cols, out, stream);
-    default: cuda_fail("CUDA dequantize: no kernel for weight type ", type_name(type));
+    case GgmlType::F32:
+      return launch<blocks::F32>(w, first_row, n_rows, n_cols, out, stream);
+    case GgmlType::F16:
+      return launch<blocks::F16>(w, first_row, n_rows, n_cols, out, stream);
+    case GgmlType::BF16:
+      return launch<blocks::BF16>(w, first_row, n_rows, n_cols, out, stream);
+    case GgmlType::Q4_0:
+      return launch<blocks::Q4_0>(w, first_row, n_rows, n_cols, out, stream);
+    case GgmlType::Q4_1:
+      return launch<blocks::Q4_1>(w, first_row, n_rows, n_cols, out, stream);
+    case GgmlType::Q5_0:
+      return launch<blocks::Q5_0>(w, first_row, n_rows, n_cols, out, stream);
+    case GgmlType::Q8_0:
+      return launch<blocks::Q8_0>(w, first_row, n_rows, n_cols, out, stream);
+    case GgmlType::IQ4_NL:
+      return launch<blocks::IQ4_NL>(w, first_row, n_rows, n_cols, out, stream);
+    case GgmlType::Q4_K:
+      return launch<blocks::Q4_K>(w, first_row, n_rows, n_cols, out, stream);
+    case GgmlType::Q5_K:
+      return launch<blocks::Q5_K>(w, first_row, n_rows, n_cols, out, stream);
+    case GgmlType::Q6_K:
+      return launch<blocks::Q6_K>(w, first_row, n_rows, n_cols, out, stream);
+    default:
+      cuda_fail("CUDA dequantize: no kernel for weight type ", type_name(type));
   }
 }
 

@@ -10,7 +10,9 @@ void check(cudaError_t status, const char* what) {
 
 }  // namespace
 
-bool built_with_cuda() { return true; }
+bool built_with_cuda() {
+  return true;
+}
 
 bool available() {
   int n = 0;
@@ -52,7 +54,8 @@ double measure_copy_bandwidth_gbs(int device, std::size_t bytes, int reps) {
   check(cudaMemset(src, 1, bytes), "cudaMemset");
   check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "warm-up copy");
   check(cudaEventRecord(start), "cudaEventRecord");
-  for (int r = 0; r < reps; ++r) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice), "copy");
+  for (int r = 0; r < reps; ++r)
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice), "copy");
   check(cudaEventRecord(stop), "cudaEventRecord");
   check(cudaEventSynchronize(stop), "cudaEventSynchronize");
   float ms = 0;

@@ -5,6 +5,8 @@
 
 namespace qforge::cuda {
 
-[[noreturn]] void throw_error(const std::string& message) { throw Error(message); }
+[[noreturn]] void throw_error(const std::string& message) {
+  throw Error(message);
+}
 
 }  // namespace qforge::cuda

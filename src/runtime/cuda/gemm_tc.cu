@@ -40,14 +40,29 @@ struct FormatNeeds {
 
 bool needs_of(GgmlType type, FormatNeeds& needs) {
   switch (type) {
-    case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: needs = {8, 16}; return true;
-    case GgmlType::Q4_0: case GgmlType::Q5_0: case GgmlType::Q8_0: case GgmlType::IQ4_NL:
+    case GgmlType::F32:
+    case GgmlType::F16:
+    case GgmlType::BF16:
+      needs = {8, 16};
+      return true;
+    case GgmlType::Q4_0:
+    case GgmlType::Q5_0:
+    case GgmlType::Q8_0:
+    case GgmlType::IQ4_NL:
       needs = {32, 2};
       return true;
-    case GgmlType::Q4_1: needs = {32, 4}; return true;
-    case GgmlType::Q4_K: case GgmlType::Q5_K: needs = {256, 16}; return true;
-    case GgmlType::Q6_K: needs = {256, 2}; return true;
-    default: return false;
+    case GgmlType::Q4_1:
+      needs = {32, 4};
+      return true;
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+      needs = {256, 16};
+      return true;
+    case GgmlType::Q6_K:
+      needs = {256, 2};
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -145,8 +160,12 @@ void run_checked(GgmlType type, const gemm_tc::Args& args) {
 
 }  // namespace
 
-void set_gemm_tile(GemmTile tile) { tile_choice().store(tile); }
-GemmTile gemm_tile() { return tile_choice().load(); }
+void set_gemm_tile(GemmTile tile) {
+  tile_choice().store(tile);
+}
+GemmTile gemm_tile() {
+  return tile_choice().load();
+}
 
 bool gemm_supported(GgmlType type) {
   FormatNeeds needs{};

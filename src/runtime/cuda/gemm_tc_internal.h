@@ -12,16 +12,16 @@
 namespace qforge::cuda::gemm_tc {
 
 struct Args {
-  const std::uint8_t* w;   // n_rows rows of row_bytes bytes
+  const std::uint8_t* w;  // n_rows rows of row_bytes bytes
   std::size_t row_bytes;
   int n_rows, n_cols, n_tokens;
   const std::uint16_t* x;  // BF16 bits, n_tokens x n_cols, 16-byte aligned
   float* y;                // y[t * ldy + r]
   std::size_t ldy;
   StreamHandle stream;
-  int sm_count;            // picks the tile size
-  int tile;                // GemmTile (gemm_tc.h) as int; 0 picks from the shape
-  bool q4_0x8;             // Q4_0 weights in the Q4_0x8 layout (q4_0x8.h)
+  int sm_count;  // picks the tile size
+  int tile;      // GemmTile (gemm_tc.h) as int; 0 picks from the shape
+  bool q4_0x8;   // Q4_0 weights in the Q4_0x8 layout (q4_0x8.h)
 };
 
 // Shapes, alignment and type already checked by the caller; each returns false for a type that

@@ -33,14 +33,21 @@ __global__ void __launch_bounds__(1024)
   we.load_weights(w_moe, n);
 #pragma unroll
   for (int j = 0; j < kPer; ++j) experts.v[j] = 0.0f;
-  for (int s = 0; s < k; ++s) {
-    const std::size_t slot = static_cast<std::size_t>(blockIdx.x) * k + static_cast<std::size_t>(s);
-    const float w = slot_w[slot];
-    const float* ys = y + slot * n;
+  constexpr int kSlotBatch = 4;  // slots whose loads are in flight together
+  for (int s0 = 0; s0 < k; s0 += kSlotBatch) {
 #pragma unroll
-    for (int j = 0; j < kPer; ++j) {
-      const std::size_t i = RowRegs<kPer>::index(j);
-      if (i < n) experts.v[j] += w * ys[i];
+    for (int u = 0; u < kSlotBatch; ++u) {
+      const int s = s0 + u;
+      if (s >= k) break;
+      const std::size_t slot =
+          static_cast<std::size_t>(blockIdx.x) * k + static_cast<std::size_t>(s);
+      const float w = slot_w[slot];
+      const float* ys = y + slot * n;
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) {
+        const std::size_t i = RowRegs<kPer>::index(j);
+        if (i < n) experts.v[j] += w * ys[i];
+      }
     }
   }
   dense.scale(dense.inv_rms(n, eps, scratch), wd);

@@ -174,12 +174,21 @@ __host__ __device__ constexpr int task_count(int n_rows) {
   return kOut == kRows ? (n_rows + R - 1) / R : (n_rows / 2 + R / 2 - 1) / (R / 2);
 }
 
+// The expert form: slot s multiplies expert ids[s] (at w + ids[s] * expert_bytes, n_rows rows
+// each) into y + s * ldy; a slot's tasks follow each other (task = slot * tasks_per_slot + t).
+struct Experts {
+  const int* ids = nullptr;  // null: a plain product
+  std::size_t expert_bytes = 0;
+  int n_experts = 0, n_slots = 1;
+};
+
 // The warp's work is a sequence of items (task, 32-block step); item k goes to stage k % S, and
 // S - 1 items are always in flight, across task boundaries (a 4096-column row is only 4 steps).
 template <int R, int kTokens, int kOut>
 __global__ void __launch_bounds__(kThreads)
     gemv_q4_0x8_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols,
-                       const float* __restrict__ x, float* __restrict__ y, std::size_t ldy) {
+                       const float* __restrict__ x, float* __restrict__ y, std::size_t ldy,
+                       Experts ex) {
   constexpr int S = stages<R, kTokens>();
   constexpr bool kGlu = kOut != kRows;
   constexpr int kPairs = R / 2;
@@ -189,7 +198,8 @@ __global__ void __launch_bounds__(kThreads)
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
   const int n_blocks = n_cols / 32, n_steps = (n_blocks + 31) / 32;
   const std::size_t row_bytes = static_cast<std::size_t>(n_blocks) * 18;
-  const int n_tasks = task_count<R, kOut>(n_rows), n_pairs = n_rows / 2;
+  const int slot_tasks = task_count<R, kOut>(n_rows), n_pairs = n_rows / 2;
+  const int n_tasks = slot_tasks * ex.n_slots;
   const int first_task = static_cast<int>(blockIdx.x) * kWarps + warp;
   const int task_stride = static_cast<int>(gridDim.x) * kWarps;
   const int my_tasks =
@@ -200,7 +210,16 @@ __global__ void __launch_bounds__(kThreads)
 
   // Offsets of this lane's block inside a 32-block step of a row (4 groups of 144 bytes).
   const int lane_codes = 144 * (lane >> 3) + 16 + 16 * (lane & 7), lane_header = 144 * (lane >> 3);
+  // Expert form: the slot of a task, its task within the slot and its expert's matrix (expert 0
+  // for an id out of range, whose sums are then discarded).
   auto task_rows = [&](int task, const std::uint8_t** rows) {
+    const std::uint8_t* base = w;
+    if (ex.ids != nullptr) {
+      const int slot = min(task / slot_tasks, ex.n_slots - 1);
+      const int e = ex.ids[slot];
+      task -= slot * slot_tasks;
+      if (e >= 0 && e < ex.n_experts) base += static_cast<std::size_t>(e) * ex.expert_bytes;
+    }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       int row = min(task * R + r, n_rows - 1);
@@ -208,7 +227,7 @@ __global__ void __launch_bounds__(kThreads)
         const int pair = min(task * kPairs + r % kPairs, n_pairs - 1);
         row = r < kPairs ? pair : n_pairs + pair;
       }
-      rows[r] = w + static_cast<std::size_t>(row) * row_bytes;
+      rows[r] = base + static_cast<std::size_t>(row) * row_bytes;
     }
   };
 
@@ -216,7 +235,6 @@ __global__ void __launch_bounds__(kThreads)
   // instead of k / n_steps and k % S: integer division costs ~20 instructions.
   int issued = 0, issue_step = 0, issue_task = first_task, issue_slot = 0;
   const std::uint8_t* issue_rows[R];
-  task_rows(issue_task, issue_rows);
   auto issue = [&] {
     if (issued < n_items) {
       std::uint8_t* stage = ring + issue_slot * Stage<R>::kBytes;
@@ -243,7 +261,10 @@ __global__ void __launch_bounds__(kThreads)
     if (++issue_slot == S) issue_slot = 0;
   };
 
-  // The weights do not depend on the previous kernel: start streaming them before waiting for it.
+  // The weights do not depend on the previous kernel: start streaming them before waiting for it
+  // (except in the expert form, whose expert ids the previous kernel writes).
+  if (ex.ids != nullptr) pdl_wait();
+  task_rows(issue_task, issue_rows);
   if (first_task < n_tasks) {
     for (int r = 0; r < R; ++r) {
       for (std::size_t off = 128 * static_cast<std::size_t>(lane); off < row_bytes;
@@ -295,6 +316,15 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     if (++step == n_steps) {
+      int out_task = task;  // the task within its slot
+      float* y_task = y;
+      bool zero = false;  // an expert id out of range
+      if (ex.ids != nullptr) {
+        const int slot = task / slot_tasks, e = ex.ids[slot];
+        out_task -= slot * slot_tasks;
+        y_task += static_cast<std::size_t>(slot) * ldy;
+        zero = e < 0 || e >= ex.n_experts;
+      }
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
         float v[R];
@@ -304,15 +334,16 @@ __global__ void __launch_bounds__(kThreads)
           acc[r][t] = 0.0f;
         }
         if (lane == 0) {
-          float* yt = y + static_cast<std::size_t>(t) * ldy;
+          float* yt = y_task + static_cast<std::size_t>(t) * ldy;
 #pragma unroll
           for (int r = 0; r < (kGlu ? kPairs : R); ++r) {
             if constexpr (kGlu) {
-              const int pair = task * kPairs + r;
+              const int pair = out_task * kPairs + r;
               const float g = v[r], u = v[r + kPairs];
-              if (pair < n_pairs) yt[pair] = (kOut == kSiluGlu ? silu(g) : gelu_tanh(g)) * u;
-            } else if (task * R + r < n_rows) {
-              yt[task * R + r] = v[r];
+              const float out = zero ? 0.0f : (kOut == kSiluGlu ? silu(g) : gelu_tanh(g)) * u;
+              if (pair < n_pairs) yt[pair] = out;
+            } else if (out_task * R + r < n_rows) {
+              yt[out_task * R + r] = zero ? 0.0f : v[r];
             }
           }
         }
@@ -356,7 +387,7 @@ int sm_count() {
 
 template <int R, int kTokens, int kOut>
 void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
-            StreamHandle stream) {
+            StreamHandle stream, Experts ex = {}) {
   auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut>;
   const std::size_t smem = ring_bytes<R, kTokens>() + kTokens * token_bytes(n_cols / 32);
   if (smem > max_smem()) {
@@ -369,10 +400,11 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std
   }
   // One CTA per SM: the planes are built once per SM, and where shared memory allows, the next
   // kernel's CTA (programmatic dependent launch) fits beside it and starts its prefetch early.
-  const int n_tasks = task_count<R, kOut>(n_rows);
-  const int grid = std::min((n_tasks + kWarps - 1) / kWarps, sm_count());
+  const long long n_tasks = static_cast<long long>(task_count<R, kOut>(n_rows)) * ex.n_slots;
+  const auto grid = static_cast<int>(
+      std::min<long long>((n_tasks + kWarps - 1) / kWarps, static_cast<long long>(sm_count())));
   launch_pdl("gemv_q4_0x8_kernel", kernel, static_cast<unsigned>(grid), kThreads, smem, stream,
-             static_cast<const std::uint8_t*>(w), n_rows, n_cols, x, y, ldy);
+             static_cast<const std::uint8_t*>(w), n_rows, n_cols, x, y, ldy, ex);
   QFORGE_CUDA_CHECK_LAUNCH("gemv_q4_0x8_kernel");
 }
 
@@ -469,6 +501,29 @@ void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::
     run_tokens<kSiluGlu>(w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
   } else {
     run_tokens<kGeluGlu>(w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
+  }
+}
+
+void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids, int n_slots,
+                         const float* x, float* y, std::size_t ldy, StreamHandle stream) {
+  if (n_slots <= 0) return;
+  check_expert_stack(w, "moe_gemv_q4_0x8_glu weights");
+  if (w.layout != WeightLayout::kQ4_0x8 || w.rows % 2 != 0 || ids == nullptr ||
+      w.expert_bytes < w.rows * row_bytes(GgmlType::Q4_0, w.cols)) {
+    cuda_fail("CUDA MoE gemv (Q4_0x8, gated): needs Q4_0x8 experts of gate rows + as many up rows",
+              " (", w.rows, " rows of ", w.expert_bytes, " bytes per expert) and expert ids");
+  }
+  // Tasks are counted in int: slots x rows stays far below 2^31 for any real MoE.
+  if (static_cast<long long>(n_slots) * static_cast<long long>(w.rows) > 0x3fffffffLL) {
+    cuda_fail("CUDA MoE gemv (Q4_0x8, gated): ", n_slots, " slots of ", w.rows, " rows");
+  }
+  check(w.data, w.rows, w.cols, x, y, ldy * 2, 1);  // ldy >= rows / 2
+  const Experts ex{ids, w.expert_bytes, w.n_experts, n_slots};
+  const int rows = static_cast<int>(w.rows), cols = static_cast<int>(w.cols);
+  if (act == FfnActivation::kSiluGlu) {
+    launch<2, 1, kSiluGlu>(w.data, rows, cols, x, y, ldy, stream, ex);
+  } else {
+    launch<2, 1, kGeluGlu>(w.data, rows, cols, x, y, ldy, stream, ex);
   }
 }
 

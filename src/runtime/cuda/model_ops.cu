@@ -134,7 +134,12 @@ __global__ void __launch_bounds__(kQkWarps * 32)
   const int warp_global = static_cast<int>(blockIdx.x) * kQkWarps + warp;
   const int lane = static_cast<int>(threadIdx.x % 32);
   if (warp_global >= n_tokens * heads) return;
-  float* buf = qk_shared + static_cast<std::size_t>(warp) * buf_floats;
+  // This warp's slice: the head's values (buf_floats), then for a Q/K head its norm weights
+  // (head_dim) and its rotary cos and sin (n_rot / 2 each), all loaded up front.
+  float* buf = qk_shared + static_cast<std::size_t>(warp) * (buf_floats + p.head_dim + p.n_rot);
+  float* wbuf = buf + buf_floats;
+  float* cbuf = wbuf + p.head_dim;
+  float* sbuf = cbuf + p.n_rot / 2;
   const bool store = p.k_cache != nullptr;
   const int t = warp_global / heads, head = warp_global % heads;
   const std::size_t pos = store ? static_cast<std::size_t>(*p.pos0 + t) : 0;
@@ -154,8 +159,16 @@ __global__ void __launch_bounds__(kQkWarps * 32)
   float* v = token + (is_q ? static_cast<std::size_t>(head) * p.head_dim
                            : p.k_offset + static_cast<std::size_t>(hk) * p.head_dim);
   const float* norm = is_q ? p.q_norm : p.k_norm;
+  const int half = p.n_rot / 2;
+  const float* ct = cos + static_cast<std::size_t>(t) * half;
+  const float* st = sin + static_cast<std::size_t>(t) * half;
 #pragma unroll 4
-  for (int i = lane; i < p.head_dim; i += 32) buf[i] = v[i];
+  for (int i = lane; i < p.head_dim; i += 32) {
+    buf[i] = v[i];
+    if (norm != nullptr) wbuf[i] = norm[i];
+  }
+#pragma unroll 4
+  for (int i = lane; i < half; i += 32) cbuf[i] = ct[i], sbuf[i] = st[i];
   __syncwarp();
   if (!is_q && p.v_from_k) {
     emit_v<T>(p, buf, token, pos, hk, lane);  // reads buf only: K's own pass may follow
@@ -163,19 +176,16 @@ __global__ void __launch_bounds__(kQkWarps * 32)
   }
   if (norm != nullptr) {
     const float inv = head_inv_rms(buf, p.head_dim, p.eps, lane);
-    for (int i = lane; i < p.head_dim; i += 32) buf[i] = buf[i] * inv * norm[i];
+    for (int i = lane; i < p.head_dim; i += 32) buf[i] = buf[i] * inv * wbuf[i];
     __syncwarp();
   }
-  const int half = p.n_rot / 2;
-  const float* ct = cos + static_cast<std::size_t>(t) * half;
-  const float* st = sin + static_cast<std::size_t>(t) * half;
   const bool adjacent = p.style == RopeStyle::kAdjacentPairs;
   for (int i = lane; i < half; i += 32) {
     const int a = adjacent ? 2 * i : i;
     const int b = adjacent ? 2 * i + 1 : i + half;
     const float x0 = buf[a], x1 = buf[b];
-    buf[a] = x0 * ct[i] - x1 * st[i];
-    buf[b] = x0 * st[i] + x1 * ct[i];
+    buf[a] = x0 * cbuf[i] - x1 * sbuf[i];
+    buf[b] = x0 * sbuf[i] + x1 * cbuf[i];
   }
   __syncwarp();
   for (int i = lane; i < p.head_dim; i += 32) v[i] = buf[i];
@@ -305,7 +315,8 @@ void qk_prepare(float* qkv, int n_tokens, const QkPrepare& p, const float* cos, 
   const std::size_t warps = static_cast<std::size_t>(n_tokens) * heads;
   if (warps == 0) return;
   const int buf_floats = std::max(p.head_dim, has_v ? p.head_dim_v : 0);
-  const std::size_t shared = sizeof(float) * kQkWarps * static_cast<std::size_t>(buf_floats);
+  const std::size_t shared =
+      sizeof(float) * kQkWarps * static_cast<std::size_t>(buf_floats + p.head_dim + p.n_rot);
   const auto grid = static_cast<unsigned>((warps + kQkWarps - 1) / kQkWarps);
   if (!store || p.cache_bf16) {
     launch_pdl("qk_prepare_kernel", qk_prepare_kernel<std::uint16_t>, grid, kQkWarps * 32, shared,

@@ -140,11 +140,16 @@ __global__ void route_kernel(const float* __restrict__ logits, int n_expert, int
   const float* l = logits + static_cast<std::size_t>(t) * n_expert;
 
   float mx = -INFINITY;
-  for (int i = lane; i < n_expert; i += 32) mx = fmaxf(mx, l[i]);
+#pragma unroll 4
+  for (int i = lane; i < n_expert; i += 32) {  // loads batched, read from global memory once
+    const float v = l[i];
+    p[i] = v;
+    mx = fmaxf(mx, v);
+  }
   mx = warp_max(mx);
   float sum = 0.0f;
   for (int i = lane; i < n_expert; i += 32) {
-    const float v = expf(l[i] - mx);
+    const float v = expf(p[i] - mx);
     p[i] = v;
     sum += v;
   }
@@ -217,6 +222,12 @@ void check_expert_stack(const ExpertStack& w, const char* what) {
   if (w.rows == 0 || w.rows > 0x7fffffffu || w.n_experts <= 0) {
     cuda_fail("CUDA MoE: ", what, ": bad shape (", w.rows, " rows, ", w.n_experts, " experts)");
   }
+  if (w.layout == WeightLayout::kQ4_0x8 &&
+      (w.type != GgmlType::Q4_0 || w.cols % 256 != 0 ||
+       reinterpret_cast<std::uintptr_t>(w.data) % 16 != 0 || w.expert_bytes % 16 != 0)) {
+    cuda_fail("CUDA MoE: ", what, ": the Q4_0x8 layout needs Q4_0 experts of 256-column multiples",
+              " (", w.cols, ") at 16-byte aligned addresses (", w.expert_bytes, " bytes each)");
+  }
 }
 
 void moe_gemv(const ExpertStack& w, const int* ids, int n_slots, int x_group, const float* x,
@@ -228,6 +239,9 @@ void moe_gemv(const ExpertStack& w, const int* ids, int n_slots, int x_group, co
   }
   if (reinterpret_cast<std::uintptr_t>(x) % 16 != 0) {
     cuda_fail("CUDA MoE gemv: x must be 16-byte aligned");
+  }
+  if (w.layout != WeightLayout::kGguf) {
+    cuda_fail("CUDA MoE gemv: experts in the Q4_0x8 layout take moe_gemv_q4_0x8_glu (q4_0x8.h)");
   }
   // The same kernel choice as gemv(): with the row-tiled family selected, the tensor-core kernel
   // where it applies, else the row-tiled kernel where it decodes the type (2816 x 704 Q4_0 down

@@ -21,17 +21,20 @@
 
 #include "quant/ggml_type.h"
 #include "runtime/cuda/stream.h"
+#include "runtime/cuda/weight_layout.h"
 
 namespace qforge::cuda {
 
 // A stacked expert tensor in device memory: n_experts matrices of rows x cols in their stored
-// type, expert e starting expert_bytes * e bytes after data.
+// type, expert e starting expert_bytes * e bytes after data. Q4_0 stacks may be regrouped
+// (layout kQ4_0x8, q4_0x8.h): moe_gemm and q4_0x8.h's moe_gemv_q4_0x8_glu take those.
 struct ExpertStack {
   GgmlType type = GgmlType::F32;
   const void* data = nullptr;
   std::size_t rows = 0, cols = 0;
   std::size_t expert_bytes = 0;
   int n_experts = 0;
+  WeightLayout layout = WeightLayout::kGguf;
   bool empty() const { return data == nullptr; }
 };
 
@@ -39,14 +42,15 @@ struct ExpertStack {
 bool moe_gemv_supported(GgmlType type);
 
 // Fails (qforge::Error) when the stack's type has no kernel, its columns are not a multiple of
-// the type's block size, or its base / expert stride break the format's alignment.
+// the type's block size, or its base / expert stride break the format's alignment (for the
+// Q4_0x8 layout: 256 columns, 16 bytes).
 void check_expert_stack(const ExpertStack& w, const char* what);
 
 // For every slot s < n_slots:
 //   y[s * ldy + r] = sum_c W_{ids[s]}[r, c] * x[(s / x_group) * w.cols + c],   r < w.rows
 // x_group = k when the k slots of a token share one input row (gate_up), 1 when every slot has
 // its own (down). Expert ids outside [0, n_experts) produce zeros (they cannot come from
-// moe_route). x must be 16-byte aligned and w.cols a multiple of 4.
+// moe_route). x must be 16-byte aligned and w.cols a multiple of 4. GGUF layout only.
 void moe_gemv(const ExpertStack& w, const int* ids, int n_slots, int x_group, const float* x,
               float* y, std::size_t ldy, StreamHandle stream);
 

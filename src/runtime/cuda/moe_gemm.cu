@@ -199,6 +199,7 @@ void moe_gemm(const ExpertStack& w, const int* ids, int n_slots, int x_group, co
   args.w = static_cast<const std::uint8_t*>(w.data);
   args.expert_bytes = w.expert_bytes;
   args.row_bytes = row_bytes(w.type, w.cols);
+  args.q4_0x8 = w.layout == WeightLayout::kQ4_0x8;
   args.n_rows = static_cast<int>(w.rows);
   args.n_cols = static_cast<int>(w.cols);
   args.n_experts = w.n_experts;

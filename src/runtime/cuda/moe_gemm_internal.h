@@ -26,6 +26,7 @@ struct Args {
   std::size_t ldy;
   int bn;            // token tile: 32, 64 or 128
   bool split_loads;  // Q4_0: loads of the next step issued before the MMAs
+  bool q4_0x8;       // Q4_0 experts in the Q4_0x8 layout (q4_0x8.h)
   StreamHandle stream;
 };
 

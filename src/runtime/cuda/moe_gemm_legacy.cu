@@ -4,6 +4,10 @@
 namespace qforge::cuda::moe_gemm_tc {
 
 bool run_legacy(GgmlType type, const Args& args) {
+  if (args.q4_0x8) {
+    run<gemm_tc::Q4_0x8Split>(args);
+    return true;
+  }
   return gemm_tc::with_legacy_decoder(type, args.split_loads, [&]<typename D>(D) { run<D>(args); });
 }
 

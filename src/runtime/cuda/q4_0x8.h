@@ -15,12 +15,11 @@
 #include "model/config.h"
 #include "quant/ggml_type.h"
 #include "runtime/cuda/buffer.h"
+#include "runtime/cuda/moe.h"
 #include "runtime/cuda/stream.h"
+#include "runtime/cuda/weight_layout.h"
 
 namespace qforge::cuda {
-
-// How a weight matrix's bytes are arranged on the device.
-enum class WeightLayout { kGguf, kQ4_0x8 };
 
 // The widest rows the GEMV takes (its x planes and weight pipeline share one SM's shared memory).
 constexpr std::size_t kMaxQ4_0x8Cols = 32768;
@@ -59,6 +58,14 @@ void gemv_q4_0x8(const void* w, std::size_t n_rows, std::size_t n_cols, const fl
 void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::size_t n_cols,
                      const float* x, float* y, std::size_t ldy, int n_tokens,
                      StreamHandle stream = nullptr);
+
+// Expert form of gemv_q4_0x8_glu for one token (moe.h): for s < n_slots,
+//   y[s * ldy + j] = act(gate_j . x) * (up_j . x),   j < w.rows / 2,
+// with gate_j and up_j rows j and w.rows / 2 + j of expert ids[s] (each expert w.rows = 2 n_ff
+// rows in Q4_0x8, w.layout kQ4_0x8), zeros for ids outside [0, w.n_experts). The slots share x,
+// as a token's k slots share their gate/up input; the ids may be written by the previous kernel.
+void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids, int n_slots,
+                         const float* x, float* y, std::size_t ldy, StreamHandle stream = nullptr);
 
 // For measurements and tests: rows per warp task (1, 2 or 4; 0 = chosen from the shape).
 void set_gemv_q4_0x8_rows(int rows);

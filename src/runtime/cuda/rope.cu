@@ -7,8 +7,8 @@ namespace qforge::cuda {
 namespace {
 
 __global__ void rope_kernel(float* x, std::size_t n_pairs_total, int n_heads, int head_dim,
-                            int n_rot, bool adjacent, int pos0, double freq_base,
-                            double freq_scale, const float* freq_factors) {
+                            int n_rot, bool adjacent, int pos0, double freq_base, double freq_scale,
+                            const float* freq_factors) {
   const std::size_t idx = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= n_pairs_total) return;
   const int half = n_rot / 2;

@@ -3,7 +3,9 @@
 
 namespace qforge::cuda {
 
-Stream::Stream() { QFORGE_CUDA_CHECK(cudaStreamCreateWithFlags(&handle_, cudaStreamNonBlocking)); }
+Stream::Stream() {
+  QFORGE_CUDA_CHECK(cudaStreamCreateWithFlags(&handle_, cudaStreamNonBlocking));
+}
 
 Stream::~Stream() {
   if (handle_ != nullptr) cudaStreamDestroy(handle_);
@@ -18,9 +20,13 @@ Stream& Stream::operator=(Stream&& other) noexcept {
   return *this;
 }
 
-void Stream::synchronize() const { QFORGE_CUDA_CHECK(cudaStreamSynchronize(handle_)); }
+void Stream::synchronize() const {
+  QFORGE_CUDA_CHECK(cudaStreamSynchronize(handle_));
+}
 
-Event::Event() { QFORGE_CUDA_CHECK(cudaEventCreate(&handle_)); }
+Event::Event() {
+  QFORGE_CUDA_CHECK(cudaEventCreate(&handle_));
+}
 
 Event::~Event() {
   if (handle_ != nullptr) cudaEventDestroy(handle_);
@@ -35,9 +41,13 @@ Event& Event::operator=(Event&& other) noexcept {
   return *this;
 }
 
-void Event::record(StreamHandle stream) { QFORGE_CUDA_CHECK(cudaEventRecord(handle_, stream)); }
+void Event::record(StreamHandle stream) {
+  QFORGE_CUDA_CHECK(cudaEventRecord(handle_, stream));
+}
 
-void Event::synchronize() const { QFORGE_CUDA_CHECK(cudaEventSynchronize(handle_)); }
+void Event::synchronize() const {
+  QFORGE_CUDA_CHECK(cudaEventSynchronize(handle_));
+}
 
 float Event::elapsed_ms(const Event& start, const Event& stop) {
   float ms = 0.0f;
@@ -45,6 +55,8 @@ float Event::elapsed_ms(const Event& start, const Event& stop) {
   return ms;
 }
 
-void synchronize_device() { QFORGE_CUDA_CHECK(cudaDeviceSynchronize()); }
+void synchronize_device() {
+  QFORGE_CUDA_CHECK(cudaDeviceSynchronize());
+}
 
 }  // namespace qforge::cuda
