@@ -2,7 +2,8 @@
 // (model_ops.h) over a BF16 cache.
 //   Prefill: 512 queries at positions 0..511 (one prompt chunk); counter TFLOP/s counts
 //     2 * (dk + dv) flops per visible (query head, position) pair.
-//   Decode: args (queries, splits; 0 = default) ending at position 4095 (depth 4096). Caches rotate over >= 512 MiB of copies,
+//   Decode: args (queries, splits; 0 = default) ending at position 4095 (depth 4096). Caches rotate
+//   over >= 512 MiB of copies,
 //     like the layers of a model, so K/V stream from device memory, not L2; counter GB/s is the
 //     K/V bytes the query sees per call divided by the time.
 // Split counts: flash_decode_splits for flash_decode; batch_attention gets what cuda_model.cpp
@@ -76,11 +77,12 @@ double visible_pairs(int pos0, int n_tokens, int window) {
   return pairs;
 }
 
+// counters: n_tokens * n_head zeroed ints (batch_attention's split counters).
 void run_attention(Impl impl, const cuda::BatchAttention& p, const float* q, const void* k,
-                   const void* v, const int* pos, int n_tokens, int splits, float* part, float* out,
-                   cuda::StreamHandle s) {
+                   const void* v, const int* pos, int n_tokens, int splits, float* part,
+                   int* counters, float* out, cuda::StreamHandle s) {
   if (impl == Impl::kBatch) {
-    cuda::batch_attention(q, k, v, pos, n_tokens, p, splits, part, out, s);
+    cuda::batch_attention(q, k, v, pos, n_tokens, p, splits, part, counters, out, s);
   } else if (n_tokens <= cuda::kFlashDecodeMaxTokens && splits > 0) {
     cuda::flash_decode(q, k, v, pos, n_tokens, p, splits, part, out, s);
   } else {
@@ -107,17 +109,18 @@ void BM_CudaAttentionPrefill(benchmark::State& state, AttnShape shape, Impl impl
   const int pos0[1] = {0};
   cuda::DeviceBuffer<int> dpos{std::span<const int>(pos0)};
   const int splits = impl == Impl::kBatch ? batch_splits(p, n_tokens, sm_count) : 0;
-  cuda::DeviceBuffer<float> part(
-      impl == Impl::kBatch
-          ? static_cast<std::size_t>(n_tokens) * p.n_head * splits * (shape.dim + 2)
-          : 1);
+  cuda::DeviceBuffer<float> part(impl == Impl::kBatch ? static_cast<std::size_t>(n_tokens) *
+                                                            p.n_head * splits * (shape.dim + 2)
+                                                      : 1);
+  cuda::DeviceBuffer<int> counters(static_cast<std::size_t>(n_tokens) * p.n_head);
+  counters.fill_bytes(0);
   cuda::DeviceBuffer<float> out(static_cast<std::size_t>(n_tokens) * p.n_head * shape.dim);
   cuda::Stream stream;
   cuda::Event start, stop;
   const int reps = 10;
   auto call = [&] {
     run_attention(impl, p, dq.data(), k.data(), v.data(), dpos.data(), n_tokens, splits,
-                  part.data(), out.data(), stream.get());
+                  part.data(), counters.data(), out.data(), stream.get());
   };
   call();
   stream.synchronize();
@@ -156,21 +159,24 @@ void BM_CudaAttentionDecode(benchmark::State& state, AttnShape shape, Impl impl)
   const int pos0[1] = {pos};
   cuda::DeviceBuffer<int> dpos{std::span<const int>(pos0)};
   const int forced_splits = static_cast<int>(state.range(1));
-  const int splits = forced_splits > 0         ? forced_splits
-                     : impl == Impl::kBatch ? batch_splits(p, n_tokens, sm_count)
-                                            : cuda::flash_decode_splits(p, n_tokens, sm_count, depth);
+  const int splits = forced_splits > 0 ? forced_splits
+                     : impl == Impl::kBatch
+                         ? batch_splits(p, n_tokens, sm_count)
+                         : cuda::flash_decode_splits(p, n_tokens, sm_count, depth);
   const std::size_t part_floats =
       impl == Impl::kBatch
           ? static_cast<std::size_t>(n_tokens) * p.n_head * splits * (shape.dim + 2)
           : cuda::flash_decode_scratch_floats(p, n_tokens, splits);
   cuda::DeviceBuffer<float> part(part_floats);
+  cuda::DeviceBuffer<int> counters(static_cast<std::size_t>(n_tokens) * p.n_head);
+  counters.fill_bytes(0);
   cuda::DeviceBuffer<float> out(static_cast<std::size_t>(n_tokens) * p.n_head * shape.dim);
   cuda::Stream stream;
   cuda::Event start, stop;
   auto run_all = [&] {
     for (std::size_t c = 0; c < copies; ++c) {
       run_attention(impl, p, dq.data(), ks[c].data(), vs[c].data(), dpos.data(), n_tokens, splits,
-                    part.data(), out.data(), stream.get());
+                    part.data(), counters.data(), out.data(), stream.get());
     }
   };
   run_all();
@@ -190,24 +196,24 @@ void BM_CudaAttentionDecode(benchmark::State& state, AttnShape shape, Impl impl)
   state.SetLabel(cuda::devices().at(0).name);
 }
 
-#define QFORGE_ATTN_BENCH(name, shape)                                                           \
-  BENCHMARK_CAPTURE(BM_CudaAttentionPrefill, name##_flash, shape, Impl::kFlash)                 \
-      ->UseManualTime()                                                                          \
-      ->Unit(benchmark::kMicrosecond);                                                           \
-  BENCHMARK_CAPTURE(BM_CudaAttentionPrefill, name##_batch, shape, Impl::kBatch)                 \
-      ->UseManualTime()                                                                          \
-      ->Unit(benchmark::kMicrosecond);                                                           \
-  BENCHMARK_CAPTURE(BM_CudaAttentionDecode, name##_flash, shape, Impl::kFlash)                  \
-      ->Args({1, 0})                                                                             \
-      ->Args({1, 32})                                                                            \
-      ->Args({1, 128})                                                                           \
-      ->Args({4, 0})                                                                             \
-      ->UseManualTime()                                                                          \
-      ->Unit(benchmark::kMicrosecond);                                                           \
-  BENCHMARK_CAPTURE(BM_CudaAttentionDecode, name##_batch, shape, Impl::kBatch)                  \
-      ->Args({1, 0})                                                                             \
-      ->Args({4, 0})                                                                             \
-      ->UseManualTime()                                                                          \
+#define QFORGE_ATTN_BENCH(name, shape)                                          \
+  BENCHMARK_CAPTURE(BM_CudaAttentionPrefill, name##_flash, shape, Impl::kFlash) \
+      ->UseManualTime()                                                         \
+      ->Unit(benchmark::kMicrosecond);                                          \
+  BENCHMARK_CAPTURE(BM_CudaAttentionPrefill, name##_batch, shape, Impl::kBatch) \
+      ->UseManualTime()                                                         \
+      ->Unit(benchmark::kMicrosecond);                                          \
+  BENCHMARK_CAPTURE(BM_CudaAttentionDecode, name##_flash, shape, Impl::kFlash)  \
+      ->Args({1, 0})                                                            \
+      ->Args({1, 32})                                                           \
+      ->Args({1, 128})                                                          \
+      ->Args({4, 0})                                                            \
+      ->UseManualTime()                                                         \
+      ->Unit(benchmark::kMicrosecond);                                          \
+  BENCHMARK_CAPTURE(BM_CudaAttentionDecode, name##_batch, shape, Impl::kBatch)  \
+      ->Args({1, 0})                                                            \
+      ->Args({4, 0})                                                            \
+      ->UseManualTime()                                                         \
       ->Unit(benchmark::kMicrosecond)
 
 QFORGE_ATTN_BENCH(llama3_8b, kLlama3);

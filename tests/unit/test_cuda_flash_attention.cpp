@@ -150,8 +150,8 @@ struct Fixture {
       if (s.window > 0 && s.window < n) tokens.insert(s.window);  // first to lose position 0
     }
     const cuda::BatchAttention gp = params();
-    const cpu::AttentionParams cp{s.n_head, s.n_head_kv, s.dim, s.dim, gp.scale, s.softcap,
-                                  s.window};
+    const cpu::AttentionParams cp{s.n_head, s.n_head_kv, s.dim,   s.dim,
+                                  gp.scale, s.softcap,   s.window};
     const std::size_t out_row = static_cast<std::size_t>(s.n_head) * s.dim;
     std::vector<float> want(out_row);
     float worst = 0.0f;
@@ -168,18 +168,18 @@ struct Fixture {
 };
 
 std::string describe(const Case& c) {
-  return testing::PrintToString(c.shape.name) + " tokens " + std::to_string(c.n_tokens) +
-         " pos0 " + std::to_string(c.pos0) + (c.bf16 ? " bf16" : " f32");
+  return testing::PrintToString(c.shape.name) + " tokens " + std::to_string(c.n_tokens) + " pos0 " +
+         std::to_string(c.pos0) + (c.bf16 ? " bf16" : " f32");
 }
 
 TEST(CudaFlashAttention, PrefillMatchesCpu) {
   SKIP_WITHOUT_GPU();
   const Case cases[] = {
-      {kLlama, 512, 0, true},       {kLlama, 200, 700, true},    {kLlama, 5, 33, false},
-      {kLlama, 1, 0, true},         {kGemma3, 1, 0, true},       {kGemma3Swa, 64, 0, true},
-      {kGemma3Swa, 200, 300, false}, {kG4Swa, 512, 600, true},   {kG4SwaSmall, 200, 50, true},
-      {kG4Global, 512, 0, true},    {kG4Global26, 64, 300, false}, {kG4Global, 5, 1, true},
-      {kD64, 200, 17, true},        {kGroup3, 64, 10, true},
+      {kLlama, 512, 0, true},        {kLlama, 200, 700, true},      {kLlama, 5, 33, false},
+      {kLlama, 1, 0, true},          {kGemma3, 1, 0, true},         {kGemma3Swa, 64, 0, true},
+      {kGemma3Swa, 200, 300, false}, {kG4Swa, 512, 600, true},      {kG4SwaSmall, 200, 50, true},
+      {kG4Global, 512, 0, true},     {kG4Global26, 64, 300, false}, {kG4Global, 5, 1, true},
+      {kD64, 200, 17, true},         {kGroup3, 64, 10, true},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(describe(c));
@@ -200,10 +200,10 @@ TEST(CudaFlashAttention, PrefillMatchesCpu) {
 TEST(CudaFlashAttention, DecodeMatchesCpu) {
   SKIP_WITHOUT_GPU();
   const Case cases[] = {
-      {kLlama, 1, 4095, true},     {kLlama, 8, 1000, false, 7}, {kLlama, 2, 0, true, 5},
-      {kGemma3, 1, 0, true, 4},    {kGemma3Swa, 3, 40, true},   {kG4Swa, 1, 2000, true, 16},
+      {kLlama, 1, 4095, true},      {kLlama, 8, 1000, false, 7},  {kLlama, 2, 0, true, 5},
+      {kGemma3, 1, 0, true, 4},     {kGemma3Swa, 3, 40, true},    {kG4Swa, 1, 2000, true, 16},
       {kG4SwaSmall, 4, 300, false}, {kG4Global, 5, 700, true, 9}, {kG4Global26, 2, 129, true},
-      {kD64, 3, 50, true, 3},      {kGroup3, 1, 20, true},      {kGroup3, 7, 200, false, 64},
+      {kD64, 3, 50, true, 3},       {kGroup3, 1, 20, true},       {kGroup3, 7, 200, false, 64},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(describe(c));
@@ -216,12 +216,48 @@ TEST(CudaFlashAttention, DecodeMatchesCpu) {
     cuda::DeviceBuffer<float> out(static_cast<std::size_t>(c.n_tokens) * c.shape.n_head *
                                   c.shape.dim);
     out.fill_bytes(0xff);
-    cuda::flash_decode(f.q_dev.data(), f.k_dev.data(), f.v_dev.data(), f.pos_dev.data(),
-                       c.n_tokens, p, splits, scratch.data(), out.data(), nullptr);
+    cuda::flash_decode(f.q_dev.data(), f.k_dev.data(), f.v_dev.data(), f.pos_dev.data(), c.n_tokens,
+                       p, splits, scratch.data(), out.data(), nullptr);
     const float err = f.max_error(out.to_host());
-    std::printf("decode  %-40s splits %3d max abs error %.3g\n", describe(c).c_str(), splits,
-                err);
+    std::printf("decode  %-40s splits %3d max abs error %.3g\n", describe(c).c_str(), splits, err);
     EXPECT_LT(err, 1e-5f);
+  }
+}
+
+// batch_attention (the split kernel whose last CTA per (token, head) merges): same reference, for
+// 1 to 1024 splits (more splits than visible positions leaves some empty), called twice on the
+// same counters (each call must leave them zero for the next).
+TEST(CudaBatchAttention, SplitsMergedByLastCtaMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  struct SplitCase {
+    Case c;
+    int splits;
+  };
+  const SplitCase cases[] = {
+      {{kLlama, 1, 700, true}, 1},    {{kLlama, 1, 700, true}, 37},
+      {{kLlama, 3, 20, false}, 1024}, {{kG4Swa, 1, 2000, true}, 16},
+      {{kG4Global, 5, 300, true}, 9}, {{kG4Global26, 2, 129, true}, 4},
+      {{kGroup3, 7, 200, false}, 64}, {{kGemma3Swa, 64, 300, false}, 3},
+  };
+  for (const SplitCase& sc : cases) {
+    const Case& c = sc.c;
+    SCOPED_TRACE(describe(c) + " splits " + std::to_string(sc.splits));
+    Fixture f(c);
+    const cuda::BatchAttention p = f.params();
+    const std::size_t pairs = static_cast<std::size_t>(c.n_tokens) * c.shape.n_head;
+    cuda::DeviceBuffer<float> part(pairs * sc.splits * (c.shape.dim + 2));
+    cuda::DeviceBuffer<int> counters(pairs);
+    counters.fill_bytes(0);
+    for (int call = 0; call < 2; ++call) {
+      cuda::DeviceBuffer<float> out(pairs * c.shape.dim);
+      out.fill_bytes(0xff);  // NaN: every output must be written
+      cuda::batch_attention(f.q_dev.data(), f.k_dev.data(), f.v_dev.data(), f.pos_dev.data(),
+                            c.n_tokens, p, sc.splits, part.data(), counters.data(), out.data(),
+                            nullptr);
+      EXPECT_LT(f.max_error(out.to_host()), 1e-5f) << "call " << call;
+      const std::vector<int> left = counters.to_host();
+      EXPECT_EQ(std::count(left.begin(), left.end(), 0), static_cast<long>(pairs));
+    }
   }
 }
 

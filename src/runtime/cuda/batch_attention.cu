@@ -3,7 +3,9 @@
 // each of its 4 warps on every 4th position; a lane holds KPL consecutive elements of q, of each
 // K row and of the output (so rows are read as contiguous vectors when head_dim == 32 * KPL).
 // The share is computed from the position read on the device, so the grid does not depend on
-// the position (one captured graph serves every decode step). A second kernel merges the splits.
+// the position (one captured graph serves every decode step). The last CTA of a (token, head) to
+// finish merges its splits (a counter per (token, head), reset by that CTA), which saves the
+// separate merge launch every layer of a decode step paid.
 #include "runtime/cuda/check.cuh"
 #include "runtime/cuda/pdl.cuh"
 
@@ -68,15 +70,57 @@ __device__ __forceinline__ Visible split_range(int pos, int window, int split, i
   return {begin, min(pos + 1, begin + chunk)};
 }
 
+constexpr int kMaxMergeSplits = 1024;
+
+// out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M) over the splits of one (token, head), by
+// the CTA's threads. The splits' (m, l) are read once into shared memory (m_sh, l_sh: at least
+// n_splits + 4 floats each) and their weights e^(m_s - M) computed once per CTA (not once per
+// output element), with the sums in the same order as a plain loop over s. Other CTAs wrote
+// `base`: it is read through L2 (ld.global.cg).
+__device__ void merge_splits(const float* base, int n_splits, int dv, float* __restrict__ dst,
+                             float* m_sh, float* l_sh) {
+  const auto stride = static_cast<std::size_t>(dv + 2);
+  for (int s = static_cast<int>(threadIdx.x); s < n_splits; s += static_cast<int>(blockDim.x)) {
+    m_sh[s] = __ldcg(base + s * stride);
+    l_sh[s] = __ldcg(base + s * stride + 1);
+  }
+  __syncthreads();
+  float big = -INFINITY;
+  for (int s = 0; s < n_splits; ++s) big = fmaxf(big, m_sh[s]);
+  __syncthreads();  // every thread has its maximum before m is overwritten with the weights
+  for (int s = static_cast<int>(threadIdx.x); s < n_splits; s += static_cast<int>(blockDim.x)) {
+    m_sh[s] = m_sh[s] == -INFINITY ? -1.0f : expf(m_sh[s] - big);  // -1: an empty split, left out
+  }
+  __syncthreads();
+  float total = 0.0f;
+  for (int s = 0; s < n_splits; ++s) {
+    if (m_sh[s] >= 0.0f) total += l_sh[s] * m_sh[s];
+  }
+  const float inv = 1.0f / total;
+  for (int d = static_cast<int>(threadIdx.x); d < dv; d += static_cast<int>(blockDim.x)) {
+    float acc = 0.0f;
+#pragma unroll 8
+    for (int s = 0; s < n_splits; ++s) {
+      if (m_sh[s] >= 0.0f) acc += __ldcg(base + s * stride + 2 + d) * m_sh[s];
+    }
+    dst[d] = acc * inv;
+  }
+}
+
 template <int KPL, typename T>
 __global__ void __launch_bounds__(kWarps * 32)
     batch_attention_split(const float* __restrict__ q, std::size_t q_stride,
                           const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                           const int* __restrict__ pos0, int n_head_kv, int group, int dk, int dv,
-                          float scale, float softcap, int window, float* __restrict__ part) {
+                          float scale, float softcap, int window, float* __restrict__ part,
+                          int* __restrict__ counters, float* __restrict__ out) {
   pdl_wait();
   pdl_trigger();
   __shared__ float warp_m[kWarps], warp_l[kWarps];
+  // 4 floats of padding: unrolled loops may load a few elements past n_splits ahead of the test
+  // (flash_decode_merge, the same pattern, was caught doing so by compute-sanitizer).
+  __shared__ float merge_m[kMaxMergeSplits + 4], merge_l[kMaxMergeSplits + 4];
+  __shared__ bool last;
   __shared__ float warp_o[kWarps][32 * KPL];
   const int h = static_cast<int>(blockIdx.x), t = static_cast<int>(blockIdx.y);
   const int split = static_cast<int>(blockIdx.z), n_splits = static_cast<int>(gridDim.z);
@@ -131,7 +175,9 @@ __global__ void __launch_bounds__(kWarps * 32)
     total += warp_l[w] * weight[w];
   }
   const int n_head = static_cast<int>(gridDim.x);
-  float* dst = part + ((static_cast<std::size_t>(t) * n_head + h) * n_splits + split) * (dv + 2);
+  const std::size_t pair = static_cast<std::size_t>(t) * n_head + h;
+  float* base = part + pair * n_splits * (dv + 2);
+  float* dst = base + static_cast<std::size_t>(split) * (dv + 2);
   for (int d = static_cast<int>(threadIdx.x); d < dv; d += kWarps * 32) {
     float acc = 0.0f;
 #pragma unroll
@@ -139,50 +185,17 @@ __global__ void __launch_bounds__(kWarps * 32)
     dst[2 + d] = acc;
   }
   if (threadIdx.x == 0) dst[0] = big, dst[1] = total;
-}
 
-constexpr int kMaxMergeSplits = 1024;
-
-// One CTA per (head, token): out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M). The splits'
-// (m, l) are read once into shared memory and their weights e^(m_s - M) computed once per CTA
-// (not once per output element), with the sums in the same order as a plain loop over s.
-__global__ void batch_attention_merge(const float* __restrict__ part, int n_splits, int dv,
-                                      float* __restrict__ out) {
-  pdl_wait();
-  pdl_trigger();
-  // 4 floats of padding: unrolled loops may load a few elements past n_splits ahead of the test
-  // (flash_decode_merge, the same pattern, was caught doing so by compute-sanitizer).
-  __shared__ float m[kMaxMergeSplits + 4], l[kMaxMergeSplits + 4];
-  const int h = static_cast<int>(blockIdx.x), t = static_cast<int>(blockIdx.y);
-  const int n_head = static_cast<int>(gridDim.x);
-  const auto stride = static_cast<std::size_t>(dv + 2);
-  const float* base = part + (static_cast<std::size_t>(t) * n_head + h) * n_splits * stride;
-  for (int s = static_cast<int>(threadIdx.x); s < n_splits; s += static_cast<int>(blockDim.x)) {
-    m[s] = base[s * stride];
-    l[s] = base[s * stride + 1];
-  }
+  // The last split to finish merges: every thread's writes are made visible device-wide before
+  // the CTA takes its ticket, and the last CTA resets the counter for the next call.
+  __threadfence();
   __syncthreads();
-  float big = -INFINITY;
-  for (int s = 0; s < n_splits; ++s) big = fmaxf(big, m[s]);
-  __syncthreads();  // every thread has its maximum before m is overwritten with the weights
-  for (int s = static_cast<int>(threadIdx.x); s < n_splits; s += static_cast<int>(blockDim.x)) {
-    m[s] = m[s] == -INFINITY ? -1.0f : expf(m[s] - big);  // -1: an empty split, left out
-  }
+  if (threadIdx.x == 0) last = atomicAdd(counters + pair, 1) == n_splits - 1;
   __syncthreads();
-  float total = 0.0f;
-  for (int s = 0; s < n_splits; ++s) {
-    if (m[s] >= 0.0f) total += l[s] * m[s];
-  }
-  const float inv = 1.0f / total;
-  float* dst = out + (static_cast<std::size_t>(t) * n_head + h) * dv;
-  for (int d = static_cast<int>(threadIdx.x); d < dv; d += static_cast<int>(blockDim.x)) {
-    float acc = 0.0f;
-#pragma unroll 8
-    for (int s = 0; s < n_splits; ++s) {
-      if (m[s] >= 0.0f) acc += base[s * stride + 2 + d] * m[s];
-    }
-    dst[d] = acc * inv;
-  }
+  if (!last) return;
+  __threadfence();
+  merge_splits(base, n_splits, dv, out + pair * dv, merge_m, merge_l);
+  if (threadIdx.x == 0) counters[pair] = 0;
 }
 
 int lanes_for(int dim) {
@@ -196,35 +209,32 @@ int lanes_for(int dim) {
 
 template <int KPL, typename T>
 void launch(const float* q, const void* k, const void* v, const int* pos0, int n_tokens,
-            const BatchAttention& p, int n_splits, float* part, float* out, StreamHandle stream) {
+            const BatchAttention& p, int n_splits, float* part, int* counters, float* out,
+            StreamHandle stream) {
   const dim3 grid(static_cast<unsigned>(p.n_head), static_cast<unsigned>(n_tokens),
                   static_cast<unsigned>(n_splits));
   launch_pdl("batch_attention_split", batch_attention_split<KPL, T>, grid, kWarps * 32, 0, stream,
              q, p.q_stride, static_cast<const T*>(k), static_cast<const T*>(v), pos0,
              p.kv.n_head_kv, p.n_head / p.kv.n_head_kv, p.kv.head_dim_k, p.kv.head_dim_v, p.scale,
-             p.softcap, p.window, part);
+             p.softcap, p.window, part, counters, out);
   QFORGE_CUDA_CHECK_LAUNCH("batch_attention_split");
-  const int threads = p.kv.head_dim_v >= 256 ? 256 : (p.kv.head_dim_v + 31) / 32 * 32;
-  launch_pdl("batch_attention_merge", batch_attention_merge,
-             dim3(static_cast<unsigned>(p.n_head), static_cast<unsigned>(n_tokens)),
-             static_cast<unsigned>(threads), 0, stream, part, n_splits, p.kv.head_dim_v, out);
-  QFORGE_CUDA_CHECK_LAUNCH("batch_attention_merge");
 }
 
 template <typename T>
 void dispatch(const float* q, const void* k, const void* v, const int* pos0, int n_tokens,
-              const BatchAttention& p, int n_splits, float* part, float* out, StreamHandle stream) {
+              const BatchAttention& p, int n_splits, float* part, int* counters, float* out,
+              StreamHandle stream) {
   switch (lanes_for(p.kv.head_dim_k)) {
     case 1:
-      return launch<1, T>(q, k, v, pos0, n_tokens, p, n_splits, part, out, stream);
+      return launch<1, T>(q, k, v, pos0, n_tokens, p, n_splits, part, counters, out, stream);
     case 2:
-      return launch<2, T>(q, k, v, pos0, n_tokens, p, n_splits, part, out, stream);
+      return launch<2, T>(q, k, v, pos0, n_tokens, p, n_splits, part, counters, out, stream);
     case 4:
-      return launch<4, T>(q, k, v, pos0, n_tokens, p, n_splits, part, out, stream);
+      return launch<4, T>(q, k, v, pos0, n_tokens, p, n_splits, part, counters, out, stream);
     case 8:
-      return launch<8, T>(q, k, v, pos0, n_tokens, p, n_splits, part, out, stream);
+      return launch<8, T>(q, k, v, pos0, n_tokens, p, n_splits, part, counters, out, stream);
     default:
-      return launch<16, T>(q, k, v, pos0, n_tokens, p, n_splits, part, out, stream);
+      return launch<16, T>(q, k, v, pos0, n_tokens, p, n_splits, part, counters, out, stream);
   }
 }
 
@@ -236,8 +246,8 @@ bool batch_attention_supported(int head_dim_k, int head_dim_v) {
 }
 
 void batch_attention(const float* q, const void* k_cache, const void* v_cache, const int* pos0,
-                     int n_tokens, const BatchAttention& p, int n_splits, float* part, float* out,
-                     StreamHandle stream) {
+                     int n_tokens, const BatchAttention& p, int n_splits, float* part,
+                     int* counters, float* out, StreamHandle stream) {
   if (!batch_attention_supported(p.kv.head_dim_k, p.kv.head_dim_v)) {
     cuda_fail("CUDA attention: head sizes ", p.kv.head_dim_k, "/", p.kv.head_dim_v,
               " are not supported (each <= 512, both in the same power-of-two bucket)");
@@ -249,10 +259,14 @@ void batch_attention(const float* q, const void* k_cache, const void* v_cache, c
   if (n_tokens <= 0 || n_tokens > 65535 || n_splits <= 0 || n_splits > kMaxMergeSplits) {
     cuda_fail("CUDA attention: bad batch (", n_tokens, " tokens, ", n_splits, " splits)");
   }
+  if (part == nullptr || counters == nullptr || out == nullptr) {
+    cuda_fail("CUDA attention: part, counters and out must be device arrays");
+  }
   if (p.kv.bf16) {
-    dispatch<std::uint16_t>(q, k_cache, v_cache, pos0, n_tokens, p, n_splits, part, out, stream);
+    dispatch<std::uint16_t>(q, k_cache, v_cache, pos0, n_tokens, p, n_splits, part, counters, out,
+                            stream);
   } else {
-    dispatch<float>(q, k_cache, v_cache, pos0, n_tokens, p, n_splits, part, out, stream);
+    dispatch<float>(q, k_cache, v_cache, pos0, n_tokens, p, n_splits, part, counters, out, stream);
   }
 }
 

@@ -115,16 +115,16 @@ constexpr int kMaxFlashSplits = 256;
 constexpr int kFlashDecodeMinCtx = 1024;
 
 struct ScratchSizes {
-  std::size_t x, qkv, att, gate_up, act, part, flash_part, logits, rope;
+  std::size_t x, qkv, att, gate_up, act, part, attn_counters, flash_part, logits, rope;
   // MoE: per token (router_in, expert_in: x; router logits) and per slot.
   std::size_t router_logits, slots, exp_gate_up, exp_act, exp_out;
   std::size_t exp_x_bf16;                 // moe_gemm's BF16 copy of the slots' inputs
   std::size_t per_layer, per_layer_gate;  // E models
   std::size_t total_bytes() const {
-    const std::size_t floats = 3 * x + qkv + att + gate_up + act + part + flash_part + logits +
-                               4 * rope + (router_logits > 0 ? 2 * x : 0) + router_logits +
-                               2 * slots + exp_gate_up + exp_act + exp_out + exp_x_bf16 / 2 +
-                               2 * per_layer + per_layer_gate;
+    const std::size_t floats = 3 * x + qkv + att + gate_up + act + part + attn_counters +
+                               flash_part + logits + 4 * rope + (router_logits > 0 ? 2 * x : 0) +
+                               router_logits + 2 * slots + exp_gate_up + exp_act + exp_out +
+                               exp_x_bf16 / 2 + 2 * per_layer + per_layer_gate;
     return 4 * floats + (1u << 26);
   }
 };
@@ -140,6 +140,7 @@ ScratchSizes scratch_sizes(const ModelConfig& c, const std::vector<LayerPlan>& l
   s.gate_up = b * 2 * g.ff;
   s.act = b * g.ff;
   s.part = part_rows(c, sm_count, g.dv);
+  s.attn_counters = b * sz(c.n_head);
   s.flash_part = sz(c.n_head) * sz(kMaxFlashSplits) * sz(g.dv + 2);
   s.logits = sz(CudaModel::kLogitsRows) * sz(c.n_vocab);
   // The full-layer table is computed with n_rot even if every layer is a sliding one.
@@ -195,6 +196,8 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
   gate_up_ = DeviceBuffer<float>(s.gate_up);
   act_ = DeviceBuffer<float>(s.act);
   part_ = DeviceBuffer<float>(s.part);
+  attn_counters_ = DeviceBuffer<int>(s.attn_counters);
+  attn_counters_.fill_bytes(0);  // batch_attention leaves them zero after every call
   flash_part_ = DeviceBuffer<float>(s.flash_part);
   logits_ = DeviceBuffer<float>(s.logits);
   cos_global_ = DeviceBuffer<float>(s.rope);
@@ -345,8 +348,8 @@ void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits) {
     // in F32).
     flash_prefill(qkv, k_cache, v_cache, pos_.data(), n, ap, att_.data(), s);
   } else {
-    batch_attention(qkv, k_cache, v_cache, pos_.data(), n, ap, splits, part_.data(), att_.data(),
-                    s);
+    batch_attention(qkv, k_cache, v_cache, pos_.data(), n, ap, splits, part_.data(),
+                    attn_counters_.data(), att_.data(), s);
   }
   matmul(l.wo, att_.data(), o_.data(), embd_, n);
   // A MoE layer's router and expert inputs come from the same normalized residual as h.

@@ -108,6 +108,7 @@ class CudaModel final : public Model {
   DeviceBuffer<float> per_layer_, per_layer_tok_, per_layer_gate_;
   DeviceBuffer<std::int32_t> tokens_;
   DeviceBuffer<int> pos_;
+  DeviceBuffer<int> attn_counters_;  // batch_attention's per (token, head) split counters
 
   Graph decode_graph_;
   std::uint64_t decode_graph_cache_ = 0;  // id of the cache the graph was captured for

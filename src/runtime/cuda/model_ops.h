@@ -92,11 +92,13 @@ struct BatchAttention {
 };
 // Causal attention of n_tokens queries at positions *pos0 + t over the cache (the batch's own
 // K/V already stored). Head dims up to 512; key and value dims must need the same lanes per warp
-// (both <= 32, <= 64, <= 128, <= 256 or <= 512). n_splits CTAs share each (token, head); `part`
-// holds n_tokens * n_head * n_splits * (head_dim_v + 2) floats. out: [n_tokens x n_head * dv].
+// (both <= 32, <= 64, <= 128, <= 256 or <= 512). n_splits (<= 1024) CTAs share each (token,
+// head); `part` holds n_tokens * n_head * n_splits * (head_dim_v + 2) floats; `counters` holds
+// n_tokens * n_head ints that are zero before the first call (every call leaves them zero; calls
+// sharing them must not overlap). out: [n_tokens x n_head * dv].
 void batch_attention(const float* q, const void* k_cache, const void* v_cache, const int* pos0,
-                     int n_tokens, const BatchAttention& p, int n_splits, float* part, float* out,
-                     StreamHandle stream);
+                     int n_tokens, const BatchAttention& p, int n_splits, float* part,
+                     int* counters, float* out, StreamHandle stream);
 bool batch_attention_supported(int head_dim_k, int head_dim_v);
 
 }  // namespace qforge::cuda
