@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "runtime/cuda/buffer.h"
+#include "runtime/cuda/device_attrs.h"
 #include "runtime/cuda/gemm_tc.h"
 #include "runtime/cuda/gemm_tc_internal.h"
 
@@ -72,7 +73,6 @@ std::atomic<GemmTile>& tile_choice() {
 }
 
 struct DeviceState {
-  int sm_count = 0;
   DeviceBuffer<std::uint16_t> scratch;
 };
 
@@ -86,23 +86,13 @@ DeviceState& device_state(int device) {  // caller holds state_mutex()
   if (static_cast<std::size_t>(device) >= states.size()) {
     states.resize(static_cast<std::size_t>(device) + 1);
   }
-  DeviceState& s = states[static_cast<std::size_t>(device)];
-  if (s.sm_count == 0) {
-    QFORGE_CUDA_CHECK(cudaDeviceGetAttribute(&s.sm_count, cudaDevAttrMultiProcessorCount, device));
-  }
-  return s;
+  return states[static_cast<std::size_t>(device)];
 }
 
 int current_device() {
   int device = 0;
   QFORGE_CUDA_CHECK(cudaGetDevice(&device));
   return device;
-}
-
-int sm_count() {
-  const int device = current_device();
-  const std::lock_guard lock(state_mutex());
-  return device_state(device).sm_count;
 }
 
 void check_args(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols, const void* x,
@@ -190,8 +180,8 @@ void gemm_bf16_x(GgmlType type, const void* w, std::size_t n_rows, std::size_t n
                  const std::uint16_t* x_bf16, float* y, std::size_t ldy, int n_tokens,
                  StreamHandle stream, WeightLayout layout) {
   check_args(type, w, n_rows, n_cols, x_bf16, y, ldy, n_tokens, layout);
-  run_checked(type, make_args(type, w, n_rows, n_cols, x_bf16, y, ldy, n_tokens, stream, sm_count(),
-                              layout));
+  run_checked(type, make_args(type, w, n_rows, n_cols, x_bf16, y, ldy, n_tokens, stream,
+                              current_sm_count(), layout));
 }
 
 void gemm(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols, const float* x,
@@ -210,7 +200,7 @@ void gemm(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols, 
   }
   convert_to_bf16(x, state.scratch.data(), n, stream);
   run_checked(type, make_args(type, w, n_rows, n_cols, state.scratch.data(), y, ldy, n_tokens,
-                              stream, state.sm_count, layout));
+                              stream, current_sm_count(), layout));
 }
 
 }  // namespace qforge::cuda

@@ -23,6 +23,7 @@
 
 #include "runtime/cuda/block_decode.cuh"
 #include "runtime/cuda/cp_async.cuh"
+#include "runtime/cuda/device_attrs.h"
 #include "runtime/cuda/glu.cuh"
 #include "runtime/cuda/q4_0x8.cuh"
 #include "runtime/cuda/q4_0x8.h"
@@ -175,7 +176,7 @@ __host__ __device__ constexpr int task_count(int n_rows) {
 }
 
 // The expert form: slot s multiplies expert ids[s] (at w + ids[s] * expert_bytes, n_rows rows
-// each) into y + s * ldy; a slot's tasks follow each other (task = slot * tasks_per_slot + t).
+// each) into y + s * ldy; a slot's tasks follow each other (task = slot * slot_tasks + t).
 struct Experts {
   const int* ids = nullptr;  // null: a plain product
   std::size_t expert_bytes = 0;
@@ -363,26 +364,11 @@ std::atomic<int>& rows_choice() {
 }
 
 std::size_t max_smem() {
-  static thread_local int device = -1, bytes = 0;
-  int current = 0;
-  QFORGE_CUDA_CHECK(cudaGetDevice(&current));
-  if (current != device) {
-    QFORGE_CUDA_CHECK(
-        cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, current));
-    device = current;
-  }
-  return static_cast<std::size_t>(bytes);
+  return current_max_smem_per_block();
 }
 
 int sm_count() {
-  static thread_local int device = -1, count = 0;
-  int current = 0;
-  QFORGE_CUDA_CHECK(cudaGetDevice(&current));
-  if (current != device) {
-    QFORGE_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, current));
-    device = current;
-  }
-  return count;
+  return current_sm_count();
 }
 
 template <int R, int kTokens, int kOut>
