@@ -19,6 +19,8 @@
 
 #include <cstdint>
 
+#include "quant/ggml_type.h"
+
 namespace qforge::cuda::blocks {
 
 // ---- loads (read-only path; weights are streamed once, so no L1 allocation is requested) ----
@@ -72,8 +74,8 @@ constexpr std::uint32_t kLowNibbles = 0x0f0f0f0fu;
 struct Q4_0 {
   static constexpr int kBlockElems = 32, kBlockBytes = 18, kUnitsPerBlock = 2, kRuns = 4;
   static constexpr int kAlign = 2;
-  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int h, float* w, int* start,
-                                                const float*) {
+  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int h, float* w,
+                                                int* start, const float*) {
     const float d = ld_f16(blk);
     const std::uint32_t q0 = ld_u32_a2(blk + 2 + 8 * h), q1 = ld_u32_a2(blk + 6 + 8 * h);
     run4<8>(q0 & kLowNibbles, d, 0.0f, w + 0);
@@ -88,8 +90,8 @@ struct Q4_0 {
 struct Q4_1 {
   static constexpr int kBlockElems = 32, kBlockBytes = 20, kUnitsPerBlock = 2, kRuns = 4;
   static constexpr int kAlign = 4;
-  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int h, float* w, int* start,
-                                                const float*) {
+  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int h, float* w,
+                                                int* start, const float*) {
     const std::uint32_t dm = ld_u32(blk);
     const float d = f16_bits(dm), m = f16_bits(dm >> 16);
     const std::uint32_t q0 = ld_u32(blk + 4 + 8 * h), q1 = ld_u32(blk + 8 + 8 * h);
@@ -105,8 +107,8 @@ struct Q4_1 {
 struct Q5_0 {
   static constexpr int kBlockElems = 32, kBlockBytes = 22, kUnitsPerBlock = 2, kRuns = 4;
   static constexpr int kAlign = 2;
-  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int h, float* w, int* start,
-                                                const float*) {
+  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int h, float* w,
+                                                int* start, const float*) {
     const float d = ld_f16(blk);
     const std::uint32_t qh = ld_u32_a2(blk + 2);
     const std::uint32_t q0 = ld_u32_a2(blk + 6 + 8 * h), q1 = ld_u32_a2(blk + 10 + 8 * h);
@@ -124,8 +126,8 @@ struct Q5_0 {
 struct Q8_0 {
   static constexpr int kBlockElems = 32, kBlockBytes = 34, kUnitsPerBlock = 2, kRuns = 4;
   static constexpr int kAlign = 2;
-  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int h, float* w, int* start,
-                                                const float*) {
+  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int h, float* w,
+                                                int* start, const float*) {
     const float d = ld_f16(blk);
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
@@ -142,8 +144,8 @@ struct IQ4_NL {
   static constexpr int kBlockElems = 32, kBlockBytes = 18, kUnitsPerBlock = 2, kRuns = 4;
   static constexpr int kAlign = 2;
   static constexpr bool kUsesTable = true;
-  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int h, float* w, int* start,
-                                                const float* table) {
+  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int h, float* w,
+                                                int* start, const float* table) {
     const float d = ld_f16(blk);
     const std::uint32_t q0 = ld_u32_a2(blk + 2 + 8 * h), q1 = ld_u32_a2(blk + 6 + 8 * h);
 #pragma unroll
@@ -176,8 +178,8 @@ __device__ __forceinline__ void scale_min_k4(const std::uint8_t* s, int j, int& 
 struct Q4_K {
   static constexpr int kBlockElems = 256, kBlockBytes = 144, kUnitsPerBlock = 8, kRuns = 8;
   static constexpr int kAlign = 16;
-  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int u, float* w, int* start,
-                                                const float*) {
+  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int u, float* w,
+                                                int* start, const float*) {
     const int p = u >> 1, t = u & 1;
     const std::uint32_t dd = ld_u32(blk);
     const float d = f16_bits(dd), dmin = f16_bits(dd >> 16);
@@ -203,8 +205,8 @@ struct Q4_K {
 struct Q5_K {
   static constexpr int kBlockElems = 256, kBlockBytes = 176, kUnitsPerBlock = 8, kRuns = 8;
   static constexpr int kAlign = 16;
-  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int u, float* w, int* start,
-                                                const float*) {
+  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int u, float* w,
+                                                int* start, const float*) {
     const int p = u >> 1, t = u & 1;
     const std::uint32_t dd = ld_u32(blk);
     const float d = f16_bits(dd), dmin = f16_bits(dd >> 16);
@@ -237,8 +239,8 @@ struct Q5_K {
 struct Q6_K {
   static constexpr int kBlockElems = 256, kBlockBytes = 210, kUnitsPerBlock = 8, kRuns = 8;
   static constexpr int kAlign = 2;
-  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int u, float* w, int* start,
-                                                const float*) {
+  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int u, float* w,
+                                                int* start, const float*) {
     const int h = u >> 2, c = u & 3;
     const float d = ld_f16(blk + 208);
     const std::uint8_t* ql = blk + 64 * h + 8 * c;
@@ -313,11 +315,56 @@ struct BF16 {
 
 // Formats without a lookup table ignore the table argument.
 template <typename T>
-concept UsesTable = requires { T::kUsesTable; };
+concept UsesTable = requires {
+  T::kUsesTable;
+};
 
 // The 16 levels of IQ4_NL (a format fact from the GGUF specification); kernels copy them into
 // shared memory once per CTA.
 static __constant__ float kIq4NlLevels[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
-                                           1,    13,   25,  38,  53,  69,  89,  113};
+                                              1,    13,   25,  38,  53,  69,  89,  113};
+
+// Calls fn(Fmt{}) with the traits struct of `type` and returns true, or returns false (fn not
+// called) for a type without one: the one type switch of the kernels that take every format.
+template <typename Fn>
+bool with_format(GgmlType type, Fn&& fn) {
+  switch (type) {
+    case GgmlType::F32:
+      fn(F32{});
+      return true;
+    case GgmlType::F16:
+      fn(F16{});
+      return true;
+    case GgmlType::BF16:
+      fn(BF16{});
+      return true;
+    case GgmlType::Q4_0:
+      fn(Q4_0{});
+      return true;
+    case GgmlType::Q4_1:
+      fn(Q4_1{});
+      return true;
+    case GgmlType::Q5_0:
+      fn(Q5_0{});
+      return true;
+    case GgmlType::Q8_0:
+      fn(Q8_0{});
+      return true;
+    case GgmlType::IQ4_NL:
+      fn(IQ4_NL{});
+      return true;
+    case GgmlType::Q4_K:
+      fn(Q4_K{});
+      return true;
+    case GgmlType::Q5_K:
+      fn(Q5_K{});
+      return true;
+    case GgmlType::Q6_K:
+      fn(Q6_K{});
+      return true;
+    default:
+      return false;
+  }
+}
 
 }  // namespace qforge::cuda::blocks

@@ -52,32 +52,9 @@ void launch(const void* w, std::size_t first_row, std::size_t n_rows, std::size_
 
 void dequantize_rows(GgmlType type, const void* w, std::size_t first_row, std::size_t n_rows,
                      std::size_t n_cols, float* out, StreamHandle stream) {
-  switch (type) {
-    case GgmlType::F32:
-      return launch<blocks::F32>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::F16:
-      return launch<blocks::F16>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::BF16:
-      return launch<blocks::BF16>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::Q4_0:
-      return launch<blocks::Q4_0>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::Q4_1:
-      return launch<blocks::Q4_1>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::Q5_0:
-      return launch<blocks::Q5_0>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::Q8_0:
-      return launch<blocks::Q8_0>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::IQ4_NL:
-      return launch<blocks::IQ4_NL>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::Q4_K:
-      return launch<blocks::Q4_K>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::Q5_K:
-      return launch<blocks::Q5_K>(w, first_row, n_rows, n_cols, out, stream);
-    case GgmlType::Q6_K:
-      return launch<blocks::Q6_K>(w, first_row, n_rows, n_cols, out, stream);
-    default:
-      cuda_fail("CUDA dequantize: no kernel for weight type ", type_name(type));
-  }
+  const bool ok = blocks::with_format(
+      type, [&]<typename Fmt>(Fmt) { launch<Fmt>(w, first_row, n_rows, n_cols, out, stream); });
+  if (!ok) cuda_fail("CUDA dequantize: no kernel for weight type ", type_name(type));
 }
 
 }  // namespace qforge::cuda

@@ -153,55 +153,18 @@ void run_tokens(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_
   }
 }
 
+// Calls fn with the traits struct of `type`; fails for a type without a kernel.
 template <typename Fn>
 void dispatch(GgmlType type, Fn&& fn) {
-  switch (type) {
-    case GgmlType::F32:
-      return fn(blocks::F32{});
-    case GgmlType::F16:
-      return fn(blocks::F16{});
-    case GgmlType::BF16:
-      return fn(blocks::BF16{});
-    case GgmlType::Q4_0:
-      return fn(blocks::Q4_0{});
-    case GgmlType::Q4_1:
-      return fn(blocks::Q4_1{});
-    case GgmlType::Q5_0:
-      return fn(blocks::Q5_0{});
-    case GgmlType::Q8_0:
-      return fn(blocks::Q8_0{});
-    case GgmlType::IQ4_NL:
-      return fn(blocks::IQ4_NL{});
-    case GgmlType::Q4_K:
-      return fn(blocks::Q4_K{});
-    case GgmlType::Q5_K:
-      return fn(blocks::Q5_K{});
-    case GgmlType::Q6_K:
-      return fn(blocks::Q6_K{});
-    default:
-      cuda_fail("CUDA gemv: no kernel for weight type ", type_name(type));
+  if (!blocks::with_format(type, fn)) {
+    cuda_fail("CUDA gemv: no kernel for weight type ", type_name(type));
   }
 }
 
 }  // namespace
 
 bool gemv_supported(GgmlType type) {
-  switch (type) {
-    case GgmlType::F32:
-    case GgmlType::F16:
-    case GgmlType::BF16:
-    case GgmlType::Q4_0:
-    case GgmlType::Q4_1:
-    case GgmlType::Q5_0:
-    case GgmlType::Q8_0:
-    case GgmlType::IQ4_NL:
-    case GgmlType::Q4_K:
-    case GgmlType::Q5_K:
-    case GgmlType::Q6_K:
-      return true;
-    default:
-      return false;
-  }
+  return blocks::with_format(type, [](auto) {});
 }
 
 void gemv(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols, const float* x,

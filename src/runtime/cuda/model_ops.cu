@@ -254,32 +254,10 @@ __global__ void glu_rows_kernel(const float* gate_up, float* out, std::size_t n_
 void embed_tokens(GgmlType type, const void* w, std::size_t n_cols, const std::int32_t* tokens,
                   int n_tokens, float scale, float* out, StreamHandle stream) {
   if (n_tokens <= 0) return;
-  switch (type) {
-    case GgmlType::F32:
-      return launch_embed<blocks::F32>(w, n_cols, tokens, n_tokens, scale, out, stream);
-    case GgmlType::F16:
-      return launch_embed<blocks::F16>(w, n_cols, tokens, n_tokens, scale, out, stream);
-    case GgmlType::BF16:
-      return launch_embed<blocks::BF16>(w, n_cols, tokens, n_tokens, scale, out, stream);
-    case GgmlType::Q4_0:
-      return launch_embed<blocks::Q4_0>(w, n_cols, tokens, n_tokens, scale, out, stream);
-    case GgmlType::Q4_1:
-      return launch_embed<blocks::Q4_1>(w, n_cols, tokens, n_tokens, scale, out, stream);
-    case GgmlType::Q5_0:
-      return launch_embed<blocks::Q5_0>(w, n_cols, tokens, n_tokens, scale, out, stream);
-    case GgmlType::Q8_0:
-      return launch_embed<blocks::Q8_0>(w, n_cols, tokens, n_tokens, scale, out, stream);
-    case GgmlType::IQ4_NL:
-      return launch_embed<blocks::IQ4_NL>(w, n_cols, tokens, n_tokens, scale, out, stream);
-    case GgmlType::Q4_K:
-      return launch_embed<blocks::Q4_K>(w, n_cols, tokens, n_tokens, scale, out, stream);
-    case GgmlType::Q5_K:
-      return launch_embed<blocks::Q5_K>(w, n_cols, tokens, n_tokens, scale, out, stream);
-    case GgmlType::Q6_K:
-      return launch_embed<blocks::Q6_K>(w, n_cols, tokens, n_tokens, scale, out, stream);
-    default:
-      cuda_fail("CUDA embed: no decoder for token embedding type ", type_name(type));
-  }
+  const bool ok = blocks::with_format(type, [&]<typename Fmt>(Fmt) {
+    launch_embed<Fmt>(w, n_cols, tokens, n_tokens, scale, out, stream);
+  });
+  if (!ok) cuda_fail("CUDA embed: no decoder for token embedding type ", type_name(type));
 }
 
 void rope_tables(const int* pos0, int n_tokens, int n_rot, const RopeParams& params,

@@ -71,47 +71,6 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32)
   if (lane == 0) *dst = acc;
 }
 
-template <typename Fn>
-bool dispatch(GgmlType type, Fn&& fn) {
-  switch (type) {
-    case GgmlType::F32:
-      fn(blocks::F32{});
-      return true;
-    case GgmlType::F16:
-      fn(blocks::F16{});
-      return true;
-    case GgmlType::BF16:
-      fn(blocks::BF16{});
-      return true;
-    case GgmlType::Q4_0:
-      fn(blocks::Q4_0{});
-      return true;
-    case GgmlType::Q4_1:
-      fn(blocks::Q4_1{});
-      return true;
-    case GgmlType::Q5_0:
-      fn(blocks::Q5_0{});
-      return true;
-    case GgmlType::Q8_0:
-      fn(blocks::Q8_0{});
-      return true;
-    case GgmlType::IQ4_NL:
-      fn(blocks::IQ4_NL{});
-      return true;
-    case GgmlType::Q4_K:
-      fn(blocks::Q4_K{});
-      return true;
-    case GgmlType::Q5_K:
-      fn(blocks::Q5_K{});
-      return true;
-    case GgmlType::Q6_K:
-      fn(blocks::Q6_K{});
-      return true;
-    default:
-      return false;
-  }
-}
-
 // ---- routing: one warp per token -----------------------------------------------------------
 // Lane l owns the experts l, l + 32, ... (their probabilities in shared memory) and keeps the
 // best of them; each of the k rounds is one warp arg-max over the lanes' bests, after which only
@@ -197,12 +156,12 @@ __global__ void route_kernel(const float* __restrict__ logits, int n_expert, int
 }  // namespace
 
 bool moe_gemv_supported(GgmlType type) {
-  return dispatch(type, [](auto) {});
+  return blocks::with_format(type, [](auto) {});
 }
 
 void check_expert_stack(const ExpertStack& w, const char* what) {
   bool ok = false;
-  dispatch(w.type, [&]<typename Fmt>(Fmt) {
+  blocks::with_format(w.type, [&]<typename Fmt>(Fmt) {
     if (w.cols == 0 || w.cols % Fmt::kBlockElems != 0 || w.cols % 4 != 0) {
       cuda_fail("CUDA MoE: ", what, ": ", w.cols, " columns are not a positive multiple of ",
                 Fmt::kBlockElems, " (", type_name(w.type), ")");
@@ -259,7 +218,7 @@ void moe_gemv(const ExpertStack& w, const int* ids, int n_slots, int x_group, co
   }
   const dim3 grid(static_cast<unsigned>((w.rows + kWarpsPerCta - 1) / kWarpsPerCta),
                   static_cast<unsigned>(n_slots));
-  const bool ok = dispatch(w.type, [&]<typename Fmt>(Fmt) {
+  const bool ok = blocks::with_format(w.type, [&]<typename Fmt>(Fmt) {
     launch_pdl("expert_gemv_kernel", expert_gemv_kernel<Fmt>, grid, kWarpsPerCta * 32, 0, stream,
                static_cast<const std::uint8_t*>(w.data), w.expert_bytes, w.n_experts, w.rows,
                w.cols, ids, x_group, x, y, ldy);
