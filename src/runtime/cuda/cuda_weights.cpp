@@ -309,12 +309,13 @@ DeviceWeights::DeviceWeights(const ModelWeights& host, const ModelConfig& config
 // Q4_0 attention, FFN and expert gate/up matrices into Q4_0x8 where their width allows. A stacked
 // group (qkv, gate_up) is regrouped once and its members share the layout.
 void DeviceWeights::regroup_q4_0() {
-  DeviceBuffer<std::uint8_t> scratch;  // one for every matrix
-  auto regroup = [this, &scratch](DeviceMatrix& m) {
+  DeviceBuffer<std::uint8_t> scratch;         // one for every matrix
+  auto writable = [this](const void* data) {  // the arena bytes behind a matrix's data pointer
+    return arena_.data() + (static_cast<const std::byte*>(data) - arena_.data());
+  };
+  auto regroup = [&](DeviceMatrix& m) {
     if (m.empty() || !q4_0x8_applies(m.type, m.cols)) return;
-    const auto offset =
-        static_cast<std::size_t>(static_cast<const std::byte*>(m.data) - arena_.data());
-    repack_q4_0x8(arena_.data() + offset, m.rows, m.cols, scratch);
+    repack_q4_0x8(writable(m.data), m.rows, m.cols, scratch);
     m.layout = WeightLayout::kQ4_0x8;
   };
   for (DeviceLayer& d : layers) {
@@ -336,18 +337,13 @@ void DeviceWeights::regroup_q4_0() {
     // Expert gate/up stacks too (moe_gemv_q4_0x8_glu for decode, moe_gemm for prompts). The down
     // stacks stay in GGUF order: the Q4_0x8 GEMV shares one x among the slots of a launch, and
     // each slot of a down product has its own.
+    // The experts' rows follow each other (expert_bytes = rows * row size), so the stack is
+    // regrouped as one matrix of n_experts * rows rows.
     ExpertStack& gu = d.moe.gate_up;
-    if (d.has_moe && !gu.empty() && q4_0x8_applies(gu.type, gu.cols) && gu.expert_bytes % 16 == 0) {
-      auto* data = arena_.data() + (static_cast<const std::byte*>(gu.data) - arena_.data());
-      const std::size_t used = gu.rows * row_bytes(gu.type, gu.cols);
-      if (gu.expert_bytes == used) {  // back to back: one pass over the stack
-        repack_q4_0x8(data, gu.rows * static_cast<std::size_t>(gu.n_experts), gu.cols, scratch);
-      } else {
-        for (int e = 0; e < gu.n_experts; ++e) {
-          repack_q4_0x8(data + static_cast<std::size_t>(e) * gu.expert_bytes, gu.rows, gu.cols,
-                        scratch);
-        }
-      }
+    if (d.has_moe && !gu.empty() && q4_0x8_applies(gu.type, gu.cols) &&
+        gu.expert_bytes == gu.rows * row_bytes(gu.type, gu.cols) && gu.expert_bytes % 16 == 0) {
+      repack_q4_0x8(writable(gu.data), gu.rows * static_cast<std::size_t>(gu.n_experts), gu.cols,
+                    scratch);
       gu.layout = WeightLayout::kQ4_0x8;
     }
   }

@@ -144,18 +144,18 @@ void launch(const void* w, std::size_t row_bytes, std::size_t n_rows, std::size_
   QFORGE_CUDA_CHECK_LAUNCH("gemv_tiled_kernel");
 }
 
+// A plain product of n_tokens tokens.
 template <typename L>
 void run(const void* w, std::size_t row_bytes, std::size_t n_rows, std::size_t n_cols,
-         const float* x, float* y, std::size_t ldy, int n_tokens, StreamHandle stream,
-         Experts experts = {}, unsigned n_slots = 1) {
+         const float* x, float* y, std::size_t ldy, int n_tokens, StreamHandle stream) {
   switch (n_tokens) {
     case 1:
       // Matrices of few rows (a MoE router: 128 x 2816) get a CTA per row, else 32 CTAs would
       // read the whole matrix.
-      if (n_slots == 1 && n_rows < kFewRows) {
-        return launch<L, 1, 1>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream, experts, 1);
+      if (n_rows < kFewRows) {
+        return launch<L, 1, 1>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream, {}, 1);
       }
-      return launch<L, 4, 1>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream, experts, n_slots);
+      return launch<L, 4, 1>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream, {}, 1);
     case 2:
       return launch<L, 4, 2>(w, row_bytes, n_rows, n_cols, x, y, ldy, stream, {}, 1);
     case 4:
@@ -167,24 +167,36 @@ void run(const void* w, std::size_t row_bytes, std::size_t n_rows, std::size_t n
   }
 }
 
+// Calls fn with the lane layout of `type` and returns true, or returns false for a type the
+// row-tiled kernel does not decode.
 template <typename Fn>
-void dispatch(GgmlType type, Fn&& fn) {
+bool dispatch(GgmlType type, Fn&& fn) {
   switch (type) {
     case GgmlType::F32:
-      return fn(lanes::F32{});
+      fn(lanes::F32{});
+      return true;
     case GgmlType::F16:
-      return fn(lanes::F16{});
+      fn(lanes::F16{});
+      return true;
     case GgmlType::BF16:
-      return fn(lanes::BF16{});
+      fn(lanes::BF16{});
+      return true;
     case GgmlType::Q4_0:
-      return fn(lanes::Q4_0{});
+      fn(lanes::Q4_0{});
+      return true;
     case GgmlType::Q8_0:
-      return fn(lanes::Q8_0{});
+      fn(lanes::Q8_0{});
+      return true;
     case GgmlType::Q4_K:
-      return fn(lanes::Q4_K{});
+      fn(lanes::Q4_K{});
+      return true;
     default:
-      cuda_fail("CUDA gemv (tiled): no kernel for ", type_name(type));
+      return false;
   }
+}
+
+void no_kernel(GgmlType type) {
+  cuda_fail("CUDA gemv (tiled): no kernel for ", type_name(type));
 }
 
 void check_size(std::size_t n_rows, std::size_t n_cols) {
@@ -196,25 +208,16 @@ void check_size(std::size_t n_rows, std::size_t n_cols) {
 }  // namespace
 
 bool gemv_tiled_supported(GgmlType type) {
-  switch (type) {
-    case GgmlType::F32:
-    case GgmlType::F16:
-    case GgmlType::BF16:
-    case GgmlType::Q4_0:
-    case GgmlType::Q8_0:
-    case GgmlType::Q4_K:
-      return true;
-    default:
-      return false;
-  }
+  return dispatch(type, [](auto) {});
 }
 
 void gemv_tiled(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols,
                 const float* x, float* y, std::size_t ldy, int n_tokens, StreamHandle stream) {
   check_size(n_rows, n_cols);
   const std::size_t rb = row_bytes(type, n_cols);
-  dispatch(type,
-           [&]<typename L>(L) { run<L>(w, rb, n_rows, n_cols, x, y, ldy, n_tokens, stream); });
+  const bool ok = dispatch(
+      type, [&]<typename L>(L) { run<L>(w, rb, n_rows, n_cols, x, y, ldy, n_tokens, stream); });
+  if (!ok) no_kernel(type);
 }
 
 void moe_gemv_tiled(GgmlType type, const void* w, std::size_t expert_bytes, int n_experts,
@@ -223,9 +226,11 @@ void moe_gemv_tiled(GgmlType type, const void* w, std::size_t expert_bytes, int 
   check_size(n_rows, n_cols);
   const std::size_t rb = row_bytes(type, n_cols);
   const Experts experts{ids, expert_bytes, n_experts, x_group};
-  dispatch(type, [&]<typename L>(L) {
-    run<L>(w, rb, n_rows, n_cols, x, y, ldy, 1, stream, experts, static_cast<unsigned>(n_slots));
+  const bool ok = dispatch(type, [&]<typename L>(L) {
+    launch<L, 4, 1>(w, rb, n_rows, n_cols, x, y, ldy, stream, experts,
+                    static_cast<unsigned>(n_slots));
   });
+  if (!ok) no_kernel(type);
 }
 
 }  // namespace qforge::cuda::detail

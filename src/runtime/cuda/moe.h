@@ -6,7 +6,8 @@
 //   (router GEMV)    logits [n_tokens x n_expert]  (gemv.h)
 //   moe_route        softmax, top k, renormalised weights times the expert scales
 //   moe_gemv         gate_up of each (token, chosen expert) "slot", reading the expert id from ids
-//   glu_rows         (model_ops.h) on the slots' gate_up rows
+//   glu_rows         (model_ops.h) on the slots' gate_up rows; Q4_0x8 stacks instead take
+//                    moe_gemv_q4_0x8_glu (q4_0x8.h), which applies the activation itself
 //   moe_gemv         down of each slot
 //   (moe_combine)    per token: sum over its k slots of weight * output, mixed with the dense
 //                    FFN (gemma4_ops.h)
