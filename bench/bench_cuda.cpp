@@ -48,10 +48,10 @@ std::vector<std::byte> bench_weights(GgmlType type, std::size_t rows, std::size_
 
 // mma_stages: 0 = the Q4_0 tensor-core kernel off (row-tiled CUDA-core kernel), else its stages;
 // kQ4_0x8 - r: the weights regrouped (q4_0x8.h) and gemv_q4_0x8 with r rows per warp task (0 =
-// its own choice).
+// its own choice), and `parts` column parts per row group (0 = its own choice).
 constexpr int kQ4_0x8 = -10;
 void BM_CudaGemv(benchmark::State& state, GgmlType type, cuda::GemvKernel kernel,
-                 int mma_stages = 12) {
+                 int mma_stages = 12, int parts = 0) {
   if (!cuda::available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -77,6 +77,7 @@ void BM_CudaGemv(benchmark::State& state, GgmlType type, cuda::GemvKernel kernel
   if (x8) {
     for (auto& wc : weights) cuda::repack_q4_0x8(wc.data(), rows, cols);
     cuda::set_gemv_q4_0x8_rows(kQ4_0x8 - mma_stages);
+    cuda::set_gemv_q4_0x8_parts(parts);
   }
   auto gemv = [&](const void* w) {
     if (x8) {
@@ -115,6 +116,7 @@ void BM_CudaGemv(benchmark::State& state, GgmlType type, cuda::GemvKernel kernel
                                                        : " legacy ") +
                  cuda::devices().at(0).name);
   cuda::set_gemv_q4_0x8_rows(0);
+  cuda::set_gemv_q4_0x8_parts(0);
   cuda::set_gemv_kernel(cuda::GemvKernel::kTiled);
   cuda::detail::set_gemv_mma_stages(12);
   cuda::detail::set_gemv_mma_min_rows(8192);
@@ -224,7 +226,10 @@ void q4_0_shapes(benchmark::internal::Benchmark* b) {
   b->Args({4096, 14336, 1});
   b->Args({4096, 14336, 4});
   b->Args({6144, 4096, 1});    // Llama-3-8B's fused Q/K/V
-  b->Args({5376, 5376, 1});    // Gemma 4 31B's attention output
+  b->Args({5376, 5376, 1});    // Gemma 4 31B-sized square
+  b->Args({5376, 8192, 1});    // Gemma 4 31B's attention output (sliding layers)
+  b->Args({16384, 5376, 1});   // Gemma 4 31B's fused Q/K/V (sliding layers)
+  b->Args({5376, 21504, 1});   // Gemma 4 31B's down projection
   b->Args({262144, 2816, 1});  // a Q4_0 LM head
   b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
 }
@@ -244,6 +249,12 @@ void moe_shapes(benchmark::internal::Benchmark* b) {
 }
 
 BENCHMARK_CAPTURE(BM_CudaGemv, q4_0x8, GgmlType::Q4_0, cuda::GemvKernel::kTiled, kQ4_0x8)
+    ->Apply(q4_0_shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_0x8_p1, GgmlType::Q4_0, cuda::GemvKernel::kTiled, kQ4_0x8, 1)
+    ->Apply(q4_0_shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_0x8_p2, GgmlType::Q4_0, cuda::GemvKernel::kTiled, kQ4_0x8, 2)
+    ->Apply(q4_0_shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q4_0x8_p4, GgmlType::Q4_0, cuda::GemvKernel::kTiled, kQ4_0x8, 4)
     ->Apply(q4_0_shapes);
 BENCHMARK_CAPTURE(BM_CudaGemv, q4_0x8_r1, GgmlType::Q4_0, cuda::GemvKernel::kTiled, kQ4_0x8 - 1)
     ->Apply(q4_0_shapes);

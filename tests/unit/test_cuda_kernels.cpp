@@ -224,8 +224,9 @@ TEST(CudaGemv, ExpertRowTiledAndWarpPaths) {
 }
 
 // Q4_0 regrouped at load (q4_0x8.h) and multiplied with integer plane products: the same 1e-5
-// bound as the F32 GEMV for every warp-task size, partial 32-block steps (2816, 5376 columns),
-// row counts that leave tasks partly empty, and token counts handled in pairs plus one.
+// bound as the F32 GEMV for every warp-task size and column split (parts of 1-2 steps, uneven
+// for 2816 and 5376 columns), partial 32-block steps, row counts that leave tasks partly empty,
+// and token counts handled in pairs plus one.
 TEST(CudaGemv, Q4_0x8MatchesExactSum) {
   SKIP_WITHOUT_GPU();
   std::uint32_t seed = 4000;
@@ -237,21 +238,56 @@ TEST(CudaGemv, Q4_0x8MatchesExactSum) {
       cuda::repack_q4_0x8(dw.data(), rows, cols);
       for (const int task_rows : {0, 1, 2, 4}) {
         cuda::set_gemv_q4_0x8_rows(task_rows);
-        for (const int n_tokens : {1, 2, 3}) {
-          SCOPED_TRACE(testing::Message() << rows << "x" << cols << " task rows " << task_rows
-                                          << " tokens " << n_tokens);
-          const std::vector<float> x = random_floats(cols * n_tokens, ++seed);
-          cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
-          cuda::DeviceBuffer<float> dy(rows * n_tokens);
-          dy.fill_bytes(0xff);
-          cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), dy.data(), rows, n_tokens);
-          EXPECT_LT(gemv_error(GgmlType::Q4_0, q, rows, cols, x, dy.to_host(), n_tokens).vs_exact,
-                    kGemvTolerance);
+        for (const int parts : {1, 2, 4}) {
+          cuda::set_gemv_q4_0x8_parts(parts);
+          for (const int n_tokens : {1, 2, 3}) {
+            SCOPED_TRACE(testing::Message() << rows << "x" << cols << " task rows " << task_rows
+                                            << " parts " << parts << " tokens " << n_tokens);
+            const std::vector<float> x = random_floats(cols * n_tokens, ++seed);
+            cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+            cuda::DeviceBuffer<float> dy(rows * n_tokens);
+            dy.fill_bytes(0xff);
+            cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), dy.data(), rows, n_tokens);
+            EXPECT_LT(
+                gemv_error(GgmlType::Q4_0, q, rows, cols, x, dy.to_host(), n_tokens).vs_exact,
+                kGemvTolerance);
+          }
         }
       }
     }
   }
   cuda::set_gemv_q4_0x8_rows(0);
+  cuda::set_gemv_q4_0x8_parts(0);
+}
+
+// Column parts over many rounds of warp tasks (each part's partial sums are kept per round
+// parity until the group's first warp has added them): 4999 rows of 5376 columns, one or two
+// rows per task, 2 or 4 parts or the automatic choice, one or two tokens.
+TEST(CudaGemv, Q4_0x8ColumnPartsOverManyRounds) {
+  SKIP_WITHOUT_GPU();
+  const std::size_t rows = 4999, cols = 5376;
+  const Quantized q = make_weights(GgmlType::Q4_0, rows, cols, 91);
+  cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+  cuda::repack_q4_0x8(dw.data(), rows, cols);
+  for (const int task_rows : {1, 2}) {
+    cuda::set_gemv_q4_0x8_rows(task_rows);
+    for (const int parts : {0, 2, 4}) {
+      cuda::set_gemv_q4_0x8_parts(parts);
+      for (const int n_tokens : {1, 2}) {
+        SCOPED_TRACE(testing::Message() << "task rows " << task_rows << " parts " << parts
+                                        << " tokens " << n_tokens);
+        const std::vector<float> x = random_floats(cols * n_tokens, 92 + n_tokens);
+        cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+        cuda::DeviceBuffer<float> dy(rows * n_tokens);
+        dy.fill_bytes(0xff);
+        cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), dy.data(), rows, n_tokens);
+        EXPECT_LT(gemv_error(GgmlType::Q4_0, q, rows, cols, x, dy.to_host(), n_tokens).vs_exact,
+                  kGemvTolerance);
+      }
+    }
+  }
+  cuda::set_gemv_q4_0x8_rows(0);
+  cuda::set_gemv_q4_0x8_parts(0);
 }
 
 // Activations with outliers (a few values ~1e4 beside ~1e-3) and whole blocks of zeros. The
@@ -312,6 +348,7 @@ TEST(CudaGemv, Q4_0x8GluOutputEqualsSeparateActivation) {
   for (const FfnActivation act : {FfnActivation::kSiluGlu, FfnActivation::kGeluTanhGlu}) {
     for (const int task_rows : {0, 1, 2, 4}) {
       cuda::set_gemv_q4_0x8_rows(task_rows);
+      cuda::set_gemv_q4_0x8_parts(task_rows == 2 ? 2 : 0);  // 1536 columns: at most 2 parts
       for (const int n_tokens : {1, 2, 3}) {
         SCOPED_TRACE(testing::Message() << static_cast<int>(act) << " task rows " << task_rows
                                         << " tokens " << n_tokens);
@@ -335,6 +372,7 @@ TEST(CudaGemv, Q4_0x8GluOutputEqualsSeparateActivation) {
     }
   }
   cuda::set_gemv_q4_0x8_rows(0);
+  cuda::set_gemv_q4_0x8_parts(0);
 }
 
 // The expert form of the gated Q4_0x8 GEMV: per slot, exactly the single-matrix gated GEMV of its

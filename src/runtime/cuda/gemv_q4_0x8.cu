@@ -11,7 +11,11 @@
 // Work split: a warp takes R rows at a time and walks their blocks with lane = block (32 blocks,
 // 576 contiguous bytes per step and row), so each plane load from shared memory serves R rows;
 // the lanes' sums meet in a shuffle reduction. One CTA of 16 warps per SM loops over the warp
-// tasks, so the planes are built once per SM, not once per R rows. Each warp streams its weights
+// tasks, so the planes are built once per SM, not once per R rows. Wide matrices (>= 6144
+// columns) split each row group's columns over P = 2 or 4 warps of one CTA, whose sums meet in
+// shared memory at a named barrier (split-K inside the CTA, added in a fixed order): shorter
+// tasks, and a full last round where two-row groups would leave it mostly empty (5376 rows =
+// 2688 tasks on 2112 warps: the second round 27% full). Each warp streams its weights
 // through a ring of cp.async stages in shared memory (S - 1 steps in flight, across task
 // boundaries); the first stages and an L2 prefetch of the first rows are issued before waiting for
 // the previous kernel (programmatic dependent launch, pdl.cuh), since weights never depend on it.
@@ -183,9 +187,21 @@ struct Experts {
   int n_experts = 0, n_slots = 1;
 };
 
+// Bytes of the split-K partial sums: two rounds (parity) x warps x rows x tokens.
+template <int R, int kTokens, int P>
+__host__ __device__ constexpr std::size_t partial_bytes() {
+  return P == 1 ? 0 : static_cast<std::size_t>(2 * kWarps * R * kTokens) * sizeof(float);
+}
+
+__device__ __forceinline__ void named_barrier(int id, int n_threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n_threads) : "memory");
+}
+
 // The warp's work is a sequence of items (task, 32-block step); item k goes to stage k % S, and
 // S - 1 items are always in flight, across task boundaries (a 4096-column row is only 4 steps).
-template <int R, int kTokens, int kOut>
+// With P > 1 a warp task is (row group, part): warps 16c + w with the same w / P share a group
+// (the task stride is a multiple of P), and part w % P covers steps [part * n / P, (part+1) n / P).
+template <int R, int kTokens, int kOut, int P>
 __global__ void __launch_bounds__(kThreads)
     gemv_q4_0x8_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols,
                        const float* __restrict__ x, float* __restrict__ y, std::size_t ldy,
@@ -194,26 +210,31 @@ __global__ void __launch_bounds__(kThreads)
   constexpr bool kGlu = kOut != kRows;
   constexpr int kPairs = R / 2;
   static_assert(!kGlu || R % 2 == 0);
+  static_assert(kWarps % P == 0);
   extern __shared__ uint4 smem_words[];
   auto* smem = reinterpret_cast<std::uint8_t*>(smem_words);
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
   const int n_blocks = n_cols / 32, n_steps = (n_blocks + 31) / 32;
   const std::size_t row_bytes = static_cast<std::size_t>(n_blocks) * 18;
   const int slot_tasks = task_count<R, kOut>(n_rows), n_pairs = n_rows / 2;
-  const int n_tasks = slot_tasks * ex.n_slots;
+  const int n_tasks = slot_tasks * ex.n_slots * P;
   const int first_task = static_cast<int>(blockIdx.x) * kWarps + warp;
   const int task_stride = static_cast<int>(gridDim.x) * kWarps;
   const int my_tasks =
       first_task < n_tasks ? (n_tasks - first_task + task_stride - 1) / task_stride : 0;
-  const int n_items = my_tasks * n_steps;
+  const int part = warp % P;
+  const int step_begin = part * n_steps / P, step_end = (part + 1) * n_steps / P;
+  const int n_items = my_tasks * (step_end - step_begin);
   std::uint8_t* ring = smem + ring_bytes<R, kTokens>() / kWarps * warp;
   std::uint8_t* planes = smem + ring_bytes<R, kTokens>();
+  auto* partials = reinterpret_cast<float*>(planes + kTokens * token_bytes(n_blocks));
 
   // Offsets of this lane's block inside a 32-block step of a row (4 groups of 144 bytes).
   const int lane_codes = 144 * (lane >> 3) + 16 + 16 * (lane & 7), lane_header = 144 * (lane >> 3);
   // Expert form: the slot of a task, its task within the slot and its expert's matrix (expert 0
   // for an id out of range, whose sums are then discarded).
   auto task_rows = [&](int task, const std::uint8_t** rows) {
+    task /= P;  // the row group
     const std::uint8_t* base = w;
     if (ex.ids != nullptr) {
       const int slot = min(task / slot_tasks, ex.n_slots - 1);
@@ -234,7 +255,7 @@ __global__ void __launch_bounds__(kThreads)
 
   // Issue side: the next item's (task, step), its stage, and the rows of its task. Counters
   // instead of k / n_steps and k % S: integer division costs ~20 instructions.
-  int issued = 0, issue_step = 0, issue_task = first_task, issue_slot = 0;
+  int issued = 0, issue_step = step_begin, issue_task = first_task, issue_slot = 0;
   const std::uint8_t* issue_rows[R];
   auto issue = [&] {
     if (issued < n_items) {
@@ -252,8 +273,8 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
       ++issued;
-      if (++issue_step == n_steps) {
-        issue_step = 0;
+      if (++issue_step == step_end) {
+        issue_step = step_begin;
         issue_task += task_stride;
         task_rows(issue_task, issue_rows);
       }
@@ -267,8 +288,9 @@ __global__ void __launch_bounds__(kThreads)
   if (ex.ids != nullptr) pdl_wait();
   task_rows(issue_task, issue_rows);
   if (first_task < n_tasks) {
+    const std::size_t end = min(row_bytes, static_cast<std::size_t>(step_end) * 576);
     for (int r = 0; r < R; ++r) {
-      for (std::size_t off = 128 * static_cast<std::size_t>(lane); off < row_bytes;
+      for (std::size_t off = static_cast<std::size_t>(step_begin) * 576 + 128 * lane; off < end;
            off += 32 * 128) {
         prefetch_l2(issue_rows[r] + off);
       }
@@ -288,7 +310,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int t = 0; t < kTokens; ++t) acc[r][t] = 0.0f;
   }
-  int step = 0, task = first_task, slot = 0;
+  int step = step_begin, task = first_task, slot = 0, round = 0;
   for (int k = 0; k < n_items; ++k) {
     issue();
     cp_async_wait<S - 1>();  // item k has landed (this lane's copies) ...
@@ -316,8 +338,8 @@ __global__ void __launch_bounds__(kThreads)
         for (int r = 0; r < R; ++r) acc[r][t] = fmaf(d[r], block_dot(codes[r], pl, xb), acc[r][t]);
       }
     }
-    if (++step == n_steps) {
-      int out_task = task;  // the task within its slot
+    if (++step == step_end) {
+      int out_task = task / P;  // the row group within its slot
       float* y_task = y;
       bool zero = false;  // an expert id out of range
       if (ex.ids != nullptr) {
@@ -334,6 +356,20 @@ __global__ void __launch_bounds__(kThreads)
           v[r] = warp_sum(acc[r][t]);
           acc[r][t] = 0.0f;
         }
+        if constexpr (P > 1) {  // the group's parts meet; its first warp adds them in order
+          float* mine = partials + ((round & 1) * kWarps + warp) * R * kTokens + t * R;
+          if (lane == 0) {
+#pragma unroll
+            for (int r = 0; r < R; ++r) mine[r] = v[r];
+          }
+          named_barrier(1 + warp / P, 32 * P);
+          if (part != 0) continue;
+#pragma unroll
+          for (int q = 1; q < P; ++q) {
+#pragma unroll
+            for (int r = 0; r < R; ++r) v[r] += mine[q * R * kTokens + r];
+          }
+        }
         if (lane == 0) {
           float* yt = y_task + static_cast<std::size_t>(t) * ldy;
 #pragma unroll
@@ -349,8 +385,9 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
       }
-      step = 0;
+      step = step_begin;
       task += task_stride;
+      ++round;
     }
     if (++slot == S) slot = 0;
     __syncwarp();  // every lane has read this stage before the next issue() refills it
@@ -363,6 +400,11 @@ std::atomic<int>& rows_choice() {
   return rows;
 }
 
+std::atomic<int>& parts_choice() {
+  static std::atomic<int> parts{0};
+  return parts;
+}
+
 std::size_t max_smem() {
   return current_max_smem_per_block();
 }
@@ -371,11 +413,12 @@ int sm_count() {
   return current_sm_count();
 }
 
-template <int R, int kTokens, int kOut>
+template <int R, int kTokens, int kOut, int P = 1>
 void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
             StreamHandle stream, Experts ex = {}) {
-  auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut>;
-  const std::size_t smem = ring_bytes<R, kTokens>() + kTokens * token_bytes(n_cols / 32);
+  auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P>;
+  const std::size_t smem =
+      ring_bytes<R, kTokens>() + kTokens * token_bytes(n_cols / 32) + partial_bytes<R, kTokens, P>();
   if (smem > max_smem()) {
     cuda_fail("CUDA gemv (Q4_0x8): ", n_cols, " columns x ", kTokens, " tokens need ", smem,
               " bytes of shared memory, the device has ", max_smem());
@@ -386,7 +429,7 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std
   }
   // One CTA per SM: the planes are built once per SM, and where shared memory allows, the next
   // kernel's CTA (programmatic dependent launch) fits beside it and starts its prefetch early.
-  const long long n_tasks = static_cast<long long>(task_count<R, kOut>(n_rows)) * ex.n_slots;
+  const long long n_tasks = static_cast<long long>(task_count<R, kOut>(n_rows)) * ex.n_slots * P;
   const auto grid = static_cast<int>(
       std::min<long long>((n_tasks + kWarps - 1) / kWarps, static_cast<long long>(sm_count())));
   launch_pdl("gemv_q4_0x8_kernel", kernel, static_cast<unsigned>(grid), kThreads, smem, stream,
@@ -406,22 +449,47 @@ int pick_rows(int n_rows, int n_tokens) {
   return n_rows >= kWarps * sm_count() ? 2 : 1;
 }
 
+// Column parts per row group: the most of 1, 2 and 4 that leave every part >= 3 steps of 1024
+// columns. Measured on an H100 (bench_cuda.cpp, one token, us for 1 / 2 / 4 parts): 5376 x 21504
+// 40.6 / 33.6 / 31.0, 4096 x 14336 18.9 / 17.2 / 16.4, 5376 x 8192 14.1 / 11.8 / 12.5, 16384 x
+// 5376 22.1 / 21.2 / 23.0, 5376 x 5376 9.85 / 9.53 / 10.7, 14336 x 4096 14.3 / 14.7 / 15.2,
+// 6144 x 4096 8.17 / 8.35 / 8.80. Parts fill the last round of tasks where two-row groups leave
+// it mostly empty (5376 rows), and shorten the tasks of wide matrices even where they do not.
+int pick_parts(int n_steps) {
+  if (const int forced = parts_choice().load(); forced != 0) return std::min(forced, n_steps);
+  return n_steps >= 12 ? 4 : n_steps >= 6 ? 2 : 1;
+}
+
+template <int R, int kTokens, int kOut>
+void launch_parts(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
+                  StreamHandle stream) {
+  switch (pick_parts((n_cols / 32 + 31) / 32)) {
+    case 4:
+      return launch<R, kTokens, kOut, 4>(w, n_rows, n_cols, x, y, ldy, stream);
+    case 2:
+    case 3:
+      return launch<R, kTokens, kOut, 2>(w, n_rows, n_cols, x, y, ldy, stream);
+    default:
+      return launch<R, kTokens, kOut, 1>(w, n_rows, n_cols, x, y, ldy, stream);
+  }
+}
+
 template <int kTokens, int kOut>
 void launch_tokens(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
                    StreamHandle stream) {
   switch (pick_rows(n_rows, kTokens)) {
     case 4:
       if constexpr (kTokens == 1) {
-        return launch<4, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
+        return launch_parts<4, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
       }
       [[fallthrough]];
     case 2:
-      return launch<2, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
+      return launch_parts<2, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
     default:
       if constexpr (kOut == kRows) {
-        return launch<1, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
+        return launch_parts<1, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
       } else {  // a gate/up task holds pairs of rows
-        return launch<2, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
+        return launch_parts<2, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
       }
   }
 }
@@ -448,7 +516,8 @@ template <int kOut>
 void run_tokens(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
                 std::size_t ldy, int n_tokens, StreamHandle stream) {
   const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
-  const bool pairs = ring_bytes<2, 2>() + 2 * token_bytes(cols / 32) <= max_smem();
+  const bool pairs =
+      ring_bytes<2, 2>() + 2 * token_bytes(cols / 32) + partial_bytes<2, 2, 4>() <= max_smem();
   for (int t = 0; t < n_tokens;) {
     const float* xt = x + static_cast<std::size_t>(t) * n_cols;
     float* yt = y + static_cast<std::size_t>(t) * ldy;
@@ -469,6 +538,13 @@ void set_gemv_q4_0x8_rows(int rows) {
     cuda_fail("set_gemv_q4_0x8_rows: rows must be 0, 1, 2 or 4, got ", rows);
   }
   rows_choice().store(rows);
+}
+
+void set_gemv_q4_0x8_parts(int parts) {
+  if (parts != 0 && parts != 1 && parts != 2 && parts != 4) {
+    cuda_fail("set_gemv_q4_0x8_parts: parts must be 0, 1, 2 or 4, got ", parts);
+  }
+  parts_choice().store(parts);
 }
 
 void gemv_q4_0x8(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,

@@ -69,5 +69,8 @@ void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids
 
 // For measurements and tests: rows per warp task (1, 2 or 4; 0 = chosen from the shape).
 void set_gemv_q4_0x8_rows(int rows);
+// For measurements and tests: column parts per row group (1, 2 or 4, at most the number of
+// 1024-column steps; 0 = chosen from the shape).
+void set_gemv_q4_0x8_parts(int parts);
 
 }  // namespace qforge::cuda
