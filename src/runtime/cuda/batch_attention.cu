@@ -114,8 +114,6 @@ __global__ void __launch_bounds__(kWarps * 32)
                           const int* __restrict__ pos0, int n_head_kv, int group, int dk, int dv,
                           float scale, float softcap, int window, float* __restrict__ part,
                           int* __restrict__ counters, float* __restrict__ out) {
-  pdl_wait();
-  pdl_trigger();
   __shared__ float warp_m[kWarps], warp_l[kWarps];
   // 4 floats of padding: unrolled loops may load a few elements past n_splits ahead of the test
   // (flash_decode_merge, the same pattern, was caught doing so by compute-sanitizer).
@@ -126,8 +124,27 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int split = static_cast<int>(blockIdx.z), n_splits = static_cast<int>(gridDim.z);
   const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
   const int kv_head = h / group;
-  const int pos = *pos0 + t;
+  const int pos = *pos0 + t;  // written before the step, by the host
   const Visible vis = split_range(pos, window, split, n_splits);
+  // The cache rows of earlier steps (positions before *pos0) are not written by the previous
+  // kernel (pdl.cuh) and have left L2 since: start fetching them into L2 before waiting for it.
+  {
+    constexpr int kLine = 128;
+    const int k_lines = (dk * static_cast<int>(sizeof(T)) + kLine - 1) / kLine;
+    const int v_lines = (dv * static_cast<int>(sizeof(T)) + kLine - 1) / kLine;
+    const int lines = k_lines + v_lines, n_rows = min(vis.end, *pos0) - vis.begin;
+    for (int i = static_cast<int>(threadIdx.x); i < n_rows * lines; i += kWarps * 32) {
+      const auto row = static_cast<std::size_t>(vis.begin + i / lines) * n_head_kv + kv_head;
+      const int line = i % lines;
+      const auto* p = line < k_lines
+                          ? reinterpret_cast<const char*>(k_cache + row * dk) + kLine * line
+                          : reinterpret_cast<const char*>(v_cache + row * dv) +
+                                kLine * (line - k_lines);
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+    }
+  }
+  pdl_wait();
+  pdl_trigger();
 
   const int k_valid = dk - lane * KPL, v_valid = dv - lane * KPL;
   const bool k_full = dk == 32 * KPL, v_full = dv == 32 * KPL;

@@ -49,8 +49,6 @@ __global__ void __launch_bounds__(kThreads)
                        const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                        const int* __restrict__ pos0, int n_tokens, int n_head_kv, int group,
                        float scale, float softcap, int window, float* __restrict__ part) {
-  pdl_wait();
-  pdl_trigger();
   constexpr int kChunks = D / 8;               // 8-column chunks of a V row
   constexpr int kGroups = kThreads / kChunks;  // position groups of the value step
   extern __shared__ __align__(16) float smem[];
@@ -66,7 +64,29 @@ __global__ void __launch_bounds__(kThreads)
   const int split = static_cast<int>(blockIdx.y), n_splits = static_cast<int>(gridDim.y);
   const int f0 = static_cast<int>(blockIdx.z) * RB;
   const int n_rows = n_tokens * group, n_head = n_head_kv * group;
-  const int base = *pos0;
+  const int base = *pos0;  // written before the step, by the host
+
+  // This split's share of the positions any row of the block sees.
+  const int last = min(f0 + RB, n_rows) - 1;
+  const int lo = first_visible(base + f0 / group, window), hi = base + last / group + 1;
+  const int share = (hi - lo + n_splits - 1) / n_splits;
+  const int begin = lo + split * share, end = min(hi, begin + share);
+
+  // The cache rows of earlier steps (before base) are not written by the previous kernel
+  // (pdl.cuh) and have left L2 since: start fetching them into L2 before waiting for it.
+  {
+    constexpr int kLine = 128, kLines = (D * static_cast<int>(sizeof(T)) + kLine - 1) / kLine;
+    const int n_pos = min(end, base) - begin;
+    for (int i = tid; i < n_pos * 2 * kLines; i += kThreads) {
+      const auto row = static_cast<std::size_t>(begin + i / (2 * kLines)) * n_head_kv + kv_head;
+      const int line = i % (2 * kLines);
+      const T* cache = line < kLines ? k_cache : v_cache;
+      const auto* p = reinterpret_cast<const char*>(cache + row * D) + kLine * (line % kLines);
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+    }
+  }
+  pdl_wait();
+  pdl_trigger();
 
   for (int i = tid; i < RB * D; i += kThreads) {
     const int f = f0 + i / D;
@@ -82,12 +102,6 @@ __global__ void __launch_bounds__(kThreads)
     row_pos[r] = f < n_rows ? base + f / group : -1;  // -1: padding row, sees nothing
     row_first[r] = f < n_rows ? first_visible(row_pos[r], window) : 0;
   }
-
-  // This split's share of the positions any row of the block sees.
-  const int last = min(f0 + RB, n_rows) - 1;
-  const int lo = first_visible(base + f0 / group, window), hi = base + last / group + 1;
-  const int share = (hi - lo + n_splits - 1) / n_splits;
-  const int begin = lo + split * share, end = min(hi, begin + share);
 
   const int chunk = tid % kChunks, pgroup = tid / kChunks;
   float acc[RB][8];

@@ -23,14 +23,14 @@ __global__ void __launch_bounds__(1024)
     moe_combine_kernel(float* __restrict__ o, const float* __restrict__ y,
                        const float* __restrict__ slot_w, int k, const float* __restrict__ w_dense,
                        const float* __restrict__ w_moe, std::size_t n, float eps) {
+  __shared__ float scratch[32];
+  RowRegs<kPer> dense, experts, wd, we;
+  wd.load_weights(w_dense, n);  // before the wait: no kernel writes them (pdl.cuh)
+  we.load_weights(w_moe, n);
   pdl_wait();
   pdl_trigger();
-  __shared__ float scratch[32];
   float* orow = o + blockIdx.x * n;
-  RowRegs<kPer> dense, experts, wd, we;
   dense.load(orow, n);
-  wd.load_weights(w_dense, n);
-  we.load_weights(w_moe, n);
 #pragma unroll
   for (int j = 0; j < kPer; ++j) experts.v[j] = 0.0f;
   constexpr int kSlotBatch = 4;  // slots whose loads are in flight together
@@ -64,17 +64,17 @@ __global__ void __launch_bounds__(1024)
                                const float* __restrict__ o_norm, float scale,
                                const float* __restrict__ next_norm, float* __restrict__ h,
                                std::size_t n, float eps) {
+  __shared__ float scratch[32];
+  RowRegs<kPer> xv, wn, wo;
+  wn.load_weights(next_norm, n);  // before the wait: no kernel writes them (pdl.cuh)
+  if (o != nullptr) wo.load_weights(o_norm, n);
   pdl_wait();
   pdl_trigger();
-  __shared__ float scratch[32];
   float* xr = x + blockIdx.x * n;
-  RowRegs<kPer> xv, wn;
   xv.load(xr, n);
-  wn.load_weights(next_norm, n);
   if (o != nullptr) {
-    RowRegs<kPer> ov, wo;
+    RowRegs<kPer> ov;
     ov.load(o + blockIdx.x * n, n);
-    wo.load_weights(o_norm, n);
     if (o_norm != nullptr) ov.scale(ov.inv_rms(n, eps, scratch), wo);
 #pragma unroll
     for (int j = 0; j < kPer; ++j) xv.v[j] = (xv.v[j] + ov.v[j]) * scale;

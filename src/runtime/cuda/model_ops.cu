@@ -128,12 +128,10 @@ __global__ void __launch_bounds__(kQkWarps * 32)
     qk_prepare_kernel(float* qkv, int n_tokens, QkPrepare p, const float* cos, const float* sin,
                       int heads, int buf_floats) {
   extern __shared__ float qk_shared[];
-  pdl_wait();
-  pdl_trigger();
   const int warp = static_cast<int>(threadIdx.x / 32);
   const int warp_global = static_cast<int>(blockIdx.x) * kQkWarps + warp;
   const int lane = static_cast<int>(threadIdx.x % 32);
-  if (warp_global >= n_tokens * heads) return;
+  if (warp_global >= n_tokens * heads) return;  // an exited thread counts as triggered
   // This warp's slice: the head's values (buf_floats), then for a Q/K head its norm weights
   // (head_dim) and its rotary cos and sin (n_rot / 2 each), all loaded up front.
   float* buf = qk_shared + static_cast<std::size_t>(warp) * (buf_floats + p.head_dim + p.n_rot);
@@ -146,6 +144,8 @@ __global__ void __launch_bounds__(kQkWarps * 32)
   float* token = qkv + static_cast<std::size_t>(t) * p.token_stride;
 
   if (head >= p.n_head + p.n_head_kv) {  // a V head of its own
+    pdl_wait();
+    pdl_trigger();
     const int hv = head - p.n_head - p.n_head_kv;
     const float* src = token + p.v_offset + static_cast<std::size_t>(hv) * p.head_dim_v;
 #pragma unroll 4
@@ -162,13 +162,18 @@ __global__ void __launch_bounds__(kQkWarps * 32)
   const int half = p.n_rot / 2;
   const float* ct = cos + static_cast<std::size_t>(t) * half;
   const float* st = sin + static_cast<std::size_t>(t) * half;
+  // The norm weights (from HBM) and the rope tables (written at the start of the step) before
+  // waiting for the previous kernel, which writes neither (pdl.cuh); the head after it.
+  if (norm != nullptr) {
 #pragma unroll 4
-  for (int i = lane; i < p.head_dim; i += 32) {
-    buf[i] = v[i];
-    if (norm != nullptr) wbuf[i] = norm[i];
+    for (int i = lane; i < p.head_dim; i += 32) wbuf[i] = norm[i];
   }
 #pragma unroll 4
   for (int i = lane; i < half; i += 32) cbuf[i] = ct[i], sbuf[i] = st[i];
+  pdl_wait();
+  pdl_trigger();
+#pragma unroll 4
+  for (int i = lane; i < p.head_dim; i += 32) buf[i] = v[i];
   __syncwarp();
   if (!is_q && p.v_from_k) {
     emit_v<T>(p, buf, token, pos, hk, lane);  // reads buf only: K's own pass may follow
@@ -201,21 +206,23 @@ __global__ void __launch_bounds__(1024)
     add_norm_kernel(float* __restrict__ x, const float* __restrict__ o,
                     const float* __restrict__ o_norm, const float* __restrict__ next_norm,
                     float* __restrict__ h, std::size_t n, float eps, MoeInputs moe, float root) {
-  pdl_wait();
-  pdl_trigger();
   __shared__ float scratch[32];
-  float* xr = x + blockIdx.x * n;
-  RowRegs<kPer> xv, wn, wr, wp;
-  xv.load(xr, n);
+  // The norm weights are read from HBM (a whole token's weights have passed through L2 since):
+  // loaded before waiting for the previous kernel, which never writes them (pdl.cuh).
+  RowRegs<kPer> xv, wn, wr, wp, wo;
   wn.load_weights(next_norm, n);
   if constexpr (kMoe) {
     wr.load_weights(moe.router_scale, n);
     wp.load_weights(moe.pre_norm, n);
   }
+  if (o != nullptr) wo.load_weights(o_norm, n);
+  pdl_wait();
+  pdl_trigger();
+  float* xr = x + blockIdx.x * n;
+  xv.load(xr, n);
   if (o != nullptr) {
-    RowRegs<kPer> ov, wo;
+    RowRegs<kPer> ov;
     ov.load(o + blockIdx.x * n, n);
-    wo.load_weights(o_norm, n);
     if (o_norm != nullptr) ov.scale(ov.inv_rms(n, eps, scratch), wo);
 #pragma unroll
     for (int j = 0; j < kPer; ++j) xv.v[j] += ov.v[j];

@@ -4,10 +4,15 @@
 // kernels, where those gaps add up to a sizeable part of the step.
 //
 // The contract, for every kernel launched with launch_pdl:
-//   1. call pdl_wait() before touching any memory an earlier kernel writes (it returns once the
-//      preceding grid has completed and its writes are visible), and
+//   1. call pdl_wait() before touching any memory the preceding kernel writes (it returns once
+//      that grid has completed and its writes are visible), and
 //   2. call pdl_trigger() after pdl_wait(), which lets the next kernel's CTAs start launching.
 //      Triggering only after the wait keeps at most one kernel waiting behind a running one.
+// Because of 2, a kernel that starts early finds every kernel but the one just before it
+// complete: what those wrote, and what no kernel writes (weights, norm weights), may be read
+// before pdl_wait(). The norm kernels load their weights there, so the HBM latency of those
+// loads overlaps the previous kernel's tail (a token streams far more than L2 holds, so the
+// weights of a layer are never in L2 when it comes back).
 // Kernels launched the ordinary way may follow or precede them: ordinary launches wait for full
 // completion as always. On older GPUs, or with QFORGE_PDL=0 in the environment, launch_pdl is an
 // ordinary launch and the two calls compile to nothing / are no-ops.
