@@ -358,6 +358,33 @@ TEST(CudaGemma4Q4_0x8, DenseModelMatchesCpu) {
   expect_gpu_matches_cpu(*cpu, *gpu, ids, 6, KvType::F32, "small dense Q4_0 (Q4_0x8 on the GPU)");
 }
 
+// A small Llama in Q4_0, every matrix regrouped on the GPU: prefill and decode run the Q4_0x8
+// GEMVs between Llama-style norms (no post norms, SiLU gate).
+TEST(CudaLlamaQ4_0x8, DecodeMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const nlohmann::json config = {{"hidden_size", 512},        {"num_hidden_layers", 3},
+                                 {"num_attention_heads", 8},  {"num_key_value_heads", 2},
+                                 {"intermediate_size", 1536}, {"vocab_size", 700},
+                                 {"rms_norm_eps", 1e-5},      {"tie_word_embeddings", false}};
+  const fs::path tmp = env_or("QFORGE_TEST_TMP", QFORGE_TEST_TMP);
+  fs::create_directories(tmp);
+  const fs::path path = tmp / "cuda_llama_small_q4_0.gguf";
+  synth::SynthTypeOptions types;
+  types.type = GgmlType::Q4_0;
+  const synth::SynthPlan plan = synth::plan_synth_model(
+      synth::SynthArch::kLlama, synth::synth_config_from_json(config, "small_llama"), types,
+      "small llama");
+  synth::write_synth_model(plan, path, 11);
+  const CpuF32Activations f32;
+  auto cpu = load_model(path);
+  auto gpu = cuda_model(path, /*gemm=*/false);
+  std::vector<std::int32_t> ids(24);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    ids[i] = static_cast<std::int32_t>(5 + (i * 37) % 600);
+  }
+  expect_gpu_matches_cpu(*cpu, *gpu, ids, 8, KvType::F32, "small Llama Q4_0 (Q4_0x8 on the GPU)");
+}
+
 // ---- the tensor-core GEMM prefill path -------------------------------------------------------
 
 // Prompt chunks of >= 16 tokens go through the BF16 tensor-core GEMM: both operands are rounded

@@ -136,10 +136,10 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int i = static_cast<int>(threadIdx.x); i < n_rows * lines; i += kWarps * 32) {
       const auto row = static_cast<std::size_t>(vis.begin + i / lines) * n_head_kv + kv_head;
       const int line = i % lines;
-      const auto* p = line < k_lines
-                          ? reinterpret_cast<const char*>(k_cache + row * dk) + kLine * line
-                          : reinterpret_cast<const char*>(v_cache + row * dv) +
-                                kLine * (line - k_lines);
+      const auto* p =
+          line < k_lines
+              ? reinterpret_cast<const char*>(k_cache + row * dk) + kLine * line
+              : reinterpret_cast<const char*>(v_cache + row * dv) + kLine * (line - k_lines);
       asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
     }
   }
