@@ -14,6 +14,7 @@
 #include "convert/tensor_rows.h"
 #include "core/error.h"
 #include "core/parallel.h"
+#include "eval/kld.h"
 #include "eval/ref_logits.h"
 #include "eval/windows.h"
 #include "formats/gguf.h"
@@ -100,7 +101,7 @@ class KldProbe {
     n_vocab_ = static_cast<std::size_t>(ref.config().n_vocab);
     ref_logp_.resize(plan_.total_scored() * n_vocab_);
     run(ref, [&](std::size_t s, std::span<const float> logits) {
-      log_softmax(logits, std::span(ref_logp_).subspan(s * n_vocab_, n_vocab_));
+      reference_log_probs(logits, std::span(ref_logp_).subspan(s * n_vocab_, n_vocab_));
     });
   }
 
@@ -111,7 +112,9 @@ class KldProbe {
   double mean_kld(Model& model) {
     std::vector<double> kld(plan_.total_scored(), 0.0);
     run(model, [&](std::size_t s, std::span<const float> logits) {
-      kld[s] = position_kld(std::span(ref_logp_).subspan(s * n_vocab_, n_vocab_), logits);
+      // Clamped: a model equal to the reference may round to a tiny negative sum.
+      kld[s] = std::max(
+          kld_from_log_probs(std::span(ref_logp_).subspan(s * n_vocab_, n_vocab_), logits), 0.0);
     });
     double sum = 0;
     for (const double k : kld) sum += k;
@@ -146,26 +149,6 @@ class KldProbe {
                        1);
                  });
     }
-  }
-
-  static double log_sum_exp(std::span<const float> x) {
-    const float mx = *std::max_element(x.begin(), x.end());
-    double sum = 0;
-    for (const float v : x) sum += std::exp(static_cast<double>(v - mx));
-    return mx + std::log(sum);
-  }
-  static void log_softmax(std::span<const float> logits, std::span<float> out) {
-    const double lse = log_sum_exp(logits);
-    for (std::size_t i = 0; i < logits.size(); ++i) out[i] = static_cast<float>(logits[i] - lse);
-  }
-  static double position_kld(std::span<const float> ref_logp, std::span<const float> logits) {
-    const double lse = log_sum_exp(logits);
-    double kld = 0;
-    for (std::size_t i = 0; i < logits.size(); ++i) {
-      const double lp = ref_logp[i];
-      kld += std::exp(lp) * (lp - (logits[i] - lse));
-    }
-    return std::max(kld, 0.0);
   }
 
   std::vector<std::int32_t> tokens_;

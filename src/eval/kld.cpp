@@ -69,6 +69,32 @@ TokenComparison compare_full(std::span<const float> ref_logits, std::span<const 
   return c;
 }
 
+void reference_log_probs(std::span<const float> logits, std::span<float> out) {
+  if (out.size() != logits.size()) {
+    fail("KLD: {} log-probabilities for {} logits", out.size(), logits.size());
+  }
+  const LogSoftmax p = log_softmax(logits);
+  for (std::size_t i = 0; i < logits.size(); ++i) {
+    out[i] = static_cast<float>(static_cast<double>(logits[i]) - p.log_norm);
+  }
+}
+
+double kld_from_log_probs(std::span<const float> ref_log_probs, std::span<const float> logits) {
+  if (ref_log_probs.size() != logits.size()) {
+    fail("KLD: reference has {} log-probabilities per position, the model {} logits",
+         ref_log_probs.size(), logits.size());
+  }
+  const LogSoftmax q = log_softmax(logits);
+  double kld = 0.0;
+  for (std::size_t i = 0; i < logits.size(); ++i) {
+    const double logp = ref_log_probs[i];
+    const double prob = std::exp(logp);
+    if (prob == 0.0) continue;  // 0 * log 0 = 0
+    kld += prob * (logp - (static_cast<double>(logits[i]) - q.log_norm));
+  }
+  return kld;
+}
+
 TokenComparison compare_topk(const TopKRef& ref, std::span<const float> logits, std::int32_t next,
                              std::span<unsigned char> scratch) {
   const LogSoftmax q = log_softmax(logits);

@@ -41,6 +41,13 @@ TopKRef make_topk_ref(std::span<const float> ref_logits, std::int32_t next, int 
 TokenComparison compare_full(std::span<const float> ref_logits, std::span<const float> logits,
                              std::int32_t next);
 
+// For a reference scored against many test models (convert's dynamic recipe search): its
+// log-probabilities once, out[i] = log P_i (out.size() == logits.size()), then per test model
+// the full-vocabulary KLD(P || Q) from them and Q's logits, the sum compare_full computes (terms
+// with P_i == 0 contribute 0), in single-precision log P_i.
+void reference_log_probs(std::span<const float> logits, std::span<float> out);
+double kld_from_log_probs(std::span<const float> ref_log_probs, std::span<const float> logits);
+
 // Comparison against a top-K reduced reference. The KLD is that of the two distributions
 // coarsened to {top-K tokens, everything else}:
 //   sum_{i in K} P_i (log P_i - log Q_i) + P_tail (log P_tail - log Q_tail),  Q_tail = 1 - Q(K),

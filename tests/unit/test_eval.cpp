@@ -176,6 +176,17 @@ TEST(EvalKld, FullAndTopK) {
   }
   const TokenComparison full = compare_full(p, q, 5);
   EXPECT_NEAR(full.kld, kld, 1e-12);
+  // From the reference's stored (single-precision) log-probabilities: the same sum.
+  std::vector<float> logp(n);
+  reference_log_probs(p, logp);
+  EXPECT_NEAR(kld_from_log_probs(logp, q), kld, 1e-6 * kld);
+  EXPECT_NEAR(kld_from_log_probs(logp, p), 0.0, 1e-6);
+  std::vector<float> masked = p;  // a token the reference rules out contributes nothing
+  masked[7] = -INFINITY;
+  reference_log_probs(masked, logp);
+  EXPECT_TRUE(std::isfinite(kld_from_log_probs(logp, q)));
+  EXPECT_NEAR(kld_from_log_probs(logp, q), compare_full(masked, q, 5).kld, 1e-6);
+  EXPECT_THROW(kld_from_log_probs(std::span(logp).first(n - 1), q), Error);
   EXPECT_NEAR(full.nll, -log_prob(q, lq, 5), 1e-12);
   EXPECT_NEAR(full.dp, std::exp(log_prob(q, lq, 5)) - std::exp(log_prob(p, lp, 5)), 1e-12);
 
