@@ -10,6 +10,7 @@
 #include "runtime/cuda/pdl.cuh"
 
 #include "runtime/cuda/model_ops.h"
+#include "runtime/cuda/prefetch.cuh"
 #include "runtime/cuda/reduce.cuh"
 
 namespace qforge::cuda {
@@ -128,21 +129,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const Visible vis = split_range(pos, window, split, n_splits);
   // The cache rows of earlier steps (positions before *pos0) are not written by the previous
   // kernel (pdl.cuh) and have left L2 since: start fetching them into L2 before waiting for it.
-  {
-    constexpr int kLine = 128;
-    const int k_lines = (dk * static_cast<int>(sizeof(T)) + kLine - 1) / kLine;
-    const int v_lines = (dv * static_cast<int>(sizeof(T)) + kLine - 1) / kLine;
-    const int lines = k_lines + v_lines, n_rows = min(vis.end, *pos0) - vis.begin;
-    for (int i = static_cast<int>(threadIdx.x); i < n_rows * lines; i += kWarps * 32) {
-      const auto row = static_cast<std::size_t>(vis.begin + i / lines) * n_head_kv + kv_head;
-      const int line = i % lines;
-      const auto* p =
-          line < k_lines
-              ? reinterpret_cast<const char*>(k_cache + row * dk) + kLine * line
-              : reinterpret_cast<const char*>(v_cache + row * dv) + kLine * (line - k_lines);
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-    }
-  }
+  prefetch_kv_rows_l2(k_cache, v_cache, vis.begin, min(vis.end, *pos0), n_head_kv, kv_head, dk, dv);
   pdl_wait();
   pdl_trigger();
 

@@ -20,6 +20,7 @@
 #include "runtime/cuda/flash_attention.cuh"
 #include "runtime/cuda/flash_attention.h"
 #include "runtime/cuda/pdl.cuh"
+#include "runtime/cuda/prefetch.cuh"
 #include "runtime/cuda/reduce.cuh"
 
 namespace qforge::cuda {
@@ -74,17 +75,7 @@ __global__ void __launch_bounds__(kThreads)
 
   // The cache rows of earlier steps (before base) are not written by the previous kernel
   // (pdl.cuh) and have left L2 since: start fetching them into L2 before waiting for it.
-  {
-    constexpr int kLine = 128, kLines = (D * static_cast<int>(sizeof(T)) + kLine - 1) / kLine;
-    const int n_pos = min(end, base) - begin;
-    for (int i = tid; i < n_pos * 2 * kLines; i += kThreads) {
-      const auto row = static_cast<std::size_t>(begin + i / (2 * kLines)) * n_head_kv + kv_head;
-      const int line = i % (2 * kLines);
-      const T* cache = line < kLines ? k_cache : v_cache;
-      const auto* p = reinterpret_cast<const char*>(cache + row * D) + kLine * (line % kLines);
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-    }
-  }
+  prefetch_kv_rows_l2(k_cache, v_cache, begin, min(end, base), n_head_kv, kv_head, D, D);
   pdl_wait();
   pdl_trigger();
 

@@ -29,6 +29,7 @@
 #include "runtime/cuda/cp_async.cuh"
 #include "runtime/cuda/device_attrs.h"
 #include "runtime/cuda/glu.cuh"
+#include "runtime/cuda/prefetch.cuh"
 #include "runtime/cuda/q4_0x8.cuh"
 #include "runtime/cuda/q4_0x8.h"
 #include "runtime/cuda/reduce.cuh"
@@ -142,10 +143,6 @@ __device__ __forceinline__ float block_dot(const uint4& codes, const uint4 (&pl)
   const float f = fmaf(static_cast<float>(s0), kStep * kStep,
                        static_cast<float>(s1 * static_cast<int>(kStep) + s2));
   return fmaf(f, xb.x, -xb.y);
-}
-
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
 // One pipeline stage of a warp: per row, the 32 lanes' code arrays (512 bytes) and the 4 group
@@ -417,8 +414,8 @@ template <int R, int kTokens, int kOut, int P = 1>
 void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
             StreamHandle stream, Experts ex = {}) {
   auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P>;
-  const std::size_t smem =
-      ring_bytes<R, kTokens>() + kTokens * token_bytes(n_cols / 32) + partial_bytes<R, kTokens, P>();
+  const std::size_t smem = ring_bytes<R, kTokens>() + kTokens * token_bytes(n_cols / 32) +
+                           partial_bytes<R, kTokens, P>();
   if (smem > max_smem()) {
     cuda_fail("CUDA gemv (Q4_0x8): ", n_cols, " columns x ", kTokens, " tokens need ", smem,
               " bytes of shared memory, the device has ", max_smem());
