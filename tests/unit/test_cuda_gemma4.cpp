@@ -291,17 +291,32 @@ nlohmann::json small_moe_config() {
   return j;
 }
 
-fs::path write_small_moe(GgmlType type) {
+// A random-weight model of `config` (an HF config.json) in `type` under the test directory.
+fs::path write_synth_file(synth::SynthArch arch, const nlohmann::json& config, GgmlType type,
+                          const std::string& file_name, std::uint32_t seed) {
   const fs::path tmp = env_or("QFORGE_TEST_TMP", QFORGE_TEST_TMP);
   fs::create_directories(tmp);
-  const fs::path path = tmp / ("cuda_gemma4_small_moe_" + std::string(type_name(type)) + ".gguf");
+  const fs::path path = tmp / file_name;
   synth::SynthTypeOptions types;
   types.type = type;
   const synth::SynthPlan plan = synth::plan_synth_model(
-      synth::SynthArch::kGemma4, synth::synth_config_from_json(small_moe_config(), "small_moe"),
-      types, "small moe");
-  synth::write_synth_model(plan, path, 7);
+      arch, synth::synth_config_from_json(config, file_name), types, file_name);
+  synth::write_synth_model(plan, path, seed);
   return path;
+}
+
+// Token ids first, first + step, ... modulo the range [first, first + range).
+std::vector<std::int32_t> prompt_ids(std::size_t n, int first, int step, int range) {
+  std::vector<std::int32_t> ids(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    ids[i] = static_cast<std::int32_t>(first + (static_cast<int>(i) * step) % range);
+  }
+  return ids;
+}
+
+fs::path write_small_moe(GgmlType type) {
+  return write_synth_file(synth::SynthArch::kGemma4, small_moe_config(), type,
+                          "cuda_gemma4_small_moe_" + std::string(type_name(type)) + ".gguf", 7);
 }
 
 class CudaGemma4SmallMoe : public ::testing::TestWithParam<GgmlType> {};
@@ -339,23 +354,13 @@ TEST(CudaGemma4Q4_0x8, DenseModelMatchesCpu) {
   nlohmann::json config = small_moe_config();
   config["enable_moe_block"] = false;
   config["intermediate_size"] = 1024;
-  const fs::path tmp = env_or("QFORGE_TEST_TMP", QFORGE_TEST_TMP);
-  fs::create_directories(tmp);
-  const fs::path path = tmp / "cuda_gemma4_small_dense_q4_0.gguf";
-  synth::SynthTypeOptions types;
-  types.type = GgmlType::Q4_0;
-  const synth::SynthPlan plan = synth::plan_synth_model(
-      synth::SynthArch::kGemma4, synth::synth_config_from_json(config, "small_dense"), types,
-      "small dense");
-  synth::write_synth_model(plan, path, 9);
+  const fs::path path = write_synth_file(synth::SynthArch::kGemma4, config, GgmlType::Q4_0,
+                                         "cuda_gemma4_small_dense_q4_0.gguf", 9);
   const CpuF32Activations f32;
   auto cpu = load_model(path);
   auto gpu = cuda_model(path, /*gemm=*/false);
-  std::vector<std::int32_t> ids(40);
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    ids[i] = static_cast<std::int32_t>(3 + (i * 53) % 500);
-  }
-  expect_gpu_matches_cpu(*cpu, *gpu, ids, 6, KvType::F32, "small dense Q4_0 (Q4_0x8 on the GPU)");
+  expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(40, 3, 53, 500), 6, KvType::F32,
+                         "small dense Q4_0 (Q4_0x8 on the GPU)");
 }
 
 // A small Llama in Q4_0, every matrix regrouped on the GPU: prefill and decode run the Q4_0x8
@@ -366,23 +371,13 @@ TEST(CudaLlamaQ4_0x8, DecodeMatchesCpu) {
                                  {"num_attention_heads", 8},  {"num_key_value_heads", 2},
                                  {"intermediate_size", 1536}, {"vocab_size", 700},
                                  {"rms_norm_eps", 1e-5},      {"tie_word_embeddings", false}};
-  const fs::path tmp = env_or("QFORGE_TEST_TMP", QFORGE_TEST_TMP);
-  fs::create_directories(tmp);
-  const fs::path path = tmp / "cuda_llama_small_q4_0.gguf";
-  synth::SynthTypeOptions types;
-  types.type = GgmlType::Q4_0;
-  const synth::SynthPlan plan = synth::plan_synth_model(
-      synth::SynthArch::kLlama, synth::synth_config_from_json(config, "small_llama"), types,
-      "small llama");
-  synth::write_synth_model(plan, path, 11);
+  const fs::path path = write_synth_file(synth::SynthArch::kLlama, config, GgmlType::Q4_0,
+                                         "cuda_llama_small_q4_0.gguf", 11);
   const CpuF32Activations f32;
   auto cpu = load_model(path);
   auto gpu = cuda_model(path, /*gemm=*/false);
-  std::vector<std::int32_t> ids(24);
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    ids[i] = static_cast<std::int32_t>(5 + (i * 37) % 600);
-  }
-  expect_gpu_matches_cpu(*cpu, *gpu, ids, 8, KvType::F32, "small Llama Q4_0 (Q4_0x8 on the GPU)");
+  expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(24, 5, 37, 600), 8, KvType::F32,
+                         "small Llama Q4_0 (Q4_0x8 on the GPU)");
 }
 
 // ---- the tensor-core GEMM prefill path -------------------------------------------------------

@@ -223,12 +223,35 @@ TEST(CudaGemv, ExpertRowTiledAndWarpPaths) {
   cuda::set_gemv_kernel(cuda::GemvKernel::kTiled);
 }
 
+// Rows per task and column parts of the Q4_0x8 GEMV forced for a test, back to automatic when
+// the test ends (also when an assertion returns early).
+struct Q4_0x8Choices {
+  ~Q4_0x8Choices() {
+    cuda::set_gemv_q4_0x8_rows(0);
+    cuda::set_gemv_q4_0x8_parts(0);
+  }
+};
+
+// One Q4_0x8 GEMV (weights regrouped at w) of n_tokens random activation rows against the float64
+// product of the dequantized weights: the GEMV's 1e-5 bound.
+void expect_q4_0x8_gemv_exact(const Quantized& q, const void* w, std::size_t rows, std::size_t cols,
+                              int n_tokens, std::uint32_t seed) {
+  const std::vector<float> x = random_floats(cols * n_tokens, seed);
+  cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+  cuda::DeviceBuffer<float> dy(rows * n_tokens);
+  dy.fill_bytes(0xff);
+  cuda::gemv_q4_0x8(w, rows, cols, dx.data(), dy.data(), rows, n_tokens);
+  EXPECT_LT(gemv_error(GgmlType::Q4_0, q, rows, cols, x, dy.to_host(), n_tokens).vs_exact,
+            kGemvTolerance);
+}
+
 // Q4_0 regrouped at load (q4_0x8.h) and multiplied with integer plane products: the same 1e-5
 // bound as the F32 GEMV for every warp-task size and column split (parts of 1-2 steps, uneven
 // for 2816 and 5376 columns), partial 32-block steps, row counts that leave tasks partly empty,
 // and token counts handled in pairs plus one.
 TEST(CudaGemv, Q4_0x8MatchesExactSum) {
   SKIP_WITHOUT_GPU();
+  const Q4_0x8Choices reset;
   std::uint32_t seed = 4000;
   for (const std::size_t cols :
        {std::size_t{256}, std::size_t{2816}, std::size_t{4096}, std::size_t{5376}}) {
@@ -243,21 +266,12 @@ TEST(CudaGemv, Q4_0x8MatchesExactSum) {
           for (const int n_tokens : {1, 2, 3}) {
             SCOPED_TRACE(testing::Message() << rows << "x" << cols << " task rows " << task_rows
                                             << " parts " << parts << " tokens " << n_tokens);
-            const std::vector<float> x = random_floats(cols * n_tokens, ++seed);
-            cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
-            cuda::DeviceBuffer<float> dy(rows * n_tokens);
-            dy.fill_bytes(0xff);
-            cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), dy.data(), rows, n_tokens);
-            EXPECT_LT(
-                gemv_error(GgmlType::Q4_0, q, rows, cols, x, dy.to_host(), n_tokens).vs_exact,
-                kGemvTolerance);
+            expect_q4_0x8_gemv_exact(q, dw.data(), rows, cols, n_tokens, ++seed);
           }
         }
       }
     }
   }
-  cuda::set_gemv_q4_0x8_rows(0);
-  cuda::set_gemv_q4_0x8_parts(0);
 }
 
 // Column parts over many rounds of warp tasks (each part's partial sums are kept per round
@@ -265,6 +279,7 @@ TEST(CudaGemv, Q4_0x8MatchesExactSum) {
 // rows per task, 2 or 4 parts or the automatic choice, one or two tokens.
 TEST(CudaGemv, Q4_0x8ColumnPartsOverManyRounds) {
   SKIP_WITHOUT_GPU();
+  const Q4_0x8Choices reset;
   const std::size_t rows = 4999, cols = 5376;
   const Quantized q = make_weights(GgmlType::Q4_0, rows, cols, 91);
   cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
@@ -274,20 +289,12 @@ TEST(CudaGemv, Q4_0x8ColumnPartsOverManyRounds) {
     for (const int parts : {0, 2, 4}) {
       cuda::set_gemv_q4_0x8_parts(parts);
       for (const int n_tokens : {1, 2}) {
-        SCOPED_TRACE(testing::Message() << "task rows " << task_rows << " parts " << parts
-                                        << " tokens " << n_tokens);
-        const std::vector<float> x = random_floats(cols * n_tokens, 92 + n_tokens);
-        cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
-        cuda::DeviceBuffer<float> dy(rows * n_tokens);
-        dy.fill_bytes(0xff);
-        cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), dy.data(), rows, n_tokens);
-        EXPECT_LT(gemv_error(GgmlType::Q4_0, q, rows, cols, x, dy.to_host(), n_tokens).vs_exact,
-                  kGemvTolerance);
+        SCOPED_TRACE(testing::Message()
+                     << "task rows " << task_rows << " parts " << parts << " tokens " << n_tokens);
+        expect_q4_0x8_gemv_exact(q, dw.data(), rows, cols, n_tokens, 92 + n_tokens);
       }
     }
   }
-  cuda::set_gemv_q4_0x8_rows(0);
-  cuda::set_gemv_q4_0x8_parts(0);
 }
 
 // Activations with outliers (a few values ~1e4 beside ~1e-3) and whole blocks of zeros. The
@@ -341,6 +348,7 @@ TEST(CudaGemv, Q4_0x8LargeAndZeroActivations) {
 // activations, 1 to 3 tokens, every task size and an output stride wider than n_ff.
 TEST(CudaGemv, Q4_0x8GluOutputEqualsSeparateActivation) {
   SKIP_WITHOUT_GPU();
+  const Q4_0x8Choices reset;
   const std::size_t ff = 70, cols = 1536, ldy = ff + 5;
   const Quantized q = make_weights(GgmlType::Q4_0, 2 * ff, cols, 21);
   cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
@@ -371,8 +379,6 @@ TEST(CudaGemv, Q4_0x8GluOutputEqualsSeparateActivation) {
       }
     }
   }
-  cuda::set_gemv_q4_0x8_rows(0);
-  cuda::set_gemv_q4_0x8_parts(0);
 }
 
 // The expert form of the gated Q4_0x8 GEMV: per slot, exactly the single-matrix gated GEMV of its
