@@ -121,6 +121,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   __shared__ float merge_m[kMaxMergeSplits + 4], merge_l[kMaxMergeSplits + 4];
   __shared__ bool last;
   __shared__ float warp_o[kWarps][32 * KPL];
+  pdl_trigger_early();  // the output projection's GEMV streams its weights meanwhile
   const int h = static_cast<int>(blockIdx.x), t = static_cast<int>(blockIdx.y);
   const int split = static_cast<int>(blockIdx.z), n_splits = static_cast<int>(gridDim.z);
   const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
@@ -131,7 +132,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   // kernel (pdl.cuh) and have left L2 since: start fetching them into L2 before waiting for it.
   prefetch_kv_rows_l2(k_cache, v_cache, vis.begin, min(vis.end, *pos0), n_head_kv, kv_head, dk, dv);
   pdl_wait();
-  pdl_trigger();
 
   const int k_valid = dk - lane * KPL, v_valid = dv - lane * KPL;
   const bool k_full = dk == 32 * KPL, v_full = dv == 32 * KPL;

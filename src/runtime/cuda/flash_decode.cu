@@ -77,6 +77,7 @@ __global__ void __launch_bounds__(kThreads)
   // (pdl.cuh) and have left L2 since: start fetching them into L2 before waiting for it.
   prefetch_kv_rows_l2(k_cache, v_cache, begin, min(end, base), n_head_kv, kv_head, D, D);
   pdl_wait();
+  // Late, unlike batch_attention (pdl.cuh): measured slower early.
   pdl_trigger();
 
   for (int i = tid; i < RB * D; i += kThreads) {

@@ -23,12 +23,12 @@ __global__ void __launch_bounds__(1024)
     moe_combine_kernel(float* __restrict__ o, const float* __restrict__ y,
                        const float* __restrict__ slot_w, int k, const float* __restrict__ w_dense,
                        const float* __restrict__ w_moe, std::size_t n, float eps) {
+  pdl_trigger_early();  // the next kernel is a GEMV (pdl.cuh)
   __shared__ float scratch[32];
   RowRegs<kPer> dense, experts, wd, we;
   wd.load_weights(w_dense, n);  // before the wait: no kernel writes them (pdl.cuh)
   we.load_weights(w_moe, n);
   pdl_wait();
-  pdl_trigger();
   float* orow = o + blockIdx.x * n;
   dense.load(orow, n);
 #pragma unroll
@@ -64,12 +64,12 @@ __global__ void __launch_bounds__(1024)
                                const float* __restrict__ o_norm, float scale,
                                const float* __restrict__ next_norm, float* __restrict__ h,
                                std::size_t n, float eps) {
+  pdl_trigger_early();  // the next kernel is a GEMV (pdl.cuh)
   __shared__ float scratch[32];
   RowRegs<kPer> xv, wn, wo;
   wn.load_weights(next_norm, n);  // before the wait: no kernel writes them (pdl.cuh)
   if (o != nullptr) wo.load_weights(o_norm, n);
   pdl_wait();
-  pdl_trigger();
   float* xr = x + blockIdx.x * n;
   xv.load(xr, n);
   if (o != nullptr) {

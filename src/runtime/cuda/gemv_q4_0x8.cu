@@ -17,13 +17,15 @@
 // tasks, and a full last round where two-row groups would leave it mostly empty (5376 rows =
 // 2688 tasks on 2112 warps: the second round 27% full). Each warp streams its weights
 // through a ring of cp.async stages in shared memory (S - 1 steps in flight, across task
-// boundaries); the first stages and an L2 prefetch of the first rows are issued before waiting for
-// the previous kernel (programmatic dependent launch, pdl.cuh), since weights never depend on it.
+// boundaries); the first stages are issued before waiting for the previous kernel (programmatic
+// dependent launch, pdl.cuh), since weights never depend on it, and the kernels before a GEMV
+// trigger early, so that this happens while they run.
 #include "runtime/cuda/check.cuh"
 #include "runtime/cuda/pdl.cuh"
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 
 #include "runtime/cuda/block_decode.cuh"
 #include "runtime/cuda/cp_async.cuh"
@@ -202,7 +204,7 @@ template <int R, int kTokens, int kOut, int P>
 __global__ void __launch_bounds__(kThreads)
     gemv_q4_0x8_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols,
                        const float* __restrict__ x, float* __restrict__ y, std::size_t ldy,
-                       Experts ex) {
+                       Experts ex, int prefetch_tasks) {
   constexpr int S = stages<R, kTokens>();
   constexpr bool kGlu = kOut != kRows;
   constexpr int kPairs = R / 2;
@@ -283,16 +285,19 @@ __global__ void __launch_bounds__(kThreads)
   // The weights do not depend on the previous kernel: start streaming them before waiting for it
   // (except in the expert form, whose expert ids the previous kernel writes).
   if (ex.ids != nullptr) pdl_wait();
-  task_rows(issue_task, issue_rows);
-  if (first_task < n_tasks) {
+  {  // the rows of the warp's first prefetch_tasks tasks into L2 (none by default)
     const std::size_t end = min(row_bytes, static_cast<std::size_t>(step_end) * 576);
-    for (int r = 0; r < R; ++r) {
-      for (std::size_t off = static_cast<std::size_t>(step_begin) * 576 + 128 * lane; off < end;
-           off += 32 * 128) {
-        prefetch_l2(issue_rows[r] + off);
+    for (int k = 0, t = first_task; k < prefetch_tasks && t < n_tasks; ++k, t += task_stride) {
+      task_rows(t, issue_rows);
+      for (int r = 0; r < R; ++r) {
+        for (std::size_t off = static_cast<std::size_t>(step_begin) * 576 + 128 * lane; off < end;
+             off += 32 * 128) {
+          prefetch_l2(issue_rows[r] + off);
+        }
       }
     }
   }
+  task_rows(issue_task, issue_rows);
 #pragma unroll
   for (int k = 0; k < S - 1; ++k) issue();
   pdl_wait();
@@ -402,6 +407,19 @@ std::atomic<int>& parts_choice() {
   return parts;
 }
 
+// Tasks per warp whose rows a launch prefetches into L2 before its wait: none, or
+// QFORGE_GEMV_PREFETCH_TASKS for measurements. The first task's rows used to be prefetched; since
+// the kernels before a GEMV trigger early (pdl.cuh), its cp.async stages start during their run
+// and the L2 prefetch only competes with them. H100, tg128 with 0 / 1 / 2-5 tasks (16-48 MiB):
+// Llama-3-8B 377.5 / 366.8 / 330-356, Gemma 4 31B 109.8 / 109.4 / 99-108 tokens/s.
+int prefetch_task_count() {
+  static const int tasks = [] {
+    const char* env = std::getenv("QFORGE_GEMV_PREFETCH_TASKS");
+    return env != nullptr ? std::clamp(static_cast<int>(std::strtol(env, nullptr, 10)), 0, 16) : 0;
+  }();
+  return tasks;
+}
+
 std::size_t max_smem() {
   return current_max_smem_per_block();
 }
@@ -414,23 +432,28 @@ template <int R, int kTokens, int kOut, int P = 1>
 void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
             StreamHandle stream, Experts ex = {}) {
   auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P>;
-  const std::size_t smem = ring_bytes<R, kTokens>() + kTokens * token_bytes(n_cols / 32) +
-                           partial_bytes<R, kTokens, P>();
+  std::size_t smem = ring_bytes<R, kTokens>() + kTokens * token_bytes(n_cols / 32) +
+                     partial_bytes<R, kTokens, P>();
   if (smem > max_smem()) {
     cuda_fail("CUDA gemv (Q4_0x8): ", n_cols, " columns x ", kTokens, " tokens need ", smem,
               " bytes of shared memory, the device has ", max_smem());
   }
+  // At least half an SM's shared memory, so that two CTAs never share an SM: each CTA owns a
+  // fixed stride of the tasks, and a CTA placed beside another (as the CTAs of a GEMV launched
+  // early, pdl.cuh, may be where an earlier kernel's CTAs leave SMs free one by one) would run at
+  // half speed and hold back the whole launch.
+  smem = std::max(smem, max_smem() / 2 + 1024);
   if (smem > 48 * 1024) {  // per device and kernel; a host-side call, also during graph capture
     QFORGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem)));
   }
-  // One CTA per SM: the planes are built once per SM, and where shared memory allows, the next
-  // kernel's CTA (programmatic dependent launch) fits beside it and starts its prefetch early.
+  // One CTA per SM: the planes are built once per SM.
   const long long n_tasks = static_cast<long long>(task_count<R, kOut>(n_rows)) * ex.n_slots * P;
   const auto grid = static_cast<int>(
       std::min<long long>((n_tasks + kWarps - 1) / kWarps, static_cast<long long>(sm_count())));
+  const int prefetch_tasks = prefetch_task_count();
   launch_pdl("gemv_q4_0x8_kernel", kernel, static_cast<unsigned>(grid), kThreads, smem, stream,
-             static_cast<const std::uint8_t*>(w), n_rows, n_cols, x, y, ldy, ex);
+             static_cast<const std::uint8_t*>(w), n_rows, n_cols, x, y, ldy, ex, prefetch_tasks);
   QFORGE_CUDA_CHECK_LAUNCH("gemv_q4_0x8_kernel");
 }
 

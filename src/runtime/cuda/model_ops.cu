@@ -127,6 +127,7 @@ template <typename T>
 __global__ void __launch_bounds__(kQkWarps * 32)
     qk_prepare_kernel(float* qkv, int n_tokens, QkPrepare p, const float* cos, const float* sin,
                       int heads, int buf_floats) {
+  pdl_trigger_early();  // the attention kernel after it only prefetches earlier steps' rows
   extern __shared__ float qk_shared[];
   const int warp = static_cast<int>(threadIdx.x / 32);
   const int warp_global = static_cast<int>(blockIdx.x) * kQkWarps + warp;
@@ -145,7 +146,6 @@ __global__ void __launch_bounds__(kQkWarps * 32)
 
   if (head >= p.n_head + p.n_head_kv) {  // a V head of its own
     pdl_wait();
-    pdl_trigger();
     const int hv = head - p.n_head - p.n_head_kv;
     const float* src = token + p.v_offset + static_cast<std::size_t>(hv) * p.head_dim_v;
 #pragma unroll 4
@@ -171,7 +171,6 @@ __global__ void __launch_bounds__(kQkWarps * 32)
 #pragma unroll 4
   for (int i = lane; i < half; i += 32) cbuf[i] = ct[i], sbuf[i] = st[i];
   pdl_wait();
-  pdl_trigger();
 #pragma unroll 4
   for (int i = lane; i < p.head_dim; i += 32) buf[i] = v[i];
   __syncwarp();
@@ -206,6 +205,7 @@ __global__ void __launch_bounds__(1024)
     add_norm_kernel(float* __restrict__ x, const float* __restrict__ o,
                     const float* __restrict__ o_norm, const float* __restrict__ next_norm,
                     float* __restrict__ h, std::size_t n, float eps, MoeInputs moe, float root) {
+  pdl_trigger_early();  // the next kernel is a GEMV (pdl.cuh)
   __shared__ float scratch[32];
   // The norm weights are read from HBM (a whole token's weights have passed through L2 since):
   // loaded before waiting for the previous kernel, which never writes them (pdl.cuh).
@@ -217,7 +217,6 @@ __global__ void __launch_bounds__(1024)
   }
   if (o != nullptr) wo.load_weights(o_norm, n);
   pdl_wait();
-  pdl_trigger();
   float* xr = x + blockIdx.x * n;
   xv.load(xr, n);
   if (o != nullptr) {
