@@ -410,8 +410,8 @@ std::atomic<int>& parts_choice() {
 // Tasks per warp whose rows a launch prefetches into L2 before its wait: none, or
 // QFORGE_GEMV_PREFETCH_TASKS for measurements. The first task's rows used to be prefetched; since
 // the kernels before a GEMV trigger early (pdl.cuh), its cp.async stages start during their run
-// and the L2 prefetch only competes with them. H100, tg128 with 0 / 1 / 2-5 tasks (16-48 MiB):
-// Llama-3-8B 377.5 / 366.8 / 330-356, Gemma 4 31B 109.8 / 109.4 / 99-108 tokens/s.
+// and the L2 prefetch only competes with them. H100 tg128 with none / one task / 16-48 MiB per
+// launch: Llama-3-8B 377.5 / 366.8 / 330-356, Gemma 4 31B 109.8 / 109.4 / 99-108 tokens/s.
 int prefetch_task_count() {
   static const int tasks = [] {
     const char* env = std::getenv("QFORGE_GEMV_PREFETCH_TASKS");
