@@ -45,6 +45,20 @@ void fill_next_token_terms(TokenComparison& c, double logq_next, double logp_nex
   c.dp = std::exp(logq_next) - std::exp(logp_next);
 }
 
+// sum_i P_i (log P_i - log Q_i) over the vocabulary, log P_i = logp_of(i) in double, log Q_i from
+// the logits and their softmax q; terms with P_i == 0 contribute 0 (0 * log 0 = 0).
+template <typename LogP>
+double kld_sum(std::span<const float> logits, const LogSoftmax& q, LogP logp_of) {
+  double kld = 0.0;
+  for (std::size_t i = 0; i < logits.size(); ++i) {
+    const double logp = logp_of(i);
+    const double prob = std::exp(logp);
+    if (prob == 0.0) continue;
+    kld += prob * (logp - (static_cast<double>(logits[i]) - q.log_norm));
+  }
+  return kld;
+}
+
 }  // namespace
 
 TokenComparison compare_full(std::span<const float> ref_logits, std::span<const float> logits,
@@ -55,15 +69,9 @@ TokenComparison compare_full(std::span<const float> ref_logits, std::span<const 
   }
   const LogSoftmax p = log_softmax(ref_logits);
   const LogSoftmax q = log_softmax(logits);
-  double kld = 0.0;
-  for (std::size_t i = 0; i < logits.size(); ++i) {
-    const double logp = static_cast<double>(ref_logits[i]) - p.log_norm;
-    const double prob = std::exp(logp);
-    if (prob == 0.0) continue;  // 0 * log 0 = 0
-    kld += prob * (logp - (static_cast<double>(logits[i]) - q.log_norm));
-  }
   TokenComparison c;
-  c.kld = kld;
+  c.kld = kld_sum(logits, q,
+                  [&](std::size_t i) { return static_cast<double>(ref_logits[i]) - p.log_norm; });
   fill_next_token_terms(c, log_prob(logits, q, next), log_prob(ref_logits, p, next));
   c.same_top = p.argmax == q.argmax;
   return c;
@@ -84,15 +92,8 @@ double kld_from_log_probs(std::span<const float> ref_log_probs, std::span<const 
     fail("KLD: reference has {} log-probabilities per position, the model {} logits",
          ref_log_probs.size(), logits.size());
   }
-  const LogSoftmax q = log_softmax(logits);
-  double kld = 0.0;
-  for (std::size_t i = 0; i < logits.size(); ++i) {
-    const double logp = ref_log_probs[i];
-    const double prob = std::exp(logp);
-    if (prob == 0.0) continue;  // 0 * log 0 = 0
-    kld += prob * (logp - (static_cast<double>(logits[i]) - q.log_norm));
-  }
-  return kld;
+  return kld_sum(logits, log_softmax(logits),
+                 [&](std::size_t i) { return static_cast<double>(ref_log_probs[i]); });
 }
 
 TokenComparison compare_topk(const TopKRef& ref, std::span<const float> logits, std::int32_t next,
