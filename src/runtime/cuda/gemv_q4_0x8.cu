@@ -441,7 +441,8 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std
   // At least half an SM's shared memory, so that two CTAs never share an SM: each CTA owns a
   // fixed stride of the tasks, and a CTA placed beside another (as the CTAs of a GEMV launched
   // early, pdl.cuh, may be where an earlier kernel's CTAs leave SMs free one by one) would run at
-  // half speed and hold back the whole launch.
+  // half speed and hold back the whole launch. max_smem() is the per-CTA limit, an SM's shared
+  // memory less the 1 KiB reserved per CTA (sm_80 / sm_86 / sm_90), so two such CTAs never fit.
   smem = std::max(smem, max_smem() / 2 + 1024);
   if (smem > 48 * 1024) {  // per device and kernel; a host-side call, also during graph capture
     QFORGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
