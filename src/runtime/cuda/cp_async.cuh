@@ -8,6 +8,27 @@ __device__ __forceinline__ void cp_async16(void* smem_dst, const void* src) {
   const auto dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
 }
+// An L2 cache policy for the weight stream of a decode GEMV, which is read once per step: with
+// evict_first its lines go before anything else, so that the stream (tens of MB per launch, more
+// than L2) does not push out what the small kernels between the GEMVs read (activations, norm
+// weights, recent KV rows); otherwise evict_normal, the default behaviour.
+__device__ __forceinline__ unsigned long long l2_stream_policy(bool evict_first) {
+  unsigned long long policy;
+  if (evict_first) {
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  } else {
+    asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(policy));
+  }
+  return policy;
+}
+// cp_async16 with an L2 cache policy from l2_stream_policy.
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* src,
+                                           unsigned long long policy) {
+  const auto dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
+               "l"(policy)
+               : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;" ::: "memory");
 }
