@@ -24,6 +24,22 @@ void device_free(void* ptr) noexcept {
   if (ptr != nullptr) cudaFree(ptr);
 }
 
+void* pinned_alloc(std::size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* ptr = nullptr;
+  const cudaError_t status = cudaMallocHost(&ptr, bytes);
+  if (status != cudaSuccess) {
+    cudaGetLastError();
+    cuda_fail("CUDA: cannot allocate ", bytes,
+              " bytes of page-locked host memory: ", cudaGetErrorString(status));
+  }
+  return ptr;
+}
+
+void pinned_free(void* ptr) noexcept {
+  if (ptr != nullptr) cudaFreeHost(ptr);
+}
+
 void copy_to_device(void* dst, const void* src, std::size_t bytes, StreamHandle stream) {
   if (bytes == 0) return;
   if (stream == nullptr) {

@@ -15,6 +15,8 @@ namespace qforge::cuda {
 namespace detail {
 void* device_alloc(std::size_t bytes);  // cudaMalloc; nullptr for 0 bytes
 void device_free(void* ptr) noexcept;
+void* pinned_alloc(std::size_t bytes);  // cudaMallocHost; nullptr for 0 bytes
+void pinned_free(void* ptr) noexcept;
 void copy_to_device(void* dst, const void* src, std::size_t bytes, StreamHandle stream);
 void copy_to_host(void* dst, const void* src, std::size_t bytes, StreamHandle stream);
 void copy_device_to_device(void* dst, const void* src, std::size_t bytes, StreamHandle stream);
@@ -84,6 +86,40 @@ class DeviceBuffer {
     if (offset > size_ || count > size_ - offset) detail::fail_range(what, count, offset, size_);
   }
 
+  T* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+// PinnedBuffer<T>: an owning, move-only array in page-locked host memory, for the copies of every
+// decode step (token in, logits out): a copy from pageable memory is staged by the driver and,
+// device to host, synchronous, while a page-locked one is a plain DMA transfer.
+template <typename T>
+class PinnedBuffer {
+  static_assert(std::is_trivially_copyable_v<T>, "pinned buffers hold trivially copyable types");
+
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(std::size_t count)
+      : data_(static_cast<T*>(detail::pinned_alloc(count * sizeof(T)))), size_(count) {}
+  ~PinnedBuffer() { detail::pinned_free(data_); }
+  PinnedBuffer(PinnedBuffer&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept {
+    if (this != &other) {
+      detail::pinned_free(data_);
+      data_ = std::exchange(other.data_, nullptr);
+      size_ = std::exchange(other.size_, 0);
+    }
+    return *this;
+  }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+
+  std::span<T> span() { return {data_, size_}; }
+  std::span<const T> span() const { return {data_, size_}; }
+  std::size_t size() const { return size_; }
+
+ private:
   T* data_ = nullptr;
   std::size_t size_ = 0;
 };

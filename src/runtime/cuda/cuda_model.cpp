@@ -223,6 +223,8 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
   }
   tokens_ = DeviceBuffer<std::int32_t>(sz(kMaxBatch));
   pos_ = DeviceBuffer<int>(1);
+  step_in_ = PinnedBuffer<std::int32_t>(2);
+  step_logits_ = PinnedBuffer<float>(sz(config_.n_vocab));
 }
 
 std::unique_ptr<KvCache> CudaModel::new_cache(int n_ctx, KvType type) const {
@@ -523,10 +525,15 @@ std::vector<float> CudaModel::forward(std::span<const std::int32_t> tokens, int 
     const int m = static_cast<int>(std::min<std::size_t>(kMaxBatch, n - c0));
     const bool last = c0 + static_cast<std::size_t>(m) == n;
     const int pos = pos0 + static_cast<int>(c0);
-    tokens_.upload(tokens.subspan(c0, static_cast<std::size_t>(m)), 0, s);
-    pos_.upload(std::span<const int>(&pos, 1), 0, s);
     if (m == 1 && last && !options.all_logits) {
-      // Decode step: the graph reads the token and position from device memory.
+      // Decode step: the graph reads the token and position from device memory. Both copies go
+      // through page-locked memory (a pageable device-to-host copy is synchronous and staged;
+      // the logits are copied out once the stream is done, below).
+      const std::span<std::int32_t> in = step_in_.span();
+      in[0] = tokens[c0];
+      in[1] = pos;
+      tokens_.upload(in.first(1), 0, s);
+      pos_.upload(in.subspan(1, 1), 0, s);
       if (!decode_graph_.ready() || decode_graph_cache_ != cache->id()) {
         decode_graph_.capture(s, [&] {
           record_chunk(1, *cache);
@@ -535,9 +542,13 @@ std::vector<float> CudaModel::forward(std::span<const std::int32_t> tokens, int 
         decode_graph_cache_ = cache->id();
       }
       decode_graph_.launch(s);
-      logits_.download(std::span(out).first(vocab), 0, s);
+      logits_.download(step_logits_.span().first(vocab), 0, s);
+      stream_.synchronize();
+      std::copy_n(step_logits_.span().data(), vocab, out.data());
       continue;
     }
+    tokens_.upload(tokens.subspan(c0, static_cast<std::size_t>(m)), 0, s);
+    pos_.upload(std::span<const int>(&pos, 1), 0, s);
     record_chunk(m, *cache);
     if (options.all_logits) {
       for (int r = 0; r < m; r += kLogitsRows) {

@@ -108,6 +108,9 @@ class CudaModel final : public Model {
   DeviceBuffer<float> per_layer_, per_layer_tok_, per_layer_gate_;
   DeviceBuffer<std::int32_t> tokens_;
   DeviceBuffer<int> pos_;
+  // A decode step's token id and position, and its logits, on the host side of the step's copies.
+  PinnedBuffer<std::int32_t> step_in_;
+  PinnedBuffer<float> step_logits_;
   DeviceBuffer<int> attn_counters_;  // batch_attention's per (token, head) split counters
 
   Graph decode_graph_;
