@@ -1,6 +1,7 @@
 // qforge bench: prompt processing (pp) and generation (tg) speed of a model, llama-bench style.
 // pp: one forward pass over -p random tokens after -d tokens of context; tg: -n one-token forward
-// passes after the same context (each returns its logits to the host, as generation would).
+// steps (Model::decode_step) after the same context (each returns its logits to the host, as
+// generation would).
 // Mean and sample standard deviation over -r repetitions, after one untimed warm-up of each.
 // On CUDA it also measures the device-to-device copy bandwidth in the same run and reports the
 // bandwidth tg achieves: weight bytes read per token x tokens/s, as a share of that roofline.
@@ -149,8 +150,7 @@ void run(const BenchArgs& args) {
     fill_context();
     const auto start = std::chrono::steady_clock::now();
     for (int i = 0; i < n; ++i) {
-      model->forward(std::span(gen).subspan(static_cast<std::size_t>(i), 1), args.depth + i,
-                     *cache);
+      model->decode_step(gen[static_cast<std::size_t>(i)], args.depth + i, *cache);
     }
     return static_cast<double>(n) / seconds_since(start);
   };

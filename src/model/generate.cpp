@@ -58,12 +58,13 @@ GenerateResult generate(Model& model, KvCache& cache, const Tokenizer& tokenizer
 
   // Prefill.
   const auto prompt_start = std::chrono::steady_clock::now();
-  std::vector<float> logits;
+  std::vector<float> prompt_logits;
   const std::size_t batch = std::max<std::size_t>(options.prefill_batch, 1);
   for (std::size_t begin = 0; begin < prompt.size(); begin += batch) {
     const std::size_t count = std::min(batch, prompt.size() - begin);
-    logits = model.forward(prompt.subspan(begin, count), static_cast<int>(begin), cache);
+    prompt_logits = model.forward(prompt.subspan(begin, count), static_cast<int>(begin), cache);
   }
+  std::span<const float> logits = prompt_logits;  // then each step's (Model::decode_step)
   result.prompt_seconds = seconds_since(prompt_start);
 
   // Text is produced by decoding prompt + generated ids and printing what was added, so pieces
@@ -101,7 +102,7 @@ GenerateResult generate(Model& model, KvCache& cache, const Tokenizer& tokenizer
       }
     }
     if (i + 1 == options.max_tokens) break;  // no forward pass for a token nobody will sample
-    logits = model.forward({&token, 1}, pos, cache);
+    logits = model.decode_step(token, pos, cache);
     ++pos;
     ++result.decode_steps;
   }

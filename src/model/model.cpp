@@ -32,6 +32,11 @@ Device parse_device(std::string_view name) {
   fail("unknown device '{}' (expected cpu or cuda)", name);
 }
 
+std::span<const float> Model::decode_step(std::int32_t token, int pos, KvCache& cache) {
+  step_logits_ = forward({&token, 1}, pos, cache);
+  return step_logits_;
+}
+
 void check_forward_inputs(std::span<const std::int32_t> tokens, int pos0, const KvCache& cache,
                           int n_vocab) {
   const std::size_t n = tokens.size();

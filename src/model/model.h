@@ -50,6 +50,15 @@ class Model {
   // Fails (qforge::Error) on an empty span, an out-of-vocabulary id, or pos0 + n > n_ctx.
   virtual std::vector<float> forward(std::span<const std::int32_t> tokens, int pos0, KvCache& cache,
                                      const ForwardOptions& options = {}) = 0;
+
+  // One decode step, `token` at position `pos`: its logits, valid until the next call on this
+  // model. Same checks and results as forward(); a backend may return a view of its own host copy
+  // of the logits (the CUDA one does: no new vector per generated token). The default keeps
+  // forward()'s vector.
+  virtual std::span<const float> decode_step(std::int32_t token, int pos, KvCache& cache);
+
+ private:
+  std::vector<float> step_logits_;  // the default decode_step's result
 };
 
 // The checks every backend's forward() makes before touching the cache: a non-empty span of

@@ -185,6 +185,26 @@ TEST_F(CudaStories, DecodeStepsMatchPrefill) {
   EXPECT_LT(rel_diff(again, std::span(batched).subspan(5 * vocab, vocab)), kLogitTolerance);
 }
 
+// decode_step (a view of the backend's own page-locked copy of the logits) returns what forward()
+// returns for the same one-token step, bit for bit, and makes the same checks.
+TEST_F(CudaStories, DecodeStepEqualsForward) {
+  const std::vector<std::int32_t> ids(reference_.begin(), reference_.begin() + 12);
+  auto gpu = cuda_model(gguf());
+  auto by_forward = gpu->new_cache(32, KvType::F32);
+  auto by_step = gpu->new_cache(32, KvType::F32);
+  for (std::size_t t = 0; t < ids.size(); ++t) {
+    const auto want = gpu->forward({&ids[t], 1}, static_cast<int>(t), *by_forward);
+    const std::span<const float> got = gpu->decode_step(ids[t], static_cast<int>(t), *by_step);
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_TRUE(std::equal(got.begin(), got.end(), want.begin())) << "step " << t;
+    EXPECT_EQ(by_step->n_filled(), static_cast<int>(t) + 1);
+  }
+  EXPECT_THROW(gpu->decode_step(-1, 12, *by_step), Error);
+  EXPECT_THROW(gpu->decode_step(ids[0], 13, *by_step), Error);  // past the cached prefix
+  auto small = gpu->new_cache(1, KvType::F32);
+  EXPECT_THROW(gpu->decode_step(ids[0], 1, *small), Error);
+}
+
 // The reference continuation was produced by an independent F32 implementation.
 // (The CPU backend reproduces it with both cache types: tests/unit/test_model_llama.cpp.)
 TEST_F(CudaStories, GreedyMatchesReference) {

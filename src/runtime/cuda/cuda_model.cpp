@@ -501,6 +501,43 @@ void CudaModel::record_logits(const float* rows, int n_rows) {
   softcap(logits_.data(), sz(n_rows) * vocab, config_.final_softcap, stream_.get());
 }
 
+// The graph reads the token and position from device memory. Both copies go through page-locked
+// memory: from pageable memory the driver stages them, and a device-to-host copy is synchronous
+// (measured on an H200: tg128 Llama-3-8B 425 -> 449 tokens/s, Gemma 4 26B-A4B 326 -> 351).
+void CudaModel::run_decode_graph(std::int32_t token, int pos, CudaKvCache& cache) {
+  const StreamHandle s = stream_.get();
+  const std::span<std::int32_t> in = step_in_.span();
+  in[0] = token;
+  in[1] = pos;
+  tokens_.upload(in.first(1), 0, s);
+  pos_.upload(in.subspan(1, 1), 0, s);
+  if (!decode_graph_.ready() || decode_graph_cache_ != cache.id()) {
+    decode_graph_.capture(s, [&] {
+      record_chunk(1, cache);
+      record_logits(h_.data(), 1);
+    });
+    decode_graph_cache_ = cache.id();
+  }
+  decode_graph_.launch(s);
+  logits_.download(step_logits_.span(), 0, s);
+  stream_.synchronize();
+}
+
+std::span<const float> CudaModel::decode_step(std::int32_t token, int pos, KvCache& cache_base) {
+  auto* cache = dynamic_cast<CudaKvCache*>(&cache_base);
+  if (cache == nullptr) fail("decode_step: the KV cache was not created by the CUDA backend");
+  check_forward_inputs({&token, 1}, pos, *cache, config_.n_vocab);
+  if (config_.n_embd_per_layer > 0 &&
+      static_cast<std::size_t>(token) >= weights_.per_layer_token_embd.rows) {
+    fail("decode_step: token id {} is outside the per-layer embedding table ({} rows)", token,
+         weights_.per_layer_token_embd.rows);
+  }
+  cache->set_filled(pos);
+  run_decode_graph(token, pos, *cache);
+  cache->set_filled(pos + 1);
+  return step_logits_.span();
+}
+
 std::vector<float> CudaModel::forward(std::span<const std::int32_t> tokens, int pos0,
                                       KvCache& cache_base, const ForwardOptions& options) {
   auto* cache = dynamic_cast<CudaKvCache*>(&cache_base);
@@ -526,24 +563,7 @@ std::vector<float> CudaModel::forward(std::span<const std::int32_t> tokens, int 
     const bool last = c0 + static_cast<std::size_t>(m) == n;
     const int pos = pos0 + static_cast<int>(c0);
     if (m == 1 && last && !options.all_logits) {
-      // Decode step: the graph reads the token and position from device memory. Both copies go
-      // through page-locked memory (a pageable device-to-host copy is synchronous and staged;
-      // the logits are copied out once the stream is done, below).
-      const std::span<std::int32_t> in = step_in_.span();
-      in[0] = tokens[c0];
-      in[1] = pos;
-      tokens_.upload(in.first(1), 0, s);
-      pos_.upload(in.subspan(1, 1), 0, s);
-      if (!decode_graph_.ready() || decode_graph_cache_ != cache->id()) {
-        decode_graph_.capture(s, [&] {
-          record_chunk(1, *cache);
-          record_logits(h_.data(), 1);
-        });
-        decode_graph_cache_ = cache->id();
-      }
-      decode_graph_.launch(s);
-      logits_.download(step_logits_.span().first(vocab), 0, s);
-      stream_.synchronize();
+      run_decode_graph(tokens[c0], pos, *cache);
       std::copy_n(step_logits_.span().data(), vocab, out.data());
       continue;
     }

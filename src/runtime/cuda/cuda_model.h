@@ -51,6 +51,7 @@ class CudaModel final : public Model {
 
   const ModelConfig& config() const override { return config_; }
   std::unique_ptr<KvCache> new_cache(int n_ctx, KvType type) const override;
+  std::span<const float> decode_step(std::int32_t token, int pos, KvCache& cache) override;
   std::vector<float> forward(std::span<const std::int32_t> tokens, int pos0, KvCache& cache,
                              const ForwardOptions& options = {}) override;
 
@@ -72,6 +73,9 @@ class CudaModel final : public Model {
   void record_chunk(int n, CudaKvCache& cache);
   // logits_ = soft-capped LM head of n_rows (<= kLogitsRows) final-normed rows.
   void record_logits(const float* rows, int n_rows);
+  // One token through the decode graph (captured on first use per cache), its logits copied into
+  // step_logits_; returns once they are there.
+  void run_decode_graph(std::int32_t token, int pos, CudaKvCache& cache);
   void attention_block(int il, int n, CudaKvCache& cache, int splits);
   void ffn_block(int il, int n);  // leaves the FFN output (before post_ffn_norm) in o_
   void moe_block(int il, int n);  // leaves the k slot outputs per token in exp_out_
