@@ -9,6 +9,7 @@
 #include "runtime/cuda/block_decode.cuh"
 #include "runtime/cuda/gemv.h"
 #include "runtime/cuda/gemv_mma.h"
+#include "runtime/cuda/gemv_q6_k.h"
 #include "runtime/cuda/gemv_tiled.h"
 #include "runtime/cuda/reduce.cuh"
 
@@ -121,6 +122,16 @@ std::atomic<GemvKernel>& kernel_choice() {
   return choice;
 }
 
+// One-token Q6_K products take gemv_q6_k.cu's kernel unless QFORGE_Q6K_GEMV=0 (for comparisons:
+// the first kernel then takes them, as it does with QFORGE_GEMV=legacy).
+bool q6_k_kernel_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("QFORGE_Q6K_GEMV");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  return enabled;
+}
+
 // Splits n_tokens into launches of 8, 4, 2 and 1 tokens (the instantiated batch sizes).
 template <typename Fmt>
 void run_tokens(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_cols,
@@ -129,14 +140,19 @@ void run_tokens(GgmlType type, const void* w, std::size_t n_rows, std::size_t n_
   if (ldy < n_rows) cuda_fail("CUDA gemv: output stride ", ldy, " < rows ", n_rows);
   const bool tiled =
       kernel_choice().load() == GemvKernel::kTiled && detail::gemv_tiled_supported(type);
+  const bool q6_k = type == GgmlType::Q6_K && kernel_choice().load() == GemvKernel::kTiled &&
+                    q6_k_kernel_enabled() && n_rows <= detail::kGemvQ6KMaxRows &&
+                    detail::gemv_q6_k_applies(n_cols);
   int t = 0;
   while (t < n_tokens) {
     const int left = n_tokens - t;
     const int batch = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
     const float* xt = x + static_cast<std::size_t>(t) * n_cols;
     float* yt = y + static_cast<std::size_t>(t) * ldy;
-    if (tiled && detail::gemv_mma_applies(type, w, n_cols, batch) &&
-        detail::gemv_mma_preferred(n_rows, batch)) {
+    if (q6_k && batch == 1) {
+      detail::gemv_q6_k(w, n_rows, n_cols, xt, yt, stream);
+    } else if (tiled && detail::gemv_mma_applies(type, w, n_cols, batch) &&
+               detail::gemv_mma_preferred(n_rows, batch)) {
       detail::gemv_mma(w, n_rows, n_cols, xt, yt, ldy, batch, stream);
     } else if (tiled) {
       detail::gemv_tiled(type, w, n_rows, n_cols, xt, yt, ldy, batch, stream);

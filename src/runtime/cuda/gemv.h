@@ -9,7 +9,9 @@
 // Two kernel families: the row-tiled kernel (gemv_tiled.cu; F32, F16, BF16, Q4_0, Q8_0, Q4_K),
 // used by default, and the first one-warp-per-row kernel (every type), used for the other
 // types and for all types when the legacy family is selected (for comparisons: set_gemv_kernel or
-// the environment variable QFORGE_GEMV=legacy).
+// the environment variable QFORGE_GEMV=legacy). In the default family, one-token Q6_K products
+// of up to 7424 columns (sm_90) take their own kernel (gemv_q6_k.cu; QFORGE_Q6K_GEMV=0 turns it
+// off).
 #pragma once
 
 #include <cstddef>

@@ -1,0 +1,379 @@
+// One-token decode GEMV over Q6_K weights as GGUF stores them (the usual LM-head format).
+//
+// A Q6_K block is 210 bytes, so rows start only 2-byte aligned: the first kernel (gemv.cu) loads
+// its weights 2 bytes at a time, one warp per row, and re-reads x from L1 for every row (~1.85
+// TB/s on an H100). Here one CTA per SM loops its warps over the rows, and each warp streams its
+// rows through a ring of S slots in shared memory (S - 1 rows in flight): a row's 16-byte aligned
+// span [floor16(start), ceil16(end)) is copied with 16-byte cp.async, whatever the row's
+// alignment (the chunks holding the matrix's first and last bytes 2 bytes at a time instead, so
+// that nothing outside it is read), and decoded from shared memory at offset start % 16. A 4-byte
+// word at a 2-byte aligned offset there is two aligned 32-bit loads joined by a funnel shift. x is
+// copied into shared memory once per CTA, with 4 floats of padding after every 128 so that the 8
+// lanes of a block read 8 distinct 16-byte bank groups.
+//
+// Lanes: 8 per block, 4 blocks per warp step. Lane unit u = 4h + c takes elements
+// 128h + 32s + 8c + [0, 8) for s < 4, as blocks::Q6_K::decode's unit u does: 8 bytes of ql at
+// 64h + 8c, 8 at 64h + 32 + 8c, 8 of qh at 128 + 32h + 8c and one scale byte per s (the 8
+// elements of one s share a 16-element sub-block). Codes become floats exactly (the 2^23 trick of
+// block_decode.cuh), each s sums its 8 products (code - 32) * x in F32, and the block adds
+// d * sum_s scale_s * sum_s: F32 throughout, no activation quantization.
+//
+// The first S - 1 rows are requested before waiting for the previous kernel (pdl.cuh): weights
+// never depend on it; x is read after the wait.
+//
+// Shared-memory traffic per 1024 weights of one row: 32 wavefronts of x (4 bytes per weight), 25
+// of weight words (14 loads, 2-way bank conflicts between the 4 blocks of a step), 7 of cp.async
+// stores: near one per clock at 2.6 TB/s, so that pipe may bound the kernel before HBM does. Two
+// rows per warp task (set_gemv_q6_k_rows) put adjacent rows in one slot so that each x load
+// serves both (48 wavefronts per 1024 weights), with 8 warps per CTA so that the larger slots
+// fit; which of the two streams faster is for the device to say.
+#include "runtime/cuda/gemv_q6_k.h"
+
+#include "runtime/cuda/check.cuh"
+#include "runtime/cuda/pdl.cuh"
+
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+
+#include "runtime/cuda/block_decode.cuh"
+#include "runtime/cuda/cp_async.cuh"
+#include "runtime/cuda/device_attrs.h"
+#include "runtime/cuda/reduce.cuh"
+
+namespace qforge::cuda::detail {
+namespace {
+
+constexpr int kBlockBytes = 210;
+constexpr int kStepBytes = 4 * kBlockBytes;  // a warp step: 4 consecutive blocks of a row
+
+// Warps per CTA for R rows per warp task.
+template <int R>
+constexpr int warps_per_cta() {
+  return R == 1 ? 16 : 8;
+}
+
+constexpr int warps_for(int rows) {
+  return rows == 1 ? warps_per_cta<1>() : warps_per_cta<2>();
+}
+
+// Shared memory: x with 4 floats of padding after every 128 (a multiple of 32 bytes), then per
+// warp S slots. A slot holds the aligned span of R rows (up to 14 bytes before their start and 15
+// after their end) and 16 more bytes, which shift consecutive slots by 16 bytes over the banks.
+constexpr std::size_t x_bytes(std::size_t n_cols) {
+  return (n_cols + n_cols / 32) * sizeof(float);
+}
+constexpr std::size_t slot_bytes(int rows, std::size_t n_cols) {
+  return (static_cast<std::size_t>(rows) * (n_cols / 256) * kBlockBytes + 14 + 15) / 16 * 16 + 16;
+}
+constexpr std::size_t smem_bytes(int rows, int stages, std::size_t n_cols) {
+  return x_bytes(n_cols) +
+         static_cast<std::size_t>(warps_for(rows)) * stages * slot_bytes(rows, n_cols);
+}
+
+// Copies the 16-byte chunk at `chunk` (16-byte aligned) to `dst`, where it straddles the edge of
+// the matrix [lo, hi): only the bytes inside, 2 at a time (lo and hi are 2-byte aligned). Only the
+// first chunk of an unaligned matrix and the last one of a matrix that does not end on 16 bytes
+// come here; cp.async could read outside the allocation.
+__device__ __noinline__ void copy_edge(std::uint8_t* dst, const std::uint8_t* chunk,
+                                       const std::uint8_t* lo, const std::uint8_t* hi) {
+  const std::uint8_t* from = chunk < lo ? lo : chunk;
+  const std::uint8_t* to = chunk + 16 > hi ? hi : chunk + 16;
+  for (const std::uint8_t* p = from; p < to; p += 2) {
+    *reinterpret_cast<std::uint16_t*>(dst + (p - chunk)) =
+        *reinterpret_cast<const std::uint16_t*>(p);
+  }
+}
+
+// The 8 bytes at byte 4 * p + sh / 8 of shared memory (sh 0 or 16): three aligned words.
+__device__ __forceinline__ uint2 load8(const std::uint32_t* p, unsigned sh) {
+  const std::uint32_t a = p[0], b = p[1], c = p[2];
+  return make_uint2(__funnelshift_r(a, b, sh), __funnelshift_r(b, c, sh));
+}
+
+// acc + sum_i (byte i of code - 32) * x_i, exactly converted codes, products in order.
+__device__ __forceinline__ float dot4(std::uint32_t code, float4 x, float acc) {
+  acc = fmaf(blocks::byte_minus<32>(code, 0), x.x, acc);
+  acc = fmaf(blocks::byte_minus<32>(code, 1), x.y, acc);
+  acc = fmaf(blocks::byte_minus<32>(code, 2), x.z, acc);
+  return fmaf(blocks::byte_minus<32>(code, 3), x.w, acc);
+}
+
+// One lane's view of one row in a slot: its unit's ql / qh words, scale bytes and d of the block
+// it is on (advanced by 4 blocks per step).
+struct RowCursor {
+  const std::uint32_t* ql;  // word of ql[64h + 8c]; ql[64h + 32 + 8c] is 8 words on
+  const std::uint32_t* qh;  // word of qh[32h + 8c]
+  const signed char* sc;    // scales[8h + (c >> 1)]; the unit's 4 scales are 2 bytes apart
+  const unsigned short* d;
+  unsigned sh;  // 16 when the block starts 2 bytes into a word, else 0 (the same for every step)
+
+  RowCursor() = default;
+  __device__ __forceinline__ RowCursor(const std::uint8_t* slot, int block_off, int h, int c) {
+    const auto* words = reinterpret_cast<const std::uint32_t*>(slot);
+    sh = static_cast<unsigned>(block_off & 2) << 3;
+    ql = words + (block_off >> 2) + 16 * h + 2 * c;
+    qh = ql + 32 - 8 * h;
+    sc = reinterpret_cast<const signed char*>(slot) + block_off + 192 + 8 * h + (c >> 1);
+    d = reinterpret_cast<const unsigned short*>(slot + block_off + 208);
+  }
+
+  // acc + d * sum_s scale_s * sum_{k < 8} (code - 32) * x over this lane's 32 elements of the
+  // block; xv[s][half] holds x at 32s + 4 * half of the unit.
+  __device__ __forceinline__ float block_dot(const float4 (&xv)[4][2], float acc) const {
+    const uint2 a = load8(ql, sh), b = load8(ql + 8, sh), hb = load8(qh, sh);
+    const float dd = __half2float(__ushort_as_half(*d));
+    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const std::uint32_t qa = half == 0 ? a.x : a.y, qb = half == 0 ? b.x : b.y;
+      const std::uint32_t qhi = half == 0 ? hb.x : hb.y;
+      const std::uint32_t codes[4] = {
+          (qa & blocks::kLowNibbles) | ((qhi << 4) & 0x30303030u),
+          (qb & blocks::kLowNibbles) | ((qhi << 2) & 0x30303030u),
+          ((qa >> 4) & blocks::kLowNibbles) | (qhi & 0x30303030u),
+          ((qb >> 4) & blocks::kLowNibbles) | ((qhi >> 2) & 0x30303030u),
+      };
+#pragma unroll
+      for (int s = 0; s < 4; ++s) sum[s] = dot4(codes[s], xv[s][half], sum[s]);
+    }
+    float blk = static_cast<float>(sc[0]) * sum[0];
+#pragma unroll
+    for (int s = 1; s < 4; ++s) blk = fmaf(static_cast<float>(sc[2 * s]), sum[s], blk);
+    return fmaf(dd, blk, acc);
+  }
+
+  __device__ __forceinline__ void next_step() {
+    ql += kStepBytes / 4;
+    qh += kStepBytes / 4;
+    sc += kStepBytes;
+    d += kStepBytes / 2;
+  }
+};
+
+// Warp task t covers rows [R t, R t + R) (fewer in the last one); warp `first` of the grid takes
+// tasks first, first + stride, ... Task k of the warp lands in slot k % S.
+template <int R, int S>
+__global__ void __launch_bounds__(32 * warps_per_cta<R>(), 1)
+    gemv_q6_k_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols, int slot_size,
+                     const float* __restrict__ x, float* __restrict__ y) {
+  constexpr int kWarps = warps_per_cta<R>();
+  extern __shared__ uint4 smem_words[];
+  auto* smem = reinterpret_cast<std::uint8_t*>(smem_words);
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  const int n_blocks = n_cols / 256, row_size = n_blocks * kBlockBytes;
+  const std::uint8_t* w_end = w + static_cast<std::size_t>(n_rows) * row_size;
+  const int n_tasks = (n_rows + R - 1) / R;
+  const int first_task = static_cast<int>(blockIdx.x) * kWarps + warp;
+  const int task_stride = static_cast<int>(gridDim.x) * kWarps;
+  const int my_tasks = first_task < n_tasks ? (n_tasks - 1 - first_task) / task_stride + 1 : 0;
+  auto* xs = reinterpret_cast<float4*>(smem);
+  std::uint8_t* ring = smem + x_bytes(static_cast<std::size_t>(n_cols)) +
+                       static_cast<std::size_t>(warp) * S * slot_size;
+
+  // Issue side: the next task's rows into the next slot, one commit group per task (an empty one
+  // past the warp's last task, so that the wait below always counts S - 1 newer groups).
+  int issued = 0, issue_task = first_task, issue_slot = 0;
+  auto issue = [&] {
+    if (issued < my_tasks) {
+      const std::uint8_t* begin = w + static_cast<std::size_t>(issue_task) * R * row_size;
+      const std::uint8_t* end = begin + static_cast<std::size_t>(R) * row_size;
+      if (end > w_end) end = w_end;
+      const auto a = reinterpret_cast<std::uintptr_t>(begin) & ~std::uintptr_t{15};
+      const auto e = (reinterpret_cast<std::uintptr_t>(end) + 15) & ~std::uintptr_t{15};
+      const int n_chunks = static_cast<int>((e - a) >> 4);
+      std::uint8_t* dst = ring + issue_slot * slot_size;
+      const auto* src = reinterpret_cast<const std::uint8_t*>(a);
+      if (src >= w && src + 16 * n_chunks <= w_end) {  // all but the matrix's first and last rows
+        for (int i = lane; i < n_chunks; i += 32) cp_async16(dst + 16 * i, src + 16 * i);
+      } else {
+        for (int i = lane; i < n_chunks; i += 32) {
+          const std::uint8_t* chunk = src + 16 * i;
+          if (chunk >= w && chunk + 16 <= w_end) {
+            cp_async16(dst + 16 * i, chunk);
+          } else {
+            copy_edge(dst + 16 * i, chunk, w, w_end);
+          }
+        }
+      }
+      ++issued;
+      issue_task += task_stride;
+    }
+    cp_async_commit();
+    if (++issue_slot == S) issue_slot = 0;
+  };
+
+#pragma unroll
+  for (int k = 0; k < S - 1; ++k) issue();
+  pdl_wait();
+  pdl_trigger();
+
+  {  // x into shared memory: float4 i goes to i + i / 32 (4 floats of padding per 128)
+    const int n4 = n_cols / 4;
+    const auto* x4 = reinterpret_cast<const float4*>(x);
+    constexpr int kThreads = 32 * kWarps, kBatch = 4;
+    for (int base = static_cast<int>(threadIdx.x); base < n4; base += kBatch * kThreads) {
+      float4 v[kBatch];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        const int i = base + j * kThreads;
+        if (i < n4) v[j] = x4[i];
+      }
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        const int i = base + j * kThreads;
+        if (i < n4) xs[i + (i >> 5)] = v[j];
+      }
+    }
+  }
+  __syncthreads();
+
+  const int group = lane >> 3, h = (lane >> 2) & 1, c = lane & 3;
+  // x of the lane's unit in its first block (block `group`): element 256b + 128h + 8c lies in
+  // padded float4 (64b + 32h + 2c) + (2b + h); a step of 4 blocks is 4 * 66 float4s further.
+  const float4* x_first = xs + 66 * group + 33 * h + 2 * c;
+  int task = first_task, slot = 0;
+  for (int k = 0; k < my_tasks; ++k) {
+    issue();
+    cp_async_wait<S - 1>();  // task k has landed (this lane's copies) ...
+    __syncwarp();            // ... and so have the other lanes'
+    const std::uint8_t* slot_ptr = ring + slot * slot_size;
+    const int row0 = task * R;
+    const int off = static_cast<int>(
+        reinterpret_cast<std::uintptr_t>(w + static_cast<std::size_t>(row0) * row_size) & 15);
+    RowCursor rows[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      rows[r] = RowCursor(slot_ptr, off + r * row_size + group * kBlockBytes, h, c);
+    }
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+    const float4* xp = x_first;
+    for (int b = group; b < n_blocks; b += 4) {
+      float4 xv[4][2];
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        xv[s][0] = xp[8 * s];
+        xv[s][1] = xp[8 * s + 1];
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        acc[r] = rows[r].block_dot(xv, acc[r]);
+        rows[r].next_step();
+      }
+      xp += 4 * 66;
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float v = warp_sum(acc[r]);
+      if (lane == 0 && row0 + r < n_rows) y[row0 + r] = v;
+    }
+    task += task_stride;
+    if (++slot == S) slot = 0;
+    __syncwarp();  // every lane has read this slot before the next issue() refills it
+  }
+  cp_async_wait<0>();
+}
+
+std::atomic<int>& rows_choice() {
+  static std::atomic<int> rows{0};
+  return rows;
+}
+
+int default_rows() {
+  static const int rows = [] {
+    const char* env = std::getenv("QFORGE_Q6K_GEMV_ROWS");
+    return env != nullptr && std::strtol(env, nullptr, 10) == 2 ? 2 : 1;
+  }();
+  return rows;
+}
+
+int pick_rows() {
+  const int forced = rows_choice().load();
+  return forced != 0 ? forced : default_rows();
+}
+
+// The most stages (2..4) whose slots fit next to x, or 0 when not even two do.
+int pick_stages(int rows, std::size_t n_cols) {
+  for (int stages = 4; stages >= 2; --stages) {
+    if (smem_bytes(rows, stages, n_cols) <= current_max_smem_per_block()) return stages;
+  }
+  return 0;
+}
+
+template <int R, int S>
+void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, StreamHandle stream) {
+  constexpr int kWarps = warps_per_cta<R>();
+  auto* kernel = gemv_q6_k_kernel<R, S>;
+  const std::size_t max_smem = current_max_smem_per_block();
+  // At least half an SM's shared memory, so that two CTAs never share an SM (see gemv_q4_0x8.cu:
+  // each CTA owns a fixed stride of the rows, and one placed beside another would run at half
+  // speed and hold back the whole launch).
+  const std::size_t smem =
+      std::max(smem_bytes(R, S, static_cast<std::size_t>(n_cols)), max_smem / 2 + 1024);
+  if (smem > 48 * 1024) {  // per device and kernel; a host-side call, also during graph capture
+    QFORGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem)));
+  }
+  const long long n_tasks = (static_cast<long long>(n_rows) + R - 1) / R;
+  const auto grid = static_cast<unsigned>(std::min<long long>(
+      (n_tasks + kWarps - 1) / kWarps, static_cast<long long>(current_sm_count())));
+  const auto slot_size = static_cast<int>(slot_bytes(R, static_cast<std::size_t>(n_cols)));
+  launch_pdl("gemv_q6_k_kernel", kernel, grid, 32 * kWarps, smem, stream,
+             static_cast<const std::uint8_t*>(w), n_rows, n_cols, slot_size, x, y);
+  QFORGE_CUDA_CHECK_LAUNCH("gemv_q6_k_kernel");
+}
+
+template <int R>
+void launch_stages(const void* w, int n_rows, int n_cols, const float* x, float* y,
+                   StreamHandle stream) {
+  switch (pick_stages(R, static_cast<std::size_t>(n_cols))) {
+    case 4:
+      return launch<R, 4>(w, n_rows, n_cols, x, y, stream);
+    case 3:
+      return launch<R, 3>(w, n_rows, n_cols, x, y, stream);
+    default:
+      return launch<R, 2>(w, n_rows, n_cols, x, y, stream);
+  }
+}
+
+}  // namespace
+
+bool gemv_q6_k_applies(std::size_t n_cols) {
+  // Two rows' slots (8 warps) never take more than one row's (16 warps), so this covers both.
+  return n_cols > 0 && n_cols % 256 == 0 && n_cols <= (std::size_t{1} << 20) &&
+         pick_stages(1, n_cols) != 0;
+}
+
+void gemv_q6_k(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
+               StreamHandle stream) {
+  if (!gemv_q6_k_applies(n_cols) || n_rows == 0 || n_rows > kGemvQ6KMaxRows) {
+    cuda_fail("CUDA gemv (Q6_K): ", n_rows, " x ", n_cols, " (need rows in [1, ", kGemvQ6KMaxRows,
+              "] and columns a positive multiple of 256 whose x and row slots ",
+              "fit in shared memory)");
+  }
+  if (w == nullptr || reinterpret_cast<std::uintptr_t>(w) % 2 != 0 || x == nullptr ||
+      reinterpret_cast<std::uintptr_t>(x) % 16 != 0 || y == nullptr) {
+    cuda_fail("CUDA gemv (Q6_K): weights must be 2-byte and x 16-byte aligned device arrays, ",
+              "y non-null");
+  }
+  const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
+  if (pick_rows() == 2) {
+    launch_stages<2>(w, rows, cols, x, y, stream);
+  } else {
+    launch_stages<1>(w, rows, cols, x, y, stream);
+  }
+}
+
+void set_gemv_q6_k_rows(int rows) {
+  if (rows != 0 && rows != 1 && rows != 2) {
+    cuda_fail("set_gemv_q6_k_rows: rows must be 0, 1 or 2, got ", rows);
+  }
+  rows_choice().store(rows);
+}
+
+}  // namespace qforge::cuda::detail
