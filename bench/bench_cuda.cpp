@@ -16,6 +16,7 @@
 #include "runtime/cuda/buffer.h"
 #include "runtime/cuda/gemv.h"
 #include "runtime/cuda/gemv_mma.h"
+#include "runtime/cuda/gemv_q6_k.h"
 #include "runtime/cuda/graph.h"
 #include "runtime/cuda/moe.h"
 #include "runtime/cuda/q4_0x8.h"
@@ -109,9 +110,12 @@ void BM_CudaGemv(benchmark::State& state, GgmlType type, cuda::GemvKernel kernel
   state.counters["weight_MB"] = static_cast<double>(q.size()) / 1e6;
   const bool mma = mma_stages != 0 && kernel == cuda::GemvKernel::kTiled &&
                    cuda::detail::gemv_mma_applies(type, weights[0].data(), cols, n_tokens);
+  const bool q6_k = type == GgmlType::Q6_K && kernel == cuda::GemvKernel::kTiled && n_tokens == 1 &&
+                    cuda::detail::gemv_q6_k_applies(cols);
   state.SetLabel(std::string(type_name(type)) +
-                 (x8    ? " x8r" + std::to_string(kQ4_0x8 - mma_stages) + " "
-                  : mma ? " mma" + std::to_string(mma_stages) + " "
+                 (x8     ? " x8r" + std::to_string(kQ4_0x8 - mma_stages) + " "
+                  : mma  ? " mma" + std::to_string(mma_stages) + " "
+                  : q6_k ? " q6_k "
                   : kernel == cuda::GemvKernel::kTiled ? " tiled "
                                                        : " legacy ") +
                  cuda::devices().at(0).name);
@@ -120,6 +124,13 @@ void BM_CudaGemv(benchmark::State& state, GgmlType type, cuda::GemvKernel kernel
   cuda::set_gemv_kernel(cuda::GemvKernel::kTiled);
   cuda::detail::set_gemv_mma_stages(12);
   cuda::detail::set_gemv_mma_min_rows(8192);
+}
+
+// The one-token Q6_K kernel (gemv_q6_k.cu) with two rows per warp task instead of one.
+void BM_CudaGemvQ6KRows2(benchmark::State& state) {
+  cuda::detail::set_gemv_q6_k_rows(2);
+  BM_CudaGemv(state, GgmlType::Q6_K, cuda::GemvKernel::kTiled);
+  cuda::detail::set_gemv_q6_k_rows(0);
 }
 
 // moe_gemv at Gemma 4 26B-A4B decode shapes: 128 experts, 8 slots (one token, top 8). Args: rows,
@@ -238,6 +249,7 @@ void lm_head_shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"rows", "cols", "tokens"});
   b->Args({262144, 2816, 1});  // Gemma 4 LM head
   b->Args({128256, 4096, 1});  // Llama 3 LM head
+  b->Args({262144, 5376, 1});  // Gemma 4 31B LM head
   b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
 }
 
@@ -278,6 +290,9 @@ BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_mma14, GgmlType::Q4_0, cuda::GemvKernel::kTi
 BENCHMARK_CAPTURE(BM_CudaGemv, q4_0_cudacore, GgmlType::Q4_0, cuda::GemvKernel::kTiled, 0)
     ->Apply(q4_0_shapes);
 BENCHMARK_CAPTURE(BM_CudaGemv, q6_k_head, GgmlType::Q6_K, cuda::GemvKernel::kTiled, 12)
+    ->Apply(lm_head_shapes);
+BENCHMARK(BM_CudaGemvQ6KRows2)->Apply(lm_head_shapes);
+BENCHMARK_CAPTURE(BM_CudaGemv, q6_k_head_legacy, GgmlType::Q6_K, cuda::GemvKernel::kLegacy)
     ->Apply(lm_head_shapes);
 BENCHMARK_CAPTURE(BM_CudaMoeGemv, q4_0_mma, GgmlType::Q4_0, 12, cuda::GemvKernel::kTiled)
     ->Apply(moe_shapes);
