@@ -23,7 +23,7 @@ void gemv_q6_k(const void* w, std::size_t n_rows, std::size_t n_cols, const floa
 
 // For comparisons (tests, bench_cuda.cpp): rows per warp task, 1 (16 warps per CTA) or 2 (8
 // warps per CTA, each x load from shared memory serves both rows); 0 = the default, which is
-// QFORGE_Q6K_GEMV_ROWS from the environment or 1. Process-wide.
+// QFORGE_Q6K_GEMV_ROWS=1 from the environment, else 2. Process-wide.
 void set_gemv_q6_k_rows(int rows);
 
 }  // namespace qforge::cuda::detail
