@@ -42,4 +42,9 @@ std::size_t current_max_smem_per_block() {
   return static_cast<std::size_t>(current_attrs().max_smem);
 }
 
+std::size_t one_cta_per_sm_smem(std::size_t bytes) {
+  const std::size_t floor = current_max_smem_per_block() / 2 + 1024;
+  return bytes > floor ? bytes : floor;
+}
+
 }  // namespace qforge::cuda

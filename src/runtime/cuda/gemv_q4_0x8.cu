@@ -453,12 +453,7 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std
     cuda_fail("CUDA gemv (Q4_0x8): ", n_cols, " columns x ", kTokens, " tokens need ", smem,
               " bytes of shared memory, the device has ", max_smem());
   }
-  // At least half an SM's shared memory, so that two CTAs never share an SM: each CTA owns a
-  // fixed stride of the tasks, and a CTA placed beside another (as the CTAs of a GEMV launched
-  // early, pdl.cuh, may be where an earlier kernel's CTAs leave SMs free one by one) would run at
-  // half speed and hold back the whole launch. max_smem() is the per-CTA limit, an SM's shared
-  // memory less the 1 KiB reserved per CTA (sm_80 / sm_86 / sm_90), so two such CTAs never fit.
-  smem = std::max(smem, max_smem() / 2 + 1024);
+  smem = one_cta_per_sm_smem(smem);  // each CTA owns a fixed stride of the tasks
   if (smem > 48 * 1024) {  // per device and kernel; a host-side call, also during graph capture
     QFORGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem)));

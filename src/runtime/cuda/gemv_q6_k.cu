@@ -311,12 +311,8 @@ template <int R, int S>
 void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, StreamHandle stream) {
   constexpr int kWarps = warps_per_cta<R>();
   auto* kernel = gemv_q6_k_kernel<R, S>;
-  const std::size_t max_smem = current_max_smem_per_block();
-  // At least half an SM's shared memory, so that two CTAs never share an SM (see gemv_q4_0x8.cu:
-  // each CTA owns a fixed stride of the rows, and one placed beside another would run at half
-  // speed and hold back the whole launch).
-  const std::size_t smem =
-      std::max(smem_bytes(R, S, static_cast<std::size_t>(n_cols)), max_smem / 2 + 1024);
+  // Each CTA owns a fixed stride of the rows.
+  const std::size_t smem = one_cta_per_sm_smem(smem_bytes(R, S, static_cast<std::size_t>(n_cols)));
   if (smem > 48 * 1024) {  // per device and kernel; a host-side call, also during graph capture
     QFORGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem)));
