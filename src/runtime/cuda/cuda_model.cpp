@@ -523,36 +523,35 @@ void CudaModel::run_decode_graph(std::int32_t token, int pos, CudaKvCache& cache
   stream_.synchronize();
 }
 
-std::span<const float> CudaModel::decode_step(std::int32_t token, int pos, KvCache& cache_base) {
+CudaKvCache& CudaModel::checked_cache(const char* what, std::span<const std::int32_t> tokens,
+                                      int pos0, KvCache& cache_base) const {
   auto* cache = dynamic_cast<CudaKvCache*>(&cache_base);
-  if (cache == nullptr) fail("decode_step: the KV cache was not created by the CUDA backend");
-  check_forward_inputs({&token, 1}, pos, *cache, config_.n_vocab);
-  if (config_.n_embd_per_layer > 0 &&
-      static_cast<std::size_t>(token) >= weights_.per_layer_token_embd.rows) {
-    fail("decode_step: token id {} is outside the per-layer embedding table ({} rows)", token,
-         weights_.per_layer_token_embd.rows);
+  if (cache == nullptr) fail("{}: the KV cache was not created by the CUDA backend", what);
+  check_forward_inputs(tokens, pos0, *cache, config_.n_vocab);
+  if (config_.n_embd_per_layer > 0) {
+    const std::size_t rows = weights_.per_layer_token_embd.rows;
+    for (const std::int32_t id : tokens) {
+      if (static_cast<std::size_t>(id) >= rows) {
+        fail("{}: token id {} is outside the per-layer embedding table ({} rows)", what, id, rows);
+      }
+    }
   }
-  cache->set_filled(pos);
-  run_decode_graph(token, pos, *cache);
-  cache->set_filled(pos + 1);
+  return *cache;
+}
+
+std::span<const float> CudaModel::decode_step(std::int32_t token, int pos, KvCache& cache_base) {
+  CudaKvCache& cache = checked_cache("decode_step", {&token, 1}, pos, cache_base);
+  cache.set_filled(pos);
+  run_decode_graph(token, pos, cache);
+  cache.set_filled(pos + 1);
   return step_logits_.span();
 }
 
 std::vector<float> CudaModel::forward(std::span<const std::int32_t> tokens, int pos0,
                                       KvCache& cache_base, const ForwardOptions& options) {
-  auto* cache = dynamic_cast<CudaKvCache*>(&cache_base);
-  if (cache == nullptr) fail("forward: the KV cache was not created by the CUDA backend");
+  CudaKvCache* cache = &checked_cache("forward", tokens, pos0, cache_base);
   const ModelConfig& c = config_;
   const std::size_t n = tokens.size();
-  check_forward_inputs(tokens, pos0, *cache, c.n_vocab);
-  if (c.n_embd_per_layer > 0) {
-    const std::size_t rows = weights_.per_layer_token_embd.rows;
-    for (const std::int32_t id : tokens) {
-      if (static_cast<std::size_t>(id) >= rows) {
-        fail("forward: token id {} is outside the per-layer embedding table ({} rows)", id, rows);
-      }
-    }
-  }
   cache->set_filled(pos0);
 
   const auto vocab = sz(c.n_vocab);

@@ -76,6 +76,10 @@ class CudaModel final : public Model {
   // One token through the decode graph (captured on first use per cache), its logits copied into
   // step_logits_; returns once they are there.
   void run_decode_graph(std::int32_t token, int pos, CudaKvCache& cache);
+  // The cache as the CUDA backend's, after forward()'s input checks (check_forward_inputs and the
+  // per-layer embedding table's rows); `what` names the caller in the errors.
+  CudaKvCache& checked_cache(const char* what, std::span<const std::int32_t> tokens, int pos0,
+                             KvCache& cache_base) const;
   void attention_block(int il, int n, CudaKvCache& cache, int splits);
   void ffn_block(int il, int n);  // leaves the FFN output (before post_ffn_norm) in o_
   void moe_block(int il, int n);  // leaves the k slot outputs per token in exp_out_
