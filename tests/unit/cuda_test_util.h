@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <span>
 #include <vector>
 
 #include "core/half.h"
@@ -43,6 +44,24 @@ inline Quantized make_weights(GgmlType type, std::size_t rows, std::size_t cols,
   q.dequantized.resize(rows * cols);
   dequantize_rows(type, q.bytes, cols, q.dequantized);
   return q;
+}
+
+// The float64 dot of one row of weights w with x, and sum |w_k x_k|: the scale of the F32 rounding
+// error that the GEMV tests measure against (a plain relative error is meaningless when the dot
+// cancels to near zero).
+struct ExactDot {
+  double value = 0.0;
+  double magnitude = 0.0;
+};
+
+inline ExactDot exact_dot(const float* w, std::span<const float> x) {
+  ExactDot d;
+  for (std::size_t k = 0; k < x.size(); ++k) {
+    const double p = static_cast<double>(w[k]) * x[k];
+    d.value += p;
+    d.magnitude += std::fabs(p);
+  }
+  return d;
 }
 
 inline float round_bf16(float f) {

@@ -39,15 +39,10 @@ double gemv_error(const Quantized& q, std::size_t rows, std::size_t cols,
                   const std::vector<float>& x, std::span<const float> got) {
   double worst = 0.0;
   for (std::size_t r = 0; r < rows; ++r) {
-    double exact = 0.0, magnitude = 0.0;
-    for (std::size_t k = 0; k < cols; ++k) {
-      const double p = static_cast<double>(q.dequantized[r * cols + k]) * x[k];
-      exact += p;
-      magnitude += std::fabs(p);
-    }
+    const ExactDot e = exact_dot(q.dequantized.data() + r * cols, std::span(x).first(cols));
     const double g = got[r];
     if (!std::isfinite(g)) return INFINITY;
-    worst = std::max(worst, std::fabs(g - exact) / (magnitude > 0 ? magnitude : 1.0));
+    worst = std::max(worst, std::fabs(g - e.value) / (e.magnitude > 0 ? e.magnitude : 1.0));
   }
   return worst;
 }

@@ -53,18 +53,13 @@ GemvError gemv_error(GgmlType type, const Quantized& q, std::size_t rows, std::s
   for (int t = 0; t < n_tokens; ++t) {
     const std::span<const float> xt(x.data() + t * cols, cols);
     for (std::size_t r = 0; r < rows; ++r) {
-      double exact = 0.0, magnitude = 0.0;
-      for (std::size_t k = 0; k < cols; ++k) {
-        const double p = static_cast<double>(q.dequantized[r * cols + k]) * xt[k];
-        exact += p;
-        magnitude += std::fabs(p);
-      }
+      const ExactDot exact = exact_dot(q.dequantized.data() + r * cols, xt);
       const float cpu = dot_row(type, std::span(q.bytes).subspan(r * stride, stride), xt);
       const double g = got[t * rows + r];
       if (!std::isfinite(g)) return {INFINITY, INFINITY};
-      const double denom = magnitude > 0 ? magnitude : 1.0;
-      e.vs_exact = std::max(e.vs_exact, std::fabs(g - exact) / denom);
-      e.cpu_vs_exact = std::max(e.cpu_vs_exact, std::fabs(cpu - exact) / denom);
+      const double denom = exact.magnitude > 0 ? exact.magnitude : 1.0;
+      e.vs_exact = std::max(e.vs_exact, std::fabs(g - exact.value) / denom);
+      e.cpu_vs_exact = std::max(e.cpu_vs_exact, std::fabs(cpu - exact.value) / denom);
     }
   }
   return e;
@@ -184,14 +179,12 @@ void check_expert_gemv(GgmlType type, std::size_t cols) {
           EXPECT_EQ(g, 0.0) << "slot " << s;
           continue;
         }
-        double exact = 0.0, magnitude = 0.0;
-        const float* wr = q.dequantized.data() + (static_cast<std::size_t>(e) * rows + r) * cols;
-        for (std::size_t c = 0; c < cols; ++c) {
-          exact += static_cast<double>(wr[c]) * xs[c];
-          magnitude += std::fabs(static_cast<double>(wr[c]) * xs[c]);
-        }
+        const ExactDot exact =
+            exact_dot(q.dequantized.data() + (static_cast<std::size_t>(e) * rows + r) * cols,
+                      std::span(xs, cols));
         ASSERT_TRUE(std::isfinite(g)) << "slot " << s << " row " << r;
-        EXPECT_LT(std::fabs(g - exact) / magnitude, kGemvTolerance) << "slot " << s << " row " << r;
+        EXPECT_LT(std::fabs(g - exact.value) / exact.magnitude, kGemvTolerance)
+            << "slot " << s << " row " << r;
       }
     }
   }
