@@ -30,6 +30,7 @@
 #include "runtime/cpu/kv_cache.h"
 #include "runtime/cuda/buffer.h"
 #include "runtime/cuda/gemm_tc.h"
+#include "runtime/cuda/gemma4_ops.h"
 #include "runtime/cuda/gemv.h"
 #include "runtime/cuda/gemv_mma.h"
 #include "runtime/cuda/model_ops.h"
@@ -608,10 +609,38 @@ TEST(CudaOps, GatedActivationsSoftmaxSoftcapMatchCpu) {
   EXPECT_LT(max_rel, 1e-4);
 }
 
-// moe_route against a float64 reference: the k most probable experts (ties: lower index),
-// listed in increasing expert index, weights p / sum(chosen p) * expert_scale. Cases: 128 experts
-// top 8 (Gemma 4 26B-A4B), more slots than a warp has lanes (64 of 96), 4096 experts, all
-// experts chosen; each with a three-way tie for the top.
+// Checks ids and weights of a routing (moe_route's contract) against float64 logits: the k most
+// probable experts (ties: lower index), listed in increasing expert index, weights p / sum(chosen
+// p) * expert_scale, within rel (relative) + 1e-7.
+void expect_routing(const std::vector<double>& logits, int n_tokens, int n_expert, int k,
+                    const std::vector<float>& scale, const std::vector<int>& ids,
+                    const std::vector<float>& weights, double rel) {
+  for (int t = 0; t < n_tokens; ++t) {
+    const double* l = logits.data() + static_cast<std::size_t>(t) * n_expert;
+    std::vector<int> order;
+    double max = -INFINITY;
+    for (int e = 0; e < n_expert; ++e) {
+      order.push_back(e);
+      max = std::max(max, l[e]);
+    }
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return l[a] > l[b]; });
+    order.resize(static_cast<std::size_t>(k));
+    double chosen_sum = 0.0;
+    for (const int e : order) chosen_sum += std::exp(l[e] - max);
+    std::sort(order.begin(), order.end());
+    for (int j = 0; j < k; ++j) {
+      const std::size_t slot = static_cast<std::size_t>(t) * k + j;
+      const int e = order[static_cast<std::size_t>(j)];
+      ASSERT_EQ(ids[slot], e) << "token " << t << " slot " << j;
+      const double want = std::exp(l[e] - max) / chosen_sum * scale[e];
+      EXPECT_NEAR(weights[slot], want, rel * std::fabs(want) + 1e-7) << "token " << t;
+    }
+  }
+}
+
+// moe_route against a float64 reference. Cases: 128 experts top 8 (Gemma 4 26B-A4B), more slots
+// than a warp has lanes (64 of 96), 4096 experts, all experts chosen; each with a three-way tie
+// for the top.
 TEST(CudaMoe, RouteMatchesReference) {
   SKIP_WITHOUT_GPU();
   struct Case {
@@ -629,27 +658,122 @@ TEST(CudaMoe, RouteMatchesReference) {
     cuda::DeviceBuffer<float> dw(slots);
     cuda::moe_route(dl.data(), cs.n_tokens, cs.n_expert, cs.k, ds.data(), dids.data(), dw.data(),
                     nullptr);
-    const std::vector<int> ids = dids.to_host();
-    const std::vector<float> weights = dw.to_host();
+    expect_routing(std::vector<double>(logits.begin(), logits.end()), cs.n_tokens, cs.n_expert,
+                   cs.k, scale, dids.to_host(), dw.to_host(), 1e-5);
+  }
+}
+
+// moe_router_route (F32 router GEMV + routing in one launch) against float64 logits, twice in a
+// row (the per-token counters must come back to zero), on the Gemma 4 26B-A4B router shape
+// (128 x 2816) and on shapes whose experts do not fill the last CTA.
+TEST(CudaMoe, RouterAndRouteInOneLaunchMatchReference) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    int n_tokens, n_expert, k, cols;
+  };
+  for (const Case cs : {Case{1, 128, 8, 2816}, Case{5, 130, 8, 2816}, Case{3, 7, 2, 36}}) {
+    SCOPED_TRACE(testing::Message() << cs.n_expert << " experts, top " << cs.k << ", "
+                                    << cs.n_tokens << " tokens");
+    const auto cols = static_cast<std::size_t>(cs.cols);
+    const std::vector<float> w =
+        random_floats(static_cast<std::size_t>(cs.n_expert) * cols, 11, 0.05f);
+    const std::vector<float> x =
+        random_floats(static_cast<std::size_t>(cs.n_tokens) * cols, 12, 1.0f);
+    const std::vector<float> scale = random_floats(static_cast<std::size_t>(cs.n_expert), 13, 1.0f);
+    std::vector<double> logits(static_cast<std::size_t>(cs.n_tokens) * cs.n_expert);
     for (int t = 0; t < cs.n_tokens; ++t) {
-      const float* l = logits.data() + static_cast<std::size_t>(t) * cs.n_expert;
-      std::vector<int> order;
-      double max = -INFINITY;
       for (int e = 0; e < cs.n_expert; ++e) {
-        order.push_back(e);
-        max = std::max(max, static_cast<double>(l[e]));
+        double acc = 0.0;
+        for (std::size_t c = 0; c < cols; ++c) {
+          acc += static_cast<double>(w[static_cast<std::size_t>(e) * cols + c]) *
+                 x[static_cast<std::size_t>(t) * cols + c];
+        }
+        logits[static_cast<std::size_t>(t) * cs.n_expert + e] = acc;
       }
-      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return l[a] > l[b]; });
-      order.resize(static_cast<std::size_t>(cs.k));
-      double chosen_sum = 0.0;
-      for (const int e : order) chosen_sum += std::exp(static_cast<double>(l[e]) - max);
-      std::sort(order.begin(), order.end());
-      for (int j = 0; j < cs.k; ++j) {
-        const std::size_t slot = static_cast<std::size_t>(t) * cs.k + j;
-        const int e = order[static_cast<std::size_t>(j)];
-        ASSERT_EQ(ids[slot], e) << "token " << t << " slot " << j;
-        const double want = std::exp(static_cast<double>(l[e]) - max) / chosen_sum * scale[e];
-        EXPECT_NEAR(weights[slot], want, 1e-5 * std::fabs(want) + 1e-7) << "token " << t;
+    }
+    cuda::DeviceBuffer<float> dwt{std::span<const float>(w)}, dx{std::span<const float>(x)};
+    cuda::DeviceBuffer<float> ds{std::span<const float>(scale)};
+    cuda::DeviceBuffer<float> dl(logits.size());
+    const std::size_t slots = static_cast<std::size_t>(cs.n_tokens) * cs.k;
+    cuda::DeviceBuffer<int> dids(slots);
+    cuda::DeviceBuffer<float> dw(slots);
+    cuda::DeviceBuffer<unsigned> counters(static_cast<std::size_t>(cs.n_tokens));
+    counters.fill_bytes(0);
+    for (int call = 0; call < 2; ++call) {
+      dids.fill_bytes(0xff);
+      cuda::moe_router_route(dwt.data(), cs.cols, dx.data(), cs.n_tokens, cs.n_expert, cs.k,
+                             ds.data(), dl.data(), dids.data(), dw.data(), counters.data(),
+                             nullptr);
+      // Logits: F32 dot products of <= 2816 terms, checked against the float64 ones.
+      const std::vector<float> got = dl.to_host();
+      for (std::size_t i = 0; i < logits.size(); ++i) {
+        ASSERT_NEAR(got[i], logits[i], 1e-5 * (std::fabs(logits[i]) + 1.0)) << "logit " << i;
+      }
+      expect_routing(logits, cs.n_tokens, cs.n_expert, cs.k, scale, dids.to_host(), dw.to_host(),
+                     5e-5);
+      for (const unsigned c : counters.to_host()) EXPECT_EQ(c, 0u) << "call " << call;
+    }
+  }
+}
+
+// moe_combine with the residual update (one kernel) against a float64 reference of
+// moe_combine then residual_scale_norm: the Gemma 4 26B-A4B row (2816, k = 8), two tokens, with
+// and without the output norm and the next norm.
+TEST(CudaMoe, CombineWithResidualUpdateMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  constexpr int kRows = 2, kSlots = 8;
+  constexpr std::size_t kN = 2816;
+  constexpr float kEps = 1e-6f, kScale = 0.75f;
+  const std::vector<float> o = random_floats(kRows * kN, 21, 2.0f);
+  const std::vector<float> y = random_floats(kRows * kSlots * kN, 22, 3.0f);
+  const std::vector<float> slot_w = random_floats(kRows * kSlots, 23, 1.0f);
+  const std::vector<float> wd = random_floats(kN, 24, 1.0f), we = random_floats(kN, 25, 1.0f);
+  const std::vector<float> wo = random_floats(kN, 26, 1.0f), wn = random_floats(kN, 27, 1.0f);
+  const std::vector<float> x = random_floats(kRows * kN, 28, 10.0f);
+  const auto rms_scaled = [](std::vector<double> v, const std::vector<float>* w) {
+    double ss = 0.0;
+    for (const double a : v) ss += a * a;
+    const double inv = 1.0 / std::sqrt(ss / static_cast<double>(v.size()) + kEps);
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] *= inv * (w != nullptr ? (*w)[i] : 1.0);
+    return v;
+  };
+  for (const bool norms : {true, false}) {
+    SCOPED_TRACE(norms ? "with norms" : "without the output and next norms");
+    cuda::DeviceBuffer<float> d_o{std::span<const float>(o)}, d_y{std::span<const float>(y)};
+    cuda::DeviceBuffer<float> d_sw{std::span<const float>(slot_w)};
+    cuda::DeviceBuffer<float> d_wd{std::span<const float>(wd)}, d_we{std::span<const float>(we)};
+    cuda::DeviceBuffer<float> d_wo{std::span<const float>(wo)}, d_wn{std::span<const float>(wn)};
+    cuda::DeviceBuffer<float> d_x{std::span<const float>(x)}, d_h(kRows * kN);
+    d_h.fill_bytes(0);
+    const cuda::ResidualNorm r{d_x.data(), norms ? d_wo.data() : nullptr, kScale,
+                               norms ? d_wn.data() : nullptr, d_h.data()};
+    cuda::moe_combine(d_o.data(), d_y.data(), d_sw.data(), kSlots, d_wd.data(), d_we.data(), kRows,
+                      kN, kEps, nullptr, &r);
+    const std::vector<float> got_x = d_x.to_host(), got_h = d_h.to_host();
+    EXPECT_EQ(d_o.to_host(), o) << "o must be left as it was";
+    for (int t = 0; t < kRows; ++t) {
+      std::vector<double> dense(kN), experts(kN, 0.0), xr(kN);
+      for (std::size_t i = 0; i < kN; ++i) {
+        dense[i] = o[t * kN + i];
+        for (int s = 0; s < kSlots; ++s) {
+          experts[i] += static_cast<double>(slot_w[t * kSlots + s]) * y[(t * kSlots + s) * kN + i];
+        }
+      }
+      dense = rms_scaled(dense, &wd);
+      experts = rms_scaled(experts, &we);
+      std::vector<double> mix(kN);
+      for (std::size_t i = 0; i < kN; ++i) mix[i] = dense[i] + experts[i];
+      if (norms) mix = rms_scaled(mix, &wo);
+      for (std::size_t i = 0; i < kN; ++i) xr[i] = (x[t * kN + i] + mix[i]) * kScale;
+      const std::vector<double> hr = rms_scaled(xr, &wn);
+      // F32 rounding of sums over a 2816-wide row: relative errors of a few 1e-7 per step.
+      for (std::size_t i = 0; i < kN; ++i) {
+        ASSERT_NEAR(got_x[t * kN + i], xr[i], 1e-5 * (std::fabs(xr[i]) + 1.0)) << t << "," << i;
+        if (norms) {
+          ASSERT_NEAR(got_h[t * kN + i], hr[i], 1e-5 * (std::fabs(hr[i]) + 1.0)) << t << "," << i;
+        } else {
+          ASSERT_EQ(got_h[t * kN + i], 0.0f) << "h must not be written without a next norm";
+        }
       }
     }
   }

@@ -171,6 +171,12 @@ bool gemm_enabled_by_env() {
                             std::strcmp(env, "0") != 0);
 }
 
+// Switches that are on unless the variable is "0" (for side-by-side measurements).
+bool on_unless_zero(const char* variable) {
+  const char* env = std::getenv(variable);
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
 }  // namespace
 
 CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
@@ -188,6 +194,9 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
       weights_(host_weights_, config_,
                scratch_sizes(config_, layers_, per_layer_width_, sm_count_).total_bytes()) {
   const ScratchSizes s = scratch_sizes(config_, layers_, per_layer_width_, sm_count_);
+  fork_moe_ = on_unless_zero("QFORGE_MOE_FORK");
+  fuse_moe_combine_ = on_unless_zero("QFORGE_MOE_COMBINE_FUSED");
+  fuse_router_ = on_unless_zero("QFORGE_MOE_ROUTER_FUSED");
   x_ = DeviceBuffer<float>(s.x);
   h_ = DeviceBuffer<float>(s.x);
   o_ = DeviceBuffer<float>(s.x);
@@ -210,6 +219,8 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
     router_logits_ = DeviceBuffer<float>(s.router_logits);
     route_weights_ = DeviceBuffer<float>(s.slots);
     expert_ids_ = DeviceBuffer<int>(s.slots);
+    route_counters_ = DeviceBuffer<unsigned>(sz(kMaxBatch));
+    route_counters_.fill_bytes(0);  // moe_router_route leaves them zero after every call
     exp_gate_up_ = DeviceBuffer<float>(s.exp_gate_up);
     exp_act_ = DeviceBuffer<float>(s.exp_act);
     exp_out_ = DeviceBuffer<float>(s.exp_out);
@@ -246,8 +257,8 @@ int CudaModel::prefill_splits(int n_tokens, int decode_splits) const {
   return std::clamp(ceil_div(2 * sm_count_, n_tokens * config_.n_head), 1, decode_splits);
 }
 
-void CudaModel::matmul(const DeviceMatrix& m, const float* x, float* y, std::size_t ldy, int n) {
-  const StreamHandle s = stream_.get();
+void CudaModel::matmul(const DeviceMatrix& m, const float* x, float* y, std::size_t ldy, int n,
+                       StreamHandle s) {
   if (m.layout == WeightLayout::kQ4_0x8) {
     if (tensor_core_chunk(n)) {
       gemm(m.type, m.data, m.rows, m.cols, x, y, ldy, n, s, m.layout);
@@ -261,15 +272,15 @@ void CudaModel::matmul(const DeviceMatrix& m, const float* x, float* y, std::siz
     gemm(m.type, m.data, m.rows, m.cols, x, y, ldy, n, s);
     return;
   }
-  gemv_pieces(m.type, m.data, m.rows, m.cols, x, y, ldy, n);
+  gemv_pieces(m.type, m.data, m.rows, m.cols, x, y, ldy, n, s);
 }
 
 // The batched GEMV over n tokens in launches of at most kGemvMaxTokens.
 void CudaModel::gemv_pieces(GgmlType type, const void* w, std::size_t rows, std::size_t cols,
-                            const float* x, float* y, std::size_t ldy, int n) {
+                            const float* x, float* y, std::size_t ldy, int n, StreamHandle s) {
   for (int t = 0; t < n; t += kGemvMaxTokens) {
     gemv_ld(type, w, rows, cols, x + sz(t) * cols, y + sz(t) * ldy, ldy,
-            std::min(kGemvMaxTokens, n - t), stream_.get());
+            std::min(kGemvMaxTokens, n - t), s);
   }
 }
 
@@ -366,11 +377,71 @@ void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits) {
                moe_in);
 }
 
-// The FFN output before post_ffn_norm into o_: the dense gated FFN of h, with MoE
-// post_norm_1(dense) + post_norm_2(experts); see CpuModel::ffn_block.
-void CudaModel::ffn_block(int il, int n) {
+// The FFN of h_ and the residual update after it: x = (x + post_ffn_norm(FFN)) * output scale,
+// h = next_norm(x) (see residual_update). MoE layers: FFN = post_norm_1(dense) +
+// post_norm_2(experts); see CpuModel::ffn_block.
+void CudaModel::ffn_block(int il, int n, const float* next_norm) {
   const ModelConfig& c = config_;
   const StreamHandle s = stream_.get();
+  const DeviceLayer& l = weights_.layers[sz(il)];
+  if (!l.has_moe) {
+    dense_ffn(il, n, s);
+    residual_update(il, n, next_norm);
+    return;
+  }
+  // The dense FFN and the routed experts read their own inputs (h_; router_in_, expert_in_) and
+  // write their own buffers until moe_combine. On a decode step both are chains of short,
+  // latency-bound launches, so the dense one runs on a second stream beside the other (a fork
+  // and a join in the captured graph). Prompt chunks keep one stream: their GEMMs fill the GPU.
+  const bool fork = fork_moe_ && !tensor_core_chunk(n);
+  if (fork) {
+    fork_.record(s);
+    fork_.wait_in(side_stream_.get());
+  }
+  dense_ffn(il, n, fork ? side_stream_.get() : s);
+  moe_block(il, n);
+  if (fork) {
+    join_.record(side_stream_.get());
+    join_.wait_in(s);
+  }
+  if (fuse_moe_combine_ && !l.has_per_layer_input) {
+    // The mix and the residual update in one kernel (add_and_norm is the scale 1 case).
+    const ResidualNorm r{x_.data(), l.post_ffn_norm, l.output_scale, next_norm, h_.data()};
+    moe_combine(o_.data(), exp_out_.data(), route_weights_.data(), c.n_expert_used,
+                l.moe.post_norm_dense, l.moe.post_norm_moe, n, embd_, c.norm_eps, s, &r);
+    return;
+  }
+  moe_combine(o_.data(), exp_out_.data(), route_weights_.data(), c.n_expert_used,
+              l.moe.post_norm_dense, l.moe.post_norm_moe, n, embd_, c.norm_eps, s);
+  residual_update(il, n, next_norm);
+}
+
+// x += post_ffn_norm(o) [+ per-layer input block], x *= output scale, h = next_norm(x).
+void CudaModel::residual_update(int il, int n, const float* next_norm) {
+  const ModelConfig& c = config_;
+  const StreamHandle s = stream_.get();
+  const float eps = c.norm_eps;
+  const DeviceLayer& l = weights_.layers[sz(il)];
+  if (l.has_per_layer_input) {
+    residual_scale_norm(x_.data(), o_.data(), l.post_ffn_norm, 1.0f, nullptr, nullptr, n, embd_,
+                        eps, s);
+    const auto n_pl = sz(c.n_embd_per_layer);
+    matmul(l.per_layer_input.gate, x_.data(), per_layer_gate_.data(), n_pl, n);
+    per_layer_gate(c.ffn_act, per_layer_gate_.data(), per_layer_.data(), n, c.n_embd_per_layer,
+                   per_layer_width_, sz(il) * n_pl, s);
+    matmul(l.per_layer_input.proj, per_layer_gate_.data(), o_.data(), embd_, n);
+    residual_scale_norm(x_.data(), o_.data(), l.per_layer_input.post_norm, l.output_scale,
+                        next_norm, h_.data(), n, embd_, eps, s);
+  } else if (l.output_scale != 1.0f) {
+    residual_scale_norm(x_.data(), o_.data(), l.post_ffn_norm, l.output_scale, next_norm,
+                        h_.data(), n, embd_, eps, s);
+  } else {
+    add_and_norm(x_.data(), o_.data(), l.post_ffn_norm, next_norm, h_.data(), n, embd_, eps, s);
+  }
+}
+
+void CudaModel::dense_ffn(int il, int n, StreamHandle s) {
+  const ModelConfig& c = config_;
   const DeviceLayer& l = weights_.layers[sz(il)];
   const std::size_t ff = layers_[sz(il)].ff;
   if (!l.gate_up.empty() && l.gate_up.layout == WeightLayout::kQ4_0x8 && !tensor_core_chunk(n)) {
@@ -379,19 +450,14 @@ void CudaModel::ffn_block(int il, int n) {
                     act_.data(), ff, n, s);
   } else {
     if (!l.gate_up.empty()) {
-      matmul(l.gate_up, h_.data(), gate_up_.data(), 2 * ff, n);
+      matmul(l.gate_up, h_.data(), gate_up_.data(), 2 * ff, n, s);
     } else {
-      matmul(l.gate, h_.data(), gate_up_.data(), 2 * ff, n);
-      matmul(l.up, h_.data(), gate_up_.data() + ff, 2 * ff, n);
+      matmul(l.gate, h_.data(), gate_up_.data(), 2 * ff, n, s);
+      matmul(l.up, h_.data(), gate_up_.data() + ff, 2 * ff, n, s);
     }
     glu_rows(c.ffn_act, gate_up_.data(), act_.data(), n, ff, s);
   }
-  matmul(l.down, act_.data(), o_.data(), embd_, n);
-  if (l.has_moe) {
-    moe_block(il, n);
-    moe_combine(o_.data(), exp_out_.data(), route_weights_.data(), c.n_expert_used,
-                l.moe.post_norm_dense, l.moe.post_norm_moe, n, embd_, c.norm_eps, s);
-  }
+  matmul(l.down, act_.data(), o_.data(), embd_, n, s);
 }
 
 // Routing and the chosen experts on the device (moe.h), from router_in_ and expert_in_ (made by
@@ -401,18 +467,37 @@ void CudaModel::moe_block(int il, int n) {
   const StreamHandle s = stream_.get();
   const DeviceMoe& m = weights_.layers[sz(il)].moe;
   const int k = c.n_expert_used;
-  const auto ff_exp = sz(c.n_ff_exp);
   // The router never takes the BF16 tensor-core GEMM: its rounding could change which experts
   // are chosen. F32 routers of prompt chunks go through the F32 GEMM (one launch).
-  if (m.router.type == GgmlType::F32 && n >= kGemmMinTokens) {
-    gemm_f32(static_cast<const float*>(m.router.data), m.router.rows, m.router.cols,
-             router_in_.data(), router_logits_.data(), sz(c.n_expert), n, s);
+  const bool f32_router = m.router.type == GgmlType::F32;
+  // Decode steps and small chunks with an F32 router: the logits and the routing in one launch.
+  const bool fused = f32_router && n < kGemmMinTokens && m.router.cols % 4 == 0 &&
+                     reinterpret_cast<std::uintptr_t>(m.router.data) % 16 == 0 && fuse_router_;
+  if (fused) {
+    moe_router_route(static_cast<const float*>(m.router.data), static_cast<int>(m.router.cols),
+                     router_in_.data(), n, c.n_expert, k, m.expert_scale, router_logits_.data(),
+                     expert_ids_.data(), route_weights_.data(), route_counters_.data(), s);
   } else {
-    gemv_pieces(m.router.type, m.router.data, m.router.rows, m.router.cols, router_in_.data(),
-                router_logits_.data(), sz(c.n_expert), n);
+    if (f32_router && n >= kGemmMinTokens) {
+      gemm_f32(static_cast<const float*>(m.router.data), m.router.rows, m.router.cols,
+               router_in_.data(), router_logits_.data(), sz(c.n_expert), n, s);
+    } else {
+      gemv_pieces(m.router.type, m.router.data, m.router.rows, m.router.cols, router_in_.data(),
+                  router_logits_.data(), sz(c.n_expert), n, s);
+    }
+    moe_route(router_logits_.data(), n, c.n_expert, k, m.expert_scale, expert_ids_.data(),
+              route_weights_.data(), s);
   }
-  moe_route(router_logits_.data(), n, c.n_expert, k, m.expert_scale, expert_ids_.data(),
-            route_weights_.data(), s);
+  moe_experts(il, n);
+}
+
+// The chosen experts' FFNs of every slot into exp_out_, from expert_in_ and the routing.
+void CudaModel::moe_experts(int il, int n) {
+  const ModelConfig& c = config_;
+  const StreamHandle s = stream_.get();
+  const DeviceMoe& m = weights_.layers[sz(il)].moe;
+  const int k = c.n_expert_used;
+  const auto ff_exp = sz(c.n_ff_exp);
   const int slots = n * k;
   // Prompt chunks: experts grouped on the device, each expert's weights read once per tile of
   // its tokens, on tensor cores. Decode: one GEMV per chosen expert.
@@ -471,27 +556,9 @@ void CudaModel::record_chunk(int n, CudaKvCache& cache) {
       add_and_norm(x_.data(), nullptr, nullptr, l.attn_norm, h_.data(), n, embd_, eps, s);
     }
     attention_block(static_cast<int>(il), n, cache, splits);
-    ffn_block(static_cast<int>(il), n);
-
-    // x += post_ffn_norm(o) [+ per-layer input block], x *= output scale, h = next norm of x.
     const float* next_norm =
         il + 1 < n_layer ? weights_.layers[il + 1].attn_norm : weights_.output_norm;
-    if (l.has_per_layer_input) {
-      residual_scale_norm(x_.data(), o_.data(), l.post_ffn_norm, 1.0f, nullptr, nullptr, n, embd_,
-                          eps, s);
-      const auto n_pl = sz(c.n_embd_per_layer);
-      matmul(l.per_layer_input.gate, x_.data(), per_layer_gate_.data(), n_pl, n);
-      per_layer_gate(c.ffn_act, per_layer_gate_.data(), per_layer_.data(), n, c.n_embd_per_layer,
-                     per_layer_width_, il * n_pl, s);
-      matmul(l.per_layer_input.proj, per_layer_gate_.data(), o_.data(), embd_, n);
-      residual_scale_norm(x_.data(), o_.data(), l.per_layer_input.post_norm, l.output_scale,
-                          next_norm, h_.data(), n, embd_, eps, s);
-    } else if (l.output_scale != 1.0f) {
-      residual_scale_norm(x_.data(), o_.data(), l.post_ffn_norm, l.output_scale, next_norm,
-                          h_.data(), n, embd_, eps, s);
-    } else {
-      add_and_norm(x_.data(), o_.data(), l.post_ffn_norm, next_norm, h_.data(), n, embd_, eps, s);
-    }
+    ffn_block(static_cast<int>(il), n, next_norm);
   }
 }
 

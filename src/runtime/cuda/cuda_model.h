@@ -81,12 +81,21 @@ class CudaModel final : public Model {
   CudaKvCache& checked_cache(const char* what, std::span<const std::int32_t> tokens, int pos0,
                              KvCache& cache_base) const;
   void attention_block(int il, int n, CudaKvCache& cache, int splits);
-  void ffn_block(int il, int n);  // leaves the FFN output (before post_ffn_norm) in o_
+  // The FFN of h_, then the residual update: x_ and h_ (the next_norm of x_) as the layer leaves
+  // them.
+  void ffn_block(int il, int n, const float* next_norm);
+  void residual_update(int il, int n, const float* next_norm);  // from the FFN output in o_
+  void dense_ffn(int il, int n, StreamHandle s);  // the gated FFN of h_ into o_, on stream s
   void moe_block(int il, int n);  // leaves the k slot outputs per token in exp_out_
+  void moe_experts(int il, int n);  // moe_block after the routing
   void per_layer_inputs(int n);
-  void matmul(const DeviceMatrix& m, const float* x, float* y, std::size_t ldy, int n);
+  void matmul(const DeviceMatrix& m, const float* x, float* y, std::size_t ldy, int n) {
+    matmul(m, x, y, ldy, n, stream_.get());
+  }
+  void matmul(const DeviceMatrix& m, const float* x, float* y, std::size_t ldy, int n,
+              StreamHandle s);
   void gemv_pieces(GgmlType type, const void* w, std::size_t rows, std::size_t cols, const float* x,
-                   float* y, std::size_t ldy, int n);
+                   float* y, std::size_t ldy, int n, StreamHandle s);
   int prefill_splits(int n_tokens, int decode_splits) const;
   // A chunk of n tokens takes the tensor-core (BF16-operand) prompt kernels: GEMM, MoE GEMM,
   // flash prefill. Smaller chunks and decode steps stay on the F32 GEMV paths.
@@ -104,6 +113,13 @@ class CudaModel final : public Model {
   bool use_flash_ = true;  // flash attention kernels (flash_attention.h); QFORGE_FLASH=off: not
   DeviceWeights weights_;
   Stream stream_;
+  // MoE layers of decode steps run the dense FFN on side_stream_ beside the routed experts on
+  // stream_ (ffn_block); fork_ and join_ order the two. QFORGE_MOE_FORK=0: one stream.
+  Stream side_stream_;
+  Event fork_{false}, join_{false};
+  bool fork_moe_ = true;
+  bool fuse_moe_combine_ = true;  // moe_combine with the residual update; QFORGE_MOE_COMBINE_FUSED
+  bool fuse_router_ = true;       // moe_router_route for F32 routers; QFORGE_MOE_ROUTER_FUSED
 
   DeviceBuffer<float> x_, h_, qkv_, att_, o_, gate_up_, act_, part_, flash_part_, logits_;
   DeviceBuffer<float> cos_global_, sin_global_, cos_local_, sin_local_;
@@ -111,6 +127,7 @@ class CudaModel final : public Model {
   DeviceBuffer<float> router_in_, expert_in_, router_logits_, route_weights_;
   DeviceBuffer<float> exp_gate_up_, exp_act_, exp_out_;
   DeviceBuffer<int> expert_ids_;
+  DeviceBuffer<unsigned> route_counters_;  // moe_router_route's per-token CTA counters
   MoeGemmScratch moe_scratch_;  // prompt chunks: expert-grouped products
   // Per-layer embeddings: [n x width] inputs, token rows, gate activations.
   DeviceBuffer<float> per_layer_, per_layer_tok_, per_layer_gate_;

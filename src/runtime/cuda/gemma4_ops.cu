@@ -17,17 +17,22 @@ unsigned blocks_for(std::size_t n, unsigned threads = kThreads) {
 }
 
 // One CTA per row, rows in registers (row_regs.cuh). The experts' row is the weighted sum of the
-// token's k slot outputs, added in slot order (as the CPU reference).
-template <int kPer>
+// token's k slot outputs, added in slot order (as the CPU reference). With kResidual the combined
+// row goes on through residual_scale_norm's steps (r) instead of being stored in o.
+template <int kPer, bool kResidual>
 __global__ void __launch_bounds__(1024)
     moe_combine_kernel(float* __restrict__ o, const float* __restrict__ y,
                        const float* __restrict__ slot_w, int k, const float* __restrict__ w_dense,
-                       const float* __restrict__ w_moe, std::size_t n, float eps) {
+                       const float* __restrict__ w_moe, ResidualNorm r, std::size_t n, float eps) {
   pdl_trigger_early();  // the next kernel is a GEMV (pdl.cuh)
   __shared__ float scratch[32];
-  RowRegs<kPer> dense, experts, wd, we;
+  RowRegs<kPer> dense, experts, wd, we, wo, wn;
   wd.load_weights(w_dense, n);  // before the wait: no kernel writes them (pdl.cuh)
   we.load_weights(w_moe, n);
+  if constexpr (kResidual) {
+    wo.load_weights(r.o_norm, n);
+    wn.load_weights(r.next_norm, n);
+  }
   pdl_wait();
   float* orow = o + blockIdx.x * n;
   dense.load(orow, n);
@@ -54,7 +59,21 @@ __global__ void __launch_bounds__(1024)
   experts.scale(experts.inv_rms(n, eps, scratch), we);
 #pragma unroll
   for (int j = 0; j < kPer; ++j) dense.v[j] += experts.v[j];
-  dense.store(orow, n);
+  if constexpr (!kResidual) {
+    dense.store(orow, n);
+  } else {
+    // residual_scale_norm_kernel's steps on the combined row, in the same order.
+    if (r.o_norm != nullptr) dense.scale(dense.inv_rms(n, eps, scratch), wo);
+    RowRegs<kPer> xv;
+    float* xr = r.x + blockIdx.x * n;
+    xv.load(xr, n);
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) xv.v[j] = (xv.v[j] + dense.v[j]) * r.scale;
+    xv.store(xr, n);
+    if (r.next_norm == nullptr) return;
+    xv.scale(xv.inv_rms(n, eps, scratch), wn);
+    xv.store(r.h + blockIdx.x * n, n);
+  }
 }
 
 // One CTA per row, rows in registers.
@@ -129,12 +148,22 @@ __global__ void per_layer_gate_kernel(float* g, const float* per_layer, int n_pl
 }  // namespace
 
 void moe_combine(float* o, const float* y, const float* slot_weights, int k, const float* w_dense,
-                 const float* w_moe, int n_rows, std::size_t n, float eps, StreamHandle stream) {
+                 const float* w_moe, int n_rows, std::size_t n, float eps, StreamHandle stream,
+                 const ResidualNorm* then) {
   if (n_rows <= 0 || n == 0) return;
   if (k <= 0) cuda_fail("CUDA moe_combine: ", k, " slots per token");
+  if (then != nullptr && then->x == nullptr) cuda_fail("CUDA moe_combine: no residual rows");
+  const ResidualNorm r = then != nullptr ? *then : ResidualNorm{};
   with_row_regs(n, [&]<int kPer>(std::integral_constant<int, kPer>, unsigned threads) {
-    launch_pdl("moe_combine_kernel", moe_combine_kernel<kPer>, static_cast<unsigned>(n_rows),
-               threads, 0, stream, o, y, slot_weights, k, w_dense, w_moe, n, eps);
+    if (then != nullptr) {
+      launch_pdl("moe_combine_kernel", moe_combine_kernel<kPer, true>,
+                 static_cast<unsigned>(n_rows), threads, 0, stream, o, y, slot_weights, k, w_dense,
+                 w_moe, r, n, eps);
+    } else {
+      launch_pdl("moe_combine_kernel", moe_combine_kernel<kPer, false>,
+                 static_cast<unsigned>(n_rows), threads, 0, stream, o, y, slot_weights, k, w_dense,
+                 w_moe, r, n, eps);
+    }
   });
   QFORGE_CUDA_CHECK_LAUNCH("moe_combine_kernel");
 }

@@ -11,11 +11,24 @@
 
 namespace qforge::cuda {
 
+// The residual update that follows a layer's FFN: residual_scale_norm's arguments but o.
+struct ResidualNorm {
+  float* x = nullptr;
+  const float* o_norm = nullptr;
+  float scale = 1.0f;
+  const float* next_norm = nullptr;
+  float* h = nullptr;
+};
+
 // o[r, :] = rms_norm(o[r, :]) * w_dense + rms_norm(e_r) * w_moe  (rows of n floats), where
 // e_r = sum_{j < k} slot_weights[r * k + j] * y[(r * k + j) * n + :], summed in slot order: the
 // MoE output of token r from its k expert slots (moe.h).
+// With `then`, o is left as it is and the combined rows go on, in the same kernel, to
+// residual_scale_norm(then->x, combined, then->o_norm, then->scale, then->next_norm, then->h):
+// one launch instead of two on every MoE layer.
 void moe_combine(float* o, const float* y, const float* slot_weights, int k, const float* w_dense,
-                 const float* w_moe, int n_rows, std::size_t n, float eps, StreamHandle stream);
+                 const float* w_moe, int n_rows, std::size_t n, float eps, StreamHandle stream,
+                 const ResidualNorm* then = nullptr);
 
 // x[r, :] += (o_norm ? rms_norm(o[r, :]) * o_norm : o[r, :]) when o is not null; then
 // x[r, :] *= scale; then, when next_norm is not null, h[r, :] = rms_norm(x[r, :]) * next_norm.

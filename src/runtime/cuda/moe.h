@@ -5,6 +5,7 @@
 //   (add_and_norm)   router input and expert input from the residual stream (model_ops.h)
 //   (router GEMV)    logits [n_tokens x n_expert]  (gemv.h)
 //   moe_route        softmax, top k, renormalised weights times the expert scales
+//                    (moe_router_route: an F32 router and moe_route in one launch)
 //   moe_gemv         gate_up of each (token, chosen expert) "slot", reading the expert id from ids
 //   glu_rows         (model_ops.h) on the slots' gate_up rows; Q4_0x8 stacks instead take
 //                    moe_gemv_q4_0x8_glu (q4_0x8.h), which applies the activation itself
@@ -60,5 +61,13 @@ void moe_gemv(const ExpertStack& w, const int* ids, int n_slots, int x_group, co
 // weights[t * k + j], j in increasing expert index. k <= n_expert <= 4096.
 void moe_route(const float* logits, int n_tokens, int n_expert, int k, const float* expert_scale,
                int* ids, float* weights, StreamHandle stream);
+
+// An F32 router and moe_route in one launch (decode steps: one launch less per MoE layer):
+// logits[t * n_expert + e] = sum_c w[e * n_cols + c] * x[t * n_cols + c], then moe_route of them.
+// counters: n_tokens zeros in device memory, which the kernel leaves zero. n_cols a multiple of
+// 4, w and x 16-byte aligned, n_tokens <= 65535.
+void moe_router_route(const float* w, int n_cols, const float* x, int n_tokens, int n_expert,
+                      int k, const float* expert_scale, float* logits, int* ids, float* weights,
+                      unsigned* counters, StreamHandle stream);
 
 }  // namespace qforge::cuda

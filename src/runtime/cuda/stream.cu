@@ -24,8 +24,9 @@ void Stream::synchronize() const {
   QFORGE_CUDA_CHECK(cudaStreamSynchronize(handle_));
 }
 
-Event::Event() {
-  QFORGE_CUDA_CHECK(cudaEventCreate(&handle_));
+Event::Event(bool timing) {
+  QFORGE_CUDA_CHECK(cudaEventCreateWithFlags(&handle_, timing ? cudaEventDefault
+                                                              : cudaEventDisableTiming));
 }
 
 Event::~Event() {
@@ -43,6 +44,10 @@ Event& Event::operator=(Event&& other) noexcept {
 
 void Event::record(StreamHandle stream) {
   QFORGE_CUDA_CHECK(cudaEventRecord(handle_, stream));
+}
+
+void Event::wait_in(StreamHandle stream) const {
+  QFORGE_CUDA_CHECK(cudaStreamWaitEvent(stream, handle_, 0));
 }
 
 void Event::synchronize() const {

@@ -28,7 +28,8 @@ class Stream {
 
 class Event {
  public:
-  Event();
+  // timing = false makes a synchronization-only event (cheaper to record and wait on).
+  explicit Event(bool timing = true);
   ~Event();
   Event(Event&& other) noexcept : handle_(other.handle_) { other.handle_ = nullptr; }
   Event& operator=(Event&& other) noexcept;
@@ -36,6 +37,9 @@ class Event {
   Event& operator=(const Event&) = delete;
 
   void record(StreamHandle stream = nullptr);
+  // Work enqueued on `stream` from now on waits for the work the last record() captured. Inside
+  // a stream capture, record + wait_in on another stream fork or join the captured graph.
+  void wait_in(StreamHandle stream) const;
   void synchronize() const;
   // Milliseconds between two recorded events (start recorded first).
   static float elapsed_ms(const Event& start, const Event& stop);
