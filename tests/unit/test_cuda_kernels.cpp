@@ -423,6 +423,62 @@ TEST(CudaGemv, Q4_0x8ExpertGluEqualsPerExpertProduct) {
                Error);
 }
 
+// The expert down form of the Q4_0x8 GEMV (each slot its own x) against float64 sums, on widened
+// rows (704 columns: two groups and a partial one; 96: a partial group only) and on whole groups
+// (768), with ids out of range (zeros) and, for 704 columns, more slots than one launch's shared
+// memory holds the planes of.
+TEST(CudaGemv, Q4_0x8ExpertDownMatchesExactSum) {
+  SKIP_WITHOUT_GPU();
+  const int n_experts = 5;
+  const std::size_t rows = 90, ldy = rows + 3;
+  for (const std::size_t cols : {std::size_t{704}, std::size_t{96}, std::size_t{768}}) {
+    SCOPED_TRACE(testing::Message() << cols << " columns");
+    const Quantized q = make_weights(GgmlType::Q4_0, rows * n_experts, cols, 61);
+    const std::size_t stored = cuda::q4_0x8_row_bytes(cols);
+    cuda::DeviceBuffer<std::byte> dw(rows * n_experts * stored);
+    dw.upload(std::span<const std::byte>(q.bytes));
+    cuda::DeviceBuffer<std::uint8_t> scratch;
+    cuda::repack_q4_0x8_widening(dw.data(), rows * n_experts, cols, scratch);
+    cuda::ExpertStack w;
+    w.type = GgmlType::Q4_0;
+    w.layout = cuda::WeightLayout::kQ4_0x8;
+    w.data = dw.data();
+    w.rows = rows;
+    w.cols = cols;
+    w.expert_bytes = rows * stored;
+    w.n_experts = n_experts;
+    std::vector<int> ids = {4, 0, 2, -1, 3, 7, 1, 0};
+    if (cols == 704) {
+      std::mt19937 rng(62);
+      while (ids.size() < 80) ids.push_back(static_cast<int>(rng() % (n_experts + 1)));
+    }
+    const int n_slots = static_cast<int>(ids.size());
+    const std::vector<float> x = random_floats(cols * ids.size(), 63, 2.0f);
+    cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
+    cuda::DeviceBuffer<float> dx{std::span<const float>(x)}, got(ldy * ids.size());
+    got.fill_bytes(0xff);
+    cuda::moe_gemv_q4_0x8(w, dids.data(), n_slots, dx.data(), got.data(), ldy, nullptr);
+    const std::vector<float> g = got.to_host();
+    double worst = 0.0;
+    for (int s = 0; s < n_slots; ++s) {
+      const int e = ids[static_cast<std::size_t>(s)];
+      const std::span<const float> xs(x.data() + static_cast<std::size_t>(s) * cols, cols);
+      for (std::size_t r = 0; r < rows; ++r) {
+        const double v = g[static_cast<std::size_t>(s) * ldy + r];
+        if (e < 0 || e >= n_experts) {
+          ASSERT_EQ(v, 0.0) << "slot " << s << " row " << r;
+          continue;
+        }
+        const ExactDot want =
+            exact_dot(q.dequantized.data() + (static_cast<std::size_t>(e) * rows + r) * cols, xs);
+        ASSERT_TRUE(std::isfinite(v)) << "slot " << s << " row " << r;
+        worst = std::max(worst, std::fabs(v - want.value) / want.magnitude);
+      }
+    }
+    EXPECT_LT(worst, kGemvTolerance);
+  }
+}
+
 // The prompt GEMM reads Q4_0x8 weights with its own decoder: bit for bit the GGUF-layout result.
 TEST(CudaGemm, Q4_0x8EqualsGgufLayout) {
   SKIP_WITHOUT_GPU();
@@ -454,6 +510,11 @@ TEST(CudaGemv, Q4_0x8RejectsBadShapes) {
   EXPECT_THROW(cuda::gemv_q4_0x8(w.data(), 4, 256, x.data(), y.data(), 4, 0), Error);
   EXPECT_FALSE(cuda::q4_0x8_applies(GgmlType::Q4_0, 640));
   EXPECT_FALSE(cuda::q4_0x8_applies(GgmlType::Q8_0, 4096));
+  // Widened rows: any multiple of 32 columns.
+  cuda::DeviceBuffer<std::uint8_t> scratch;
+  EXPECT_THROW(cuda::repack_q4_0x8_widening(w.data(), 4, 100, scratch), Error);
+  EXPECT_TRUE(cuda::q4_0x8_widened_applies(GgmlType::Q4_0, 640));
+  EXPECT_FALSE(cuda::q4_0x8_widened_applies(GgmlType::Q4_0, 100));
 }
 
 TEST(CudaGemv, Bf16Activations) {

@@ -278,36 +278,44 @@ void check_type(GgmlType type, std::uint32_t seed) {
 }
 
 // Q4_0 experts regrouped to Q4_0x8 (q4_0x8.h): the GEMM decodes them bit for bit as the GGUF
-// layout, with bad ids and every token tile.
+// layout, with bad ids and every token tile; in place (512 columns) and widened (704 columns, the
+// down experts of Gemma 4 26B-A4B: a partial last group, rows of 400 instead of 396 bytes).
 TEST(CudaMoeGemm, Q4_0x8EqualsGgufLayout) {
   SKIP_WITHOUT_GPU();
-  const Stack s = make_stack(GgmlType::Q4_0, 6, 150, 512, 41);
-  std::vector<int> ids = route(60, 4, s.n_experts, 42);
-  for (std::size_t i = 0; i < ids.size(); i += 7) ids[i] = i % 2 == 0 ? -1 : s.n_experts;
-  const int n_slots = static_cast<int>(ids.size());
-  const std::vector<float> x = random_floats(60 * s.cols, 43);
-  cuda::DeviceBuffer<std::byte> gguf{std::span<const std::byte>(s.bytes)};
-  cuda::DeviceBuffer<std::byte> regrouped{std::span<const std::byte>(s.bytes)};
-  cuda::repack_q4_0x8(regrouped.data(), s.rows * static_cast<std::size_t>(s.n_experts), s.cols);
-  cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
-  cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
-  cuda::DeviceBuffer<float> a(s.rows * ids.size()), b(s.rows * ids.size());
-  cuda::ExpertStack wa = device_view(s, gguf), wb = device_view(s, regrouped);
-  wb.layout = cuda::WeightLayout::kQ4_0x8;
-  cuda::MoeGemmScratch scratch = cuda::make_moe_gemm_scratch(600, 512, 16);
-  for (const int bn : {0, 32, 128}) {
-    SCOPED_TRACE(testing::Message() << "tile " << bn);
-    const ForcedTile forced(bn);
-    a.fill_bytes(0xff);
-    b.fill_bytes(0x7f);
-    cuda::moe_gemm(wa, dids.data(), n_slots, 4, dx.data(), a.data(), s.rows, scratch, nullptr);
-    cuda::moe_gemm(wb, dids.data(), n_slots, 4, dx.data(), b.data(), s.rows, scratch, nullptr);
-    const std::vector<float> ha = a.to_host(), hb = b.to_host();
-    EXPECT_EQ(std::memcmp(ha.data(), hb.data(), ha.size() * sizeof(float)), 0);
+  for (const std::size_t cols : {std::size_t{512}, std::size_t{704}}) {
+    SCOPED_TRACE(testing::Message() << cols << " columns");
+    const Stack s = make_stack(GgmlType::Q4_0, 6, 150, cols, 41);
+    std::vector<int> ids = route(60, 4, s.n_experts, 42);
+    for (std::size_t i = 0; i < ids.size(); i += 7) ids[i] = i % 2 == 0 ? -1 : s.n_experts;
+    const int n_slots = static_cast<int>(ids.size());
+    const std::vector<float> x = random_floats(60 * s.cols, 43);
+    const std::size_t rows = s.rows * static_cast<std::size_t>(s.n_experts);
+    cuda::DeviceBuffer<std::byte> gguf{std::span<const std::byte>(s.bytes)};
+    cuda::DeviceBuffer<std::byte> regrouped(rows * cuda::q4_0x8_row_bytes(cols));
+    regrouped.upload(std::span<const std::byte>(s.bytes));
+    cuda::DeviceBuffer<std::uint8_t> repack_scratch;
+    cuda::repack_q4_0x8_widening(regrouped.data(), rows, s.cols, repack_scratch);
+    cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
+    cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+    cuda::DeviceBuffer<float> a(s.rows * ids.size()), b(s.rows * ids.size());
+    cuda::ExpertStack wa = device_view(s, gguf), wb = device_view(s, regrouped);
+    wb.layout = cuda::WeightLayout::kQ4_0x8;
+    wb.expert_bytes = s.rows * cuda::q4_0x8_row_bytes(cols);
+    cuda::MoeGemmScratch scratch = cuda::make_moe_gemm_scratch(600, 768, 16);
+    for (const int bn : {0, 32, 128}) {
+      SCOPED_TRACE(testing::Message() << "tile " << bn);
+      const ForcedTile forced(bn);
+      a.fill_bytes(0xff);
+      b.fill_bytes(0x7f);
+      cuda::moe_gemm(wa, dids.data(), n_slots, 4, dx.data(), a.data(), s.rows, scratch, nullptr);
+      cuda::moe_gemm(wb, dids.data(), n_slots, 4, dx.data(), b.data(), s.rows, scratch, nullptr);
+      const std::vector<float> ha = a.to_host(), hb = b.to_host();
+      EXPECT_EQ(std::memcmp(ha.data(), hb.data(), ha.size() * sizeof(float)), 0);
+    }
+    // moe_gemv has no Q4_0x8 decoder and says so.
+    EXPECT_THROW(
+        cuda::moe_gemv(wb, dids.data(), n_slots, 4, dx.data(), b.data(), s.rows, nullptr), Error);
   }
-  // moe_gemv has no Q4_0x8 decoder and says so.
-  EXPECT_THROW(cuda::moe_gemv(wb, dids.data(), n_slots, 4, dx.data(), b.data(), s.rows, nullptr),
-               Error);
 }
 
 TEST(CudaMoeGemm, Q4_0) {

@@ -525,6 +525,9 @@ void CudaModel::moe_experts(int il, int n) {
   if (grouped) {
     moe_gemm(m.down, expert_ids_.data(), slots, 1, exp_act_.data(), exp_out_.data(), embd_,
              moe_scratch_, s);
+  } else if (m.down.layout == WeightLayout::kQ4_0x8) {
+    // Each slot's own activation row against its expert (q4_0x8.h).
+    moe_gemv_q4_0x8(m.down, expert_ids_.data(), slots, exp_act_.data(), exp_out_.data(), embd_, s);
   } else {
     moe_gemv(m.down, expert_ids_.data(), slots, 1, exp_act_.data(), exp_out_.data(), embd_, s);
   }

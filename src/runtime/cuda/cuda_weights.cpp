@@ -41,8 +41,10 @@ class Layout {
     by_host_.emplace(m.data.data(), offset);
     return offset;
   }
-  // The experts of a stacked tensor, back to back (one piece: they are contiguous in the GGUF).
-  std::size_t add_stack(const std::vector<WeightMatrix>& experts) {
+  // The experts of a stacked tensor, back to back (one piece: they are contiguous in the GGUF),
+  // with room for stored_expert_bytes (>= the GGUF size) per expert.
+  std::size_t add_stack(const std::vector<WeightMatrix>& experts,
+                        std::size_t stored_expert_bytes = 0) {
     const std::size_t start = size_;
     const WeightMatrix& first = experts.front();
     const std::size_t bytes = first.rows * first.row_stride;
@@ -55,6 +57,7 @@ class Layout {
       }
     }
     add_piece(std::span(first.data.data(), experts.size() * first.rows * first.row_stride), false);
+    size_ = std::max(size_, start + experts.size() * stored_expert_bytes);
     size_ = align_up(size_);
     return start;
   }
@@ -110,6 +113,18 @@ bool same_type(const std::vector<const WeightMatrix*>& group) {
 // they are uploaded as one group, expert e at e * rows * row_stride bytes.
 std::size_t expert_bytes(const std::vector<WeightMatrix>& experts) {
   return experts.front().rows * experts.front().row_stride;
+}
+
+// A down stack's bytes per expert once regrouped into Q4_0x8 (0: it stays in GGUF order). Their
+// decode GEMV (moe_gemv_q4_0x8) takes any multiple of 32 columns: the row-tiled GGUF kernel
+// streamed the 2816 x 704 experts of Gemma 4 26B-A4B at ~0.9 TB/s.
+std::size_t widened_expert_bytes(const std::vector<WeightMatrix>& experts) {
+  const WeightMatrix& first = experts.front();
+  if (!q4_0x8_widened_applies(first.type, first.cols) ||
+      first.row_stride != row_bytes(first.type, first.cols)) {
+    return 0;
+  }
+  return first.rows * q4_0x8_row_bytes(first.cols);
 }
 
 }  // namespace
@@ -208,7 +223,9 @@ DeviceWeights::DeviceWeights(const ModelWeights& host, const ModelConfig& config
       o.moe.post_dense = layout.add_vector(m.post_norm_dense);
       o.moe.post_moe = layout.add_vector(m.post_norm_moe);
       o.moe.gate_up = layout.add_stack(m.gate_up);
-      o.moe.down = layout.add_stack(m.down);
+      // Q4_0 down stacks are regrouped into Q4_0x8 rows (regroup_q4_0), which grow where the
+      // width is not a multiple of 256 columns: room for those.
+      o.moe.down = layout.add_stack(m.down, widened_expert_bytes(m.down));
     }
     if (l.per_layer_input) {
       o.pl_gate = layout.add_group({&l.per_layer_input->gate});
@@ -334,9 +351,7 @@ void DeviceWeights::regroup_q4_0() {
       regroup(d.up);
     }
     regroup(d.down);
-    // Expert gate/up stacks too (moe_gemv_q4_0x8_glu for decode, moe_gemm for prompts). The down
-    // stacks stay in GGUF order: the Q4_0x8 GEMV shares one x among the slots of a launch, and
-    // each slot of a down product has its own.
+    // Expert gate/up stacks too (moe_gemv_q4_0x8_glu for decode, moe_gemm for prompts).
     // The experts' rows follow each other (expert_bytes = rows * row size), so the stack is
     // regrouped as one matrix of n_experts * rows rows.
     ExpertStack& gu = d.moe.gate_up;
@@ -345,6 +360,16 @@ void DeviceWeights::regroup_q4_0() {
       repack_q4_0x8(writable(gu.data), gu.rows * static_cast<std::size_t>(gu.n_experts), gu.cols,
                     scratch);
       gu.layout = WeightLayout::kQ4_0x8;
+    }
+    // Down stacks (each slot its own x: moe_gemv_q4_0x8) into the room Layout left for them.
+    ExpertStack& dn = d.moe.down;
+    if (d.has_moe && !dn.empty() && q4_0x8_widened_applies(dn.type, dn.cols) &&
+        dn.expert_bytes == dn.rows * row_bytes(dn.type, dn.cols)) {
+      repack_q4_0x8_widening(writable(dn.data), dn.rows * static_cast<std::size_t>(dn.n_experts),
+                             dn.cols, scratch);
+      dn.expert_bytes = dn.rows * q4_0x8_row_bytes(dn.cols);
+      dn.layout = WeightLayout::kQ4_0x8;
+      check_expert_stack(dn, "down experts (Q4_0x8)");
     }
   }
 }

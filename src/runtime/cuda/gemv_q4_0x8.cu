@@ -47,8 +47,9 @@ constexpr float kStep = 254.0f;  // plane i + 1 holds the residual of plane i ti
 
 // Shared memory per token: planes [3][2][n_blocks][16 bytes] (plane, half of the block: elements
 // 0-15 / 16-31, block), then per block a float2 (s / (254^2 * 16), 8 * sum x).
+// Rounded up to 16 bytes, so that the planes of the next token (or slot) stay 16-byte aligned.
 __host__ __device__ constexpr std::size_t token_bytes(int n_blocks) {
-  return static_cast<std::size_t>(n_blocks) * (96 + 8);
+  return (static_cast<std::size_t>(n_blocks) * (96 + 8) + 15) / 16 * 16;
 }
 
 __device__ __forceinline__ int dp4a_us(std::uint32_t a, std::uint32_t b, int c) {
@@ -71,11 +72,10 @@ __device__ __forceinline__ void load8(const float* __restrict__ src, float* v) {
 
 // Four threads per (token, block), 8 consecutive elements each; the x loads of kBatch rounds are
 // issued together (one L2 round trip for up to kBatch * kThreads / 4 blocks).
-template <int kTokens>
-__device__ void build_planes(const float* __restrict__ x, int n_cols, int n_blocks,
+__device__ void build_planes(const float* __restrict__ x, int n_x, int n_cols, int n_blocks,
                              std::uint8_t* smem) {
   constexpr int kBatch = 4;
-  const int per_token = 4 * n_blocks, total = kTokens * per_token;
+  const int per_token = 4 * n_blocks, total = n_x * per_token;
   for (int base = 0; base < total; base += kBatch * kThreads) {  // uniform: shuffles below
     float v[kBatch][8];
 #pragma unroll
@@ -182,12 +182,20 @@ __host__ __device__ constexpr int task_count(int n_rows) {
 }
 
 // The expert form: slot s multiplies expert ids[s] (at w + ids[s] * expert_bytes, n_rows rows
-// each) into y + s * ldy; a slot's tasks follow each other (task = slot * slot_tasks + t).
+// each) into y + s * ldy; a slot's tasks follow each other (task = slot * slot_tasks + t). The
+// slots share x, or with x_per_slot (one token's down products) slot s reads x + s * n_cols.
 struct Experts {
   const int* ids = nullptr;  // null: a plain product
   std::size_t expert_bytes = 0;
   int n_experts = 0, n_slots = 1;
+  bool x_per_slot = false;
 };
+
+// Rows of x whose planes a launch builds.
+template <int kTokens>
+__host__ __device__ int x_rows(const Experts& ex) {
+  return ex.x_per_slot ? ex.n_slots : kTokens;
+}
 
 // Bytes of the split-K partial sums: two rounds (parity) x warps x rows x tokens.
 template <int R, int kTokens, int P>
@@ -217,7 +225,8 @@ __global__ void __launch_bounds__(kThreads)
   auto* smem = reinterpret_cast<std::uint8_t*>(smem_words);
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
   const int n_blocks = n_cols / 32, n_steps = (n_blocks + 31) / 32;
-  const std::size_t row_bytes = static_cast<std::size_t>(n_blocks) * 18;
+  // GGUF's 18 bytes per block, rounded up to 16 where a last group is partial (weight_layout.h).
+  const std::size_t row_bytes = (static_cast<std::size_t>(n_blocks) * 18 + 15) / 16 * 16;
   const int slot_tasks = task_count<R, kOut>(n_rows), n_pairs = n_rows / 2;
   const int n_tasks = slot_tasks * ex.n_slots * P;
   const int first_task = static_cast<int>(blockIdx.x) * kWarps + warp;
@@ -229,7 +238,8 @@ __global__ void __launch_bounds__(kThreads)
   const int n_items = my_tasks * (step_end - step_begin);
   std::uint8_t* ring = smem + ring_bytes<R, kTokens>() / kWarps * warp;
   std::uint8_t* planes = smem + ring_bytes<R, kTokens>();
-  auto* partials = reinterpret_cast<float*>(planes + kTokens * token_bytes(n_blocks));
+  auto* partials =
+      reinterpret_cast<float*>(planes + x_rows<kTokens>(ex) * token_bytes(n_blocks));
 
   // Offsets of this lane's block inside a 32-block step of a row (4 groups of 144 bytes).
   const int lane_codes = 144 * (lane >> 3) + 16 + 16 * (lane & 7), lane_header = 144 * (lane >> 3);
@@ -306,10 +316,16 @@ __global__ void __launch_bounds__(kThreads)
   for (int k = 0; k < S - 1; ++k) issue();
   pdl_wait();
   pdl_trigger();
-  build_planes<kTokens>(x, n_cols, n_blocks, planes);
+  build_planes(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes);
   __syncthreads();
 
   const std::size_t tb = token_bytes(n_blocks);
+  // The planes of the current task's x: per-slot x (ex.x_per_slot, kTokens = 1) or shared.
+  auto task_planes = [&](int t) {
+    const int slot = min(t / P / slot_tasks, ex.n_slots - 1);
+    return ex.x_per_slot ? planes + static_cast<std::size_t>(slot) * tb : planes;
+  };
+  const std::uint8_t* x_planes = task_planes(first_task);
   float acc[R][kTokens];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
@@ -335,7 +351,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
         const uint4* tok =
-            reinterpret_cast<const uint4*>(planes + static_cast<std::size_t>(t) * tb);
+            reinterpret_cast<const uint4*>(x_planes + static_cast<std::size_t>(t) * tb);
         uint4 pl[6];
 #pragma unroll
         for (int c = 0; c < 6; ++c) pl[c] = tok[c * n_blocks + b];
@@ -349,7 +365,7 @@ __global__ void __launch_bounds__(kThreads)
       float* y_task = y;
       bool zero = false;  // an expert id out of range
       if (ex.ids != nullptr) {
-        const int slot = task / slot_tasks, e = ex.ids[slot];
+        const int slot = out_task / slot_tasks, e = ex.ids[slot];
         out_task -= slot * slot_tasks;
         y_task += static_cast<std::size_t>(slot) * ldy;
         zero = e < 0 || e >= ex.n_experts;
@@ -393,6 +409,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       step = step_begin;
       task += task_stride;
+      x_planes = task_planes(task);
       ++round;
     }
     if (++slot == S) slot = 0;
@@ -447,7 +464,7 @@ template <int R, int kTokens, int kOut, int P = 1>
 void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
             StreamHandle stream, Experts ex = {}) {
   auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P>;
-  std::size_t smem = ring_bytes<R, kTokens>() + kTokens * token_bytes(n_cols / 32) +
+  std::size_t smem = ring_bytes<R, kTokens>() + x_rows<kTokens>(ex) * token_bytes(n_cols / 32) +
                      partial_bytes<R, kTokens, P>();
   if (smem > max_smem()) {
     cuda_fail("CUDA gemv (Q4_0x8): ", n_cols, " columns x ", kTokens, " tokens need ", smem,
@@ -526,13 +543,14 @@ void launch_tokens(const void* w, int n_rows, int n_cols, const float* x, float*
   }
 }
 
+// col_multiple: 256 for matrices regrouped in place, 32 for widened ones (q4_0x8.h).
 void check(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, const float* y,
-           std::size_t ldy, int n_tokens) {
-  if (n_cols == 0 || n_cols % 256 != 0 || n_cols > kMaxQ4_0x8Cols || n_rows == 0 ||
+           std::size_t ldy, int n_tokens, std::size_t col_multiple = 256) {
+  if (n_cols == 0 || n_cols % col_multiple != 0 || n_cols > kMaxQ4_0x8Cols || n_rows == 0 ||
       n_rows > 0x7fffffffu) {
     cuda_fail("CUDA gemv (Q4_0x8): ", n_rows, " x ", n_cols,
-              " (need rows in [1, 2^31) and columns a positive multiple of 256 up to ",
-              kMaxQ4_0x8Cols, ")");
+              " (need rows in [1, 2^31) and columns a positive multiple of ", col_multiple,
+              " up to ", kMaxQ4_0x8Cols, ")");
   }
   if (w == nullptr || reinterpret_cast<std::uintptr_t>(w) % 16 != 0 || x == nullptr ||
       reinterpret_cast<std::uintptr_t>(x) % 16 != 0 || y == nullptr) {
@@ -618,6 +636,45 @@ void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids
     launch<2, 1, kSiluGlu>(w.data, rows, cols, x, y, ldy, stream, ex);
   } else {
     launch<2, 1, kGeluGlu>(w.data, rows, cols, x, y, ldy, stream, ex);
+  }
+}
+
+// Rows per warp task of the expert down form: its rows are short (704 columns in Gemma 4 26B-A4B,
+// one 22-block step), so a task's fixed cost is spread over more of them. H200 tg128 of Gemma 4
+// 26B-A4B, 1 / 2 / 4 rows: 404.3 / 420.2 / 425.8 tokens/s (the GGUF-layout row-tiled kernel:
+// 416.1).
+constexpr int kDownRows = 4;
+
+void moe_gemv_q4_0x8(const ExpertStack& w, const int* ids, int n_slots, const float* x, float* y,
+                     std::size_t ldy, StreamHandle stream) {
+  if (n_slots <= 0) return;
+  check_expert_stack(w, "moe_gemv_q4_0x8 weights");
+  if (w.layout != WeightLayout::kQ4_0x8 || ids == nullptr ||
+      w.expert_bytes < w.rows * q4_0x8_row_bytes(w.cols)) {
+    cuda_fail("CUDA MoE gemv (Q4_0x8): needs Q4_0x8 experts (", w.rows, " rows of ",
+              q4_0x8_row_bytes(w.cols), " bytes, ", w.expert_bytes, " bytes per expert) and ids");
+  }
+  if (static_cast<long long>(n_slots) * static_cast<long long>(w.rows) > 0x3fffffffLL) {
+    cuda_fail("CUDA MoE gemv (Q4_0x8): ", n_slots, " slots of ", w.rows, " rows");
+  }
+  check(w.data, w.rows, w.cols, x, y, ldy, 1, 32);
+  // Launches of as many slots as shared memory holds the planes of (all k of a token for the
+  // 704-column experts of Gemma 4 26B-A4B).
+  const std::size_t per_slot = token_bytes(static_cast<int>(w.cols / 32));
+  constexpr std::size_t kRing = ring_bytes<kDownRows, 1>();
+  const std::size_t room = max_smem() > kRing ? max_smem() - kRing : 0;
+  const int per_launch = static_cast<int>(std::min<std::size_t>(room / per_slot, 64));
+  if (per_launch < 1) {
+    cuda_fail("CUDA MoE gemv (Q4_0x8): the planes of one slot of ", w.cols,
+              " columns do not fit in shared memory");
+  }
+  for (int s0 = 0; s0 < n_slots; s0 += per_launch) {
+    const int n = std::min(per_launch, n_slots - s0);
+    const Experts ex{ids + s0, w.expert_bytes, w.n_experts, n, true};
+    const float* xs = x + static_cast<std::size_t>(s0) * w.cols;
+    float* ys = y + static_cast<std::size_t>(s0) * ldy;
+    launch<kDownRows, 1, kRows>(w.data, static_cast<int>(w.rows), static_cast<int>(w.cols), xs, ys,
+                                ldy, stream, ex);
   }
 }
 

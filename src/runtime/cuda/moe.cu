@@ -236,10 +236,12 @@ void check_expert_stack(const ExpertStack& w, const char* what) {
     cuda_fail("CUDA MoE: ", what, ": bad shape (", w.rows, " rows, ", w.n_experts, " experts)");
   }
   if (w.layout == WeightLayout::kQ4_0x8 &&
-      (w.type != GgmlType::Q4_0 || w.cols % 256 != 0 ||
-       reinterpret_cast<std::uintptr_t>(w.data) % 16 != 0 || w.expert_bytes % 16 != 0)) {
-    cuda_fail("CUDA MoE: ", what, ": the Q4_0x8 layout needs Q4_0 experts of 256-column multiples",
-              " (", w.cols, ") at 16-byte aligned addresses (", w.expert_bytes, " bytes each)");
+      (w.type != GgmlType::Q4_0 || w.cols % 32 != 0 ||
+       reinterpret_cast<std::uintptr_t>(w.data) % 16 != 0 || w.expert_bytes % 16 != 0 ||
+       w.expert_bytes < w.rows * q4_0x8_row_bytes(w.cols))) {
+    cuda_fail("CUDA MoE: ", what, ": the Q4_0x8 layout needs Q4_0 experts of 32-column multiples",
+              " (", w.cols, ") at 16-byte aligned addresses (", w.expert_bytes,
+              " bytes each, rows of ", q4_0x8_row_bytes(w.cols), ")");
   }
 }
 

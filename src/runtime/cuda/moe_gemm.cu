@@ -164,9 +164,10 @@ void moe_gemm(const ExpertStack& w, const int* ids, int n_slots, int x_group, co
     cuda_fail("CUDA moe_gemm: no kernel for weight type ", type_name(w.type));
   }
   check_expert_stack(w, "moe_gemm weights");
-  if (w.data == nullptr || w.expert_bytes < w.rows * row_bytes(w.type, w.cols)) {
+  const std::size_t stored_row = stored_row_bytes(w.type, w.cols, w.layout);
+  if (w.data == nullptr || w.expert_bytes < w.rows * stored_row) {
     cuda_fail("CUDA moe_gemm: ", type_name(w.type), " experts of ", w.rows, " x ", w.cols, " need ",
-              w.rows * row_bytes(w.type, w.cols), " bytes each, the stack at ", w.data, " gives ",
+              w.rows * stored_row, " bytes each, the stack at ", w.data, " gives ",
               w.expert_bytes);
   }
   if (n_slots < 0 || n_slots > scratch.max_slots || x_group < 1 || ldy < w.rows) {
@@ -198,7 +199,7 @@ void moe_gemm(const ExpertStack& w, const int* ids, int n_slots, int x_group, co
   moe_gemm_tc::Args args{};
   args.w = static_cast<const std::uint8_t*>(w.data);
   args.expert_bytes = w.expert_bytes;
-  args.row_bytes = row_bytes(w.type, w.cols);
+  args.row_bytes = stored_row;
   args.q4_0x8 = w.layout == WeightLayout::kQ4_0x8;
   args.n_rows = static_cast<int>(w.rows);
   args.n_cols = static_cast<int>(w.cols);

@@ -7,7 +7,10 @@
 // but, per 256 columns (8 blocks, 144 bytes, a multiple of 16), stores the 8 scales first
 // (16 bytes) and then the 8 code arrays (16 bytes each, in GGUF's order: byte j holds element j
 // in its low nibble and element j + 16 in its high nibble). Each block's codes are then one
-// aligned 16-byte load. Only matrices whose rows are a multiple of 256 columns qualify.
+// aligned 16-byte load. Matrices whose rows are a multiple of 256 columns are regrouped in place;
+// others of a multiple of 32 columns grow to q4_0x8_row_bytes (weight_layout.h) per row, a last
+// partial group keeping the same header-then-codes order (the expert down stacks of Gemma 4
+// 26B-A4B, 704 columns: 396 -> 400 bytes per row).
 #pragma once
 
 #include <cstddef>
@@ -34,6 +37,14 @@ void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols, StreamHandle
 // The same with a caller-owned scratch buffer, grown as needed, for a series of matrices.
 void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols,
                    DeviceBuffer<std::uint8_t>& scratch, StreamHandle stream = nullptr);
+
+// True for Q4_0 with n_cols a positive multiple of 32 up to kMaxQ4_0x8Cols, unless QFORGE_Q4_0X8=0.
+bool q4_0x8_widened_applies(GgmlType type, std::size_t n_cols);
+// Rewrites the n_rows GGUF Q4_0 rows at the start of w into Q4_0x8 rows of q4_0x8_row_bytes(n_cols)
+// bytes; w must have room for n_rows of those (16-byte aligned, device memory). n_cols a multiple
+// of 32 up to kMaxQ4_0x8Cols. Returns when done.
+void repack_q4_0x8_widening(void* w, std::size_t n_rows, std::size_t n_cols,
+                            DeviceBuffer<std::uint8_t>& scratch, StreamHandle stream = nullptr);
 
 // y[t * ldy + r] = sum_k W[r, k] * x[t * n_cols + k] for r < n_rows, t < n_tokens (>= 1), with W
 // in Q4_0x8 (16-byte aligned), x and y device arrays (x 16-byte aligned), ldy >= n_rows.
@@ -66,6 +77,14 @@ void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::
 // as a token's k slots share their gate/up input; the ids may be written by the previous kernel.
 void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids, int n_slots,
                          const float* x, float* y, std::size_t ldy, StreamHandle stream = nullptr);
+
+// Expert form of gemv_q4_0x8 with an input per slot, as the down products of one token's k slots:
+//   y[s * ldy + r] = W_{ids[s]}[r, :] . x[s * w.cols + :],   r < w.rows, s < n_slots,
+// zeros for ids outside [0, w.n_experts). w in the Q4_0x8 layout, w.cols a multiple of 32 (rows of
+// q4_0x8_row_bytes(w.cols), widened where w.cols is not a multiple of 256); the numerics of
+// gemv_q4_0x8. The ids may be written by the previous kernel.
+void moe_gemv_q4_0x8(const ExpertStack& w, const int* ids, int n_slots, const float* x, float* y,
+                     std::size_t ldy, StreamHandle stream = nullptr);
 
 // For measurements and tests: rows per warp task (1, 2 or 4; 0 = chosen from the shape).
 void set_gemv_q4_0x8_rows(int rows);
