@@ -113,8 +113,8 @@ class CudaModel final : public Model {
   bool use_flash_ = true;  // flash attention kernels (flash_attention.h); QFORGE_FLASH=off: not
   DeviceWeights weights_;
   Stream stream_;
-  // MoE layers of decode steps run the dense FFN on side_stream_ beside the routed experts on
-  // stream_ (ffn_block); fork_ and join_ order the two. QFORGE_MOE_FORK=0: one stream.
+  // MoE layers run the dense FFN on side_stream_ beside the routed experts on stream_
+  // (ffn_block); fork_ and join_ order the two. QFORGE_MOE_FORK=0: one stream.
   Stream side_stream_;
   Event fork_{false}, join_{false};
   bool fork_moe_ = true;
