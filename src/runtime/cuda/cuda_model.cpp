@@ -393,16 +393,17 @@ void CudaModel::ffn_block(int il, int n, const float* next_norm) {
   // write their own buffers until moe_combine, so the dense one runs on a second stream beside
   // the other (a fork and a join, in the captured graph of a decode step too). On a decode step
   // both are chains of short, latency-bound launches; in a prompt chunk the expert grouping and
-  // the small per-expert GEMM tiles leave room beside them. H200, Gemma 4 26B-A4B: tg128 367.9
-  // -> 406.4 tokens/s (with the fused router and combine kernels), pp512 11061 -> 11917.
-  const bool fork = fork_moe_;
-  if (fork) {
+  // the small per-expert GEMM tiles leave room beside them. H200, Gemma 4 26B-A4B: tg128 385.4
+  // -> 424.4 tokens/s, pp512 11086 -> 11982 (docs/benchmarks.md, eighth pass).
+  // Only the dense chain may call gemm(), whose BF16 copy of x is one buffer per device; the
+  // routed chain's kernels (gemm_f32, moe_gemm, the GEMVs) use no shared scratch.
+  if (fork_moe_) {
     fork_.record(s);
     fork_.wait_in(side_stream_.get());
   }
-  dense_ffn(il, n, fork ? side_stream_.get() : s);
+  dense_ffn(il, n, fork_moe_ ? side_stream_.get() : s);
   moe_block(il, n);
-  if (fork) {
+  if (fork_moe_) {
     join_.record(side_stream_.get());
     join_.wait_in(s);
   }
