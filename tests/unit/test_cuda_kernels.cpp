@@ -733,8 +733,8 @@ TEST(CudaMoe, RouterAndRouteInOneLaunchMatchReference) {
     int n_tokens, n_expert, k, cols;
   };
   for (const Case cs : {Case{1, 128, 8, 2816}, Case{5, 130, 8, 2816}, Case{3, 7, 2, 36}}) {
-    SCOPED_TRACE(testing::Message() << cs.n_expert << " experts, top " << cs.k << ", "
-                                    << cs.n_tokens << " tokens");
+    SCOPED_TRACE(testing::Message()
+                 << cs.n_expert << " experts, top " << cs.k << ", " << cs.n_tokens << " tokens");
     const auto cols = static_cast<std::size_t>(cs.cols);
     const std::vector<float> w =
         random_floats(static_cast<std::size_t>(cs.n_expert) * cols, 11, 0.05f);

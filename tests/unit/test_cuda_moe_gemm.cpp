@@ -313,8 +313,8 @@ TEST(CudaMoeGemm, Q4_0x8EqualsGgufLayout) {
       EXPECT_EQ(std::memcmp(ha.data(), hb.data(), ha.size() * sizeof(float)), 0);
     }
     // moe_gemv has no Q4_0x8 decoder and says so.
-    EXPECT_THROW(
-        cuda::moe_gemv(wb, dids.data(), n_slots, 4, dx.data(), b.data(), s.rows, nullptr), Error);
+    EXPECT_THROW(cuda::moe_gemv(wb, dids.data(), n_slots, 4, dx.data(), b.data(), s.rows, nullptr),
+                 Error);
   }
 }
 

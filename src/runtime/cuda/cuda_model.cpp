@@ -436,8 +436,8 @@ void CudaModel::residual_update(int il, int n, const float* next_norm) {
     residual_scale_norm(x_.data(), o_.data(), l.per_layer_input.post_norm, l.output_scale,
                         next_norm, h_.data(), n, embd_, eps, s);
   } else if (l.output_scale != 1.0f) {
-    residual_scale_norm(x_.data(), o_.data(), l.post_ffn_norm, l.output_scale, next_norm,
-                        h_.data(), n, embd_, eps, s);
+    residual_scale_norm(x_.data(), o_.data(), l.post_ffn_norm, l.output_scale, next_norm, h_.data(),
+                        n, embd_, eps, s);
   } else {
     add_and_norm(x_.data(), o_.data(), l.post_ffn_norm, next_norm, h_.data(), n, embd_, eps, s);
   }

@@ -86,8 +86,8 @@ class CudaModel final : public Model {
   void ffn_block(int il, int n, const float* next_norm);
   void residual_update(int il, int n, const float* next_norm);  // from the FFN output in o_
   void dense_ffn(int il, int n, StreamHandle s);  // the gated FFN of h_ into o_, on stream s
-  void moe_block(int il, int n);  // leaves the k slot outputs per token in exp_out_
-  void moe_experts(int il, int n);  // moe_block after the routing
+  void moe_block(int il, int n);                  // leaves the k slot outputs per token in exp_out_
+  void moe_experts(int il, int n);                // moe_block after the routing
   void per_layer_inputs(int n);
   void matmul(const DeviceMatrix& m, const float* x, float* y, std::size_t ldy, int n) {
     matmul(m, x, y, ldy, n, stream_.get());
@@ -128,7 +128,7 @@ class CudaModel final : public Model {
   DeviceBuffer<float> exp_gate_up_, exp_act_, exp_out_;
   DeviceBuffer<int> expert_ids_;
   DeviceBuffer<unsigned> route_counters_;  // moe_router_route's per-token CTA counters
-  MoeGemmScratch moe_scratch_;  // prompt chunks: expert-grouped products
+  MoeGemmScratch moe_scratch_;             // prompt chunks: expert-grouped products
   // Per-layer embeddings: [n x width] inputs, token rows, gate activations.
   DeviceBuffer<float> per_layer_, per_layer_tok_, per_layer_gate_;
   DeviceBuffer<std::int32_t> tokens_;

@@ -238,8 +238,7 @@ __global__ void __launch_bounds__(kThreads)
   const int n_items = my_tasks * (step_end - step_begin);
   std::uint8_t* ring = smem + ring_bytes<R, kTokens>() / kWarps * warp;
   std::uint8_t* planes = smem + ring_bytes<R, kTokens>();
-  auto* partials =
-      reinterpret_cast<float*>(planes + x_rows<kTokens>(ex) * token_bytes(n_blocks));
+  auto* partials = reinterpret_cast<float*>(planes + x_rows<kTokens>(ex) * token_bytes(n_blocks));
 
   // Offsets of this lane's block inside a 32-block step of a row (4 groups of 144 bytes).
   const int lane_codes = 144 * (lane >> 3) + 16 + 16 * (lane & 7), lane_header = 144 * (lane >> 3);

@@ -304,8 +304,8 @@ void moe_route(const float* logits, int n_tokens, int n_expert, int k, const flo
   QFORGE_CUDA_CHECK_LAUNCH("route_kernel");
 }
 
-void moe_router_route(const float* w, int n_cols, const float* x, int n_tokens, int n_expert,
-                      int k, const float* expert_scale, float* logits, int* ids, float* weights,
+void moe_router_route(const float* w, int n_cols, const float* x, int n_tokens, int n_expert, int k,
+                      const float* expert_scale, float* logits, int* ids, float* weights,
                       unsigned* counters, StreamHandle stream) {
   if (n_tokens <= 0) return;
   check_route_shape(n_expert, k);
@@ -317,8 +317,8 @@ void moe_router_route(const float* w, int n_cols, const float* x, int n_tokens, 
   }
   const std::size_t shared = sizeof(float) * static_cast<std::size_t>(n_expert + 2 * k);
   const dim3 grid(static_cast<unsigned>(n_expert), static_cast<unsigned>(n_tokens));
-  launch_pdl("router_route_kernel", router_route_kernel, grid, kRouterThreads, shared, stream,
-             w, n_expert, n_cols, x, logits, k, expert_scale, ids, weights, counters);
+  launch_pdl("router_route_kernel", router_route_kernel, grid, kRouterThreads, shared, stream, w,
+             n_expert, n_cols, x, logits, k, expert_scale, ids, weights, counters);
   QFORGE_CUDA_CHECK_LAUNCH("router_route_kernel");
 }
 

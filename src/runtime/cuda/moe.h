@@ -66,8 +66,8 @@ void moe_route(const float* logits, int n_tokens, int n_expert, int k, const flo
 // logits[t * n_expert + e] = sum_c w[e * n_cols + c] * x[t * n_cols + c], then moe_route of them.
 // counters: n_tokens zeros in device memory, which the kernel leaves zero. n_cols a multiple of
 // 4, w and x 16-byte aligned, n_tokens <= 65535.
-void moe_router_route(const float* w, int n_cols, const float* x, int n_tokens, int n_expert,
-                      int k, const float* expert_scale, float* logits, int* ids, float* weights,
+void moe_router_route(const float* w, int n_cols, const float* x, int n_tokens, int n_expert, int k,
+                      const float* expert_scale, float* logits, int* ids, float* weights,
                       unsigned* counters, StreamHandle stream);
 
 }  // namespace qforge::cuda

@@ -167,8 +167,7 @@ void moe_gemm(const ExpertStack& w, const int* ids, int n_slots, int x_group, co
   const std::size_t stored_row = stored_row_bytes(w.type, w.cols, w.layout);
   if (w.data == nullptr || w.expert_bytes < w.rows * stored_row) {
     cuda_fail("CUDA moe_gemm: ", type_name(w.type), " experts of ", w.rows, " x ", w.cols, " need ",
-              w.rows * stored_row, " bytes each, the stack at ", w.data, " gives ",
-              w.expert_bytes);
+              w.rows * stored_row, " bytes each, the stack at ", w.data, " gives ", w.expert_bytes);
   }
   if (n_slots < 0 || n_slots > scratch.max_slots || x_group < 1 || ldy < w.rows) {
     cuda_fail("CUDA moe_gemm: bad batch (", n_slots, " slots for a scratch of ", scratch.max_slots,

@@ -34,7 +34,8 @@ __global__ void repack_kernel(const std::uint8_t* __restrict__ src, std::uint8_t
   *reinterpret_cast<uint4*>(base + q4_0x8::codes_offset(b)) = codes;
   if (b == row_blocks - 1) {
     for (int j = b % q4_0x8::kGroupBlocks + 1; j < q4_0x8::kGroupBlocks; ++j) {
-      *reinterpret_cast<unsigned short*>(base + q4_0x8::scale_offset(b - b % q4_0x8::kGroupBlocks + j)) = 0;
+      *reinterpret_cast<unsigned short*>(
+          base + q4_0x8::scale_offset(b - b % q4_0x8::kGroupBlocks + j)) = 0;
     }
   }
 }
@@ -48,8 +49,8 @@ void repack_rows(void* w, std::size_t n_rows, std::size_t n_cols,
   const std::size_t src_row = static_cast<std::size_t>(row_blocks) * kBlockBytes;
   const std::size_t dst_row = q4_0x8_row_bytes(n_cols);
   if (n_rows == 0) return;
-  const std::size_t chunk_rows = std::clamp<std::size_t>((std::size_t{64} << 20) / src_row, 1,
-                                                         n_rows);
+  const std::size_t chunk_rows =
+      std::clamp<std::size_t>((std::size_t{64} << 20) / src_row, 1, n_rows);
   scratch.reserve_discard(chunk_rows * src_row);  // a previous call's work is synchronized
   auto* bytes = static_cast<std::uint8_t*>(w);
   const std::size_t n_chunks = (n_rows + chunk_rows - 1) / chunk_rows;

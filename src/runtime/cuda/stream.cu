@@ -25,8 +25,8 @@ void Stream::synchronize() const {
 }
 
 Event::Event(bool timing) {
-  QFORGE_CUDA_CHECK(cudaEventCreateWithFlags(&handle_, timing ? cudaEventDefault
-                                                              : cudaEventDisableTiming));
+  QFORGE_CUDA_CHECK(
+      cudaEventCreateWithFlags(&handle_, timing ? cudaEventDefault : cudaEventDisableTiming));
 }
 
 Event::~Event() {
