@@ -115,15 +115,18 @@ std::size_t expert_bytes(const std::vector<WeightMatrix>& experts) {
   return experts.front().rows * experts.front().row_stride;
 }
 
-// A down stack's bytes per expert once regrouped into Q4_0x8 (0: it stays in GGUF order). Their
-// decode GEMV (moe_gemv_q4_0x8) takes any multiple of 32 columns: the row-tiled GGUF kernel
-// streamed the 2816 x 704 experts of Gemma 4 26B-A4B at ~0.9 TB/s.
+// Whether a down stack of rows of row_stride bytes is regrouped into Q4_0x8 (regroup_q4_0), which
+// Layout must know beforehand to leave room for rows that grow. Their decode GEMV
+// (moe_gemv_q4_0x8) takes any multiple of 32 columns: the row-tiled GGUF kernel streamed the
+// 2816 x 704 experts of Gemma 4 26B-A4B at ~0.9 TB/s.
+bool regroups_down(GgmlType type, std::size_t cols, std::size_t row_stride) {
+  return q4_0x8_widened_applies(type, cols) && row_stride == row_bytes(type, cols);
+}
+
+// A down stack's bytes per expert once regrouped (0: it stays in GGUF order).
 std::size_t widened_expert_bytes(const std::vector<WeightMatrix>& experts) {
   const WeightMatrix& first = experts.front();
-  if (!q4_0x8_widened_applies(first.type, first.cols) ||
-      first.row_stride != row_bytes(first.type, first.cols)) {
-    return 0;
-  }
+  if (!regroups_down(first.type, first.cols, first.row_stride)) return 0;
   return first.rows * q4_0x8_row_bytes(first.cols);
 }
 
@@ -363,8 +366,7 @@ void DeviceWeights::regroup_q4_0() {
     }
     // Down stacks (each slot its own x: moe_gemv_q4_0x8) into the room Layout left for them.
     ExpertStack& dn = d.moe.down;
-    if (d.has_moe && !dn.empty() && q4_0x8_widened_applies(dn.type, dn.cols) &&
-        dn.expert_bytes == dn.rows * row_bytes(dn.type, dn.cols)) {
+    if (d.has_moe && !dn.empty() && regroups_down(dn.type, dn.cols, dn.expert_bytes / dn.rows)) {
       repack_q4_0x8_widening(writable(dn.data), dn.rows * static_cast<std::size_t>(dn.n_experts),
                              dn.cols, scratch);
       dn.expert_bytes = dn.rows * q4_0x8_row_bytes(dn.cols);

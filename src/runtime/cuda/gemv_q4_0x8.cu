@@ -225,8 +225,7 @@ __global__ void __launch_bounds__(kThreads)
   auto* smem = reinterpret_cast<std::uint8_t*>(smem_words);
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
   const int n_blocks = n_cols / 32, n_steps = (n_blocks + 31) / 32;
-  // GGUF's 18 bytes per block, rounded up to 16 where a last group is partial (weight_layout.h).
-  const std::size_t row_bytes = (static_cast<std::size_t>(n_blocks) * 18 + 15) / 16 * 16;
+  const std::size_t row_bytes = q4_0x8_row_bytes(static_cast<std::size_t>(n_cols));
   const int slot_tasks = task_count<R, kOut>(n_rows), n_pairs = n_rows / 2;
   const int n_tasks = slot_tasks * ex.n_slots * P;
   const int first_task = static_cast<int>(blockIdx.x) * kWarps + warp;

@@ -65,14 +65,21 @@ void repack_rows(void* w, std::size_t n_rows, std::size_t n_cols,
   QFORGE_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
+// Read once: on unless the variable is "0".
+bool on_unless_zero(const char* variable) {
+  const char* env = std::getenv(variable);
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
+bool q4_0x8_enabled() {
+  static const bool on = on_unless_zero("QFORGE_Q4_0X8");
+  return on;
+}
+
 }  // namespace
 
 bool q4_0x8_applies(GgmlType type, std::size_t n_cols) {
-  static const bool enabled = [] {
-    const char* env = std::getenv("QFORGE_Q4_0X8");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
-  return enabled && type == GgmlType::Q4_0 && n_cols > 0 && n_cols % 256 == 0 &&
+  return q4_0x8_enabled() && type == GgmlType::Q4_0 && n_cols > 0 && n_cols % 256 == 0 &&
          n_cols <= kMaxQ4_0x8Cols;
 }
 
@@ -91,12 +98,9 @@ void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols,
 }
 
 bool q4_0x8_widened_applies(GgmlType type, std::size_t n_cols) {
-  static const bool enabled = [] {
-    const char* env = std::getenv("QFORGE_Q4_0X8_DOWN");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
-  return enabled && q4_0x8_applies(GgmlType::Q4_0, 256) && type == GgmlType::Q4_0 && n_cols > 0 &&
-         n_cols % 32 == 0 && n_cols <= kMaxQ4_0x8Cols;
+  static const bool down = on_unless_zero("QFORGE_Q4_0X8_DOWN");
+  return down && q4_0x8_enabled() && type == GgmlType::Q4_0 && n_cols > 0 && n_cols % 32 == 0 &&
+         n_cols <= kMaxQ4_0x8Cols;
 }
 
 void repack_q4_0x8_widening(void* w, std::size_t n_rows, std::size_t n_cols,
