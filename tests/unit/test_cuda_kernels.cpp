@@ -726,18 +726,24 @@ TEST(CudaMoe, RouteMatchesReference) {
 
 // moe_router_route (F32 router GEMV + routing in one launch) against float64 logits, twice in a
 // row (the per-token counters must come back to zero), on the Gemma 4 26B-A4B router shape
-// (128 x 2816) and on shapes whose experts do not fill the last CTA.
+// (128 x 2816), on shapes whose experts do not fill the last CTA, with every expert chosen, and
+// with more experts than the CTA has threads (130: the warp routing instead of the ranked one).
 TEST(CudaMoe, RouterAndRouteInOneLaunchMatchReference) {
   SKIP_WITHOUT_GPU();
   struct Case {
     int n_tokens, n_expert, k, cols;
   };
-  for (const Case cs : {Case{1, 128, 8, 2816}, Case{5, 130, 8, 2816}, Case{3, 7, 2, 36}}) {
+  for (const Case cs : {Case{1, 128, 8, 2816}, Case{5, 130, 8, 2816}, Case{3, 7, 2, 36},
+                        Case{2, 16, 16, 64}, Case{4, 32, 8, 128}}) {
     SCOPED_TRACE(testing::Message()
                  << cs.n_expert << " experts, top " << cs.k << ", " << cs.n_tokens << " tokens");
     const auto cols = static_cast<std::size_t>(cs.cols);
-    const std::vector<float> w =
-        random_floats(static_cast<std::size_t>(cs.n_expert) * cols, 11, 0.05f);
+    std::vector<float> w = random_floats(static_cast<std::size_t>(cs.n_expert) * cols, 11, 0.05f);
+    // Experts 2 and n_expert - 1 copy expert 0's row: equal logits, which both the reference
+    // and the kernels order by index.
+    for (const std::size_t e : {std::size_t{2}, static_cast<std::size_t>(cs.n_expert - 1)}) {
+      std::copy_n(w.begin(), cols, w.begin() + static_cast<std::ptrdiff_t>(e * cols));
+    }
     const std::vector<float> x =
         random_floats(static_cast<std::size_t>(cs.n_tokens) * cols, 12, 1.0f);
     const std::vector<float> scale = random_floats(static_cast<std::size_t>(cs.n_expert), 13, 1.0f);

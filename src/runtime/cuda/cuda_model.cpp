@@ -197,6 +197,7 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
   fork_moe_ = on_unless_zero("QFORGE_MOE_FORK");
   fuse_moe_combine_ = on_unless_zero("QFORGE_MOE_COMBINE_FUSED");
   fuse_router_ = on_unless_zero("QFORGE_MOE_ROUTER_FUSED");
+  early_down_ = on_unless_zero("QFORGE_MOE_DOWN_EARLY");
   x_ = DeviceBuffer<float>(s.x);
   h_ = DeviceBuffer<float>(s.x);
   o_ = DeviceBuffer<float>(s.x);
@@ -507,7 +508,8 @@ void CudaModel::moe_experts(int il, int n) {
   const bool grouped = tensor_core_chunk(n) && moe_gemm_supported(m.gate_up.type) &&
                        moe_gemm_supported(m.down.type) && m.gate_up.cols % 8 == 0 &&
                        m.down.cols % 8 == 0;
-  if (!grouped && m.gate_up.layout == WeightLayout::kQ4_0x8) {
+  const bool gate_up_x8 = !grouped && m.gate_up.layout == WeightLayout::kQ4_0x8;
+  if (gate_up_x8) {
     // Per token, its k experts' gate and up rows in one launch, the activation applied on the
     // spot (q4_0x8.h).
     for (int t = 0; t < n; ++t) {
@@ -529,8 +531,12 @@ void CudaModel::moe_experts(int il, int n) {
     moe_gemm(m.down, expert_ids_.data(), slots, 1, exp_act_.data(), exp_out_.data(), embd_,
              moe_scratch_, s);
   } else if (m.down.layout == WeightLayout::kQ4_0x8) {
-    // Each slot's own activation row against its expert (q4_0x8.h).
-    moe_gemv_q4_0x8(m.down, expert_ids_.data(), slots, exp_act_.data(), exp_out_.data(), embd_, s);
+    // Each slot's own activation row against its expert (q4_0x8.h). After the Q4_0x8 gate/up
+    // GEMV, which waits before it triggers, the routing that wrote the ids is two launches back:
+    // the down experts' weights stream while the gate/up GEMV runs. H200, Gemma 4 26B-A4B: see
+    // docs/benchmarks.md, ninth pass.
+    moe_gemv_q4_0x8(m.down, expert_ids_.data(), slots, exp_act_.data(), exp_out_.data(), embd_, s,
+                    gate_up_x8 && early_down_);
   } else {
     moe_gemv(m.down, expert_ids_.data(), slots, 1, exp_act_.data(), exp_out_.data(), embd_, s);
   }

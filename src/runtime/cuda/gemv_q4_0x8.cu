@@ -189,6 +189,7 @@ struct Experts {
   std::size_t expert_bytes = 0;
   int n_experts = 0, n_slots = 1;
   bool x_per_slot = false;
+  bool ids_settled = false;  // written two or more launches back: readable before the PDL wait
 };
 
 // Rows of x whose planes a launch builds.
@@ -295,8 +296,8 @@ __global__ void __launch_bounds__(kThreads)
   };
 
   // The weights do not depend on the previous kernel: start streaming them before waiting for it
-  // (except in the expert form, whose expert ids the previous kernel writes).
-  if (ex.ids != nullptr) pdl_wait();
+  // (except in the expert form where the previous kernel writes the expert ids).
+  if (ex.ids != nullptr && !ex.ids_settled) pdl_wait();
   {  // the rows of the warp's first prefetch_tasks tasks into L2 (none by default)
     const std::size_t end = min(row_bytes, static_cast<std::size_t>(step_end) * 576);
     for (int k = 0, t = first_task; k < prefetch_tasks && t < n_tasks; ++k, t += task_stride) {
@@ -644,7 +645,7 @@ void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids
 constexpr int kDownRows = 4;
 
 void moe_gemv_q4_0x8(const ExpertStack& w, const int* ids, int n_slots, const float* x, float* y,
-                     std::size_t ldy, StreamHandle stream) {
+                     std::size_t ldy, StreamHandle stream, bool ids_settled) {
   if (n_slots <= 0) return;
   check_expert_stack(w, "moe_gemv_q4_0x8 weights");
   if (w.layout != WeightLayout::kQ4_0x8 || ids == nullptr ||
@@ -668,7 +669,7 @@ void moe_gemv_q4_0x8(const ExpertStack& w, const int* ids, int n_slots, const fl
   }
   for (int s0 = 0; s0 < n_slots; s0 += per_launch) {
     const int n = std::min(per_launch, n_slots - s0);
-    const Experts ex{ids + s0, w.expert_bytes, w.n_experts, n, true};
+    const Experts ex{ids + s0, w.expert_bytes, w.n_experts, n, true, ids_settled};
     const float* xs = x + static_cast<std::size_t>(s0) * w.cols;
     float* ys = y + static_cast<std::size_t>(s0) * ldy;
     launch<kDownRows, 1, kRows>(w.data, static_cast<int>(w.rows), static_cast<int>(w.cols), xs, ys,

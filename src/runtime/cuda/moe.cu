@@ -3,6 +3,8 @@
 #include "runtime/cuda/pdl.cuh"
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "runtime/cuda/block_decode.cuh"
 #include "runtime/cuda/gemv.h"
@@ -152,6 +154,54 @@ __device__ void route_token(const float* l, int n_expert, int k,
   }
 }
 
+// The routing of one token by a whole CTA of at least n_expert threads, thread i for expert i
+// (router_route_kernel's last CTA, for up to kRouterThreads experts). Every chosen expert
+// finds its place at once: its rank among the logits (greater first, the lower index first among
+// equals, as the warp version's arg-max rounds and a stable sort) decides whether it is chosen,
+// and its rank by index among the chosen its slot. The softmax over all experts cancels in the
+// renormalized weights, exp(l_e - max) / sum over the chosen of exp(l_c - max), whose sum is
+// taken in decreasing order of probability as in route_token. Returns false, having written
+// nothing, where a logit is not finite (NaN or inf): route_token handles those.
+// scale_e: expert_scale[threadIdx.x] where threadIdx.x < n_expert. `shared` as route_token's.
+__device__ bool route_token_ranked(const float* l, int n_expert, int k, float scale_e,
+                                   int* __restrict__ ids, float* __restrict__ weights,
+                                   float* shared, int t) {
+  const int i = static_cast<int>(threadIdx.x);
+  float* lg = shared;                                  // n_expert logits
+  float* chosen_x = shared + n_expert;                 // k values exp(l - max), by rank
+  int* chosen = reinterpret_cast<int*>(chosen_x + k);  // k experts, by rank
+  const bool mine = i < n_expert;
+  const float v = mine ? __ldcg(l + i) : 0.0f;
+  if (mine) lg[i] = v;
+  if (!__syncthreads_and(isfinite(v))) return false;
+  int rank = k;
+  if (mine) {
+    rank = 0;
+    for (int j = 0; j < n_expert; ++j) {
+      const float o = lg[j];
+      rank += o > v || (o == v && j < i) ? 1 : 0;
+    }
+    if (rank < k) chosen[rank] = i;
+  }
+  __syncthreads();
+  float x = 0.0f;
+  if (rank < k) {
+    x = expf(v - lg[chosen[0]]);
+    chosen_x[rank] = x;
+  }
+  __syncthreads();
+  if (rank >= k) return true;
+  float total = 0.0f;
+  int slot = 0;
+  for (int j = 0; j < k; ++j) {
+    total += chosen_x[j];
+    slot += chosen[j] < i ? 1 : 0;
+  }
+  ids[t * k + slot] = i;
+  weights[t * k + slot] = x / total * scale_e;
+  return true;
+}
+
 __global__ void route_kernel(const float* __restrict__ logits, int n_expert, int k,
                              const float* __restrict__ expert_scale, int* __restrict__ ids,
                              float* __restrict__ weights) {
@@ -170,14 +220,14 @@ __global__ void route_kernel(const float* __restrict__ logits, int n_expert, int
 // it: the logits other CTAs wrote are visible to it after their __threadfence and its atomic
 // (the threadfence-reduction pattern).
 constexpr int kRouterThreads = 128;
+constexpr int kRouterEarly = 8;
 
 __global__ void __launch_bounds__(kRouterThreads)
     router_route_kernel(const float* __restrict__ w, int n_expert, int n_cols,
                         const float* __restrict__ x, float* __restrict__ logits, int k,
                         const float* __restrict__ expert_scale, int* __restrict__ ids,
-                        float* __restrict__ weights, unsigned* __restrict__ counters) {
-  pdl_wait();
-  pdl_trigger();
+                        float* __restrict__ weights, unsigned* __restrict__ counters,
+                        bool use_ranked) {
   extern __shared__ float shared[];
   __shared__ float scratch[32];
   __shared__ bool last;
@@ -185,14 +235,38 @@ __global__ void __launch_bounds__(kRouterThreads)
   float* lt = logits + static_cast<std::size_t>(t) * n_expert;
   const float4* wr = reinterpret_cast<const float4*>(w + static_cast<std::size_t>(e) * n_cols);
   const float4* xr = reinterpret_cast<const float4*>(x + static_cast<std::size_t>(t) * n_cols);
+  const int n4 = n_cols / 4;
+  // The row's first kRouterEarly * kRouterThreads float4 (all of a row up to 4096 columns) are
+  // loaded before the wait, so their HBM latency overlaps the kernels before this one (weights:
+  // no kernel writes them, pdl.cuh).
+  float4 early[kRouterEarly];
+#pragma unroll
+  for (int j = 0; j < kRouterEarly; ++j) {
+    const int i = static_cast<int>(threadIdx.x) + j * kRouterThreads;
+    early[j] = i < n4 ? __ldg(wr + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
+  // Expert scales for the ranked routing (route_token_ranked), also loaded early.
+  const bool ranked = n_expert <= kRouterThreads && k <= n_expert;
+  const float scale_e =
+      ranked && static_cast<int>(threadIdx.x) < n_expert ? __ldg(expert_scale + threadIdx.x) : 0.0f;
+  pdl_wait();
+  pdl_trigger();
   float acc = 0.0f;
-#pragma unroll 8
-  for (int i = static_cast<int>(threadIdx.x); i < n_cols / 4; i += kRouterThreads) {
-    const float4 a = __ldg(wr + i), b = __ldg(xr + i);
+  const auto add = [&](const float4& a, const float4& b) {
     acc = fmaf(a.x, b.x, acc);
     acc = fmaf(a.y, b.y, acc);
     acc = fmaf(a.z, b.z, acc);
     acc = fmaf(a.w, b.w, acc);
+  };
+#pragma unroll
+  for (int j = 0; j < kRouterEarly; ++j) {
+    const int i = static_cast<int>(threadIdx.x) + j * kRouterThreads;
+    if (i < n4) add(early[j], __ldg(xr + i));
+  }
+#pragma unroll 8
+  for (int i = static_cast<int>(threadIdx.x) + kRouterEarly * kRouterThreads; i < n4;
+       i += kRouterThreads) {
+    add(__ldg(wr + i), __ldg(xr + i));
   }
   acc = block_reduce<false>(acc, scratch);
   if (threadIdx.x == 0) {
@@ -202,8 +276,13 @@ __global__ void __launch_bounds__(kRouterThreads)
     if (last) counters[t] = 0;  // ready for the next launch
   }
   __syncthreads();
-  if (!last || threadIdx.x >= 32) return;
+  if (!last) return;
   __threadfence();
+  if (ranked && use_ranked &&
+      route_token_ranked(lt, n_expert, k, scale_e, ids, weights, shared, t)) {
+    return;
+  }
+  if (threadIdx.x >= 32) return;
   route_token(lt, n_expert, k, expert_scale, ids, weights, shared, t);
 }
 
@@ -304,6 +383,20 @@ void moe_route(const float* logits, int n_tokens, int n_expert, int k, const flo
   QFORGE_CUDA_CHECK_LAUNCH("route_kernel");
 }
 
+namespace {
+
+// The ranked routing in router_route_kernel: on, unless QFORGE_MOE_RANKED_ROUTE=0 (for
+// measurements).
+bool ranked_routing() {
+  static const bool on = [] {
+    const char* env = std::getenv("QFORGE_MOE_RANKED_ROUTE");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  return on;
+}
+
+}  // namespace
+
 void moe_router_route(const float* w, int n_cols, const float* x, int n_tokens, int n_expert, int k,
                       const float* expert_scale, float* logits, int* ids, float* weights,
                       unsigned* counters, StreamHandle stream) {
@@ -318,7 +411,8 @@ void moe_router_route(const float* w, int n_cols, const float* x, int n_tokens, 
   const std::size_t shared = sizeof(float) * static_cast<std::size_t>(n_expert + 2 * k);
   const dim3 grid(static_cast<unsigned>(n_expert), static_cast<unsigned>(n_tokens));
   launch_pdl("router_route_kernel", router_route_kernel, grid, kRouterThreads, shared, stream, w,
-             n_expert, n_cols, x, logits, k, expert_scale, ids, weights, counters);
+             n_expert, n_cols, x, logits, k, expert_scale, ids, weights, counters,
+             ranked_routing());
   QFORGE_CUDA_CHECK_LAUNCH("router_route_kernel");
 }
 

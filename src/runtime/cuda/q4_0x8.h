@@ -82,9 +82,12 @@ void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids
 //   y[s * ldy + r] = W_{ids[s]}[r, :] . x[s * w.cols + :],   r < w.rows, s < n_slots,
 // zeros for ids outside [0, w.n_experts). w in the Q4_0x8 layout, w.cols a multiple of 32 (rows of
 // q4_0x8_row_bytes(w.cols), widened where w.cols is not a multiple of 256); the numerics of
-// gemv_q4_0x8. The ids may be written by the previous kernel.
+// gemv_q4_0x8. The ids may be written by the previous kernel, unless ids_settled: then a kernel
+// two or more launches back wrote them and the previous one triggers after its PDL wait (pdl.cuh;
+// the gate/up GEMV between the routing and this product), so the experts' weights start
+// streaming before the wait for x.
 void moe_gemv_q4_0x8(const ExpertStack& w, const int* ids, int n_slots, const float* x, float* y,
-                     std::size_t ldy, StreamHandle stream = nullptr);
+                     std::size_t ldy, StreamHandle stream = nullptr, bool ids_settled = false);
 
 // For measurements and tests: rows per warp task (1, 2 or 4; 0 = chosen from the shape).
 void set_gemv_q4_0x8_rows(int rows);
