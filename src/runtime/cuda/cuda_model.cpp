@@ -198,6 +198,7 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
   fuse_moe_combine_ = on_unless_zero("QFORGE_MOE_COMBINE_FUSED");
   fuse_router_ = on_unless_zero("QFORGE_MOE_ROUTER_FUSED");
   early_down_ = on_unless_zero("QFORGE_MOE_DOWN_EARLY");
+  early_planes_ = on_unless_zero("QFORGE_MOE_PLANES_EARLY");
   x_ = DeviceBuffer<float>(s.x);
   h_ = DeviceBuffer<float>(s.x);
   o_ = DeviceBuffer<float>(s.x);
@@ -511,11 +512,12 @@ void CudaModel::moe_experts(int il, int n) {
   const bool gate_up_x8 = !grouped && m.gate_up.layout == WeightLayout::kQ4_0x8;
   if (gate_up_x8) {
     // Per token, its k experts' gate and up rows in one launch, the activation applied on the
-    // spot (q4_0x8.h).
+    // spot (q4_0x8.h). The routing launch before it triggers after its wait and add_and_norm
+    // wrote expert_in_ before that: the planes of x are built while the routing runs.
     for (int t = 0; t < n; ++t) {
       moe_gemv_q4_0x8_glu(c.ffn_act, m.gate_up, expert_ids_.data() + t * k, k,
                           expert_in_.data() + sz(t) * embd_, exp_act_.data() + sz(t * k) * ff_exp,
-                          ff_exp, s);
+                          ff_exp, s, early_planes_);
     }
   } else {
     if (grouped) {

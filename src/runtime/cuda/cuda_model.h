@@ -120,8 +120,9 @@ class CudaModel final : public Model {
   Event fork_{false}, join_{false};
   bool fork_moe_ = true;
   bool fuse_moe_combine_ = true;  // moe_combine with the residual update; QFORGE_MOE_COMBINE_FUSED
-  bool early_down_ = true;   // down experts' weights before the PDL wait; QFORGE_MOE_DOWN_EARLY
-  bool fuse_router_ = true;  // moe_router_route for F32 routers; QFORGE_MOE_ROUTER_FUSED
+  bool early_down_ = true;    // down experts' weights before the PDL wait; QFORGE_MOE_DOWN_EARLY
+  bool early_planes_ = true;  // expert gate/up planes before the wait; QFORGE_MOE_PLANES_EARLY
+  bool fuse_router_ = true;   // moe_router_route for F32 routers; QFORGE_MOE_ROUTER_FUSED
 
   DeviceBuffer<float> x_, h_, qkv_, att_, o_, gate_up_, act_, part_, flash_part_, logits_;
   DeviceBuffer<float> cos_global_, sin_global_, cos_local_, sin_local_;

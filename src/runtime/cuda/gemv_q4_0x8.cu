@@ -190,6 +190,7 @@ struct Experts {
   int n_experts = 0, n_slots = 1;
   bool x_per_slot = false;
   bool ids_settled = false;  // written two or more launches back: readable before the PDL wait
+  bool x_settled = false;    // the same for x: its planes are built before the wait
 };
 
 // Rows of x whose planes a launch builds.
@@ -295,6 +296,7 @@ __global__ void __launch_bounds__(kThreads)
     if (++issue_slot == S) issue_slot = 0;
   };
 
+  if (ex.x_settled) build_planes(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes);
   // The weights do not depend on the previous kernel: start streaming them before waiting for it
   // (except in the expert form where the previous kernel writes the expert ids).
   if (ex.ids != nullptr && !ex.ids_settled) pdl_wait();
@@ -315,7 +317,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int k = 0; k < S - 1; ++k) issue();
   pdl_wait();
   pdl_trigger();
-  build_planes(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes);
+  if (!ex.x_settled) build_planes(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes);
   __syncthreads();
 
   const std::size_t tb = token_bytes(n_blocks);
@@ -616,7 +618,8 @@ void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::
 }
 
 void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids, int n_slots,
-                         const float* x, float* y, std::size_t ldy, StreamHandle stream) {
+                         const float* x, float* y, std::size_t ldy, StreamHandle stream,
+                         bool x_settled) {
   if (n_slots <= 0) return;
   check_expert_stack(w, "moe_gemv_q4_0x8_glu weights");
   if (w.layout != WeightLayout::kQ4_0x8 || w.rows % 2 != 0 || ids == nullptr ||
@@ -629,7 +632,7 @@ void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids
     cuda_fail("CUDA MoE gemv (Q4_0x8, gated): ", n_slots, " slots of ", w.rows, " rows");
   }
   check(w.data, w.rows, w.cols, x, y, ldy * 2, 1);  // ldy >= rows / 2
-  const Experts ex{ids, w.expert_bytes, w.n_experts, n_slots};
+  const Experts ex{ids, w.expert_bytes, w.n_experts, n_slots, false, false, x_settled};
   const int rows = static_cast<int>(w.rows), cols = static_cast<int>(w.cols);
   if (act == FfnActivation::kSiluGlu) {
     launch<2, 1, kSiluGlu>(w.data, rows, cols, x, y, ldy, stream, ex);

@@ -75,8 +75,12 @@ void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::
 // with gate_j and up_j rows j and w.rows / 2 + j of expert ids[s] (each expert w.rows = 2 n_ff
 // rows in Q4_0x8, w.layout kQ4_0x8), zeros for ids outside [0, w.n_experts). The slots share x,
 // as a token's k slots share their gate/up input; the ids may be written by the previous kernel.
+// x_settled: a kernel two or more launches back wrote x and the previous one triggers after its
+// PDL wait (pdl.cuh; the routing between the norm and this product), so the planes of x are
+// built before the wait.
 void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids, int n_slots,
-                         const float* x, float* y, std::size_t ldy, StreamHandle stream = nullptr);
+                         const float* x, float* y, std::size_t ldy, StreamHandle stream = nullptr,
+                         bool x_settled = false);
 
 // Expert form of gemv_q4_0x8 with an input per slot, as the down products of one token's k slots:
 //   y[s * ldy + r] = W_{ids[s]}[r, :] . x[s * w.cols + :],   r < w.rows, s < n_slots,
