@@ -12,7 +12,10 @@
 //           weights (online softmax, F32);
 //   values: thread (position group, 8-column chunk) accumulates weight * V over its positions,
 //           V rows read as 16-byte vectors; the position groups are summed at the end.
-// Each split writes (max, sum, unnormalized output) per row; flash_decode_merge combines them.
+// Each split writes its unnormalized output row and its (max, sum) per row; flash_decode_merge
+// combines them. Scratch layout (flash_decode_scratch_floats): the output rows, D floats per
+// (token, head, split), then the (max, sum) pairs in the same order, so output rows stay 16-byte
+// aligned for the merge's vector loads.
 #include <algorithm>
 #include <cstdint>
 
@@ -186,9 +189,10 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  auto part_row = [&](int f) {
+  // Index of (token, head, split) of row f in the scratch's output rows and (max, sum) pairs.
+  auto part_index = [&](int f) {
     const int t = f / group, h = kv_head * group + f % group;
-    return part + ((static_cast<std::size_t>(t) * n_head + h) * n_splits + split) * (D + 2);
+    return (static_cast<std::size_t>(t) * n_head + h) * n_splits + split;
   };
   for (int i = tid; i < RB * D; i += kThreads) {
     const int r = i / D, d = i % D;
@@ -196,51 +200,79 @@ __global__ void __launch_bounds__(kThreads)
     float total = 0.0f;
 #pragma unroll
     for (int g = 0; g < kGroups; ++g) total += s_reduce[(g * RB + r) * D + d];
-    part_row(f0 + r)[2 + d] = total;
+    part[part_index(f0 + r) * D + d] = total;
   }
   if (tid < RB && f0 + tid < n_rows) {
-    float* dst = part_row(f0 + tid);
+    const std::size_t n_parts = static_cast<std::size_t>(n_rows) * n_head_kv * n_splits;
+    float* dst = part + n_parts * D + 2 * part_index(f0 + tid);
     dst[0] = my_max, dst[1] = my_sum;
   }
 }
 
 // One CTA per (head, token): out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M), M = max_s m_s.
-__global__ void flash_decode_merge(const float* __restrict__ part, int n_splits, int dv,
-                                   float* __restrict__ out) {
+// The first warp turns the (max, sum) pairs into weights in shared memory; then thread (g, v)
+// sums float4 v of the output rows of splits g, g + G, ... (G = kMergeThreads / (D / 4) split
+// groups, loads unrolled so that several are in flight), and the groups' sums are added in group
+// order. (The first version had one thread per column walk all splits with a branch per split:
+// one dependent L2 load after another.)
+constexpr int kMergeThreads = 256;
+
+template <int D>
+__global__ void __launch_bounds__(kMergeThreads)
+    flash_decode_merge(const float* __restrict__ part, int n_splits, float* __restrict__ out) {
+  constexpr int kVecs = D / 4;                    // float4 per output row
+  constexpr int kGroups = kMergeThreads / kVecs;  // split groups
   pdl_wait();
   pdl_trigger();
-  // [n_splits], then the total at [n_splits], then kMergePad floats of padding: compute-sanitizer
-  // caught the unrolled weight loop reading up to three floats past the total (loads the compiler
-  // issues ahead of the loop test; their values are never used).
-  extern __shared__ float weight[];
+  // [kGroups][D] group sums, then the split weights [n_splits], then the total, then kMergePad
+  // floats of padding (loads the compiler issues ahead of a loop test read up to three floats
+  // past the total; compute-sanitizer caught it in the first version).
+  extern __shared__ __align__(16) float merge_smem[];
+  float* const group_sum = merge_smem;
+  float* const weight = merge_smem + kGroups * D;
   const int h = static_cast<int>(blockIdx.x), t = static_cast<int>(blockIdx.y);
-  const int n_head = static_cast<int>(gridDim.x);
-  const std::size_t row = static_cast<std::size_t>(dv + 2);
-  const float* base = part + (static_cast<std::size_t>(t) * n_head + h) * n_splits * row;
-  if (threadIdx.x < 32) {
-    const int lane = static_cast<int>(threadIdx.x);
+  const int n_head = static_cast<int>(gridDim.x), n_tokens = static_cast<int>(gridDim.y);
+  const std::size_t first = (static_cast<std::size_t>(t) * n_head + h) * n_splits;
+  const std::size_t n_parts = static_cast<std::size_t>(n_tokens) * n_head * n_splits;
+  const float4* rows = reinterpret_cast<const float4*>(part + first * D);
+  const float2* ml = reinterpret_cast<const float2*>(part + n_parts * D) + first;
+  const int tid = static_cast<int>(threadIdx.x);
+  if (tid < 32) {
     float big = -INFINITY;
-    for (int s = lane; s < n_splits; s += 32) big = fmaxf(big, base[s * row]);
+    for (int s = tid; s < n_splits; s += 32) big = fmaxf(big, ml[s].x);
     big = warp_max(big);
     float total = 0.0f;
-    for (int s = lane; s < n_splits; s += 32) {
-      const float m = base[s * row];
-      const float w = m == -INFINITY ? 0.0f : expf(m - big);  // empty splits weigh 0
+    for (int s = tid; s < n_splits; s += 32) {
+      const float2 p = ml[s];
+      const float w = p.x == -INFINITY ? 0.0f : expf(p.x - big);  // empty splits weigh 0
       weight[s] = w;
-      total += w * base[s * row + 1];
+      total += w * p.y;
     }
     total = warp_sum(total);
-    if (lane == 0) weight[n_splits] = total;
+    if (tid == 0) weight[n_splits] = total;
   }
   __syncthreads();
+  // Empty splits wrote zero rows, so their weight 0 needs no test here.
+  const int v = tid % kVecs, g = tid / kVecs;
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+  for (int s = g; s < n_splits; s += kGroups) {
+    const float4 o = rows[static_cast<std::size_t>(s) * kVecs + v];
+    const float w = weight[s];
+    acc.x = fmaf(o.x, w, acc.x);
+    acc.y = fmaf(o.y, w, acc.y);
+    acc.z = fmaf(o.z, w, acc.z);
+    acc.w = fmaf(o.w, w, acc.w);
+  }
+  reinterpret_cast<float4*>(group_sum)[g * kVecs + v] = acc;
+  __syncthreads();
   const float inv = 1.0f / weight[n_splits];
-  float* dst = out + (static_cast<std::size_t>(t) * n_head + h) * dv;
-  for (int d = static_cast<int>(threadIdx.x); d < dv; d += static_cast<int>(blockDim.x)) {
-    float acc = 0.0f;
-    for (int s = 0; s < n_splits; ++s) {
-      if (weight[s] != 0.0f) acc = fmaf(base[s * row + 2 + d], weight[s], acc);
-    }
-    dst[d] = acc * inv;
+  float* dst = out + (static_cast<std::size_t>(t) * n_head + h) * D;
+  for (int d = tid; d < D; d += kMergeThreads) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int q = 0; q < kGroups; ++q) sum += group_sum[q * D + d];
+    dst[d] = sum * inv;
   }
 }
 
@@ -257,11 +289,12 @@ void launch(const float* q, const void* k, const void* v, const int* pos0, int n
              p.q_stride, static_cast<const T*>(k), static_cast<const T*>(v), pos0, n_tokens,
              p.kv.n_head_kv, group, p.scale, p.softcap, p.window, part);
   QFORGE_CUDA_CHECK_LAUNCH("flash_decode_split");
-  const int threads = std::min(D, 256);
-  launch_pdl("flash_decode_merge", flash_decode_merge,
+  constexpr int kMergeGroups = kMergeThreads / (D / 4);
+  launch_pdl("flash_decode_merge", flash_decode_merge<D>,
              dim3(static_cast<unsigned>(p.n_head), static_cast<unsigned>(n_tokens)),
-             static_cast<unsigned>(threads), (n_splits + 1 + kMergePad) * sizeof(float), stream,
-             part, n_splits, D, out);
+             static_cast<unsigned>(kMergeThreads),
+             (kMergeGroups * D + n_splits + 1 + kMergePad) * sizeof(float), stream, part, n_splits,
+             out);
   QFORGE_CUDA_CHECK_LAUNCH("flash_decode_merge");
 }
 
