@@ -47,9 +47,12 @@ double gemv_error(const Quantized& q, std::size_t rows, std::size_t cols,
   return worst;
 }
 
-// Resets the rows-per-warp choice however a test ends.
+// Resets the rows-per-warp and form choices however a test ends.
 struct RowsReset {
-  ~RowsReset() { cuda::detail::set_gemv_q6_k_rows(0); }
+  ~RowsReset() {
+    cuda::detail::set_gemv_q6_k_rows(0);
+    cuda::detail::set_gemv_q6_k_form(0);
+  }
 };
 
 enum class Path { kPublic, kDirect };
@@ -74,11 +77,14 @@ void expect_exact(const Quantized& q, const std::byte* w, std::size_t rows, std:
                   std::uint32_t seed) {
   const RowsReset reset;
   const std::vector<float> x = random_floats(cols, seed);
-  for (const int rows_per_task : {1, 2}) {
+  for (const int form_and_rows : {11, 12, 21, 22}) {  // (F32 | integer form) x (1 | 2 rows)
+    const int rows_per_task = form_and_rows % 10;
+    cuda::detail::set_gemv_q6_k_form(form_and_rows / 10);
     cuda::detail::set_gemv_q6_k_rows(rows_per_task);
     for (const Path path : {Path::kPublic, Path::kDirect}) {
       SCOPED_TRACE(testing::Message()
                    << rows << "x" << cols << ", " << rows_per_task << " rows per task, "
+                   << (form_and_rows / 10 == 2 ? "integer" : "F32") << " form, "
                    << (path == Path::kPublic ? "cuda::gemv" : "direct"));
       EXPECT_LT(run_gemv(path, q, w, rows, cols, x), kGemvTolerance);
     }

@@ -71,8 +71,17 @@ constexpr std::size_t x_bytes(std::size_t n_cols) {
 constexpr std::size_t slot_bytes(int rows, std::size_t n_cols) {
   return (static_cast<std::size_t>(rows) * (n_cols / 256) * kBlockBytes + 14 + 15) / 16 * 16 + 16;
 }
-constexpr std::size_t smem_bytes(int rows, int stages, std::size_t n_cols) {
-  return x_bytes(n_cols) +
+// The integer form's x (see build_planes): three int8 planes of n_cols bytes with 32 bytes of
+// padding after every 128, then per 8-element chunk a float2 with 4 float2 of padding after every
+// 16: 160 bytes per 128 columns for each of the four.
+constexpr std::size_t plane_bytes(std::size_t n_cols) {
+  return n_cols / 128 * 160;
+}
+constexpr std::size_t x_bytes(std::size_t n_cols, bool planes) {
+  return planes ? 4 * plane_bytes(n_cols) : x_bytes(n_cols);
+}
+constexpr std::size_t smem_bytes(int rows, int stages, std::size_t n_cols, bool planes) {
+  return x_bytes(n_cols, planes) +
          static_cast<std::size_t>(warps_for(rows)) * stages * slot_bytes(rows, n_cols);
 }
 
@@ -102,6 +111,67 @@ __device__ __forceinline__ float dot4(std::uint32_t code, float4 x, float acc) {
   acc = fmaf(blocks::byte_minus<32>(code, 1), x.y, acc);
   acc = fmaf(blocks::byte_minus<32>(code, 2), x.z, acc);
   return fmaf(blocks::byte_minus<32>(code, 3), x.w, acc);
+}
+
+constexpr float kStep = 254.0f;  // plane i + 1 holds the residual of plane i times 254
+
+__device__ __forceinline__ int dp4a_us(std::uint32_t a, std::uint32_t b, int c) {
+  int d;
+  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+__device__ __forceinline__ std::uint32_t pack_bytes(const int* p) {
+  return (static_cast<std::uint32_t>(p[0]) & 0xffu) |
+         (static_cast<std::uint32_t>(p[1]) & 0xffu) << 8 |
+         (static_cast<std::uint32_t>(p[2]) & 0xffu) << 16 | static_cast<std::uint32_t>(p[3]) << 24;
+}
+
+// x in the integer form, built once per CTA: every 32-element block of x becomes
+// s * (p0 + p1 / 254 + p2 / 254^2) with int8 planes and s = max|x| / 127 (within max|x| * 2^-24 of
+// each value, as gemv_q4_0x8.cu's planes), and chunk (8 elements) k gets the float2
+// (s / 254^2, 32 * sum of its x) at index k + 4 (k / 16): the first scales the chunk's plane sums,
+// the second is the -32 offset of the Q6_K codes. Plane p of element e lies at byte
+// p * plane_bytes + e + 32 (e / 128). The paddings put the 8-byte words of the 16 lanes of a
+// half-warp, (block g < 2, h, c) at chunk 32g + 16h + 4s + c, in 16 distinct bank pairs.
+__device__ void build_planes(const float* __restrict__ x, int n_cols, std::uint8_t* smem,
+                             int n_threads) {
+  const int n_chunks = n_cols / 8;  // a multiple of 32: every group of 4 lanes is one block
+  const std::size_t pb = plane_bytes(static_cast<std::size_t>(n_cols));
+  auto* info = reinterpret_cast<float2*>(smem + 3 * pb);
+  for (int base = 0; base < n_chunks; base += n_threads) {  // uniform: shuffles below
+    const int k = base + static_cast<int>(threadIdx.x);
+    float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    if (k < n_chunks) {
+      const float4 a = __ldg(reinterpret_cast<const float4*>(x) + 2 * k);
+      const float4 b = __ldg(reinterpret_cast<const float4*>(x) + 2 * k + 1);
+      v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z;
+      v[7] = b.w;
+    }
+    float m = 0.0f, sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) m = fmaxf(m, fabsf(v[i])), sum += v[i];
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+    if (k >= n_chunks) continue;
+    const float inv = m > 0.0f ? 127.0f / m : 0.0f;
+    int p[3][8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float u = v[i] * inv;
+      p[0][i] = __float2int_rn(u);
+      const float r1 = (u - static_cast<float>(p[0][i])) * kStep;
+      p[1][i] = __float2int_rn(r1);
+      p[2][i] = __float2int_rn((r1 - static_cast<float>(p[1][i])) * kStep);
+    }
+    const std::size_t at = 8 * static_cast<std::size_t>(k) + 32 * static_cast<std::size_t>(k >> 4);
+#pragma unroll
+    for (int q = 0; q < 3; ++q) {
+      *reinterpret_cast<uint2*>(smem + q * pb + at) =
+          make_uint2(pack_bytes(p[q]), pack_bytes(p[q] + 4));
+    }
+    info[k + 4 * (k >> 4)] = make_float2(m / 127.0f / (kStep * kStep), 32.0f * sum);
+  }
 }
 
 // One lane's view of one row in a slot: its unit's ql / qh words, scale bytes and d of the block
@@ -148,6 +218,37 @@ struct RowCursor {
     return fmaf(dd, blk, acc);
   }
 
+  // The integer form of block_dot: pw[s][p] is plane p of the lane's chunk s of the block (its
+  // 8 elements of sub-row s), ci[s] that chunk's float2 (build_planes).
+  __device__ __forceinline__ float block_dot_planes(const uint2 (&pw)[4][3], const float2 (&ci)[4],
+                                                    float acc) const {
+    const uint2 a = load8(ql, sh), b = load8(ql + 8, sh), hb = load8(qh, sh);
+    const float dd = __half2float(__ushort_as_half(*d));
+    std::uint32_t codes[2][4];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const std::uint32_t qa = half == 0 ? a.x : a.y, qb = half == 0 ? b.x : b.y;
+      const std::uint32_t qhi = half == 0 ? hb.x : hb.y;
+      codes[half][0] = (qa & blocks::kLowNibbles) | ((qhi << 4) & 0x30303030u);
+      codes[half][1] = (qb & blocks::kLowNibbles) | ((qhi << 2) & 0x30303030u);
+      codes[half][2] = ((qa >> 4) & blocks::kLowNibbles) | (qhi & 0x30303030u);
+      codes[half][3] = ((qb >> 4) & blocks::kLowNibbles) | ((qhi >> 2) & 0x30303030u);
+    }
+    float blk = 0.0f;
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      const std::uint32_t lo = codes[0][s], hi = codes[1][s];
+      const int s0 = dp4a_us(lo, pw[s][0].x, dp4a_us(hi, pw[s][0].y, 0));
+      const int s1 = dp4a_us(lo, pw[s][1].x, dp4a_us(hi, pw[s][1].y, 0));
+      const int s2 = dp4a_us(lo, pw[s][2].x, dp4a_us(hi, pw[s][2].y, 0));
+      // |s1 * 254 + s2| < 2^24: exact in F32.
+      const float f = fmaf(static_cast<float>(s0), kStep * kStep,
+                           static_cast<float>(s1 * static_cast<int>(kStep) + s2));
+      blk = fmaf(static_cast<float>(sc[2 * s]), fmaf(ci[s].x, f, -ci[s].y), blk);
+    }
+    return fmaf(dd, blk, acc);
+  }
+
   __device__ __forceinline__ void next_step() {
     ql += kStepBytes / 4;
     qh += kStepBytes / 4;
@@ -158,7 +259,7 @@ struct RowCursor {
 
 // Warp task t covers rows [R t, R t + R) (fewer in the last one); warp `first` of the grid takes
 // tasks first, first + stride, ... Task k of the warp lands in slot k % S.
-template <int R, int S>
+template <int R, int S, bool kInt>
 __global__ void __launch_bounds__(32 * warps_per_cta<R>(), 1)
     gemv_q6_k_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols, int slot_size,
                      const float* __restrict__ x, float* __restrict__ y) {
@@ -173,7 +274,7 @@ __global__ void __launch_bounds__(32 * warps_per_cta<R>(), 1)
   const int task_stride = static_cast<int>(gridDim.x) * kWarps;
   const int my_tasks = first_task < n_tasks ? (n_tasks - 1 - first_task) / task_stride + 1 : 0;
   auto* xs = reinterpret_cast<float4*>(smem);
-  std::uint8_t* ring = smem + x_bytes(static_cast<std::size_t>(n_cols)) +
+  std::uint8_t* ring = smem + x_bytes(static_cast<std::size_t>(n_cols), kInt) +
                        static_cast<std::size_t>(warp) * S * slot_size;
 
   // Issue side: the next task's rows into the next slot, one commit group per task (an empty one
@@ -213,7 +314,9 @@ __global__ void __launch_bounds__(32 * warps_per_cta<R>(), 1)
   pdl_wait();
   pdl_trigger();
 
-  {  // x into shared memory: float4 i goes to i + i / 32 (4 floats of padding per 128)
+  if constexpr (kInt) {
+    build_planes(x, n_cols, smem, 32 * kWarps);
+  } else {  // x into shared memory: float4 i goes to i + i / 32 (4 floats of padding per 128)
     const int n4 = n_cols / 4;
     const auto* x4 = reinterpret_cast<const float4*>(x);
     constexpr int kThreads = 32 * kWarps, kBatch = 4;
@@ -254,20 +357,46 @@ __global__ void __launch_bounds__(32 * warps_per_cta<R>(), 1)
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-    const float4* xp = x_first;
-    for (int b = group; b < n_blocks; b += 4) {
-      float4 xv[4][2];
+    if constexpr (kInt) {
+      // The lane's chunk s of block b is chunk 32b + 16h + 4s + c (build_planes' layout); a
+      // step of 4 blocks is 1280 plane bytes and 160 float2 further.
+      const std::size_t pb = plane_bytes(static_cast<std::size_t>(n_cols));
+      const std::uint8_t* pl = smem + 320 * group + 160 * h + 8 * c;
+      const float2* info = reinterpret_cast<const float2*>(smem + 3 * pb) + 40 * group + 20 * h + c;
+      for (int b = group; b < n_blocks; b += 4) {
+        uint2 pw[4][3];
+        float2 ci[4];
 #pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        xv[s][0] = xp[8 * s];
-        xv[s][1] = xp[8 * s + 1];
-      }
+        for (int s = 0; s < 4; ++s) {
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        acc[r] = rows[r].block_dot(xv, acc[r]);
-        rows[r].next_step();
+          for (int q = 0; q < 3; ++q)
+            pw[s][q] = *reinterpret_cast<const uint2*>(pl + q * pb + 32 * s);
+          ci[s] = info[4 * s];
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          acc[r] = rows[r].block_dot_planes(pw, ci, acc[r]);
+          rows[r].next_step();
+        }
+        pl += 1280;
+        info += 160;
       }
-      xp += 4 * 66;
+    } else {
+      const float4* xp = x_first;
+      for (int b = group; b < n_blocks; b += 4) {
+        float4 xv[4][2];
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+          xv[s][0] = xp[8 * s];
+          xv[s][1] = xp[8 * s + 1];
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          acc[r] = rows[r].block_dot(xv, acc[r]);
+          rows[r].next_step();
+        }
+        xp += 4 * 66;
+      }
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -299,20 +428,37 @@ int pick_rows() {
   return forced != 0 ? forced : default_rows();
 }
 
+std::atomic<int>& form_choice() {
+  static std::atomic<int> form{0};
+  return form;
+}
+
+// The integer form (x as int8 planes, dp4a): on, unless QFORGE_Q6K_DP4A=0 or
+// set_gemv_q6_k_form says otherwise.
+bool integer_form() {
+  static const bool env_on = [] {
+    const char* env = std::getenv("QFORGE_Q6K_DP4A");
+    return env == nullptr || std::strtol(env, nullptr, 10) != 0;
+  }();
+  const int forced = form_choice().load();
+  return forced != 0 ? forced == 2 : env_on;
+}
+
 // The most stages (2..4) whose slots fit next to x, or 0 when not even two do.
-int pick_stages(int rows, std::size_t n_cols) {
+int pick_stages(int rows, std::size_t n_cols, bool planes) {
   for (int stages = 4; stages >= 2; --stages) {
-    if (smem_bytes(rows, stages, n_cols) <= current_max_smem_per_block()) return stages;
+    if (smem_bytes(rows, stages, n_cols, planes) <= current_max_smem_per_block()) return stages;
   }
   return 0;
 }
 
-template <int R, int S>
+template <int R, int S, bool kInt>
 void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, StreamHandle stream) {
   constexpr int kWarps = warps_per_cta<R>();
-  auto* kernel = gemv_q6_k_kernel<R, S>;
+  auto* kernel = gemv_q6_k_kernel<R, S, kInt>;
   // Each CTA owns a fixed stride of the rows.
-  const std::size_t smem = one_cta_per_sm_smem(smem_bytes(R, S, static_cast<std::size_t>(n_cols)));
+  const std::size_t smem =
+      one_cta_per_sm_smem(smem_bytes(R, S, static_cast<std::size_t>(n_cols), kInt));
   if (smem > 48 * 1024) {  // per device and kernel; a host-side call, also during graph capture
     QFORGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem)));
@@ -326,17 +472,27 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, Str
   QFORGE_CUDA_CHECK_LAUNCH("gemv_q6_k_kernel");
 }
 
-template <int R>
+template <int R, bool kInt>
 void launch_stages(const void* w, int n_rows, int n_cols, const float* x, float* y,
                    StreamHandle stream) {
-  switch (pick_stages(R, static_cast<std::size_t>(n_cols))) {
+  switch (pick_stages(R, static_cast<std::size_t>(n_cols), kInt)) {
     case 4:
-      return launch<R, 4>(w, n_rows, n_cols, x, y, stream);
+      return launch<R, 4, kInt>(w, n_rows, n_cols, x, y, stream);
     case 3:
-      return launch<R, 3>(w, n_rows, n_cols, x, y, stream);
+      return launch<R, 3, kInt>(w, n_rows, n_cols, x, y, stream);
     default:
-      return launch<R, 2>(w, n_rows, n_cols, x, y, stream);
+      return launch<R, 2, kInt>(w, n_rows, n_cols, x, y, stream);
   }
+}
+
+template <int R>
+void launch_form(const void* w, int n_rows, int n_cols, const float* x, float* y,
+                 StreamHandle stream) {
+  // The integer form where its planes fit beside two stages.
+  if (integer_form() && pick_stages(R, static_cast<std::size_t>(n_cols), true) != 0) {
+    return launch_stages<R, true>(w, n_rows, n_cols, x, y, stream);
+  }
+  launch_stages<R, false>(w, n_rows, n_cols, x, y, stream);
 }
 
 }  // namespace
@@ -344,7 +500,7 @@ void launch_stages(const void* w, int n_rows, int n_cols, const float* x, float*
 bool gemv_q6_k_applies(std::size_t n_cols) {
   // Two rows' slots (8 warps) never take more than one row's (16 warps), so this covers both.
   return n_cols > 0 && n_cols % 256 == 0 && n_cols <= (std::size_t{1} << 20) &&
-         pick_stages(1, n_cols) != 0;
+         pick_stages(1, n_cols, false) != 0;
 }
 
 void gemv_q6_k(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
@@ -361,10 +517,15 @@ void gemv_q6_k(const void* w, std::size_t n_rows, std::size_t n_cols, const floa
   }
   const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
   if (pick_rows() == 2) {
-    launch_stages<2>(w, rows, cols, x, y, stream);
+    launch_form<2>(w, rows, cols, x, y, stream);
   } else {
-    launch_stages<1>(w, rows, cols, x, y, stream);
+    launch_form<1>(w, rows, cols, x, y, stream);
   }
+}
+
+void set_gemv_q6_k_form(int form) {
+  if (form < 0 || form > 2) cuda_fail("set_gemv_q6_k_form: form must be 0, 1 or 2, got ", form);
+  form_choice().store(form);
 }
 
 void set_gemv_q6_k_rows(int rows) {

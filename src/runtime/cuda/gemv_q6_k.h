@@ -26,4 +26,9 @@ void gemv_q6_k(const void* w, std::size_t n_rows, std::size_t n_cols, const floa
 // QFORGE_Q6K_GEMV_ROWS=1 from the environment, else 2. Process-wide.
 void set_gemv_q6_k_rows(int rows);
 
+// For comparisons: 1 = the F32 form (x as floats in shared memory, F32 FMA), 2 = the integer form
+// (x as three int8 planes, dp4a; gemv_q6_k.cu), 0 = the default (the integer form unless
+// QFORGE_Q6K_DP4A=0). Process-wide.
+void set_gemv_q6_k_form(int form);
+
 }  // namespace qforge::cuda::detail
