@@ -151,6 +151,7 @@ __global__ void __launch_bounds__(kThreads)
       v.x = expf(v.x - ref), v.y = expf(v.y - ref), v.z = expf(v.z - ref), v.w = expf(v.w - ref);
       reinterpret_cast<float4*>(sp + r * kTile)[lane] = v;
       const float sum = warp_sum((v.x + v.y) + (v.z + v.w));
+      __syncwarp();  // every lane has read s_max[r] (m_old) before lane 0 replaces it
       if (lane == 0) s_max[r] = m_new, s_sum[r] = s_sum[r] * corr + sum, s_corr[r] = corr;
     }
     __syncthreads();
