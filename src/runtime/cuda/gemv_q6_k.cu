@@ -16,7 +16,16 @@
 // 64h + 8c, 8 at 64h + 32 + 8c, 8 of qh at 128 + 32h + 8c and one scale byte per s (the 8
 // elements of one s share a 16-element sub-block). Codes become floats exactly (the 2^23 trick of
 // block_decode.cuh), each s sums its 8 products (code - 32) * x in F32, and the block adds
-// d * sum_s scale_s * sum_s: F32 throughout, no activation quantization.
+// d * sum_s scale_s * sum_s: F32 throughout, no activation quantization (the F32 form).
+//
+// The integer form (the default since the ninth pass; QFORGE_Q6K_DP4A=0 or set_gemv_q6_k_form(1)
+// for the F32 one) holds x as three int8 planes per 32-element block instead (build_planes:
+// within max|x of the block| * 2^-24 of every value, the numerics of gemv_q4_0x8.cu), so that a
+// lane's 8 codes of one s meet each plane in two dp4a and the -32 offset comes from a per-chunk
+// sum of x: ~40% fewer instructions per weight. ncu put the one-CTA-per-SM F32 form near issue-
+// bound with 8 warps per SM (Gemma 4's 262144 x 2816 head at ~2.6 TB/s of an H200's ~4.2).
+// Whole-model H200 tg128, F32 / integer form: Gemma 4 26B-A4B 449.7 / 455.6, Llama-3-8B 458.0 /
+// 461.9, Gemma 4 31B 130.6 / 131.2 (docs/benchmarks.md, ninth pass).
 //
 // The first S - 1 rows are requested before waiting for the previous kernel (pdl.cuh): weights
 // never depend on it; x is read after the wait.
