@@ -160,8 +160,8 @@ __device__ void route_token(const float* l, int n_expert, int k,
 // equals, as the warp version's arg-max rounds and a stable sort) decides whether it is chosen,
 // and its rank by index among the chosen its slot. The softmax over all experts cancels in the
 // renormalized weights, exp(l_e - max) / sum over the chosen of exp(l_c - max), whose sum is
-// taken in decreasing order of probability as in route_token. Returns false, having written
-// nothing, where a logit is not finite (NaN or inf): route_token handles those.
+// taken in decreasing order of probability as in route_token. Returns false, having written no
+// ids or weights, where a logit is not finite (NaN or inf): route_token handles those.
 // scale_e: expert_scale[threadIdx.x] where threadIdx.x < n_expert. `shared` as route_token's.
 __device__ bool route_token_ranked(const float* l, int n_expert, int k, float scale_e,
                                    int* __restrict__ ids, float* __restrict__ weights,
