@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -781,6 +782,46 @@ TEST(CudaMoe, RouterAndRouteInOneLaunchMatchReference) {
       for (const unsigned c : counters.to_host()) EXPECT_EQ(c, 0u) << "call " << call;
     }
   }
+}
+
+// A token whose logits are not all finite (a NaN in its router input) gets no experts: every
+// slot id -1 with weight 0, as route_token leaves it (the ranked routing hands such tokens to
+// it). The other token of the same launch routes by rank as usual.
+TEST(CudaMoe, RouterAndRouteGiveNoExpertsForNonFiniteLogits) {
+  SKIP_WITHOUT_GPU();
+  constexpr int kTokens = 2, kExperts = 128, kTop = 8;
+  constexpr std::size_t kCols = 2816;
+  const std::vector<float> w = random_floats(kExperts * kCols, 31, 0.05f);
+  std::vector<float> x = random_floats(kTokens * kCols, 32, 1.0f);
+  x[kCols + 100] = std::numeric_limits<float>::quiet_NaN();  // token 1
+  const std::vector<float> scale = random_floats(kExperts, 33, 1.0f);
+  std::vector<double> logits(kExperts);  // token 0's
+  for (std::size_t e = 0; e < kExperts; ++e) {
+    double acc = 0.0;
+    for (std::size_t c = 0; c < kCols; ++c) {
+      acc += static_cast<double>(w[e * kCols + c]) * x[c];
+    }
+    logits[e] = acc;
+  }
+  cuda::DeviceBuffer<float> dwt{std::span<const float>(w)}, dx{std::span<const float>(x)};
+  cuda::DeviceBuffer<float> ds{std::span<const float>(scale)};
+  cuda::DeviceBuffer<float> dl(kTokens * kExperts), dw(kTokens * kTop);
+  cuda::DeviceBuffer<int> dids(kTokens * kTop);
+  cuda::DeviceBuffer<unsigned> counters(kTokens);
+  counters.fill_bytes(0);
+  dids.fill_bytes(0x7f);
+  cuda::moe_router_route(dwt.data(), static_cast<int>(kCols), dx.data(), kTokens, kExperts, kTop,
+                         ds.data(), dl.data(), dids.data(), dw.data(), counters.data(), nullptr);
+  const std::vector<int> ids = dids.to_host();
+  const std::vector<float> weights = dw.to_host();
+  expect_routing(logits, 1, kExperts, kTop, scale,
+                 std::vector<int>(ids.begin(), ids.begin() + kTop),
+                 std::vector<float>(weights.begin(), weights.begin() + kTop), 5e-5);
+  for (int j = kTop; j < 2 * kTop; ++j) {
+    EXPECT_EQ(ids[static_cast<std::size_t>(j)], -1) << "slot " << j;
+    EXPECT_EQ(weights[static_cast<std::size_t>(j)], 0.0f) << "slot " << j;
+  }
+  for (const unsigned c : counters.to_host()) EXPECT_EQ(c, 0u);
 }
 
 // moe_combine with the residual update (one kernel) against a float64 reference of
