@@ -34,6 +34,7 @@
 #include "runtime/cuda/cp_async.cuh"
 #include "runtime/cuda/device_attrs.h"
 #include "runtime/cuda/glu.cuh"
+#include "runtime/cuda/int8_planes.cuh"
 #include "runtime/cuda/prefetch.cuh"
 #include "runtime/cuda/q4_0x8.cuh"
 #include "runtime/cuda/q4_0x8.h"
@@ -42,26 +43,17 @@
 namespace qforge::cuda {
 namespace {
 
+using planes::dp4a_us;
+using planes::kStep;
+using planes::pack_bytes;
+
 constexpr int kWarps = 16, kThreads = 32 * kWarps;
-constexpr float kStep = 254.0f;  // plane i + 1 holds the residual of plane i times 254
 
 // Shared memory per token: planes [3][2][n_blocks][16 bytes] (plane, half of the block: elements
 // 0-15 / 16-31, block), then per block a float2 (s / (254^2 * 16), 8 * sum x).
 // Rounded up to 16 bytes, so that the planes of the next token (or slot) stay 16-byte aligned.
 __host__ __device__ constexpr std::size_t token_bytes(int n_blocks) {
   return (static_cast<std::size_t>(n_blocks) * (96 + 8) + 15) / 16 * 16;
-}
-
-__device__ __forceinline__ int dp4a_us(std::uint32_t a, std::uint32_t b, int c) {
-  int d;
-  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
-
-__device__ __forceinline__ std::uint32_t pack_bytes(const int* p) {
-  return (static_cast<std::uint32_t>(p[0]) & 0xffu) |
-         (static_cast<std::uint32_t>(p[1]) & 0xffu) << 8 |
-         (static_cast<std::uint32_t>(p[2]) & 0xffu) << 16 | static_cast<std::uint32_t>(p[3]) << 24;
 }
 
 __device__ __forceinline__ void load8(const float* __restrict__ src, float* v) {
@@ -101,16 +93,8 @@ __device__ void build_planes(const float* __restrict__ x, int n_x, int n_cols, i
       }
       if (i >= total) continue;
       const int t = i / per_token, b = (i - t * per_token) >> 2, q = i & 3;
-      const float inv = m > 0.0f ? 127.0f / m : 0.0f;
       int p[3][8];
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const float u = v[j][k] * inv;
-        p[0][k] = __float2int_rn(u);
-        const float r1 = (u - static_cast<float>(p[0][k])) * kStep;
-        p[1][k] = __float2int_rn(r1);
-        p[2][k] = __float2int_rn((r1 - static_cast<float>(p[1][k])) * kStep);
-      }
+      planes::quantize8(v[j], m, p);
       std::uint8_t* tok = smem + static_cast<std::size_t>(t) * token_bytes(n_blocks);
 #pragma unroll
       for (int plane = 0; plane < 3; ++plane) {
@@ -145,9 +129,7 @@ __device__ __forceinline__ float block_dot(const uint4& codes, const uint4 (&pl)
   }
   // 16 * Pi, exact: |16 * Pi| <= 16 * 32 * 15 * 127 < 2^20, and 254 * 16 * P1 + 16 * P2 < 2^28.
   const int s0 = 16 * lo[0] + hi[0], s1 = 16 * lo[1] + hi[1], s2 = 16 * lo[2] + hi[2];
-  const float f = fmaf(static_cast<float>(s0), kStep * kStep,
-                       static_cast<float>(s1 * static_cast<int>(kStep) + s2));
-  return fmaf(f, xb.x, -xb.y);
+  return fmaf(planes::combine(s0, s1, s2), xb.x, -xb.y);
 }
 
 // One pipeline stage of a warp: per row, the 32 lanes' code arrays (512 bytes) and the 4 group

@@ -53,6 +53,7 @@
 #include "runtime/cuda/block_decode.cuh"
 #include "runtime/cuda/cp_async.cuh"
 #include "runtime/cuda/device_attrs.h"
+#include "runtime/cuda/int8_planes.cuh"
 #include "runtime/cuda/reduce.cuh"
 
 namespace qforge::cuda::detail {
@@ -122,19 +123,9 @@ __device__ __forceinline__ float dot4(std::uint32_t code, float4 x, float acc) {
   return fmaf(blocks::byte_minus<32>(code, 3), x.w, acc);
 }
 
-constexpr float kStep = 254.0f;  // plane i + 1 holds the residual of plane i times 254
-
-__device__ __forceinline__ int dp4a_us(std::uint32_t a, std::uint32_t b, int c) {
-  int d;
-  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
-
-__device__ __forceinline__ std::uint32_t pack_bytes(const int* p) {
-  return (static_cast<std::uint32_t>(p[0]) & 0xffu) |
-         (static_cast<std::uint32_t>(p[1]) & 0xffu) << 8 |
-         (static_cast<std::uint32_t>(p[2]) & 0xffu) << 16 | static_cast<std::uint32_t>(p[3]) << 24;
-}
+using planes::dp4a_us;
+using planes::kStep;
+using planes::pack_bytes;
 
 // x in the integer form, built once per CTA: every 32-element block of x becomes
 // s * (p0 + p1 / 254 + p2 / 254^2) with int8 planes and s = max|x| / 127 (within max|x| * 2^-24 of
@@ -163,16 +154,8 @@ __device__ void build_planes(const float* __restrict__ x, int n_cols, std::uint8
     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
     if (k >= n_chunks) continue;
-    const float inv = m > 0.0f ? 127.0f / m : 0.0f;
     int p[3][8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const float u = v[i] * inv;
-      p[0][i] = __float2int_rn(u);
-      const float r1 = (u - static_cast<float>(p[0][i])) * kStep;
-      p[1][i] = __float2int_rn(r1);
-      p[2][i] = __float2int_rn((r1 - static_cast<float>(p[1][i])) * kStep);
-    }
+    planes::quantize8(v, m, p);
     const std::size_t at = 8 * static_cast<std::size_t>(k) + 32 * static_cast<std::size_t>(k >> 4);
 #pragma unroll
     for (int q = 0; q < 3; ++q) {
@@ -251,8 +234,7 @@ struct RowCursor {
       const int s1 = dp4a_us(lo, pw[s][1].x, dp4a_us(hi, pw[s][1].y, 0));
       const int s2 = dp4a_us(lo, pw[s][2].x, dp4a_us(hi, pw[s][2].y, 0));
       // |s1 * 254 + s2| < 2^24: exact in F32.
-      const float f = fmaf(static_cast<float>(s0), kStep * kStep,
-                           static_cast<float>(s1 * static_cast<int>(kStep) + s2));
+      const float f = planes::combine(s0, s1, s2);
       blk = fmaf(static_cast<float>(sc[2 * s]), fmaf(ci[s].x, f, -ci[s].y), blk);
     }
     return fmaf(dd, blk, acc);

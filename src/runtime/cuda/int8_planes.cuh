@@ -1,0 +1,48 @@
+// x as three int8 planes, shared by the integer-form decode GEMVs (gemv_q4_0x8.cu, gemv_q6_k.cu).
+//
+// Every block of x is s * (p0 + p1 / 254 + p2 / 254^2) with int8 planes p0..p2 and s = max|x| /
+// 127 over the block: each value is represented to within max|x of its block| * 2^-24. Weight
+// codes meet each plane in dp4a (exact integer sums), and the three sums are combined in F32.
+#pragma once
+
+#include <cstdint>
+
+namespace qforge::cuda::planes {
+
+constexpr float kStep = 254.0f;  // plane i + 1 holds the residual of plane i times 254
+
+// c + sum of the 4 byte products, a's bytes unsigned (weight codes), b's signed (plane values).
+__device__ __forceinline__ int dp4a_us(std::uint32_t a, std::uint32_t b, int c) {
+  int d;
+  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+// Four int8 values (in int) as the bytes of a word, p[0] lowest.
+__device__ __forceinline__ std::uint32_t pack_bytes(const int* p) {
+  return (static_cast<std::uint32_t>(p[0]) & 0xffu) |
+         (static_cast<std::uint32_t>(p[1]) & 0xffu) << 8 |
+         (static_cast<std::uint32_t>(p[2]) & 0xffu) << 16 | static_cast<std::uint32_t>(p[3]) << 24;
+}
+
+// The planes of 8 values of a block whose max |x| is m (0 for an all-zero block).
+__device__ __forceinline__ void quantize8(const float (&v)[8], float m, int (&p)[3][8]) {
+  const float inv = m > 0.0f ? 127.0f / m : 0.0f;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const float u = v[k] * inv;
+    p[0][k] = __float2int_rn(u);
+    const float r1 = (u - static_cast<float>(p[0][k])) * kStep;
+    p[1][k] = __float2int_rn(r1);
+    p[2][k] = __float2int_rn((r1 - static_cast<float>(p[1][k])) * kStep);
+  }
+}
+
+// s0 * 254^2 + s1 * 254 + s2 from the plane sums, exact where |s1 * 254 + s2| < 2^24 (the callers
+// bound it); times s / 254^2 it is the dot product with x.
+__device__ __forceinline__ float combine(int s0, int s1, int s2) {
+  return fmaf(static_cast<float>(s0), kStep * kStep,
+              static_cast<float>(s1 * static_cast<int>(kStep) + s2));
+}
+
+}  // namespace qforge::cuda::planes
