@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "runtime/cuda/env_switch.h"
 #include "runtime/cuda/flash_attention.h"
 #include "runtime/cuda/gemm_f32.h"
 #include "runtime/cuda/gemm_tc.h"
@@ -171,12 +172,6 @@ bool gemm_enabled_by_env() {
                             std::strcmp(env, "0") != 0);
 }
 
-// Switches that are on unless the variable is "0" (for side-by-side measurements).
-bool on_unless_zero(const char* variable) {
-  const char* env = std::getenv(variable);
-  return env == nullptr || std::strcmp(env, "0") != 0;
-}
-
 }  // namespace
 
 CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
@@ -194,11 +189,11 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
       weights_(host_weights_, config_,
                scratch_sizes(config_, layers_, per_layer_width_, sm_count_).total_bytes()) {
   const ScratchSizes s = scratch_sizes(config_, layers_, per_layer_width_, sm_count_);
-  fork_moe_ = on_unless_zero("QFORGE_MOE_FORK");
-  fuse_moe_combine_ = on_unless_zero("QFORGE_MOE_COMBINE_FUSED");
-  fuse_router_ = on_unless_zero("QFORGE_MOE_ROUTER_FUSED");
-  early_down_ = on_unless_zero("QFORGE_MOE_DOWN_EARLY");
-  early_planes_ = on_unless_zero("QFORGE_MOE_PLANES_EARLY");
+  fork_moe_ = switch_on("QFORGE_MOE_FORK");
+  fuse_moe_combine_ = switch_on("QFORGE_MOE_COMBINE_FUSED");
+  fuse_router_ = switch_on("QFORGE_MOE_ROUTER_FUSED");
+  early_down_ = switch_on("QFORGE_MOE_DOWN_EARLY");
+  early_planes_ = switch_on("QFORGE_MOE_PLANES_EARLY");
   x_ = DeviceBuffer<float>(s.x);
   h_ = DeviceBuffer<float>(s.x);
   o_ = DeviceBuffer<float>(s.x);

@@ -1,8 +1,6 @@
 // Tensor-core GEMM instantiations for the 32-element block formats.
+#include "runtime/cuda/env_switch.h"
 #include "runtime/cuda/gemm_tc_kernel.cuh"
-
-#include <cstdlib>
-#include <cstring>
 
 namespace qforge::cuda::gemm_tc {
 namespace {
@@ -10,10 +8,7 @@ namespace {
 // Q4_0 with split loads (the next K step's weight loads issued before the tensor-core work,
 // gemm_tc_decode.cuh) unless QFORGE_GEMM_SPLIT=0.
 bool q4_0_split() {
-  static const bool on = [] {
-    const char* env = std::getenv("QFORGE_GEMM_SPLIT");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
+  static const bool on = switch_on("QFORGE_GEMM_SPLIT");
   return on;
 }
 

@@ -7,6 +7,7 @@
 #include "runtime/cuda/pdl.cuh"
 
 #include "runtime/cuda/block_decode.cuh"
+#include "runtime/cuda/env_switch.h"
 #include "runtime/cuda/gemv.h"
 #include "runtime/cuda/gemv_mma.h"
 #include "runtime/cuda/gemv_q6_k.h"
@@ -125,10 +126,7 @@ std::atomic<GemvKernel>& kernel_choice() {
 // One-token Q6_K products take gemv_q6_k.cu's kernel unless QFORGE_Q6K_GEMV=0 (for comparisons:
 // the first kernel then takes them, as it does with QFORGE_GEMV=legacy).
 bool q6_k_kernel_enabled() {
-  static const bool enabled = [] {
-    const char* env = std::getenv("QFORGE_Q6K_GEMV");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
+  static const bool enabled = switch_on("QFORGE_Q6K_GEMV");
   return enabled;
 }
 

@@ -3,10 +3,9 @@
 #include "runtime/cuda/pdl.cuh"
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "runtime/cuda/block_decode.cuh"
+#include "runtime/cuda/env_switch.h"
 #include "runtime/cuda/gemv.h"
 #include "runtime/cuda/gemv_mma.h"
 #include "runtime/cuda/gemv_tiled.h"
@@ -388,10 +387,7 @@ namespace {
 // The ranked routing in router_route_kernel: on, unless QFORGE_MOE_RANKED_ROUTE=0 (for
 // measurements).
 bool ranked_routing() {
-  static const bool on = [] {
-    const char* env = std::getenv("QFORGE_MOE_RANKED_ROUTE");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
+  static const bool on = switch_on("QFORGE_MOE_RANKED_ROUTE");
   return on;
 }
 

@@ -2,10 +2,9 @@
 #include "runtime/cuda/check.cuh"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "runtime/cuda/buffer.h"
+#include "runtime/cuda/env_switch.h"
 #include "runtime/cuda/q4_0x8.cuh"
 #include "runtime/cuda/q4_0x8.h"
 
@@ -65,14 +64,8 @@ void repack_rows(void* w, std::size_t n_rows, std::size_t n_cols,
   QFORGE_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
-// Read once: on unless the variable is "0".
-bool on_unless_zero(const char* variable) {
-  const char* env = std::getenv(variable);
-  return env == nullptr || std::strcmp(env, "0") != 0;
-}
-
 bool q4_0x8_enabled() {
-  static const bool on = on_unless_zero("QFORGE_Q4_0X8");
+  static const bool on = switch_on("QFORGE_Q4_0X8");
   return on;
 }
 
@@ -98,7 +91,7 @@ void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols,
 }
 
 bool q4_0x8_widened_applies(GgmlType type, std::size_t n_cols) {
-  static const bool down = on_unless_zero("QFORGE_Q4_0X8_DOWN");
+  static const bool down = switch_on("QFORGE_Q4_0X8_DOWN");
   return down && q4_0x8_enabled() && type == GgmlType::Q4_0 && n_cols > 0 && n_cols % 32 == 0 &&
          n_cols <= kMaxQ4_0x8Cols;
 }
