@@ -10,4 +10,9 @@ bool switch_on(const char* variable) {
   return env == nullptr || std::strcmp(env, "0") != 0;
 }
 
+long env_number(const char* variable, long fallback) {
+  const char* env = std::getenv(variable);
+  return env == nullptr ? fallback : std::strtol(env, nullptr, 10);
+}
+
 }  // namespace qforge::cuda

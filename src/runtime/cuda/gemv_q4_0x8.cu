@@ -28,11 +28,11 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 
 #include "runtime/cuda/block_decode.cuh"
 #include "runtime/cuda/cp_async.cuh"
 #include "runtime/cuda/device_attrs.h"
+#include "runtime/cuda/env_switch.h"
 #include "runtime/cuda/glu.cuh"
 #include "runtime/cuda/int8_planes.cuh"
 #include "runtime/cuda/prefetch.cuh"
@@ -417,10 +417,8 @@ std::atomic<int>& parts_choice() {
 // and the L2 prefetch only competes with them. H100 tg128 with none / one task / 16-48 MiB per
 // launch: Llama-3-8B 377.5 / 366.8 / 330-356, Gemma 4 31B 109.8 / 109.4 / 99-108 tokens/s.
 int prefetch_task_count() {
-  static const int tasks = [] {
-    const char* env = std::getenv("QFORGE_GEMV_PREFETCH_TASKS");
-    return env != nullptr ? std::clamp(static_cast<int>(std::strtol(env, nullptr, 10)), 0, 16) : 0;
-  }();
+  static const int tasks =
+      std::clamp(static_cast<int>(env_number("QFORGE_GEMV_PREFETCH_TASKS", 0)), 0, 16);
   return tasks;
 }
 
@@ -428,10 +426,7 @@ int prefetch_task_count() {
 // QFORGE_L2_EVICT_FIRST=0 (for measurements). H200 tg128, evict_normal / evict_first, same
 // session: Llama-3-8B 381.4 / 420.4, Gemma 4 31B 111.7 / 123.7, 26B-A4B 320.8 / 326.8 tokens/s.
 bool stream_evict_first() {
-  static const bool on = [] {
-    const char* env = std::getenv("QFORGE_L2_EVICT_FIRST");
-    return env == nullptr || std::strtol(env, nullptr, 10) != 0;
-  }();
+  static const bool on = env_number("QFORGE_L2_EVICT_FIRST", 1) != 0;
   return on;
 }
 

@@ -48,11 +48,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 
 #include "runtime/cuda/block_decode.cuh"
 #include "runtime/cuda/cp_async.cuh"
 #include "runtime/cuda/device_attrs.h"
+#include "runtime/cuda/env_switch.h"
 #include "runtime/cuda/int8_planes.cuh"
 #include "runtime/cuda/reduce.cuh"
 
@@ -407,10 +407,7 @@ std::atomic<int>& rows_choice() {
 }
 
 int default_rows() {
-  static const int rows = [] {
-    const char* env = std::getenv("QFORGE_Q6K_GEMV_ROWS");
-    return env != nullptr && std::strtol(env, nullptr, 10) == 1 ? 1 : 2;
-  }();
+  static const int rows = env_number("QFORGE_Q6K_GEMV_ROWS", 2) == 1 ? 1 : 2;
   return rows;
 }
 
@@ -427,10 +424,7 @@ std::atomic<int>& form_choice() {
 // The integer form (x as int8 planes, dp4a): on, unless QFORGE_Q6K_DP4A=0 or
 // set_gemv_q6_k_form says otherwise.
 bool integer_form() {
-  static const bool env_on = [] {
-    const char* env = std::getenv("QFORGE_Q6K_DP4A");
-    return env == nullptr || std::strtol(env, nullptr, 10) != 0;
-  }();
+  static const bool env_on = env_number("QFORGE_Q6K_DP4A", 1) != 0;
   const int forced = form_choice().load();
   return forced != 0 ? forced == 2 : env_on;
 }
