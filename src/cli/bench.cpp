@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <random>
 #include <string>
@@ -25,6 +26,7 @@
 #include "model/model.h"
 #include "runtime/cuda_device.h"
 #include "runtime/cuda_model.h"
+#include "runtime/cuda_trace.h"
 
 namespace qforge::cli {
 namespace {
@@ -163,6 +165,12 @@ void run(const BenchArgs& args) {
   if (args.n_gen > 0) {
     time_tg(std::min(args.n_gen, 4));  // warm-up (captures the decode graph on CUDA)
     for (int r = 0; r < args.reps; ++r) tg.samples.push_back(time_tg(args.n_gen));
+    // A timeline of the decode GEMVs' CTAs over up to 8 more steps (cuda_trace.h), not timed.
+    if (const char* trace = std::getenv("QFORGE_GEMV_TRACE"); trace && device == Device::Cuda) {
+      cuda::gemv_trace_start(std::size_t{1} << 21);
+      time_tg(std::min(args.n_gen, 8));
+      cuda::write_trace(trace, cuda::gemv_trace_stop());
+    }
   }
 
   std::string device_name = "cpu";

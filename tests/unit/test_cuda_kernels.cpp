@@ -38,6 +38,7 @@
 #include "runtime/cuda/moe.h"
 #include "runtime/cuda/ops.h"
 #include "runtime/cuda/q4_0x8.h"
+#include "runtime/cuda_trace.h"
 
 namespace qforge {
 namespace {
@@ -290,6 +291,50 @@ TEST(CudaGemv, Q4_0x8ColumnPartsOverManyRounds) {
       }
     }
   }
+}
+
+// The GEMV timeline (cuda_trace.h): in a trace build, one record per CTA of the launch with its
+// four stamps in order; in any other build a clear error, and no record ever.
+TEST(CudaGemvTrace, RecordsEachCtaOfALaunchInOrder) {
+  SKIP_WITHOUT_GPU();
+  if (!cuda::gemv_trace_built()) {
+    try {
+      cuda::gemv_trace_start(64);
+      ADD_FAILURE() << "gemv_trace_start must fail without -DQFORGE_KERNEL_TRACE=ON";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("QFORGE_KERNEL_TRACE"), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(cuda::gemv_trace_stop().empty());
+    return;
+  }
+  const std::size_t rows = 8192, cols = 2048;
+  const Quantized q = make_weights(GgmlType::Q4_0, rows, cols, 11);
+  cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+  cuda::repack_q4_0x8(dw.data(), rows, cols);
+  const std::vector<float> x = random_floats(cols, 12);
+  cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+  cuda::DeviceBuffer<float> dy(rows);
+  cuda::gemv_trace_start(4096);
+  cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), dy.data(), rows, 1);
+  const std::vector<cuda::TraceRecord> records = cuda::gemv_trace_stop();
+  // 4096 two-row tasks over CTAs of 16 warps: one CTA per SM.
+  const auto ctas = static_cast<std::size_t>(cuda::devices().front().sm_count);
+  ASSERT_EQ(records.size(), std::min<std::size_t>(ctas, 256));
+  std::vector<bool> seen(records.size(), false);
+  for (const cuda::TraceRecord& r : records) {
+    EXPECT_LE(r.t[0], r.t[1]);
+    EXPECT_LE(r.t[1], r.t[2]);
+    EXPECT_LE(r.t[2], r.t[3]);
+    EXPECT_EQ(r.tag, reinterpret_cast<std::uintptr_t>(dw.data()));
+    EXPECT_EQ(r.rows, rows);
+    EXPECT_EQ(r.cols, cols);
+    ASSERT_LT(r.block, records.size());
+    EXPECT_FALSE(seen[r.block]) << "block " << r.block << " recorded twice";
+    seen[r.block] = true;
+  }
+  // Stopped: later launches record nothing.
+  cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), dy.data(), rows, 1);
+  EXPECT_TRUE(cuda::gemv_trace_stop().empty());
 }
 
 // Activations with outliers (a few values ~1e4 beside ~1e-3) and whole blocks of zeros. The

@@ -30,11 +30,13 @@
 #include <atomic>
 
 #include "runtime/cuda/block_decode.cuh"
+#include "runtime/cuda/buffer.h"
 #include "runtime/cuda/cp_async.cuh"
 #include "runtime/cuda/device_attrs.h"
 #include "runtime/cuda/env_switch.h"
 #include "runtime/cuda/glu.cuh"
 #include "runtime/cuda/int8_planes.cuh"
+#include "runtime/cuda/kernel_trace.cuh"
 #include "runtime/cuda/prefetch.cuh"
 #include "runtime/cuda/q4_0x8.cuh"
 #include "runtime/cuda/q4_0x8.h"
@@ -205,6 +207,8 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kPairs = R / 2;
   static_assert(!kGlu || R % 2 == 0);
   static_assert(kWarps % P == 0);
+  TraceStamps trace;
+  trace.begin();
   extern __shared__ uint4 smem_words[];
   auto* smem = reinterpret_cast<std::uint8_t*>(smem_words);
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
@@ -298,9 +302,11 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int k = 0; k < S - 1; ++k) issue();
   pdl_wait();
+  trace.mark(1);
   pdl_trigger();
   if (!ex.x_settled) build_planes(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes);
   __syncthreads();
+  trace.mark(2);
 
   const std::size_t tb = token_bytes(n_blocks);
   // The planes of the current task's x: per-slot x (ex.x_per_slot, kTokens = 1) or shared.
@@ -399,6 +405,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncwarp();  // every lane has read this stage before the next issue() refills it
   }
   cp_async_wait<0>();
+  trace.commit(w, n_rows * ex.n_slots, n_cols);
 }
 
 std::atomic<int>& rows_choice() {
@@ -560,6 +567,39 @@ void run_tokens(const void* w, std::size_t n_rows, std::size_t n_cols, const flo
 }
 
 }  // namespace
+
+// The trace buffer of this file's kernels (kernel_trace.cuh); empty when not tracing.
+DeviceBuffer<TraceRecord>& trace_buffer() {
+  static DeviceBuffer<TraceRecord> buffer;
+  return buffer;
+}
+
+bool gemv_trace_built() {
+  return kTraceBuilt;
+}
+
+void gemv_trace_start(std::size_t capacity) {
+  if (!kTraceBuilt) {
+    cuda_fail("kernel traces need a qforge configured with -DQFORGE_KERNEL_TRACE=ON");
+  }
+  if (capacity > 0xffffffffu) cuda_fail("gemv_trace_start: capacity ", capacity, " > 2^32 - 1");
+  QFORGE_CUDA_CHECK(cudaDeviceSynchronize());
+  trace_buffer() = DeviceBuffer<TraceRecord>(capacity);
+  trace_start_here(trace_buffer().data(), static_cast<unsigned>(capacity));
+}
+
+std::vector<TraceRecord> gemv_trace_stop() {
+  QFORGE_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::size_t n = std::min<std::size_t>(trace_count_here(), trace_buffer().size());
+  std::vector<TraceRecord> records(n);
+  if (n > 0) {
+    QFORGE_CUDA_CHECK(cudaMemcpy(records.data(), trace_buffer().data(), n * sizeof(TraceRecord),
+                                 cudaMemcpyDeviceToHost));
+  }
+  trace_start_here(nullptr, 0);  // before the buffer goes
+  trace_buffer() = DeviceBuffer<TraceRecord>();
+  return records;
+}
 
 void set_gemv_q4_0x8_rows(int rows) {
   if (rows != 0 && rows != 1 && rows != 2 && rows != 4) {
