@@ -408,13 +408,20 @@ __global__ void __launch_bounds__(kThreads)
   trace.commit(w, n_rows * ex.n_slots, n_cols);
 }
 
+// Forced shapes (0: chosen per matrix): the test setters, or QFORGE_GEMV_ROWS / QFORGE_GEMV_PARTS
+// for measurements (invalid values read as 0).
+int env_choice(const char* variable) {
+  const long v = env_number(variable, 0);
+  return v == 1 || v == 2 || v == 4 ? static_cast<int>(v) : 0;
+}
+
 std::atomic<int>& rows_choice() {
-  static std::atomic<int> rows{0};
+  static std::atomic<int> rows{env_choice("QFORGE_GEMV_ROWS")};
   return rows;
 }
 
 std::atomic<int>& parts_choice() {
-  static std::atomic<int> parts{0};
+  static std::atomic<int> parts{env_choice("QFORGE_GEMV_PARTS")};
   return parts;
 }
 
@@ -476,11 +483,18 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std
 // 14.3 / 16.3, 4096 x 14336 19.2 / 18.9 / 21.4, 6144 x 4096 10.4 / 8.0 / 8.1, 5376 x 5376 12.3 /
 // 9.7 / 10.0, 4096 x 4096 6.7 / 6.8 / 6.5: two rows share each plane load from shared memory,
 // four leave too few tasks for an even last round.
-int pick_rows(int n_rows, int n_tokens) {
+int pick_rows(int n_rows, int n_tokens, bool glu) {
   if (const int forced = rows_choice().load(); forced != 0) {
     return n_tokens == 2 ? std::min(forced, 2) : forced;
   }
-  return n_rows >= kWarps * sm_count() ? 2 : 1;
+  // Gated matrices with at least 8 rounds of one-pair tasks take two pairs per task: the planes
+  // loaded from shared memory then serve four rows, and with that many rounds the emptier last
+  // round costs less than they save. H200 tg128 (eleventh pass, docs/benchmarks.md), Gemma 4 31B
+  // (43008 x 5376, 10.2 rounds) 130.1 -> 132.6; Llama-3-8B (28672 x 4096, 6.8 rounds) 462.9 ->
+  // 461.0 if it applied there too.
+  const long long warps = static_cast<long long>(kWarps) * sm_count();
+  if (glu && n_tokens == 1 && n_rows / 2 >= 8 * warps) return 4;
+  return n_rows >= warps ? 2 : 1;
 }
 
 // Column parts per row group: the most of 1, 2 and 4 that leave every part >= 3 steps of 1024
@@ -489,15 +503,29 @@ int pick_rows(int n_rows, int n_tokens) {
 // 5376 22.1 / 21.2 / 23.0, 5376 x 5376 9.85 / 9.53 / 10.7, 14336 x 4096 14.3 / 14.7 / 15.2,
 // 6144 x 4096 8.17 / 8.35 / 8.80. Parts fill the last round of tasks where two-row groups leave
 // it mostly empty (5376 rows), and shorten the tasks of wide matrices even where they do not.
-int pick_parts(int n_steps) {
+// Then the last round of warp tasks (row_tasks x parts over all resident warps) decides between
+// neighbours, from the decode graph's timelines (docs/benchmarks.md, eleventh pass): a last round
+// under 25% full takes half the parts where that fills it at least half (Gemma 4 31B 5376 x
+// 21504 and 5376 x 16384: 9% -> 55%, spans 26.98 -> 26.45 and 21.24 -> 20.14 us); one under 50%
+// full takes twice the parts, each still >= 2 steps, where that fills it at least 80% (Llama-3-8B
+// 6144 x 4096: 45% -> 91%, span 7.50 -> 6.82 us).
+int pick_parts(int n_steps, long long row_tasks) {
   if (const int forced = parts_choice().load(); forced != 0) return std::min(forced, n_steps);
-  return n_steps >= 12 ? 4 : n_steps >= 6 ? 2 : 1;
+  const int parts = n_steps >= 12 ? 4 : n_steps >= 6 ? 2 : 1;
+  const long long warps = static_cast<long long>(kWarps) * sm_count();
+  // Share of the warps busy in the last round (1 for a round that is exactly full).
+  auto fill = [&](int p) {
+    const long long tasks = row_tasks * p, rem = tasks % warps;
+    return rem == 0 ? 1.0 : static_cast<double>(rem) / static_cast<double>(warps);
+  };
+  if (parts > 1 && fill(parts) < 0.25 && fill(parts / 2) >= 0.5) return parts / 2;
+  return parts;
 }
 
 template <int R, int kTokens, int kOut>
 void launch_parts(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
                   StreamHandle stream) {
-  switch (pick_parts((n_cols / 32 + 31) / 32)) {
+  switch (pick_parts((n_cols / 32 + 31) / 32, task_count<R, kOut>(n_rows))) {
     case 4:
       return launch<R, kTokens, kOut, 4>(w, n_rows, n_cols, x, y, ldy, stream);
     case 2:
@@ -511,7 +539,7 @@ void launch_parts(const void* w, int n_rows, int n_cols, const float* x, float* 
 template <int kTokens, int kOut>
 void launch_tokens(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
                    StreamHandle stream) {
-  switch (pick_rows(n_rows, kTokens)) {
+  switch (pick_rows(n_rows, kTokens, kOut != kRows)) {
     case 4:
       if constexpr (kTokens == 1) {
         return launch_parts<4, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
