@@ -503,12 +503,11 @@ int pick_rows(int n_rows, int n_tokens, bool glu) {
 // 5376 22.1 / 21.2 / 23.0, 5376 x 5376 9.85 / 9.53 / 10.7, 14336 x 4096 14.3 / 14.7 / 15.2,
 // 6144 x 4096 8.17 / 8.35 / 8.80. Parts fill the last round of tasks where two-row groups leave
 // it mostly empty (5376 rows), and shorten the tasks of wide matrices even where they do not.
-// Then the last round of warp tasks (row_tasks x parts over all resident warps) decides between
-// neighbours, from the decode graph's timelines (docs/benchmarks.md, eleventh pass): a last round
-// under 25% full takes half the parts where that fills it at least half (Gemma 4 31B 5376 x
-// 21504 and 5376 x 16384: 9% -> 55%, spans 26.98 -> 26.45 and 21.24 -> 20.14 us); one under 50%
-// full takes twice the parts, each still >= 2 steps, where that fills it at least 80% (Llama-3-8B
-// 6144 x 4096: 45% -> 91%, span 7.50 -> 6.82 us).
+// Then a last round of warp tasks (row_tasks x parts over all resident warps) under 25% full
+// takes half the parts where that fills it at least half (Gemma 4 31B 5376 x 21504 and 5376 x
+// 16384: 9% -> 55%; spans in the decode graph 26.98 -> 26.45 and 21.24 -> 20.14 us, docs/
+// benchmarks.md, eleventh pass). The converse, twice the parts where that fills the last round
+// (Llama-3-8B 6144 x 4096: 45% -> 91%, span 7.50 -> 6.82 us), made the whole token 2% slower.
 int pick_parts(int n_steps, long long row_tasks) {
   if (const int forced = parts_choice().load(); forced != 0) return std::min(forced, n_steps);
   const int parts = n_steps >= 12 ? 4 : n_steps >= 6 ? 2 : 1;
