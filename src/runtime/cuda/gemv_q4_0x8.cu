@@ -593,13 +593,13 @@ void run_tokens(const void* w, std::size_t n_rows, std::size_t n_cols, const flo
   }
 }
 
-}  // namespace
-
 // The trace buffer of this file's kernels (kernel_trace.cuh); empty when not tracing.
 DeviceBuffer<TraceRecord>& trace_buffer() {
   static DeviceBuffer<TraceRecord> buffer;
   return buffer;
 }
+
+}  // namespace
 
 bool gemv_trace_built() {
   return kTraceBuilt;
