@@ -225,8 +225,82 @@ struct Q4_0x8Choices {
   ~Q4_0x8Choices() {
     cuda::set_gemv_q4_0x8_rows(0);
     cuda::set_gemv_q4_0x8_parts(0);
+    cuda::set_gemv_q4_0x8_bulk(true);
   }
 };
+
+// The weight stream by bulk copies (one per row and step, completion counted on a barrier) and by
+// cp.async (16 bytes per thread) feeds the same arithmetic: the results must be bit-identical,
+// for every task shape, partial 32-block steps (2816 columns), 1-3 tokens, the gated form and
+// the expert down form with its 400-byte rows (704 columns, widened).
+TEST(CudaGemv, Q4_0x8BulkCopiesEqualCpAsync) {
+  SKIP_WITHOUT_GPU();
+  const Q4_0x8Choices reset;
+  auto both = [](auto&& run, std::size_t n_out) {
+    std::vector<float> out[2];
+    for (const bool bulk : {false, true}) {
+      cuda::set_gemv_q4_0x8_bulk(bulk);
+      cuda::DeviceBuffer<float> dy(n_out);
+      dy.fill_bytes(0xff);
+      run(dy.data());
+      out[bulk ? 1 : 0] = dy.to_host();
+    }
+    ASSERT_EQ(std::memcmp(out[0].data(), out[1].data(), n_out * sizeof(float)), 0);
+  };
+  std::uint32_t seed = 7000;
+  for (const std::size_t cols : {std::size_t{2816}, std::size_t{5376}}) {
+    const std::size_t rows = 130;
+    const Quantized q = make_weights(GgmlType::Q4_0, rows, cols, ++seed);
+    cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+    cuda::repack_q4_0x8(dw.data(), rows, cols);
+    const std::vector<float> x = random_floats(cols * 3, ++seed);
+    cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+    for (const int task_rows : {0, 1, 2, 4}) {
+      cuda::set_gemv_q4_0x8_rows(task_rows);
+      for (const int parts : {0, 2, 4}) {
+        cuda::set_gemv_q4_0x8_parts(parts);
+        for (const int n_tokens : {1, 2, 3}) {
+          SCOPED_TRACE(testing::Message() << cols << " columns, rows " << task_rows << ", parts "
+                                          << parts << ", tokens " << n_tokens);
+          both(
+              [&](float* y) {
+                cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), y, rows, n_tokens);
+              },
+              rows * n_tokens);
+          both(
+              [&](float* y) {
+                cuda::gemv_q4_0x8_glu(FfnActivation::kSiluGlu, dw.data(), rows, cols, dx.data(), y,
+                                      rows / 2, n_tokens);
+              },
+              rows / 2 * n_tokens);
+        }
+      }
+    }
+  }
+  cuda::set_gemv_q4_0x8_rows(0);
+  cuda::set_gemv_q4_0x8_parts(0);
+  // Expert down form: 4 experts of 96 rows x 704 columns (rows widened to 400 bytes), 3 slots.
+  const std::size_t n_exp = 4, rows = 96, cols = 704, stored = cuda::q4_0x8_row_bytes(cols);
+  const Quantized q = make_weights(GgmlType::Q4_0, n_exp * rows, cols, ++seed);
+  cuda::DeviceBuffer<std::byte> dw(n_exp * rows * stored);
+  dw.upload(std::span<const std::byte>(q.bytes));
+  cuda::DeviceBuffer<std::uint8_t> scratch;
+  cuda::repack_q4_0x8_widening(dw.data(), n_exp * rows, cols, scratch);
+  cuda::ExpertStack w;
+  w.type = GgmlType::Q4_0;
+  w.layout = cuda::WeightLayout::kQ4_0x8;
+  w.data = dw.data();
+  w.rows = rows;
+  w.cols = cols;
+  w.expert_bytes = rows * stored;
+  w.n_experts = static_cast<int>(n_exp);
+  const std::vector<int> ids = {2, 0, 3};
+  cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
+  const std::vector<float> x = random_floats(cols * ids.size(), ++seed);
+  cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+  both([&](float* y) { cuda::moe_gemv_q4_0x8(w, dids.data(), 3, dx.data(), y, rows, nullptr); },
+       rows * ids.size());
+}
 
 // One Q4_0x8 GEMV (weights regrouped at w) of n_tokens random activation rows against the float64
 // product of the dequantized weights: the GEMV's 1e-5 bound.

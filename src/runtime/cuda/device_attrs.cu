@@ -12,6 +12,7 @@ namespace {
 struct Attrs {
   int sm_count = 0;
   int max_smem = 0;
+  int cc_major = 0;
 };
 
 Attrs current_attrs() {
@@ -27,6 +28,8 @@ Attrs current_attrs() {
   if (a.sm_count == 0) {
     QFORGE_CUDA_CHECK(
         cudaDeviceGetAttribute(&a.max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    QFORGE_CUDA_CHECK(
+        cudaDeviceGetAttribute(&a.cc_major, cudaDevAttrComputeCapabilityMajor, device));
     QFORGE_CUDA_CHECK(cudaDeviceGetAttribute(&a.sm_count, cudaDevAttrMultiProcessorCount, device));
   }
   return a;
@@ -36,6 +39,10 @@ Attrs current_attrs() {
 
 int current_sm_count() {
   return current_attrs().sm_count;
+}
+
+int current_cc_major() {
+  return current_attrs().cc_major;
 }
 
 std::size_t current_max_smem_per_block() {

@@ -7,6 +7,7 @@
 namespace qforge::cuda {
 
 int current_sm_count();
+int current_cc_major();  // compute capability, major number
 std::size_t current_max_smem_per_block();  // the opt-in maximum (cudaFuncSetAttribute)
 
 // The dynamic shared memory to request for a kernel that must run one CTA per SM: `bytes`, raised

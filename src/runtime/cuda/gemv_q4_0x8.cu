@@ -16,8 +16,10 @@
 // shared memory at a named barrier (split-K inside the CTA, added in a fixed order): shorter
 // tasks, and a full last round where two-row groups would leave it mostly empty (5376 rows =
 // 2688 tasks on 2112 warps: the second round 27% full). Each warp streams its weights
-// through a ring of cp.async stages in shared memory (S - 1 steps in flight, across task
-// boundaries); the first stages are issued before waiting for the previous kernel (programmatic
+// through a ring of stages in shared memory (S - 1 steps in flight, across task boundaries),
+// filled by bulk copies on sm_90 (one per row and step, issued by lane 0, landing counted on a
+// barrier per stage: +2% tg128 over cp.async's 16 bytes per thread, which older devices use);
+// the first stages are issued before waiting for the previous kernel (programmatic
 // dependent launch, pdl.cuh), since weights never depend on it, and the kernels before a GEMV
 // trigger early, so that this happens while they run. The stream's copies carry an L2
 // evict_first policy: a launch streams 10-70 MB, more than L2 holds, and without the hint it
@@ -31,6 +33,7 @@
 
 #include "runtime/cuda/block_decode.cuh"
 #include "runtime/cuda/buffer.h"
+#include "runtime/cuda/bulk_copy.cuh"
 #include "runtime/cuda/cp_async.cuh"
 #include "runtime/cuda/device_attrs.h"
 #include "runtime/cuda/env_switch.h"
@@ -197,7 +200,13 @@ __device__ __forceinline__ void named_barrier(int id, int n_threads) {
 // S - 1 items are always in flight, across task boundaries (a 4096-column row is only 4 steps).
 // With P > 1 a warp task is (row group, part): warps 16c + w with the same w / P share a group
 // (the task stride is a multiple of P), and part w % P covers steps [part * n / P, (part+1) n / P).
-template <int R, int kTokens, int kOut, int P>
+// Bytes of the ring's barriers (bulk copies): one per stage and warp.
+template <int R, int kTokens, bool kBulk>
+__host__ __device__ constexpr std::size_t barrier_bytes() {
+  return kBulk ? static_cast<std::size_t>(kWarps) * stages<R, kTokens>() * 8 : 0;
+}
+
+template <int R, int kTokens, int kOut, int P, bool kBulk>
 __global__ void __launch_bounds__(kThreads)
     gemv_q4_0x8_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols,
                        const float* __restrict__ x, float* __restrict__ y, std::size_t ldy,
@@ -226,6 +235,17 @@ __global__ void __launch_bounds__(kThreads)
   std::uint8_t* ring = smem + ring_bytes<R, kTokens>() / kWarps * warp;
   std::uint8_t* planes = smem + ring_bytes<R, kTokens>();
   auto* partials = reinterpret_cast<float*>(planes + x_rows<kTokens>(ex) * token_bytes(n_blocks));
+  // Bulk form: stage k of the warp is complete when its barrier's phase (k / S) & 1 is.
+  auto* bars = reinterpret_cast<std::uint64_t*>(reinterpret_cast<std::uint8_t*>(partials) +
+                                                partial_bytes<R, kTokens, P>()) +
+               S * warp;
+  if constexpr (kBulk) {
+    if (lane == 0) {
+      for (int k = 0; k < S; ++k) mbar_init(bars + k);
+      mbar_init_fence();
+    }
+    __syncwarp();
+  }
 
   // Offsets of this lane's block inside a 32-block step of a row (4 groups of 144 bytes).
   const int lane_codes = 144 * (lane >> 3) + 16 + 16 * (lane & 7), lane_header = 144 * (lane >> 3);
@@ -259,8 +279,19 @@ __global__ void __launch_bounds__(kThreads)
   auto issue = [&] {
     if (issued < n_items) {
       std::uint8_t* stage = ring + issue_slot * Stage<R>::kBytes;
-      if (issue_step * 32 + lane < n_blocks) {
-        const std::size_t step_off = static_cast<std::size_t>(issue_step) * 576;
+      const std::size_t step_off = static_cast<std::size_t>(issue_step) * 576;
+      if constexpr (kBulk) {  // a row's step is contiguous: one copy per row, issued by lane 0
+        if (lane == 0) {
+          const auto bytes =
+              static_cast<std::uint32_t>(min(std::size_t{576}, row_bytes - step_off));
+          mbar_expect(bars + issue_slot, R * bytes);
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            bulk_copy(stage + r * Stage<R>::kRowBytes, issue_rows[r] + step_off, bytes,
+                      bars + issue_slot, policy);
+          }
+        }
+      } else if (issue_step * 32 + lane < n_blocks) {
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           cp_async16(stage + r * Stage<R>::kRowBytes + 16 * lane,
@@ -278,7 +309,7 @@ __global__ void __launch_bounds__(kThreads)
         task_rows(issue_task, issue_rows);
       }
     }
-    cp_async_commit();
+    if constexpr (!kBulk) cp_async_commit();
     if (++issue_slot == S) issue_slot = 0;
   };
 
@@ -322,10 +353,20 @@ __global__ void __launch_bounds__(kThreads)
     for (int t = 0; t < kTokens; ++t) acc[r][t] = 0.0f;
   }
   int step = step_begin, task = first_task, slot = 0, round = 0;
+  std::uint32_t phase = 0;  // bulk form: parity of the current pass over the ring
+  // Where a lane's codes and scale sit in a stage's row: the bulk form copies the global layout
+  // (per group of 8 blocks, 8 scales then 8 code arrays), cp.async regroups codes then scales.
+  const int code_at = kBulk ? lane_codes : 16 * lane;
+  const int scale_at =
+      kBulk ? lane_header + 2 * (lane & 7) : 512 + 16 * (lane >> 3) + 2 * (lane & 7);
   for (int k = 0; k < n_items; ++k) {
     issue();
-    cp_async_wait<S - 1>();  // item k has landed (this lane's copies) ...
-    __syncwarp();            // ... and so have the headers other lanes copied
+    if constexpr (kBulk) {
+      mbar_wait(bars + slot, phase);  // item k has landed
+    } else {
+      cp_async_wait<S - 1>();  // item k has landed (this lane's copies) ...
+      __syncwarp();            // ... and so have the headers other lanes copied
+    }
     const int b = step * 32 + lane;
     const std::uint8_t* stage = ring + slot * Stage<R>::kBytes;
     if (b < n_blocks) {
@@ -333,9 +374,9 @@ __global__ void __launch_bounds__(kThreads)
       float d[R];
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        codes[r] = *reinterpret_cast<const uint4*>(stage + r * Stage<R>::kRowBytes + 16 * lane);
-        d[r] = __half2float(*reinterpret_cast<const __half*>(stage + r * Stage<R>::kRowBytes + 512 +
-                                                             16 * (lane >> 3) + 2 * (lane & 7)));
+        codes[r] = *reinterpret_cast<const uint4*>(stage + r * Stage<R>::kRowBytes + code_at);
+        d[r] = __half2float(
+            *reinterpret_cast<const __half*>(stage + r * Stage<R>::kRowBytes + scale_at));
       }
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
@@ -401,10 +442,10 @@ __global__ void __launch_bounds__(kThreads)
       x_planes = task_planes(task);
       ++round;
     }
-    if (++slot == S) slot = 0;
+    if (++slot == S) slot = 0, phase ^= 1u;
     __syncwarp();  // every lane has read this stage before the next issue() refills it
   }
-  cp_async_wait<0>();
+  if constexpr (!kBulk) cp_async_wait<0>();
   trace.commit(w, n_rows * ex.n_slots, n_cols);
 }
 
@@ -444,6 +485,19 @@ bool stream_evict_first() {
   return on;
 }
 
+// Whether the weight stream uses bulk copies (bulk_copy.cuh) on compute capability 9.0 and newer:
+// yes, unless QFORGE_GEMV_BULK=0 or set_gemv_q4_0x8_bulk(false). H200 tg128 bulk / cp.async
+// (eleventh pass, docs/benchmarks.md): Llama-3-8B 467.7 / 459.8 and 468.0 / 459.9, Gemma 4
+// 26B-A4B 464.5 / 455.8, Gemma 4 31B 134.7 / 134.6 and 134.3 / 134.2.
+std::atomic<bool>& bulk_choice() {
+  static std::atomic<bool> on{env_number("QFORGE_GEMV_BULK", 1) != 0};
+  return on;
+}
+
+bool bulk_copies() {
+  return bulk_choice().load() && current_cc_major() >= 9;
+}
+
 std::size_t max_smem() {
   return current_max_smem_per_block();
 }
@@ -455,9 +509,13 @@ int sm_count() {
 template <int R, int kTokens, int kOut, int P = 1>
 void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
             StreamHandle stream, Experts ex = {}) {
-  auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P>;
+  auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, false>;
   std::size_t smem = ring_bytes<R, kTokens>() + x_rows<kTokens>(ex) * token_bytes(n_cols / 32) +
                      partial_bytes<R, kTokens, P>();
+  if (bulk_copies()) {
+    kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, true>;
+    smem += barrier_bytes<R, kTokens, true>();
+  }
   if (smem > max_smem()) {
     cuda_fail("CUDA gemv (Q4_0x8): ", n_cols, " columns x ", kTokens, " tokens need ", smem,
               " bytes of shared memory, the device has ", max_smem());
@@ -578,8 +636,9 @@ template <int kOut>
 void run_tokens(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
                 std::size_t ldy, int n_tokens, StreamHandle stream) {
   const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
-  const bool pairs =
-      ring_bytes<2, 2>() + 2 * token_bytes(cols / 32) + partial_bytes<2, 2, 4>() <= max_smem();
+  const bool pairs = ring_bytes<2, 2>() + 2 * token_bytes(cols / 32) + partial_bytes<2, 2, 4>() +
+                         barrier_bytes<2, 2, true>() <=
+                     max_smem();
   for (int t = 0; t < n_tokens;) {
     const float* xt = x + static_cast<std::size_t>(t) * n_cols;
     float* yt = y + static_cast<std::size_t>(t) * ldy;
@@ -633,6 +692,10 @@ void set_gemv_q4_0x8_rows(int rows) {
     cuda_fail("set_gemv_q4_0x8_rows: rows must be 0, 1, 2 or 4, got ", rows);
   }
   rows_choice().store(rows);
+}
+
+void set_gemv_q4_0x8_bulk(bool on) {
+  bulk_choice().store(on);
 }
 
 void set_gemv_q4_0x8_parts(int parts) {
@@ -707,7 +770,7 @@ void moe_gemv_q4_0x8(const ExpertStack& w, const int* ids, int n_slots, const fl
   // Launches of as many slots as shared memory holds the planes of (all k of a token for the
   // 704-column experts of Gemma 4 26B-A4B).
   const std::size_t per_slot = token_bytes(static_cast<int>(w.cols / 32));
-  constexpr std::size_t kRing = ring_bytes<kDownRows, 1>();
+  constexpr std::size_t kRing = ring_bytes<kDownRows, 1>() + barrier_bytes<kDownRows, 1, true>();
   const std::size_t room = max_smem() > kRing ? max_smem() - kRing : 0;
   const int per_launch = static_cast<int>(std::min<std::size_t>(room / per_slot, 64));
   if (per_launch < 1) {

@@ -95,6 +95,10 @@ void moe_gemv_q4_0x8(const ExpertStack& w, const int* ids, int n_slots, const fl
 
 // For measurements and tests: rows per warp task (1, 2 or 4; 0 = chosen from the shape).
 void set_gemv_q4_0x8_rows(int rows);
+// For measurements and tests: the weight stream by bulk copies (the default on compute
+// capability 9.0 and newer, where the copy engine moves each row's step in one copy) or by
+// cp.async, 16 bytes per thread (false; older devices always). Results are identical.
+void set_gemv_q4_0x8_bulk(bool on);
 // For measurements and tests: column parts per row group (1, 2 or 4, at most the number of
 // 1024-column steps; 0 = chosen from the shape).
 void set_gemv_q4_0x8_parts(int parts);
