@@ -219,6 +219,30 @@ TEST(CudaGemv, ExpertRowTiledAndWarpPaths) {
   cuda::set_gemv_kernel(cuda::GemvKernel::kTiled);
 }
 
+// A stack of n_experts Q4_0 experts of rows x cols (the rows of q), regrouped to Q4_0x8 on the
+// device and widened where cols is not a multiple of 256 (q4_0x8.h), as the model loads them.
+struct WidenedExperts {
+  cuda::DeviceBuffer<std::byte> bytes;
+  cuda::ExpertStack stack;
+};
+
+WidenedExperts widened_q4_0x8_experts(const Quantized& q, int n_experts, std::size_t rows,
+                                      std::size_t cols) {
+  const std::size_t stored = cuda::q4_0x8_row_bytes(cols);
+  WidenedExperts e{cuda::DeviceBuffer<std::byte>(rows * n_experts * stored), {}};
+  e.bytes.upload(std::span<const std::byte>(q.bytes));
+  cuda::DeviceBuffer<std::uint8_t> scratch;
+  cuda::repack_q4_0x8_widening(e.bytes.data(), rows * n_experts, cols, scratch);
+  e.stack.type = GgmlType::Q4_0;
+  e.stack.layout = cuda::WeightLayout::kQ4_0x8;
+  e.stack.data = e.bytes.data();
+  e.stack.rows = rows;
+  e.stack.cols = cols;
+  e.stack.expert_bytes = rows * stored;
+  e.stack.n_experts = n_experts;
+  return e;
+}
+
 // Rows per task and column parts of the Q4_0x8 GEMV forced for a test, back to automatic when
 // the test ends (also when an assertion returns early).
 struct Q4_0x8Choices {
@@ -280,20 +304,11 @@ TEST(CudaGemv, Q4_0x8BulkCopiesEqualCpAsync) {
   cuda::set_gemv_q4_0x8_rows(0);
   cuda::set_gemv_q4_0x8_parts(0);
   // Expert down form: 4 experts of 96 rows x 704 columns (rows widened to 400 bytes), 3 slots.
-  const std::size_t n_exp = 4, rows = 96, cols = 704, stored = cuda::q4_0x8_row_bytes(cols);
+  const int n_exp = 4;
+  const std::size_t rows = 96, cols = 704;
   const Quantized q = make_weights(GgmlType::Q4_0, n_exp * rows, cols, ++seed);
-  cuda::DeviceBuffer<std::byte> dw(n_exp * rows * stored);
-  dw.upload(std::span<const std::byte>(q.bytes));
-  cuda::DeviceBuffer<std::uint8_t> scratch;
-  cuda::repack_q4_0x8_widening(dw.data(), n_exp * rows, cols, scratch);
-  cuda::ExpertStack w;
-  w.type = GgmlType::Q4_0;
-  w.layout = cuda::WeightLayout::kQ4_0x8;
-  w.data = dw.data();
-  w.rows = rows;
-  w.cols = cols;
-  w.expert_bytes = rows * stored;
-  w.n_experts = static_cast<int>(n_exp);
+  const WidenedExperts experts = widened_q4_0x8_experts(q, n_exp, rows, cols);
+  const cuda::ExpertStack& w = experts.stack;
   const std::vector<int> ids = {2, 0, 3};
   cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
   const std::vector<float> x = random_floats(cols * ids.size(), ++seed);
@@ -554,19 +569,8 @@ TEST(CudaGemv, Q4_0x8ExpertDownMatchesExactSum) {
   for (const std::size_t cols : {std::size_t{704}, std::size_t{96}, std::size_t{768}}) {
     SCOPED_TRACE(testing::Message() << cols << " columns");
     const Quantized q = make_weights(GgmlType::Q4_0, rows * n_experts, cols, 61);
-    const std::size_t stored = cuda::q4_0x8_row_bytes(cols);
-    cuda::DeviceBuffer<std::byte> dw(rows * n_experts * stored);
-    dw.upload(std::span<const std::byte>(q.bytes));
-    cuda::DeviceBuffer<std::uint8_t> scratch;
-    cuda::repack_q4_0x8_widening(dw.data(), rows * n_experts, cols, scratch);
-    cuda::ExpertStack w;
-    w.type = GgmlType::Q4_0;
-    w.layout = cuda::WeightLayout::kQ4_0x8;
-    w.data = dw.data();
-    w.rows = rows;
-    w.cols = cols;
-    w.expert_bytes = rows * stored;
-    w.n_experts = n_experts;
+    const WidenedExperts experts = widened_q4_0x8_experts(q, n_experts, rows, cols);
+    const cuda::ExpertStack& w = experts.stack;
     std::vector<int> ids = {4, 0, 2, -1, 3, 7, 1, 0};
     if (cols == 704) {
       std::mt19937 rng(62);

@@ -192,6 +192,12 @@ __host__ __device__ constexpr std::size_t partial_bytes() {
   return P == 1 ? 0 : static_cast<std::size_t>(2 * kWarps * R * kTokens) * sizeof(float);
 }
 
+// Bytes of the ring's barriers (bulk copies): one per stage and warp.
+template <int R, int kTokens, bool kBulk>
+__host__ __device__ constexpr std::size_t barrier_bytes() {
+  return kBulk ? static_cast<std::size_t>(kWarps) * stages<R, kTokens>() * 8 : 0;
+}
+
 __device__ __forceinline__ void named_barrier(int id, int n_threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n_threads) : "memory");
 }
@@ -200,12 +206,6 @@ __device__ __forceinline__ void named_barrier(int id, int n_threads) {
 // S - 1 items are always in flight, across task boundaries (a 4096-column row is only 4 steps).
 // With P > 1 a warp task is (row group, part): warps 16c + w with the same w / P share a group
 // (the task stride is a multiple of P), and part w % P covers steps [part * n / P, (part+1) n / P).
-// Bytes of the ring's barriers (bulk copies): one per stage and warp.
-template <int R, int kTokens, bool kBulk>
-__host__ __device__ constexpr std::size_t barrier_bytes() {
-  return kBulk ? static_cast<std::size_t>(kWarps) * stages<R, kTokens>() * 8 : 0;
-}
-
 template <int R, int kTokens, int kOut, int P, bool kBulk>
 __global__ void __launch_bounds__(kThreads)
     gemv_q4_0x8_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols,
@@ -506,6 +506,11 @@ int sm_count() {
   return current_sm_count();
 }
 
+// Warps of one launch's CTAs when every SM holds one (a launch's first round of tasks).
+long long resident_warps() {
+  return static_cast<long long>(kWarps) * sm_count();
+}
+
 template <int R, int kTokens, int kOut, int P = 1>
 void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
             StreamHandle stream, Experts ex = {}) {
@@ -550,7 +555,7 @@ int pick_rows(int n_rows, int n_tokens, bool glu) {
   // round costs less than they save. H200 tg128 (eleventh pass, docs/benchmarks.md), Gemma 4 31B
   // (43008 x 5376, 10.2 rounds) 130.1 -> 132.6; Llama-3-8B (28672 x 4096, 6.8 rounds) 462.9 ->
   // 461.0 if it applied there too.
-  const long long warps = static_cast<long long>(kWarps) * sm_count();
+  const long long warps = resident_warps();
   if (glu && n_tokens == 1 && n_rows / 2 >= 8 * warps) return 4;
   return n_rows >= warps ? 2 : 1;
 }
@@ -569,7 +574,7 @@ int pick_rows(int n_rows, int n_tokens, bool glu) {
 int pick_parts(int n_steps, long long row_tasks) {
   if (const int forced = parts_choice().load(); forced != 0) return std::min(forced, n_steps);
   const int parts = n_steps >= 12 ? 4 : n_steps >= 6 ? 2 : 1;
-  const long long warps = static_cast<long long>(kWarps) * sm_count();
+  const long long warps = resident_warps();
   // Share of the warps busy in the last round (1 for a round that is exactly full).
   auto fill = [&](int p) {
     const long long tasks = row_tasks * p, rem = tasks % warps;
