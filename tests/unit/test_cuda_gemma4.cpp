@@ -26,6 +26,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -359,8 +360,18 @@ TEST(CudaGemma4Q4_0x8, DenseModelMatchesCpu) {
   const CpuF32Activations f32;
   auto cpu = load_model(path);
   auto gpu = cuda_model(path, /*gemm=*/false);
-  expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(40, 3, 53, 500), 6, KvType::F32,
-                         "small dense Q4_0 (Q4_0x8 on the GPU)");
+  // Decode steps with the post-norm updates inside the Q/K/V and gate/up GEMVs (the default),
+  // also the first layer's norm, and none.
+  const std::pair<cuda::GemvNorms, const char*> modes[] = {
+      {cuda::GemvNorms::kPostNorm, "post norms"},
+      {cuda::GemvNorms::kAll, "all"},
+      {cuda::GemvNorms::kOff, "none"}};
+  for (const auto& [mode, name] : modes) {
+    gpu->set_gemv_norms(mode);
+    expect_gpu_matches_cpu(
+        *cpu, *gpu, prompt_ids(40, 3, 53, 500), 6, KvType::F32,
+        std::string("small dense Q4_0 (Q4_0x8 on the GPU), norms in GEMVs: ") + name);
+  }
 }
 
 // A small Llama in Q4_0, every matrix regrouped on the GPU: prefill and decode run the Q4_0x8
@@ -376,8 +387,13 @@ TEST(CudaLlamaQ4_0x8, DecodeMatchesCpu) {
   const CpuF32Activations f32;
   auto cpu = load_model(path);
   auto gpu = cuda_model(path, /*gemm=*/false);
-  expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(24, 5, 37, 600), 8, KvType::F32,
-                         "small Llama Q4_0 (Q4_0x8 on the GPU)");
+  // Llama has no post norms: by default its norms stay apart; kAll takes them into the GEMVs.
+  for (const cuda::GemvNorms mode : {cuda::GemvNorms::kAll, cuda::GemvNorms::kPostNorm}) {
+    gpu->set_gemv_norms(mode);
+    expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(24, 5, 37, 600), 8, KvType::F32,
+                           std::string("small Llama Q4_0 (Q4_0x8 on the GPU), norms in GEMVs: ") +
+                               (mode == cuda::GemvNorms::kAll ? "all" : "post norms (none)"));
+  }
 }
 
 // ---- the tensor-core GEMM prefill path -------------------------------------------------------

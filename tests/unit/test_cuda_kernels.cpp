@@ -38,6 +38,7 @@
 #include "runtime/cuda/moe.h"
 #include "runtime/cuda/ops.h"
 #include "runtime/cuda/q4_0x8.h"
+#include "runtime/cuda/stream.h"
 #include "runtime/cuda_trace.h"
 
 namespace qforge {
@@ -621,6 +622,117 @@ TEST(CudaGemm, Q4_0x8EqualsGgufLayout) {
                nullptr, cuda::WeightLayout::kQ4_0x8);
     EXPECT_EQ(got.to_host(), want.to_host());
   }
+}
+
+// The normed GEMVs (q4_0x8.h, ResidualNormInput) against the kernels they stand in for: the
+// residual update and norm (add_and_norm, residual_scale_norm) and then the plain product of
+// their h. Three forms of the update (Llama: x + o; Gemma: x + norm(o) * w, times a scale; the
+// first layer: norm(x) only), every task shape on one width, the widths of the real models and
+// the largest taken; the gated form; x' as CTA 0 stores it.
+TEST(CudaGemv, Q4_0x8NormedInputEqualsNormThenProduct) {
+  SKIP_WITHOUT_GPU();
+  const Q4_0x8Choices reset;
+  const float eps = 1e-6f;
+  std::uint32_t seed = 9100;
+  struct Form {
+    const char* name;
+    bool o, o_norm;
+    float scale;
+  };
+  const Form forms[] = {{"x + o", true, false, 1.0f},
+                        {"(x + norm(o) w) s", true, true, 0.75f},
+                        {"x alone", false, false, 1.0f}};
+  for (const std::size_t cols :
+       {std::size_t{256}, std::size_t{4096}, std::size_t{5376}, std::size_t{8192}}) {
+    const std::size_t rows = 300;  // 10 CTAs of two-row tasks: CTA 0 is not the only one
+    const Quantized q = make_weights(GgmlType::Q4_0, rows, cols, ++seed);
+    cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+    cuda::repack_q4_0x8(dw.data(), rows, cols);
+    const std::vector<float> x = random_floats(cols, ++seed, 3.0f);
+    const std::vector<float> o = random_floats(cols, ++seed, 20.0f);
+    std::vector<float> o_w = random_floats(cols, ++seed), n_w = random_floats(cols, ++seed);
+    for (float& v : o_w) v += 1.0f;
+    for (float& v : n_w) v += 1.0f;
+    cuda::DeviceBuffer<float> dx{std::span<const float>(x)}, d_o{std::span<const float>(o)},
+        d_ow{std::span<const float>(o_w)}, d_nw{std::span<const float>(n_w)};
+    for (const Form& f : forms) {
+      for (const int task_rows :
+           cols == 5376 ? std::vector<int>{0, 1, 2, 4} : std::vector<int>{0}) {
+        cuda::set_gemv_q4_0x8_rows(task_rows);
+        SCOPED_TRACE(testing::Message()
+                     << cols << " columns, " << f.name << ", rows " << task_rows);
+        // The reference: the norm kernel on a copy of x, then the product of its h.
+        cuda::DeviceBuffer<float> x_ref{std::span<const float>(x)}, h(cols), want(rows),
+            want_glu(rows / 2);
+        const float* op = f.o ? d_o.data() : nullptr;
+        const float* owp = f.o_norm ? d_ow.data() : nullptr;
+        if (f.scale != 1.0f) {
+          cuda::residual_scale_norm(x_ref.data(), op, owp, f.scale, d_nw.data(), h.data(), 1, cols,
+                                    eps, nullptr);
+        } else {
+          cuda::add_and_norm(x_ref.data(), op, owp, d_nw.data(), h.data(), 1, cols, eps, nullptr);
+        }
+        cuda::gemv_q4_0x8(dw.data(), rows, cols, h.data(), want.data(), rows, 1);
+        cuda::gemv_q4_0x8_glu(FfnActivation::kGeluTanhGlu, dw.data(), rows, cols, h.data(),
+                              want_glu.data(), rows / 2, 1);
+
+        cuda::DeviceBuffer<float> x_out(cols), got(rows), got_glu(rows / 2);
+        x_out.fill_bytes(0xff);
+        got.fill_bytes(0xff);
+        got_glu.fill_bytes(0xff);
+        cuda::ResidualNormInput in{
+            dx.data(), op, owp, f.scale, d_nw.data(), f.o ? x_out.data() : nullptr, eps};
+        cuda::gemv_q4_0x8_normed(dw.data(), rows, cols, in, got.data());
+        cuda::gemv_q4_0x8_glu_normed(FfnActivation::kGeluTanhGlu, dw.data(), rows, cols, in,
+                                     got_glu.data());
+        auto expect_close = [](const std::vector<float>& a, const std::vector<float>& b,
+                               const char* what) {
+          double scale = 0.0;
+          for (const float v : b) scale = std::max(scale, std::fabs(static_cast<double>(v)));
+          ASSERT_GT(scale, 0.0) << what;
+          for (std::size_t i = 0; i < a.size(); ++i) {
+            ASSERT_TRUE(std::isfinite(a[i])) << what << " " << i;
+            ASSERT_NEAR(a[i], b[i], 1e-5 * scale) << what << " " << i;
+          }
+        };
+        expect_close(got.to_host(), want.to_host(), "product");
+        expect_close(got_glu.to_host(), want_glu.to_host(), "gated product");
+        EXPECT_EQ(dx.to_host(), x) << "x itself is only read";
+        if (f.o) {  // x' as the norm kernel leaves it (exactly, where o takes no norm)
+          const std::vector<float> a = x_out.to_host(), b = x_ref.to_host();
+          for (std::size_t i = 0; i < cols; ++i) {
+            if (f.o_norm) {
+              ASSERT_NEAR(a[i], b[i], 1e-6 * (1.0 + std::fabs(b[i]))) << i;
+            } else {
+              ASSERT_EQ(a[i], b[i]) << i;
+            }
+          }
+        }
+      }
+    }
+  }
+  // Inputs it does not take: too wide, x' over x, no norm weights, misaligned.
+  cuda::DeviceBuffer<std::byte> w(600 * 1024);
+  cuda::DeviceBuffer<float> x(8448), y(64);
+  w.fill_bytes(0);
+  x.fill_bytes(0);
+  const cuda::ResidualNormInput ok{x.data(), nullptr, nullptr, 1.0f, x.data(), nullptr, eps};
+  EXPECT_NO_THROW(cuda::gemv_q4_0x8_normed(w.data(), 4, 256, ok, y.data()));
+  EXPECT_THROW(cuda::gemv_q4_0x8_normed(w.data(), 4, 8448, ok, y.data()), Error);
+  EXPECT_FALSE(cuda::gemv_q4_0x8_normed_applies(8448));
+  EXPECT_FALSE(cuda::gemv_q4_0x8_normed_applies(640));
+  auto bad = ok;
+  bad.x_out = x.data();
+  EXPECT_THROW(cuda::gemv_q4_0x8_normed(w.data(), 4, 256, bad, y.data()), Error);
+  bad = ok;
+  bad.norm = nullptr;
+  EXPECT_THROW(cuda::gemv_q4_0x8_normed(w.data(), 4, 256, bad, y.data()), Error);
+  bad = ok;
+  bad.o = x.data() + 1;
+  EXPECT_THROW(
+      cuda::gemv_q4_0x8_glu_normed(FfnActivation::kSiluGlu, w.data(), 4, 256, bad, y.data()),
+      Error);
+  cuda::synchronize_device();
 }
 
 TEST(CudaGemv, Q4_0x8RejectsBadShapes) {

@@ -27,6 +27,15 @@ std::size_t sz(int v) {
   return static_cast<std::size_t>(v);
 }
 
+// QFORGE_GEMV_NORM: "0" none, "all" every update a GEMV can take, else (unset) post norms only.
+GemvNorms gemv_norms_by_env() {
+  const char* v = std::getenv("QFORGE_GEMV_NORM");
+  if (v == nullptr) return GemvNorms::kPostNorm;
+  if (std::strcmp(v, "0") == 0) return GemvNorms::kOff;
+  if (std::strcmp(v, "all") == 0) return GemvNorms::kAll;
+  return GemvNorms::kPostNorm;
+}
+
 int ceil_div(int a, int b) {
   return (a + b - 1) / b;
 }
@@ -122,10 +131,11 @@ struct ScratchSizes {
   std::size_t exp_x_bf16;                 // moe_gemm's BF16 copy of the slots' inputs
   std::size_t per_layer, per_layer_gate;  // E models
   std::size_t total_bytes() const {
-    const std::size_t floats = 3 * x + qkv + att + gate_up + act + part + attn_counters +
-                               flash_part + logits + 4 * rope + (router_logits > 0 ? 2 * x : 0) +
-                               router_logits + 2 * slots + exp_gate_up + exp_act + exp_out +
-                               exp_x_bf16 / 2 + 2 * per_layer + per_layer_gate;
+    const std::size_t floats = 3 * x + x / CudaModel::kMaxBatch + qkv + att + gate_up + act + part +
+                               attn_counters + flash_part + logits + 4 * rope +
+                               (router_logits > 0 ? 2 * x : 0) + router_logits + 2 * slots +
+                               exp_gate_up + exp_act + exp_out + exp_x_bf16 / 2 + 2 * per_layer +
+                               per_layer_gate;
     return 4 * floats + (1u << 26);
   }
 };
@@ -194,7 +204,9 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
   fuse_router_ = switch_on("QFORGE_MOE_ROUTER_FUSED");
   early_down_ = switch_on("QFORGE_MOE_DOWN_EARLY");
   early_planes_ = switch_on("QFORGE_MOE_PLANES_EARLY");
+  gemv_norms_ = gemv_norms_by_env();
   x_ = DeviceBuffer<float>(s.x);
+  x_alt_ = DeviceBuffer<float>(embd_);
   h_ = DeviceBuffer<float>(s.x);
   o_ = DeviceBuffer<float>(s.x);
   qkv_ = DeviceBuffer<float>(s.qkv);
@@ -287,7 +299,7 @@ void CudaModel::per_layer_inputs(int n) {
   const ModelConfig& c = config_;
   const StreamHandle s = stream_.get();
   const DeviceMatrix& table = weights_.per_layer_token_embd;
-  matmul(weights_.per_layer_model_proj, x_.data(), per_layer_.data(), per_layer_width_, n);
+  matmul(weights_.per_layer_model_proj, x_cur_, per_layer_.data(), per_layer_width_, n);
   embed_tokens(table.type, table.data, per_layer_width_, tokens_.data(), n,
                std::sqrt(static_cast<float>(c.n_embd_per_layer)), per_layer_tok_.data(), s);
   per_layer_combine(per_layer_.data(), per_layer_tok_.data(), weights_.per_layer_proj_norm, n,
@@ -307,7 +319,9 @@ void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits) {
   float* qkv = qkv_.data();
 
   // Q/K/V into the interleaved qkv buffer: per token [q | k | v].
-  if (!l.qkv.empty()) {
+  if (pending_norm_) {  // normed_qkv: the norm before it runs inside the GEMV
+    gemv_q4_0x8_normed(l.qkv.data, l.qkv.rows, l.qkv.cols, take_pending_norm(), qkv, s);
+  } else if (!l.qkv.empty()) {
     matmul(l.qkv, h_.data(), qkv, ld, n);
   } else {
     matmul(l.wq, h_.data(), qkv, ld, n);
@@ -370,7 +384,11 @@ void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits) {
     moe_in.router_in = router_in_.data();
     moe_in.expert_in = expert_in_.data();
   }
-  add_and_norm(x_.data(), o_.data(), l.post_attn_norm, l.ffn_norm, h_.data(), n, embd_, eps, s,
+  if (normed_gate_up(il, n, l.post_attn_norm)) {  // a dense layer: no MoE inputs
+    residual_norm(n, o_.data(), l.post_attn_norm, 1.0f, l.ffn_norm, true);
+    return;
+  }
+  add_and_norm(x_cur_, o_.data(), l.post_attn_norm, l.ffn_norm, h_.data(), n, embd_, eps, s,
                moe_in);
 }
 
@@ -406,7 +424,7 @@ void CudaModel::ffn_block(int il, int n, const float* next_norm) {
   }
   if (fuse_moe_combine_ && !l.has_per_layer_input) {
     // The mix and the residual update in one kernel (add_and_norm is the scale 1 case).
-    const ResidualNorm r{x_.data(), l.post_ffn_norm, l.output_scale, next_norm, h_.data()};
+    const ResidualNorm r{x_cur_, l.post_ffn_norm, l.output_scale, next_norm, h_.data()};
     moe_combine(o_.data(), exp_out_.data(), route_weights_.data(), c.n_expert_used,
                 l.moe.post_norm_dense, l.moe.post_norm_moe, n, embd_, c.norm_eps, s, &r);
     return;
@@ -423,28 +441,75 @@ void CudaModel::residual_update(int il, int n, const float* next_norm) {
   const float eps = c.norm_eps;
   const DeviceLayer& l = weights_.layers[sz(il)];
   if (l.has_per_layer_input) {
-    residual_scale_norm(x_.data(), o_.data(), l.post_ffn_norm, 1.0f, nullptr, nullptr, n, embd_,
-                        eps, s);
+    residual_scale_norm(x_cur_, o_.data(), l.post_ffn_norm, 1.0f, nullptr, nullptr, n, embd_, eps,
+                        s);
     const auto n_pl = sz(c.n_embd_per_layer);
-    matmul(l.per_layer_input.gate, x_.data(), per_layer_gate_.data(), n_pl, n);
+    matmul(l.per_layer_input.gate, x_cur_, per_layer_gate_.data(), n_pl, n);
     per_layer_gate(c.ffn_act, per_layer_gate_.data(), per_layer_.data(), n, c.n_embd_per_layer,
                    per_layer_width_, sz(il) * n_pl, s);
     matmul(l.per_layer_input.proj, per_layer_gate_.data(), o_.data(), embd_, n);
-    residual_scale_norm(x_.data(), o_.data(), l.per_layer_input.post_norm, l.output_scale,
-                        next_norm, h_.data(), n, embd_, eps, s);
-  } else if (l.output_scale != 1.0f) {
-    residual_scale_norm(x_.data(), o_.data(), l.post_ffn_norm, l.output_scale, next_norm, h_.data(),
-                        n, embd_, eps, s);
+    residual_scale_norm(x_cur_, o_.data(), l.per_layer_input.post_norm, l.output_scale, next_norm,
+                        h_.data(), n, embd_, eps, s);
   } else {
-    add_and_norm(x_.data(), o_.data(), l.post_ffn_norm, next_norm, h_.data(), n, embd_, eps, s);
+    const bool defer = il + 1 < c.n_layer && normed_qkv(il + 1, n, l.post_ffn_norm);
+    residual_norm(n, o_.data(), l.post_ffn_norm, l.output_scale, next_norm, defer);
   }
+}
+
+void CudaModel::residual_norm(int n, const float* o, const float* o_norm, float scale,
+                              const float* next_norm, bool defer) {
+  const float eps = config_.norm_eps;
+  if (defer) {
+    pending_norm_ = ResidualNormInput{x_cur_, o, o_norm, scale, next_norm, nullptr, eps};
+  } else if (scale != 1.0f) {
+    residual_scale_norm(x_cur_, o, o_norm, scale, next_norm, h_.data(), n, embd_, eps,
+                        stream_.get());
+  } else {
+    add_and_norm(x_cur_, o, o_norm, next_norm, h_.data(), n, embd_, eps, stream_.get());
+  }
+}
+
+// The normed GEMVs take one token whose residual row fits their registers (q4_0x8.h); the
+// product must be a single Q4_0x8 matrix (a fused Q/K/V, a fused gate/up), and a layer's MoE
+// inputs come from add_and_norm, so MoE layers keep it. H200 tg128: docs/benchmarks.md, twelfth
+// pass.
+bool CudaModel::norm_in_gemv(const float* o_norm) const {
+  return gemv_norms_ == GemvNorms::kAll ||
+         (gemv_norms_ == GemvNorms::kPostNorm && o_norm != nullptr);
+}
+
+bool CudaModel::normed_qkv(int il, int n, const float* o_norm) const {
+  const DeviceMatrix& m = weights_.layers[sz(il)].qkv;
+  return norm_in_gemv(o_norm) && n == 1 && !m.empty() && m.layout == WeightLayout::kQ4_0x8 &&
+         gemv_q4_0x8_normed_applies(m.cols);
+}
+
+bool CudaModel::normed_gate_up(int il, int n, const float* o_norm) const {
+  const DeviceLayer& l = weights_.layers[sz(il)];
+  return norm_in_gemv(o_norm) && n == 1 && !l.has_moe && !l.gate_up.empty() &&
+         l.gate_up.layout == WeightLayout::kQ4_0x8 && gemv_q4_0x8_normed_applies(l.gate_up.cols);
+}
+
+ResidualNormInput CudaModel::take_pending_norm() {
+  ResidualNormInput in = *pending_norm_;
+  pending_norm_.reset();
+  if (in.o != nullptr || in.scale != 1.0f) {  // the residual changes: into the other buffer
+    float* other = x_cur_ == x_.data() ? x_alt_.data() : x_.data();
+    in.x_out = other;
+    x_cur_ = other;
+  }
+  return in;
 }
 
 void CudaModel::dense_ffn(int il, int n, StreamHandle s) {
   const ModelConfig& c = config_;
   const DeviceLayer& l = weights_.layers[sz(il)];
   const std::size_t ff = layers_[sz(il)].ff;
-  if (!l.gate_up.empty() && l.gate_up.layout == WeightLayout::kQ4_0x8 && !tensor_core_chunk(n)) {
+  if (pending_norm_) {  // normed_gate_up: the norm before it runs inside the GEMV
+    gemv_q4_0x8_glu_normed(c.ffn_act, l.gate_up.data, l.gate_up.rows, l.gate_up.cols,
+                           take_pending_norm(), act_.data(), s);
+  } else if (!l.gate_up.empty() && l.gate_up.layout == WeightLayout::kQ4_0x8 &&
+             !tensor_core_chunk(n)) {
     // Gate and up rows summed by the same warp, the activation applied on the spot.
     gemv_q4_0x8_glu(c.ffn_act, l.gate_up.data, l.gate_up.rows, l.gate_up.cols, h_.data(),
                     act_.data(), ff, n, s);
@@ -542,9 +607,10 @@ void CudaModel::moe_experts(int il, int n) {
 void CudaModel::record_chunk(int n, CudaKvCache& cache) {
   const ModelConfig& c = config_;
   const StreamHandle s = stream_.get();
-  const float eps = c.norm_eps;
   embed_tokens(weights_.token_embd.type, weights_.token_embd.data, embd_, tokens_.data(), n,
                c.embed_scale, x_.data(), s);
+  x_cur_ = x_.data();
+  pending_norm_.reset();
   // Rotary tables: full and sliding layers may differ in base, rotated dimensions and frequency
   // factors (Gemma 4 applies rope_freqs to full layers only).
   rope_tables(pos_.data(), n, c.n_rot, c.rope_global, weights_.rope_freqs, cos_global_.data(),
@@ -561,14 +627,13 @@ void CudaModel::record_chunk(int n, CudaKvCache& cache) {
 
   for (std::size_t il = 0; il < n_layer; ++il) {
     const DeviceLayer& l = weights_.layers[il];
-    if (il == 0) {
-      add_and_norm(x_.data(), nullptr, nullptr, l.attn_norm, h_.data(), n, embd_, eps, s);
-    }
+    if (il == 0) residual_norm(n, nullptr, nullptr, 1.0f, l.attn_norm, normed_qkv(0, n, nullptr));
     attention_block(static_cast<int>(il), n, cache, splits);
     const float* next_norm =
         il + 1 < n_layer ? weights_.layers[il + 1].attn_norm : weights_.output_norm;
     ffn_block(static_cast<int>(il), n, next_norm);
   }
+  if (pending_norm_) fail("CUDA backend: a deferred norm was left without its GEMV");
 }
 
 void CudaModel::record_logits(const float* rows, int n_rows) {

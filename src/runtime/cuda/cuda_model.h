@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "formats/gguf.h"
@@ -25,11 +26,19 @@
 #include "runtime/cuda/cuda_weights.h"
 #include "runtime/cuda/graph.h"
 #include "runtime/cuda/moe_gemm.h"
+#include "runtime/cuda/q4_0x8.h"
 #include "runtime/cuda/stream.h"
 
 namespace qforge::cuda {
 
 // The shape of one layer's attention and FFN, from the per-layer accessors of ModelConfig.
+// See CudaModel::set_gemv_norms. kPostNorm: only updates whose block output takes a norm of
+// its own first (Gemma's post norms; Llama has none), where the separate kernel does two
+// reductions. H200 tg128, norms in the GEMVs / apart (docs/benchmarks.md, twelfth pass): Gemma 4
+// 31B 140.0 / 134.1, Llama-3-8B 456.3 / 468.2: between two GEMVs, a norm kernel also gives the
+// next GEMV time to fill its weight ring, which the Llama timelines show it needed.
+enum class GemvNorms { kOff, kPostNorm, kAll };
+
 struct LayerPlan {
   int dk = 0, dv = 0, n_kv = 0, n_rot = 0;
   bool swa = false;       // sliding-type layer: its geometry and RoPE tables
@@ -66,6 +75,13 @@ class CudaModel final : public Model {
     use_flash_ = on;
     decode_graph_cache_ = 0;  // the decode graph is captured again with the new choice
   }
+  // Which residual updates and norms before a Q/K/V or gate/up product a decode step computes
+  // inside that product's GEMV (Q4_0x8 matrices; gemv_q4_0x8_normed in q4_0x8.h) instead of in a
+  // kernel of their own. Initially GemvNorms::kPostNorm; QFORGE_GEMV_NORM=0 / all: kOff / kAll.
+  void set_gemv_norms(GemvNorms which) {
+    gemv_norms_ = which;
+    decode_graph_cache_ = 0;
+  }
 
  private:
   // Enqueues one chunk of n tokens whose ids and start position are already in tokens_/pos_;
@@ -89,6 +105,18 @@ class CudaModel final : public Model {
   void moe_block(int il, int n);                  // leaves the k slot outputs per token in exp_out_
   void moe_experts(int il, int n);                // moe_block after the routing
   void per_layer_inputs(int n);
+  // x += post_norm(o) [then x *= scale], h = next_norm(x) (add_and_norm / residual_scale_norm),
+  // or, with defer, left in pending_norm_ for the next product's GEMV to compute.
+  void residual_norm(int n, const float* o, const float* o_norm, float scale,
+                     const float* next_norm, bool defer);
+  // Whether a decode step's Q/K/V (resp. gate/up) product of layer il takes the update and norm
+  // before it, whose block output norm is o_norm (null: none), as pending_norm_.
+  bool normed_qkv(int il, int n, const float* o_norm) const;
+  bool normed_gate_up(int il, int n, const float* o_norm) const;
+  bool norm_in_gemv(const float* o_norm) const;
+  // pending_norm_ as the input of the GEMV that takes it (cleared), with the updated residual
+  // written to the other residual buffer, which becomes x_cur_.
+  ResidualNormInput take_pending_norm();
   void matmul(const DeviceMatrix& m, const float* x, float* y, std::size_t ldy, int n) {
     matmul(m, x, y, ldy, n, stream_.get());
   }
@@ -123,8 +151,15 @@ class CudaModel final : public Model {
   bool early_down_ = true;    // down experts' weights before the PDL wait; QFORGE_MOE_DOWN_EARLY
   bool early_planes_ = true;  // expert gate/up planes before the wait; QFORGE_MOE_PLANES_EARLY
   bool fuse_router_ = true;   // moe_router_route for F32 routers; QFORGE_MOE_ROUTER_FUSED
+  GemvNorms gemv_norms_ = GemvNorms::kPostNorm;  // set_gemv_norms; QFORGE_GEMV_NORM
 
   DeviceBuffer<float> x_, h_, qkv_, att_, o_, gate_up_, act_, part_, flash_part_, logits_;
+  // The residual stream is in x_cur_: x_, or on decode steps one row of x_alt_ after a GEMV that
+  // took a pending norm (its CTA 0 writes the updated row while every CTA reads the old one, so
+  // the two alternate). Both only while a chunk is recorded.
+  DeviceBuffer<float> x_alt_;
+  float* x_cur_ = nullptr;
+  std::optional<ResidualNormInput> pending_norm_;
   DeviceBuffer<float> cos_global_, sin_global_, cos_local_, sin_local_;
   // MoE scratch: router input and logits, routing, per-slot expert activations.
   DeviceBuffer<float> router_in_, expert_in_, router_logits_, route_weights_;

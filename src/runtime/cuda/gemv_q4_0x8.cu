@@ -67,6 +67,38 @@ __device__ __forceinline__ void load8(const float* __restrict__ src, float* v) {
   v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = c.x, v[5] = c.y, v[6] = c.z, v[7] = c.w;
 }
 
+// The planes of 8-element chunk i of x (chunk i & 3 of block (i % per_token) / 4 of token i /
+// per_token), for i < total. The four chunks of a block sit in four consecutive lanes, which meet
+// in shuffles for the block's max |x| and sum: every lane of the warp calls this, those without a
+// chunk (i >= total) with zeros.
+__device__ __forceinline__ void store_chunk_planes(const float (&v)[8], int i, int total,
+                                                   int per_token, int n_blocks,
+                                                   std::uint8_t* smem) {
+  float m = 0.0f, sum = 0.0f;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) m = fmaxf(m, fabsf(v[k])), sum += v[k];
+#pragma unroll
+  for (int o = 1; o < 4; o <<= 1) {
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  }
+  if (i >= total) return;
+  const int t = i / per_token, b = (i - t * per_token) >> 2, q = i & 3;
+  int p[3][8];
+  planes::quantize8(v, m, p);
+  std::uint8_t* tok = smem + static_cast<std::size_t>(t) * token_bytes(n_blocks);
+#pragma unroll
+  for (int plane = 0; plane < 3; ++plane) {
+    const std::size_t chunk = static_cast<std::size_t>((2 * plane + (q >> 1)) * n_blocks + b);
+    *reinterpret_cast<uint2*>(tok + 16 * chunk + 8 * (q & 1)) =
+        make_uint2(pack_bytes(p[plane]), pack_bytes(p[plane] + 4));
+  }
+  if (q == 0) {
+    reinterpret_cast<float2*>(tok + 96 * static_cast<std::size_t>(n_blocks))[b] =
+        make_float2(m / 127.0f / (kStep * kStep * 16.0f), 8.0f * sum);
+  }
+}
+
 // Four threads per (token, block), 8 consecutive elements each; the x loads of kBatch rounds are
 // issued together (one L2 round trip for up to kBatch * kThreads / 4 blocks).
 __device__ void build_planes(const float* __restrict__ x, int n_x, int n_cols, int n_blocks,
@@ -87,31 +119,123 @@ __device__ void build_planes(const float* __restrict__ x, int n_x, int n_cols, i
     }
 #pragma unroll
     for (int j = 0; j < kBatch; ++j) {
-      const int i = base + j * kThreads + static_cast<int>(threadIdx.x);
-      float m = 0.0f, sum = 0.0f;
-#pragma unroll
-      for (int k = 0; k < 8; ++k) m = fmaxf(m, fabsf(v[j][k])), sum += v[j][k];
-#pragma unroll
-      for (int o = 1; o < 4; o <<= 1) {
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      }
-      if (i >= total) continue;
-      const int t = i / per_token, b = (i - t * per_token) >> 2, q = i & 3;
-      int p[3][8];
-      planes::quantize8(v[j], m, p);
-      std::uint8_t* tok = smem + static_cast<std::size_t>(t) * token_bytes(n_blocks);
-#pragma unroll
-      for (int plane = 0; plane < 3; ++plane) {
-        const std::size_t chunk = static_cast<std::size_t>((2 * plane + (q >> 1)) * n_blocks + b);
-        *reinterpret_cast<uint2*>(tok + 16 * chunk + 8 * (q & 1)) =
-            make_uint2(pack_bytes(p[plane]), pack_bytes(p[plane] + 4));
-      }
-      if (q == 0) {
-        reinterpret_cast<float2*>(tok + 96 * static_cast<std::size_t>(n_blocks))[b] =
-            make_float2(m / 127.0f / (kStep * kStep * 16.0f), 8.0f * sum);
-      }
+      store_chunk_planes(v[j], base + j * kThreads + static_cast<int>(threadIdx.x), total,
+                         per_token, n_blocks, smem);
     }
+  }
+}
+
+// ---- A GEMV input made from the residual update and RMSNorm before it (ResidualNormInput) ------
+// Each CTA computes the normalized row itself, with the operations of add_norm_kernel /
+// residual_scale_norm_kernel in the same order, so the one-CTA kernel between two GEMVs and its
+// launch boundary go away. Thread i owns chunks i and i + kThreads (8 elements each) of the row.
+//
+// What this can cost is time before the planes are ready, when HBM idles for the SM. Measured on
+// an H200 (eleventh-pass timelines, docs/benchmarks.md, twelfth pass): norm weights copied by
+// cp.async and waited for with cp.async.wait_group made the planes wait for the ring's first
+// stages too (ready 1.5 -> 4 us); held in registers across the PDL wait, they raised the register
+// count of every launch of the kernel, and fewer of the small kernels between GEMVs then fit
+// beside its CTAs (26B-A4B -6.5%). So they are loaded before the wait (where the thread would wait
+// anyway) and kept in shared memory, each thread reading back only what it wrote; this form is
+// a separate instantiation, and the other launches keep their register counts.
+constexpr int kNormChunks = 2;
+static_assert(kNormChunks * 8 * kThreads >= static_cast<int>(kMaxNormedCols));
+
+// Shared-memory bytes of a normed launch's norm weights: norm, then o_norm.
+__host__ __device__ constexpr std::size_t norm_row_bytes(int n_cols) {
+  return 2 * static_cast<std::size_t>(n_cols) * sizeof(float);
+}
+
+__device__ __forceinline__ void store8_shared(float* dst, const float* v) {
+  *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+  *reinterpret_cast<float4*>(dst + 4) = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+__device__ __forceinline__ void load8_shared(const float* src, float* v) {
+  const float4 a = *reinterpret_cast<const float4*>(src);
+  const float4 c = *reinterpret_cast<const float4*>(src + 4);
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = c.x, v[5] = c.y, v[6] = c.z, v[7] = c.w;
+}
+
+// The norm weights of this thread's chunks into rows, before the PDL wait: no kernel writes them
+// (pdl.cuh), and since a whole token's weights have passed through L2 since their last use, they
+// come from HBM.
+__device__ __forceinline__ void stage_norm_weights(const ResidualNormInput& in, int n_cols,
+                                                   float* rows) {
+#pragma unroll
+  for (int c = 0; c < kNormChunks; ++c) {
+    const int i = static_cast<int>(threadIdx.x) + c * kThreads;
+    if (8 * i >= n_cols) break;
+    float v[8];
+    load8(in.norm + 8 * i, v);
+    store8_shared(rows + 8 * i, v);
+    if (in.o_norm != nullptr) {
+      load8(in.o_norm + 8 * i, v);
+      store8_shared(rows + n_cols + 8 * i, v);
+    }
+  }
+}
+
+// x' = (x + [rms_norm(o) * o_norm | o]) * scale, CTA 0 stores it to x_out, and the planes hold
+// rms_norm(x') * norm; rows as stage_norm_weights left them. The reductions' scratch is the start
+// of the planes, written after them.
+__device__ void build_planes_normed(const ResidualNormInput& in, const float* rows, int n_cols,
+                                    int n_blocks, std::uint8_t* smem) {
+  auto* scratch = reinterpret_cast<float*>(smem);
+  const float n = static_cast<float>(n_cols);
+  float xv[kNormChunks][8], ov[kNormChunks][8];
+#pragma unroll
+  for (int c = 0; c < kNormChunks; ++c) {
+    const int i = static_cast<int>(threadIdx.x) + c * kThreads;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) xv[c][k] = 0.0f, ov[c][k] = 0.0f;
+    if (8 * i >= n_cols) continue;
+    load8(in.x + 8 * i, xv[c]);
+    if (in.o != nullptr) load8(in.o + 8 * i, ov[c]);
+  }
+  if (in.o != nullptr && in.o_norm != nullptr) {
+    float ss = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kNormChunks; ++c) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) ss = fmaf(ov[c][k], ov[c][k], ss);
+    }
+    const float r = 1.0f / sqrtf(block_reduce<false>(ss, scratch) / n + in.eps);
+#pragma unroll
+    for (int c = 0; c < kNormChunks; ++c) {
+      const int i = static_cast<int>(threadIdx.x) + c * kThreads;
+      if (8 * i >= n_cols) continue;
+      float wo[8];
+      load8_shared(rows + n_cols + 8 * i, wo);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) ov[c][k] = ov[c][k] * r * wo[k];
+    }
+  }
+  float ss = 0.0f;
+#pragma unroll
+  for (int c = 0; c < kNormChunks; ++c) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      xv[c][k] = (xv[c][k] + ov[c][k]) * in.scale;
+      ss = fmaf(xv[c][k], xv[c][k], ss);
+    }
+  }
+  const float r = 1.0f / sqrtf(block_reduce<false>(ss, scratch) / n + in.eps);
+#pragma unroll
+  for (int c = 0; c < kNormChunks; ++c) {
+    const int i = static_cast<int>(threadIdx.x) + c * kThreads;
+    if (8 * i < n_cols) {
+      if (in.x_out != nullptr && blockIdx.x == 0) {
+        auto* out = reinterpret_cast<float4*>(in.x_out + 8 * i);
+        out[0] = make_float4(xv[c][0], xv[c][1], xv[c][2], xv[c][3]);
+        out[1] = make_float4(xv[c][4], xv[c][5], xv[c][6], xv[c][7]);
+      }
+      float wn[8];
+      load8_shared(rows + 8 * i, wn);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) xv[c][k] = xv[c][k] * r * wn[k];
+    }
+    store_chunk_planes(xv[c], i, n_cols / 8, n_cols / 8, n_blocks, smem);
   }
 }
 
@@ -206,16 +330,20 @@ __device__ __forceinline__ void named_barrier(int id, int n_threads) {
 // S - 1 items are always in flight, across task boundaries (a 4096-column row is only 4 steps).
 // With P > 1 a warp task is (row group, part): warps 16c + w with the same w / P share a group
 // (the task stride is a multiple of P), and part w % P covers steps [part * n / P, (part+1) n / P).
-template <int R, int kTokens, int kOut, int P, bool kBulk>
+// kNormed: one token whose x is a ResidualNormInput's GEMV input (a separate instantiation, so
+// that the other launches keep their register counts: see stage_norm_weights).
+template <int R, int kTokens, int kOut, int P, bool kBulk, bool kNormed>
 __global__ void __launch_bounds__(kThreads)
     gemv_q4_0x8_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols,
                        const float* __restrict__ x, float* __restrict__ y, std::size_t ldy,
-                       Experts ex, int prefetch_tasks, bool evict_first) {
+                       Experts ex, ResidualNormInput norm_in, int prefetch_tasks,
+                       bool evict_first) {
   constexpr int S = stages<R, kTokens>();
   constexpr bool kGlu = kOut != kRows;
   constexpr int kPairs = R / 2;
   static_assert(!kGlu || R % 2 == 0);
   static_assert(kWarps % P == 0);
+  static_assert(!kNormed || kTokens == 1);
   TraceStamps trace;
   trace.begin();
   extern __shared__ uint4 smem_words[];
@@ -239,6 +367,11 @@ __global__ void __launch_bounds__(kThreads)
   auto* bars = reinterpret_cast<std::uint64_t*>(reinterpret_cast<std::uint8_t*>(partials) +
                                                 partial_bytes<R, kTokens, P>()) +
                S * warp;
+  // A normed launch's row arrays (norm_row_bytes), after the barriers.
+  auto* norm_w =
+      reinterpret_cast<float*>(reinterpret_cast<std::uint8_t*>(partials) +
+                               partial_bytes<R, kTokens, P>() + barrier_bytes<R, kTokens, kBulk>());
+
   if constexpr (kBulk) {
     if (lane == 0) {
       for (int k = 0; k < S; ++k) mbar_init(bars + k);
@@ -294,11 +427,17 @@ __global__ void __launch_bounds__(kThreads)
       } else if (issue_step * 32 + lane < n_blocks) {
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-          cp_async16(stage + r * Stage<R>::kRowBytes + 16 * lane,
-                     issue_rows[r] + step_off + lane_codes, policy);
-          if ((lane & 7) == 0) {
-            cp_async16(stage + r * Stage<R>::kRowBytes + 512 + 2 * lane,
-                       issue_rows[r] + step_off + lane_header, policy);
+          std::uint8_t* dst = stage + r * Stage<R>::kRowBytes;
+          const std::uint8_t* src = issue_rows[r] + step_off;
+          if constexpr (kNormed) {
+            // No L2 policy here: ptxas 13.0 gave these copies of the normed one-row variants a
+            // policy descriptor in an odd register (docs/cuda.md, "A ptxas 13.0 miscompile").
+            // This form only runs where bulk copies do not (before sm_90, QFORGE_GEMV_BULK=0).
+            cp_async16(dst + 16 * lane, src + lane_codes);
+            if ((lane & 7) == 0) cp_async16(dst + 512 + 2 * lane, src + lane_header);
+          } else {
+            cp_async16(dst + 16 * lane, src + lane_codes, policy);
+            if ((lane & 7) == 0) cp_async16(dst + 512 + 2 * lane, src + lane_header, policy);
           }
         }
       }
@@ -332,10 +471,15 @@ __global__ void __launch_bounds__(kThreads)
   task_rows(issue_task, issue_rows);
 #pragma unroll
   for (int k = 0; k < S - 1; ++k) issue();
+  if constexpr (kNormed) stage_norm_weights(norm_in, n_cols, norm_w);
   pdl_wait();
   trace.mark(1);
   pdl_trigger();
-  if (!ex.x_settled) build_planes(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes);
+  if constexpr (kNormed) {
+    build_planes_normed(norm_in, norm_w, n_cols, n_blocks, planes);
+  } else if (!ex.x_settled) {
+    build_planes(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes);
+  }
   __syncthreads();
   trace.mark(2);
 
@@ -511,16 +655,17 @@ long long resident_warps() {
   return static_cast<long long>(kWarps) * sm_count();
 }
 
-template <int R, int kTokens, int kOut, int P = 1>
+template <int R, int kTokens, int kOut, int P = 1, bool kNormed = false>
 void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
-            StreamHandle stream, Experts ex = {}) {
-  auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, false>;
+            StreamHandle stream, Experts ex = {}, const ResidualNormInput& norm_in = {}) {
+  auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, false, kNormed>;
   std::size_t smem = ring_bytes<R, kTokens>() + x_rows<kTokens>(ex) * token_bytes(n_cols / 32) +
                      partial_bytes<R, kTokens, P>();
   if (bulk_copies()) {
-    kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, true>;
+    kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, true, kNormed>;
     smem += barrier_bytes<R, kTokens, true>();
   }
+  if constexpr (kNormed) smem += norm_row_bytes(n_cols);
   if (smem > max_smem()) {
     cuda_fail("CUDA gemv (Q4_0x8): ", n_cols, " columns x ", kTokens, " tokens need ", smem,
               " bytes of shared memory, the device has ", max_smem());
@@ -536,8 +681,8 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std
       std::min<long long>((n_tasks + kWarps - 1) / kWarps, static_cast<long long>(sm_count())));
   const int prefetch_tasks = prefetch_task_count();
   launch_pdl("gemv_q4_0x8_kernel", kernel, static_cast<unsigned>(grid), kThreads, smem, stream,
-             static_cast<const std::uint8_t*>(w), n_rows, n_cols, x, y, ldy, ex, prefetch_tasks,
-             stream_evict_first());
+             static_cast<const std::uint8_t*>(w), n_rows, n_cols, x, y, ldy, ex, norm_in,
+             prefetch_tasks, stream_evict_first());
   QFORGE_CUDA_CHECK_LAUNCH("gemv_q4_0x8_kernel");
 }
 
@@ -584,36 +729,44 @@ int pick_parts(int n_steps, long long row_tasks) {
   return parts;
 }
 
-template <int R, int kTokens, int kOut>
+template <int R, int kTokens, int kOut, bool kNormed>
 void launch_parts(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
-                  StreamHandle stream) {
+                  StreamHandle stream, const ResidualNormInput& norm_in) {
   switch (pick_parts((n_cols / 32 + 31) / 32, task_count<R, kOut>(n_rows))) {
     case 4:
-      return launch<R, kTokens, kOut, 4>(w, n_rows, n_cols, x, y, ldy, stream);
+      return launch<R, kTokens, kOut, 4, kNormed>(w, n_rows, n_cols, x, y, ldy, stream, {},
+                                                  norm_in);
     case 2:
     case 3:
-      return launch<R, kTokens, kOut, 2>(w, n_rows, n_cols, x, y, ldy, stream);
+      return launch<R, kTokens, kOut, 2, kNormed>(w, n_rows, n_cols, x, y, ldy, stream, {},
+                                                  norm_in);
     default:
-      return launch<R, kTokens, kOut, 1>(w, n_rows, n_cols, x, y, ldy, stream);
+      return launch<R, kTokens, kOut, 1, kNormed>(w, n_rows, n_cols, x, y, ldy, stream, {},
+                                                  norm_in);
   }
 }
 
-template <int kTokens, int kOut>
+// kNormed (one token only): x is norm_in's GEMV input (ResidualNormInput).
+template <int kTokens, int kOut, bool kNormed = false>
 void launch_tokens(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
-                   StreamHandle stream) {
+                   StreamHandle stream, const ResidualNormInput& norm_in = {}) {
+  static_assert(kTokens == 1 || !kNormed);
   switch (pick_rows(n_rows, kTokens, kOut != kRows)) {
     case 4:
       if constexpr (kTokens == 1) {
-        return launch_parts<4, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
+        return launch_parts<4, kTokens, kOut, kNormed>(w, n_rows, n_cols, x, y, ldy, stream,
+                                                       norm_in);
       }
       [[fallthrough]];
     case 2:
-      return launch_parts<2, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
+      return launch_parts<2, kTokens, kOut, kNormed>(w, n_rows, n_cols, x, y, ldy, stream, norm_in);
     default:
       if constexpr (kOut == kRows) {
-        return launch_parts<1, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
+        return launch_parts<1, kTokens, kOut, kNormed>(w, n_rows, n_cols, x, y, ldy, stream,
+                                                       norm_in);
       } else {  // a gate/up task holds pairs of rows
-        return launch_parts<2, kTokens, kOut>(w, n_rows, n_cols, x, y, ldy, stream);
+        return launch_parts<2, kTokens, kOut, kNormed>(w, n_rows, n_cols, x, y, ldy, stream,
+                                                       norm_in);
       }
   }
 }
@@ -634,6 +787,25 @@ void check(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x
   }
   if (n_tokens < 1) cuda_fail("CUDA gemv (Q4_0x8): n_tokens must be positive, got ", n_tokens);
   if (ldy < n_rows) cuda_fail("CUDA gemv (Q4_0x8): output stride ", ldy, " < rows ", n_rows);
+}
+
+bool aligned16(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
+}
+
+void check_normed(const ResidualNormInput& in, std::size_t n_cols) {
+  if (!gemv_q4_0x8_normed_applies(n_cols)) {
+    cuda_fail("CUDA gemv (Q4_0x8, normed input): ", n_cols,
+              " columns (need a multiple of 256 up to ", kMaxNormedCols, ")");
+  }
+  if (in.norm == nullptr || !aligned16(in.norm) || !aligned16(in.o) || !aligned16(in.o_norm) ||
+      !aligned16(in.x_out)) {
+    cuda_fail("CUDA gemv (Q4_0x8, normed input): needs norm weights; x, o, o_norm, norm and x_out",
+              " must be 16-byte aligned");
+  }
+  if (in.x_out != nullptr && in.x_out == in.x) {
+    cuda_fail("CUDA gemv (Q4_0x8, normed input): x_out must not be x (every CTA reads x)");
+  }
 }
 
 // Tokens in pairs that share the weight read where both tokens' planes fit in shared memory.
@@ -664,6 +836,10 @@ DeviceBuffer<TraceRecord>& trace_buffer() {
 }
 
 }  // namespace
+
+bool gemv_q4_0x8_normed_applies(std::size_t n_cols) {
+  return n_cols > 0 && n_cols % 256 == 0 && n_cols <= kMaxNormedCols;
+}
 
 bool gemv_trace_built() {
   return kTraceBuilt;
@@ -726,6 +902,30 @@ void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::
     run_tokens<kSiluGlu>(w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
   } else {
     run_tokens<kGeluGlu>(w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
+  }
+}
+
+void gemv_q4_0x8_normed(const void* w, std::size_t n_rows, std::size_t n_cols,
+                        const ResidualNormInput& in, float* y, StreamHandle stream) {
+  check(w, n_rows, n_cols, in.x, y, n_rows, 1);
+  check_normed(in, n_cols);
+  launch_tokens<1, kRows, true>(w, static_cast<int>(n_rows), static_cast<int>(n_cols), in.x, y,
+                                n_rows, stream, in);
+}
+
+void gemv_q4_0x8_glu_normed(FfnActivation act, const void* w, std::size_t n_rows,
+                            std::size_t n_cols, const ResidualNormInput& in, float* y,
+                            StreamHandle stream) {
+  if (n_rows % 2 != 0) {
+    cuda_fail("CUDA gemv (Q4_0x8, gated): ", n_rows, " rows are not gate rows + as many up rows");
+  }
+  check(w, n_rows, n_cols, in.x, y, n_rows, 1);
+  check_normed(in, n_cols);
+  const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
+  if (act == FfnActivation::kSiluGlu) {
+    launch_tokens<1, kSiluGlu, true>(w, rows, cols, in.x, y, n_rows / 2, stream, in);
+  } else {
+    launch_tokens<1, kGeluGlu, true>(w, rows, cols, in.x, y, n_rows / 2, stream, in);
   }
 }
 

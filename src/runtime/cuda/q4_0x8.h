@@ -70,6 +70,38 @@ void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::
                      const float* x, float* y, std::size_t ldy, int n_tokens,
                      StreamHandle stream = nullptr);
 
+// The input of a one-token GEMV given as the residual update and RMSNorm before it, which every
+// CTA of the GEMV computes while it builds its planes of x (the values add_and_norm and
+// residual_scale_norm in model_ops.h / gemma4_ops.h compute, in the same order of operations):
+//   x' = (x + rms_norm(o) * o_norm) * scale    (o_norm null: x + o; o null: x * scale)
+//   GEMV input = rms_norm(x') * norm,          rms_norm(v) = v / sqrt(mean(v^2) + eps)
+// and CTA 0 stores x' to x_out (skipped if null; it must not be x, which every CTA reads). On a
+// decode step this removes the one-CTA norm kernel before the Q/K/V and gate/up products, and
+// its launch boundary. x, o, o_norm, norm and x_out are 16-byte aligned device arrays of n_cols
+// floats (o, o_norm, x_out may be null; norm may not).
+struct ResidualNormInput {
+  const float* x = nullptr;
+  const float* o = nullptr;
+  const float* o_norm = nullptr;
+  float scale = 1.0f;
+  const float* norm = nullptr;
+  float* x_out = nullptr;
+  float eps = 0.0f;
+};
+
+// The widest input the normed GEMVs take (each thread of a CTA holds two 8-element chunks).
+constexpr std::size_t kMaxNormedCols = 8192;
+// n_cols a positive multiple of 256 up to kMaxNormedCols.
+bool gemv_q4_0x8_normed_applies(std::size_t n_cols);
+
+// gemv_q4_0x8 for one token whose x is the ResidualNormInput's GEMV input (y of n_rows floats).
+void gemv_q4_0x8_normed(const void* w, std::size_t n_rows, std::size_t n_cols,
+                        const ResidualNormInput& in, float* y, StreamHandle stream = nullptr);
+// gemv_q4_0x8_glu for one token whose x is the ResidualNormInput's GEMV input (y of n_rows / 2).
+void gemv_q4_0x8_glu_normed(FfnActivation act, const void* w, std::size_t n_rows,
+                            std::size_t n_cols, const ResidualNormInput& in, float* y,
+                            StreamHandle stream = nullptr);
+
 // Expert form of gemv_q4_0x8_glu for one token (moe.h): for s < n_slots,
 //   y[s * ldy + j] = act(gate_j . x) * (up_j . x),   j < w.rows / 2,
 // with gate_j and up_j rows j and w.rows / 2 + j of expert ids[s] (each expert w.rows = 2 n_ff
