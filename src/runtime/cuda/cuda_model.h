@@ -35,8 +35,9 @@ namespace qforge::cuda {
 // See CudaModel::set_gemv_norms. kPostNorm: only updates whose block output takes a norm of
 // its own first (Gemma's post norms; Llama has none), where the separate kernel does two
 // reductions. H200 tg128, norms in the GEMVs / apart (docs/benchmarks.md, twelfth pass): Gemma 4
-// 31B 140.0 / 134.1, Llama-3-8B 456.3 / 468.2: between two GEMVs, a norm kernel also gives the
-// next GEMV time to fill its weight ring, which the Llama timelines show it needed.
+// 31B 139.8-140.9 / 134.0-134.5, Llama-3-8B 454.6-456.7 / 468.1-470.1: a norm kernel between two
+// GEMVs also lets the second one's weight stream start early, and in the Llama timelines the
+// normed GEMVs' streams ran that much slower.
 enum class GemvNorms { kOff, kPostNorm, kAll };
 
 struct LayerPlan {

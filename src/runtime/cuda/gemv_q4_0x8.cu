@@ -130,14 +130,16 @@ __device__ void build_planes(const float* __restrict__ x, int n_x, int n_cols, i
 // residual_scale_norm_kernel in the same order, so the one-CTA kernel between two GEMVs and its
 // launch boundary go away. Thread i owns chunks i and i + kThreads (8 elements each) of the row.
 //
-// What this can cost is time before the planes are ready, when HBM idles for the SM. Measured on
-// an H200 (eleventh-pass timelines, docs/benchmarks.md, twelfth pass): norm weights copied by
-// cp.async and waited for with cp.async.wait_group made the planes wait for the ring's first
-// stages too (ready 1.5 -> 4 us); held in registers across the PDL wait, they raised the register
-// count of every launch of the kernel, and fewer of the small kernels between GEMVs then fit
-// beside its CTAs (26B-A4B -6.5%). So they are loaded before the wait (where the thread would wait
-// anyway) and kept in shared memory, each thread reading back only what it wrote; this form is
-// a separate instantiation, and the other launches keep their register counts.
+// What this can cost is time before the planes are ready, while HBM idles for the SM, and
+// registers. Measured on an H200 (docs/benchmarks.md, twelfth pass): with the norm weights and
+// o copied into shared memory by cp.async and waited for, a Llama-3-8B gate/up launch took 4.1 us
+// from its release to its planes (1.5 us with a separate norm kernel); with plain loads, 2.5 us.
+// Held in registers across the PDL wait, the weights raised the register count of every launch
+// of the kernel, and the whole token slowed (26B-A4B -6.5%, which never takes this form; likely
+// because fewer of the small kernels between GEMVs then fit beside a CTA). So the weights are
+// loaded before the wait
+// (where the thread would wait anyway) into shared memory, each thread reading back only what it
+// wrote, and this form is a separate instantiation: the other launches keep their registers.
 constexpr int kNormChunks = 2;
 static_assert(kNormChunks * 8 * kThreads >= static_cast<int>(kMaxNormedCols));
 
