@@ -244,13 +244,15 @@ WidenedExperts widened_q4_0x8_experts(const Quantized& q, int n_experts, std::si
   return e;
 }
 
-// Rows per task and column parts of the Q4_0x8 GEMV forced for a test, back to automatic when
-// the test ends (also when an assertion returns early).
+// Rows per task, column parts and the weight stream's copies of the Q4_0x8 GEMV forced for a
+// test, back to automatic (the copies: to the choice before the test, which QFORGE_GEMV_BULK may
+// have made) when the test ends, also when an assertion returns early.
 struct Q4_0x8Choices {
+  bool bulk = cuda::gemv_q4_0x8_bulk_chosen();
   ~Q4_0x8Choices() {
     cuda::set_gemv_q4_0x8_rows(0);
     cuda::set_gemv_q4_0x8_parts(0);
-    cuda::set_gemv_q4_0x8_bulk(true);
+    cuda::set_gemv_q4_0x8_bulk(bulk);
   }
 };
 

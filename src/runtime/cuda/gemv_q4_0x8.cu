@@ -881,6 +881,10 @@ void set_gemv_q4_0x8_bulk(bool on) {
   bulk_choice().store(on);
 }
 
+bool gemv_q4_0x8_bulk_chosen() {
+  return bulk_choice().load();
+}
+
 void set_gemv_q4_0x8_parts(int parts) {
   if (parts != 0 && parts != 1 && parts != 2 && parts != 4) {
     cuda_fail("set_gemv_q4_0x8_parts: parts must be 0, 1, 2 or 4, got ", parts);

@@ -131,6 +131,8 @@ void set_gemv_q4_0x8_rows(int rows);
 // capability 9.0 and newer, where the copy engine moves each row's step in one copy) or by
 // cp.async, 16 bytes per thread (false; older devices always). Results are identical.
 void set_gemv_q4_0x8_bulk(bool on);
+// The choice set_gemv_q4_0x8_bulk last made (initially: unless QFORGE_GEMV_BULK=0).
+bool gemv_q4_0x8_bulk_chosen();
 // For measurements and tests: column parts per row group (1, 2 or 4, at most the number of
 // 1024-column steps; 0 = chosen from the shape).
 void set_gemv_q4_0x8_parts(int parts);
