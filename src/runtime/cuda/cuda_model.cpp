@@ -469,10 +469,9 @@ void CudaModel::residual_norm(int n, const float* o, const float* o_norm, float 
   }
 }
 
-// The normed GEMVs take one token whose residual row fits their registers (q4_0x8.h); the
-// product must be a single Q4_0x8 matrix (a fused Q/K/V, a fused gate/up), and a layer's MoE
-// inputs come from add_and_norm, so MoE layers keep it. H200 tg128: docs/benchmarks.md, twelfth
-// pass.
+// The normed GEMVs take one token of up to kMaxNormedCols columns (q4_0x8.h); the product must
+// be a single Q4_0x8 matrix (a fused Q/K/V, a fused gate/up), and a layer's MoE inputs come from
+// add_and_norm, so MoE layers keep it. H200 tg128: docs/benchmarks.md, twelfth pass.
 bool CudaModel::norm_in_gemv(const float* o_norm) const {
   return gemv_norms_ == GemvNorms::kAll ||
          (gemv_norms_ == GemvNorms::kPostNorm && o_norm != nullptr);

@@ -31,7 +31,6 @@
 
 namespace qforge::cuda {
 
-// The shape of one layer's attention and FFN, from the per-layer accessors of ModelConfig.
 // See CudaModel::set_gemv_norms. kPostNorm: only updates whose block output takes a norm of
 // its own first (Gemma's post norms; Llama has none), where the separate kernel does two
 // reductions. H200 tg128, norms in the GEMVs / apart (docs/benchmarks.md, twelfth pass): Gemma 4
@@ -40,6 +39,7 @@ namespace qforge::cuda {
 // normed GEMVs' streams ran that much slower.
 enum class GemvNorms { kOff, kPostNorm, kAll };
 
+// The shape of one layer's attention and FFN, from the per-layer accessors of ModelConfig.
 struct LayerPlan {
   int dk = 0, dv = 0, n_kv = 0, n_rot = 0;
   bool swa = false;       // sliding-type layer: its geometry and RoPE tables

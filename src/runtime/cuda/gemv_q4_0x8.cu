@@ -333,7 +333,7 @@ __device__ __forceinline__ void named_barrier(int id, int n_threads) {
 // With P > 1 a warp task is (row group, part): warps 16c + w with the same w / P share a group
 // (the task stride is a multiple of P), and part w % P covers steps [part * n / P, (part+1) n / P).
 // kNormed: one token whose x is a ResidualNormInput's GEMV input (a separate instantiation, so
-// that the other launches keep their register counts: see stage_norm_weights).
+// that the other launches keep their register counts: see above kNormChunks).
 template <int R, int kTokens, int kOut, int P, bool kBulk, bool kNormed>
 __global__ void __launch_bounds__(kThreads)
     gemv_q4_0x8_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols,
@@ -840,7 +840,13 @@ DeviceBuffer<TraceRecord>& trace_buffer() {
 }  // namespace
 
 bool gemv_q4_0x8_normed_applies(std::size_t n_cols) {
-  return n_cols > 0 && n_cols % 256 == 0 && n_cols <= kMaxNormedCols;
+  if (n_cols == 0 || n_cols % 256 != 0 || n_cols > kMaxNormedCols) return false;
+  // The largest launch shape (four-row tasks, four parts) fits in shared memory, as launch()
+  // would check (the row arrays make 8192 columns too many for devices before sm_90).
+  const int cols = static_cast<int>(n_cols);
+  return ring_bytes<4, 1>() + token_bytes(cols / 32) + partial_bytes<4, 1, 4>() +
+             barrier_bytes<4, 1, true>() + norm_row_bytes(cols) <=
+         max_smem();
 }
 
 bool gemv_trace_built() {

@@ -91,7 +91,8 @@ struct ResidualNormInput {
 
 // The widest input the normed GEMVs take (each thread of a CTA holds two 8-element chunks).
 constexpr std::size_t kMaxNormedCols = 8192;
-// n_cols a positive multiple of 256 up to kMaxNormedCols.
+// n_cols a positive multiple of 256 up to kMaxNormedCols, whose launches fit in the current
+// device's shared memory.
 bool gemv_q4_0x8_normed_applies(std::size_t n_cols);
 
 // gemv_q4_0x8 for one token whose x is the ResidualNormInput's GEMV input (y of n_rows floats).
