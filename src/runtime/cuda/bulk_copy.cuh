@@ -7,11 +7,9 @@
 
 #include <cstdint>
 
-namespace qforge::cuda {
+#include "runtime/cuda/cp_async.cuh"  // smem_addr, l2_stream_policy
 
-__device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-}
+namespace qforge::cuda {
 
 // A barrier that one arrival (with the expected bytes) and the copies' bytes complete.
 __device__ __forceinline__ void mbar_init(std::uint64_t* bar) {

@@ -2,11 +2,18 @@
 // committed and waited for in per-thread groups.
 #pragma once
 
+#include <cstdint>
+
 namespace qforge::cuda {
 
+// A shared-memory pointer as the 32-bit shared-window address the copy instructions take.
+__device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
 __device__ __forceinline__ void cp_async16(void* smem_dst, const void* src) {
-  const auto dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(smem_dst)), "l"(src)
+               : "memory");
 }
 // An L2 cache policy for the weight stream of a decode GEMV, which is read once per step: with
 // evict_first its lines go before anything else, so that the stream (tens of MB per launch, more
@@ -24,10 +31,10 @@ __device__ __forceinline__ unsigned long long l2_stream_policy(bool evict_first)
 // cp_async16 with an L2 cache policy from l2_stream_policy.
 __device__ __forceinline__ void cp_async16(void* smem_dst, const void* src,
                                            unsigned long long policy) {
-  const auto dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
-               "l"(policy)
-               : "memory");
+  asm volatile(
+      "cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(smem_addr(smem_dst)),
+      "l"(src), "l"(policy)
+      : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;" ::: "memory");

@@ -773,6 +773,10 @@ void launch_tokens(const void* w, int n_rows, int n_cols, const float* x, float*
   }
 }
 
+bool aligned16(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
+}
+
 // col_multiple: 256 for matrices regrouped in place, 32 for widened ones (q4_0x8.h).
 void check(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, const float* y,
            std::size_t ldy, int n_tokens, std::size_t col_multiple = 256) {
@@ -782,17 +786,12 @@ void check(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x
               " (need rows in [1, 2^31) and columns a positive multiple of ", col_multiple,
               " up to ", kMaxQ4_0x8Cols, ")");
   }
-  if (w == nullptr || reinterpret_cast<std::uintptr_t>(w) % 16 != 0 || x == nullptr ||
-      reinterpret_cast<std::uintptr_t>(x) % 16 != 0 || y == nullptr) {
+  if (w == nullptr || !aligned16(w) || x == nullptr || !aligned16(x) || y == nullptr) {
     cuda_fail(
         "CUDA gemv (Q4_0x8): weights and x must be 16-byte aligned device arrays, y non-null");
   }
   if (n_tokens < 1) cuda_fail("CUDA gemv (Q4_0x8): n_tokens must be positive, got ", n_tokens);
   if (ldy < n_rows) cuda_fail("CUDA gemv (Q4_0x8): output stride ", ldy, " < rows ", n_rows);
-}
-
-bool aligned16(const void* p) {
-  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
 }
 
 void check_normed(const ResidualNormInput& in, std::size_t n_cols) {
