@@ -16,7 +16,6 @@
 #include "cuda_test_util.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -607,86 +606,6 @@ TEST(CudaGemv, Q4_0x8ExpertDownMatchesExactSum) {
   }
 }
 
-// The experts' gate/up and down products in one launch (moe_ffn_q4_0x8) give what the two launches
-// give, bit for bit: ids out of range, down rows of whole, widened and partial groups, several
-// rounds of warp tasks (704 x 8 gate/up tasks) and a grid smaller than the device. Later calls
-// reuse the activation scratch, whose words from the call before must not pass for this one's.
-TEST(CudaGemv, Q4_0x8ExpertFfnInOneLaunchEqualsTwoLaunches) {
-  SKIP_WITHOUT_GPU();
-  const int n_experts = 5;
-  const std::vector<int> ids = {4, 0, 2, -1, 3, 7, 1, 0};
-  const int n_slots = static_cast<int>(ids.size());
-  cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
-  struct Shape {
-    std::size_t d, ff;
-  };
-  for (const Shape shape : {Shape{768, 704}, Shape{512, 96}, Shape{256, 256}}) {
-    const std::size_t d = shape.d, ff = shape.ff, ldy = d + 5;
-    SCOPED_TRACE(testing::Message() << d << " x " << ff);
-    const Quantized gu_q = make_weights(GgmlType::Q4_0, 2 * ff * n_experts, d, 71);
-    const Quantized dn_q = make_weights(GgmlType::Q4_0, d * n_experts, ff, 72);
-    const WidenedExperts gu = widened_q4_0x8_experts(gu_q, n_experts, 2 * ff, d);
-    const WidenedExperts dn = widened_q4_0x8_experts(dn_q, n_experts, d, ff);
-    if (!cuda::moe_ffn_q4_0x8_applies(gu.stack, dn.stack, n_slots)) {
-      GTEST_SKIP() << "needs bulk copies (compute capability 9.0)";
-    }
-    const std::vector<float> x = random_floats(d, 73, 2.0f);
-    cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
-    cuda::DeviceBuffer<float> h_want(ff * n_slots), y_want(ldy * n_slots);
-    cuda::DeviceBuffer<std::uint64_t> h(ff * n_slots);
-    cuda::DeviceBuffer<std::uint64_t> launches(1);
-    launches.fill_bytes(0);
-    h.fill_bytes(0);
-    unsigned calls = 0;
-    for (const FfnActivation act : {FfnActivation::kSiluGlu, FfnActivation::kGeluTanhGlu}) {
-      SCOPED_TRACE(testing::Message() << "activation " << static_cast<int>(act));
-      y_want.fill_bytes(0);
-      cuda::moe_gemv_q4_0x8_glu(act, gu.stack, dids.data(), n_slots, dx.data(), h_want.data(), ff,
-                                nullptr);
-      cuda::moe_gemv_q4_0x8(dn.stack, dids.data(), n_slots, h_want.data(), y_want.data(), ldy,
-                            nullptr);
-      const std::vector<float> yw = y_want.to_host();
-      for (const bool x_settled : {false, true}) {
-        cuda::DeviceBuffer<float> y(ldy * n_slots);
-        y.fill_bytes(0);
-        cuda::moe_ffn_q4_0x8(act, gu.stack, dn.stack, dids.data(), n_slots, dx.data(), h.data(),
-                             y.data(), ldy, launches.data(), nullptr, x_settled);
-        ++calls;
-        const std::vector<float> yg = y.to_host();
-        for (std::size_t i = 0; i < yg.size(); ++i) ASSERT_EQ(yg[i], yw[i]) << "y " << i;
-        std::size_t nonzero = 0;
-        for (const float v : yg) nonzero += v != 0.0f;
-        EXPECT_GT(nonzero, yg.size() / 2);
-        ASSERT_EQ(launches.to_host()[0], std::uint64_t{calls} << 32);  // whole launches only
-      }
-    }
-  }
-}
-
-// Shapes the one-launch FFN does not take are refused with an error, not run.
-TEST(CudaGemv, Q4_0x8ExpertFfnRejectsOtherShapes) {
-  SKIP_WITHOUT_GPU();
-  const std::size_t d = 256, ff = 96;
-  const Quantized gu_q = make_weights(GgmlType::Q4_0, 2 * ff * 2, d, 74);
-  const Quantized dn_q = make_weights(GgmlType::Q4_0, d * 2, ff, 75);
-  const WidenedExperts gu = widened_q4_0x8_experts(gu_q, 2, 2 * ff, d);
-  WidenedExperts dn = widened_q4_0x8_experts(dn_q, 2, d, ff);
-  const std::vector<int> ids = {1, 0};
-  cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
-  cuda::DeviceBuffer<float> x(d), y(2 * d);
-  cuda::DeviceBuffer<std::uint64_t> h(2 * ff);
-  cuda::DeviceBuffer<std::uint64_t> launches(1);
-  launches.fill_bytes(0);
-  dn.stack.layout = cuda::WeightLayout::kGguf;
-  EXPECT_FALSE(cuda::moe_ffn_q4_0x8_applies(gu.stack, dn.stack, 2));
-  EXPECT_THROW(cuda::moe_ffn_q4_0x8(FfnActivation::kSiluGlu, gu.stack, dn.stack, dids.data(), 2,
-                                    x.data(), h.data(), y.data(), d, launches.data()),
-               Error);
-  dn.stack.layout = cuda::WeightLayout::kQ4_0x8;
-  dn.stack.rows = d / 2;  // the down product's rows must be the gate/up product's columns
-  EXPECT_FALSE(cuda::moe_ffn_q4_0x8_applies(gu.stack, dn.stack, 2));
-}
-
 // The prompt GEMM reads Q4_0x8 weights with its own decoder: bit for bit the GGUF-layout result.
 TEST(CudaGemm, Q4_0x8EqualsGgufLayout) {
   SKIP_WITHOUT_GPU();
@@ -1203,74 +1122,6 @@ TEST(CudaMoe, CombineWithResidualUpdateMatchesReference) {
       }
     }
   }
-}
-
-// Isolated timings of the experts' FFN at Gemma 4 26B-A4B's shapes: the two launches, each alone,
-// and the one-launch form (random bytes; 16 sets of expert ids in turn, so that L2 does not hold
-// the weights of the next call). Benchmark only: QFORGE_MOE_FFN_BENCH=1.
-TEST(CudaMoeFfnBench, TwoLaunchesAndOne) {
-  SKIP_WITHOUT_GPU();
-  if (std::getenv("QFORGE_MOE_FFN_BENCH") == nullptr) GTEST_SKIP() << "set QFORGE_MOE_FFN_BENCH=1";
-  const int n_experts = 128, k = 8;
-  const std::size_t d = 2816, ff = 704;
-  const std::size_t gu_row = cuda::q4_0x8_row_bytes(d), dn_row = cuda::q4_0x8_row_bytes(ff);
-  cuda::DeviceBuffer<std::byte> gu_b(2 * ff * gu_row * n_experts), dn_b(d * dn_row * n_experts);
-  gu_b.fill_bytes(0x11);
-  dn_b.fill_bytes(0x11);
-  cuda::ExpertStack gu, dn;
-  gu.type = dn.type = GgmlType::Q4_0;
-  gu.layout = dn.layout = cuda::WeightLayout::kQ4_0x8;
-  gu.data = gu_b.data();
-  gu.rows = 2 * ff;
-  gu.cols = d;
-  gu.expert_bytes = 2 * ff * gu_row;
-  gu.n_experts = n_experts;
-  dn.data = dn_b.data();
-  dn.rows = d;
-  dn.cols = ff;
-  dn.expert_bytes = d * dn_row;
-  dn.n_experts = n_experts;
-  const int n_sets = 16;
-  std::vector<int> ids(n_sets * k);
-  for (int i = 0; i < n_sets * k; ++i) ids[i] = i % n_experts;
-  cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
-  const std::vector<float> x = random_floats(d, 5, 1.0f);
-  cuda::DeviceBuffer<float> dx{std::span<const float>(x)}, act(ff * k), y(d * k);
-  cuda::DeviceBuffer<std::uint64_t> h(ff * k);
-  cuda::DeviceBuffer<std::uint64_t> counters(1);
-  counters.fill_bytes(0);
-  h.fill_bytes(0);
-  cuda::Stream stream;
-  const cuda::StreamHandle s = stream.get();
-  auto time = [&](const char* name, auto&& body) {
-    for (int i = 0; i < 20; ++i) body(i);
-    stream.synchronize();
-    const int n = 400;
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < n; ++i) body(i);
-    stream.synchronize();
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("%-8s %8.2f us per call\n", name, 1000.0 * ms / n);
-  };
-  const int* id0 = dids.data();
-  time("gate_up", [&](int i) {
-    cuda::moe_gemv_q4_0x8_glu(FfnActivation::kGeluTanhGlu, gu, id0 + (i % n_sets) * k, k, dx.data(),
-                              act.data(), ff, s, true);
-  });
-  time("down", [&](int i) {
-    cuda::moe_gemv_q4_0x8(dn, id0 + (i % n_sets) * k, k, act.data(), y.data(), d, s, true);
-  });
-  time("pair", [&](int i) {
-    cuda::moe_gemv_q4_0x8_glu(FfnActivation::kGeluTanhGlu, gu, id0 + (i % n_sets) * k, k, dx.data(),
-                              act.data(), ff, s, true);
-    cuda::moe_gemv_q4_0x8(dn, id0 + (i % n_sets) * k, k, act.data(), y.data(), d, s, true);
-  });
-  time("fused", [&](int i) {
-    cuda::moe_ffn_q4_0x8(FfnActivation::kGeluTanhGlu, gu, dn, id0 + (i % n_sets) * k, k, dx.data(),
-                         h.data(), y.data(), d, counters.data(), s, true);
-  });
-  stream.synchronize();
 }
 
 }  // namespace

@@ -204,7 +204,6 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
   fuse_router_ = switch_on("QFORGE_MOE_ROUTER_FUSED");
   early_down_ = switch_on("QFORGE_MOE_DOWN_EARLY");
   early_planes_ = switch_on("QFORGE_MOE_PLANES_EARLY");
-  fuse_moe_ffn_ = switch_on("QFORGE_MOE_FFN_FUSED");
   gemv_norms_ = gemv_norms_by_env();
   x_ = DeviceBuffer<float>(s.x);
   x_alt_ = DeviceBuffer<float>(embd_);
@@ -231,9 +230,6 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
     expert_ids_ = DeviceBuffer<int>(s.slots);
     route_counters_ = DeviceBuffer<unsigned>(sz(kMaxBatch));
     route_counters_.fill_bytes(0);  // moe_router_route leaves them zero after every call
-    ffn_launches_ = DeviceBuffer<std::uint64_t>(1);
-    ffn_launches_.fill_bytes(0);  // moe_ffn_q4_0x8 counts its launches there
-    ffn_act_ = DeviceBuffer<std::uint64_t>(sz(config_.n_expert_used) * sz(config_.n_ff_exp));
     exp_gate_up_ = DeviceBuffer<float>(s.exp_gate_up);
     exp_act_ = DeviceBuffer<float>(s.exp_act);
     exp_out_ = DeviceBuffer<float>(s.exp_out);
@@ -573,14 +569,6 @@ void CudaModel::moe_experts(int il, int n) {
                        moe_gemm_supported(m.down.type) && m.gate_up.cols % 8 == 0 &&
                        m.down.cols % 8 == 0;
   const bool gate_up_x8 = !grouped && m.gate_up.layout == WeightLayout::kQ4_0x8;
-  if (gate_up_x8 && n == 1 && fuse_moe_ffn_ && moe_ffn_q4_0x8_applies(m.gate_up, m.down, k)) {
-    // A decode token's k experts, gate/up and down, in one launch whose down tasks start as
-    // their slots' activations complete (q4_0x8.h). H200, Gemma 4 26B-A4B: docs/benchmarks.md,
-    // thirteenth pass.
-    moe_ffn_q4_0x8(c.ffn_act, m.gate_up, m.down, expert_ids_.data(), k, expert_in_.data(),
-                   ffn_act_.data(), exp_out_.data(), embd_, ffn_launches_.data(), s, early_planes_);
-    return;
-  }
   if (gate_up_x8) {
     // Per token, its k experts' gate and up rows in one launch, the activation applied on the
     // spot (q4_0x8.h). The routing launch before it triggers after its wait and add_and_norm

@@ -151,7 +151,6 @@ class CudaModel final : public Model {
   bool fuse_moe_combine_ = true;  // moe_combine with the residual update; QFORGE_MOE_COMBINE_FUSED
   bool early_down_ = true;    // down experts' weights before the PDL wait; QFORGE_MOE_DOWN_EARLY
   bool early_planes_ = true;  // expert gate/up planes before the wait; QFORGE_MOE_PLANES_EARLY
-  bool fuse_moe_ffn_ = true;  // a decode step's experts in one launch; QFORGE_MOE_FFN_FUSED
   bool fuse_router_ = true;   // moe_router_route for F32 routers; QFORGE_MOE_ROUTER_FUSED
   GemvNorms gemv_norms_ = GemvNorms::kPostNorm;  // set_gemv_norms; QFORGE_GEMV_NORM
 
@@ -167,10 +166,8 @@ class CudaModel final : public Model {
   DeviceBuffer<float> router_in_, expert_in_, router_logits_, route_weights_;
   DeviceBuffer<float> exp_gate_up_, exp_act_, exp_out_;
   DeviceBuffer<int> expert_ids_;
-  DeviceBuffer<unsigned> route_counters_;     // moe_router_route's per-token CTA counters
-  DeviceBuffer<std::uint64_t> ffn_launches_;  // moe_ffn_q4_0x8's launch count
-  DeviceBuffer<std::uint64_t> ffn_act_;       // moe_ffn_q4_0x8's published activations
-  MoeGemmScratch moe_scratch_;                // prompt chunks: expert-grouped products
+  DeviceBuffer<unsigned> route_counters_;  // moe_router_route's per-token CTA counters
+  MoeGemmScratch moe_scratch_;             // prompt chunks: expert-grouped products
   // Per-layer embeddings: [n x width] inputs, token rows, gate activations.
   DeviceBuffer<float> per_layer_, per_layer_tok_, per_layer_gate_;
   DeviceBuffer<std::int32_t> tokens_;

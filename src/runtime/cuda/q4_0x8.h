@@ -14,7 +14,6 @@
 #pragma once
 
 #include <cstddef>
-#include <cstdint>
 
 #include "model/config.h"
 #include "quant/ggml_type.h"
@@ -126,26 +125,6 @@ void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids
 // streaming before the wait for x.
 void moe_gemv_q4_0x8(const ExpertStack& w, const int* ids, int n_slots, const float* x, float* y,
                      std::size_t ldy, StreamHandle stream = nullptr, bool ids_settled = false);
-
-// The routed experts' FFN of one token in one launch (moe_ffn_q4_0x8.cu): for s < n_slots,
-//   y[s * ldy + r] = D_{ids[s]}[r, :] . h_s,  h_s[j] = act(gate_j . x) * (up_j . x)
-// bit for bit what moe_gemv_q4_0x8_glu and then moe_gemv_q4_0x8 give (zeros for ids outside
-// [0, n_experts)), with the down product of a slot starting as soon as that slot's activations
-// are complete, on the same weight ring. gate_up: 2 down.cols rows of down.rows columns (a
-// multiple of 256) per expert; down: widened where its columns are not a multiple of 256 (see
-// above); both Q4_0x8. h: scratch of n_slots * down.cols words (16-byte aligned) where the
-// launch publishes the activations; launches: a device word, zero before the first call, that
-// the calls count in. x_settled as for
-// moe_gemv_q4_0x8_glu. Needs moe_ffn_q4_0x8_applies (bulk copies: compute capability 9.0).
-bool moe_ffn_q4_0x8_applies(const ExpertStack& gate_up, const ExpertStack& down, int n_slots);
-void moe_ffn_q4_0x8(FfnActivation act, const ExpertStack& gate_up, const ExpertStack& down,
-                    const int* ids, int n_slots, const float* x, std::uint64_t* h, float* y,
-                    std::size_t ldy, std::uint64_t* launches, StreamHandle stream = nullptr,
-                    bool x_settled = false);
-
-// Whether the Q4_0x8 weight streams carry the L2 evict_first policy (unless
-// QFORGE_L2_EVICT_FIRST=0, for measurements).
-bool gemv_q4_0x8_evict_first();
 
 // For measurements and tests: rows per warp task (1, 2 or 4; 0 = chosen from the shape).
 void set_gemv_q4_0x8_rows(int rows);
