@@ -36,6 +36,13 @@ __device__ __forceinline__ void cp_async16(void* smem_dst, const void* src,
       "l"(src), "l"(policy)
       : "memory");
 }
+// 16 bytes global -> shared, of which the first src_bytes (0 or 16) are read and the rest are
+// zeros: 0 fills a row beyond the data without reading.
+__device__ __forceinline__ void cp_async16_zfill(void* smem_dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(smem_dst)), "l"(src),
+               "r"(src_bytes)
+               : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;" ::: "memory");
 }

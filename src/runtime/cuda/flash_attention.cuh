@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "runtime/cuda/cp_async.cuh"  // smem_addr
 #include "runtime/cuda/model_ops.h"
 
 namespace qforge::cuda::flash {
@@ -62,21 +63,17 @@ __device__ __forceinline__ uint4 load8_bf16(const float* p) {
 
 namespace qforge::cuda::flash {
 
-__device__ __forceinline__ unsigned smem_address(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-
 // Four 8x8 BF16 matrices from shared memory; lanes 8i..8i+7 give the row addresses of matrix i.
 __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(p)));
+               : "r"(smem_addr(p)));
 }
 // The same, each matrix transposed.
 __device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(p)));
+               : "r"(smem_addr(p)));
 }
 
 // c (16x8 F32) += a (16x16 BF16, row-major fragments) * b (16x8 BF16, column fragments).

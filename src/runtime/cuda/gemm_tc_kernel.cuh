@@ -26,6 +26,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "runtime/cuda/cp_async.cuh"  // smem_addr, cp_async16_zfill, commit, wait
 #include "runtime/cuda/gemm_tc_decode.cuh"
 #include "runtime/cuda/gemm_tc_internal.h"
 #include "runtime/cuda/stream.h"
@@ -45,20 +46,6 @@ struct Tile {
   static constexpr int kStageElems = (BM + BN) * kLds;
   static constexpr int kSmemBytes = 2 * kStageElems * 2;
 };
-
-__device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared; src_bytes 0 writes zeros without reading.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
 
 __device__ __forceinline__ void ldmatrix_x4(std::uint32_t* r, const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -210,7 +197,7 @@ __device__ __forceinline__ void load_activations(const Tokens& tokens, int n_col
     const int col = k0 + c;
     const std::uint16_t* row = tokens.x_row(n);
     const bool valid = row != nullptr && col < n_cols;
-    cp_async16(tile + n * kLds + c, valid ? row + col : tokens.x, valid ? 16 : 0);
+    cp_async16_zfill(tile + n * kLds + c, valid ? row + col : tokens.x, valid ? 16 : 0);
   }
   cp_async_commit();
 }
@@ -252,7 +239,7 @@ __device__ __forceinline__ void gemm_cta(const WeightView& a, int row0, const To
   const int n_steps = (a.n_cols + kBK - 1) / kBK;
   load_activations<T::kBN>(tokens, a.n_cols, 0, x_tile(0));
   decode_weights<D, T::kBM>(a, row0, 0, w_tile(0), table);
-  cp_async_wait_all();
+  cp_async_wait<0>();
   __syncthreads();
 
   // ldmatrix lane addressing (see the m16n8k16 fragment layouts): A matrices 0..3 are rows
@@ -299,7 +286,7 @@ __device__ __forceinline__ void gemm_cta(const WeightView& a, int row0, const To
     if constexpr (D::kSplit) {
       if (more) store_weights<D, T::kBM>(a, (step + 1) * kBK, raw, w_tile(stage ^ 1), table);
     }
-    cp_async_wait_all();
+    cp_async_wait<0>();
     __syncthreads();
   }
 
