@@ -477,16 +477,18 @@ bool CudaModel::norm_in_gemv(const float* o_norm) const {
          (gemv_norms_ == GemvNorms::kPostNorm && o_norm != nullptr);
 }
 
-bool CudaModel::normed_qkv(int il, int n, const float* o_norm) const {
-  const DeviceMatrix& m = weights_.layers[sz(il)].qkv;
+bool CudaModel::normed_product(const DeviceMatrix& m, int n, const float* o_norm) const {
   return norm_in_gemv(o_norm) && n == 1 && !m.empty() && m.layout == WeightLayout::kQ4_0x8 &&
          gemv_q4_0x8_normed_applies(m.cols);
 }
 
+bool CudaModel::normed_qkv(int il, int n, const float* o_norm) const {
+  return normed_product(weights_.layers[sz(il)].qkv, n, o_norm);
+}
+
 bool CudaModel::normed_gate_up(int il, int n, const float* o_norm) const {
   const DeviceLayer& l = weights_.layers[sz(il)];
-  return norm_in_gemv(o_norm) && n == 1 && !l.has_moe && !l.gate_up.empty() &&
-         l.gate_up.layout == WeightLayout::kQ4_0x8 && gemv_q4_0x8_normed_applies(l.gate_up.cols);
+  return !l.has_moe && normed_product(l.gate_up, n, o_norm);
 }
 
 ResidualNormInput CudaModel::take_pending_norm() {

@@ -115,6 +115,8 @@ class CudaModel final : public Model {
   bool normed_qkv(int il, int n, const float* o_norm) const;
   bool normed_gate_up(int il, int n, const float* o_norm) const;
   bool norm_in_gemv(const float* o_norm) const;
+  // A decode step's product by m that can take the update and norm: a single Q4_0x8 matrix.
+  bool normed_product(const DeviceMatrix& m, int n, const float* o_norm) const;
   // pending_norm_ as the input of the GEMV that takes it (cleared), with the updated residual
   // written to the other residual buffer, which becomes x_cur_.
   ResidualNormInput take_pending_norm();

@@ -794,6 +794,12 @@ void check(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x
   if (ldy < n_rows) cuda_fail("CUDA gemv (Q4_0x8): output stride ", ldy, " < rows ", n_rows);
 }
 
+void check_gated(std::size_t n_rows) {
+  if (n_rows % 2 != 0) {
+    cuda_fail("CUDA gemv (Q4_0x8, gated): ", n_rows, " rows are not gate rows + as many up rows");
+  }
+}
+
 void check_normed(const ResidualNormInput& in, std::size_t n_cols) {
   if (!gemv_q4_0x8_normed_applies(n_cols)) {
     cuda_fail("CUDA gemv (Q4_0x8, normed input): ", n_cols,
@@ -905,9 +911,7 @@ void gemv_q4_0x8(const void* w, std::size_t n_rows, std::size_t n_cols, const fl
 
 void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::size_t n_cols,
                      const float* x, float* y, std::size_t ldy, int n_tokens, StreamHandle stream) {
-  if (n_rows % 2 != 0) {
-    cuda_fail("CUDA gemv (Q4_0x8, gated): ", n_rows, " rows are not gate rows + as many up rows");
-  }
+  check_gated(n_rows);
   check(w, n_rows, n_cols, x, y, ldy * 2, n_tokens);  // ldy >= n_rows / 2
   if (act == FfnActivation::kSiluGlu) {
     run_tokens<kSiluGlu>(w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
@@ -927,9 +931,7 @@ void gemv_q4_0x8_normed(const void* w, std::size_t n_rows, std::size_t n_cols,
 void gemv_q4_0x8_glu_normed(FfnActivation act, const void* w, std::size_t n_rows,
                             std::size_t n_cols, const ResidualNormInput& in, float* y,
                             StreamHandle stream) {
-  if (n_rows % 2 != 0) {
-    cuda_fail("CUDA gemv (Q4_0x8, gated): ", n_rows, " rows are not gate rows + as many up rows");
-  }
+  check_gated(n_rows);
   check(w, n_rows, n_cols, in.x, y, n_rows, 1);
   check_normed(in, n_cols);
   const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
