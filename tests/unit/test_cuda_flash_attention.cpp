@@ -204,6 +204,8 @@ TEST(CudaFlashAttention, DecodeMatchesCpu) {
       {kGemma3, 1, 0, true, 4},     {kGemma3Swa, 3, 40, true},    {kG4Swa, 1, 2000, true, 16},
       {kG4SwaSmall, 4, 300, false}, {kG4Global, 5, 700, true, 9}, {kG4Global26, 2, 129, true},
       {kD64, 3, 50, true, 3},       {kGroup3, 1, 20, true},       {kGroup3, 7, 200, false, 64},
+      // One split over many tiles of staged rows, the newest rows in its last tile.
+      {kG4Global, 3, 100, true, 1}, {kD64, 2, 300, false, 1},     {kG4Global26, 1, 70, false, 1},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(describe(c));

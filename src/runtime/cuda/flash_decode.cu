@@ -20,6 +20,8 @@
 #include <cstdint>
 
 #include "runtime/cuda/check.cuh"
+#include "runtime/cuda/cp_async.cuh"
+#include "runtime/cuda/env_switch.h"
 #include "runtime/cuda/flash_attention.cuh"
 #include "runtime/cuda/flash_attention.h"
 #include "runtime/cuda/pdl.cuh"
@@ -47,6 +49,46 @@ constexpr std::size_t split_smem_floats(int d, int rb) {
   return work > reduce ? work : reduce;
 }
 
+// The end of a split CTA: the position groups' value sums (acc, thread (group, chunk)) added in
+// group order through s_reduce, then the rows' outputs and (max, sum) pairs written to part (see
+// the scratch layout above). my_max / my_sum: row tid's, for the first RB threads.
+template <int D, int RB, int kGroups>
+__device__ __forceinline__ void write_split_result(const float (&acc)[RB][8], float* s_reduce,
+                                                   float my_max, float my_sum, int f0, int n_rows,
+                                                   int n_head_kv, int group, int kv_head, int split,
+                                                   int n_splits, float* __restrict__ part) {
+  constexpr int kChunks = D / 8;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int chunk = tid % kChunks, pgroup = tid / kChunks;
+  const int n_head = n_head_kv * group;
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    float* dst = s_reduce + (pgroup * RB + r) * D + chunk * 8;
+    reinterpret_cast<float4*>(dst)[0] = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+    reinterpret_cast<float4*>(dst)[1] = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
+  }
+  __syncthreads();
+
+  // Index of (token, head, split) of row f in the scratch's output rows and (max, sum) pairs.
+  auto part_index = [&](int f) {
+    const int t = f / group, h = kv_head * group + f % group;
+    return (static_cast<std::size_t>(t) * n_head + h) * n_splits + split;
+  };
+  for (int i = tid; i < RB * D; i += kThreads) {
+    const int r = i / D, d = i % D;
+    if (f0 + r >= n_rows) continue;
+    float total = 0.0f;
+#pragma unroll
+    for (int g = 0; g < kGroups; ++g) total += s_reduce[(g * RB + r) * D + d];
+    part[part_index(f0 + r) * D + d] = total;
+  }
+  if (tid < RB && f0 + tid < n_rows) {
+    const std::size_t n_parts = static_cast<std::size_t>(n_rows) * n_head_kv * n_splits;
+    float* dst = part + n_parts * D + 2 * part_index(f0 + tid);
+    dst[0] = my_max, dst[1] = my_sum;
+  }
+}
+
 template <int D, int RB, typename T>
 __global__ void __launch_bounds__(kThreads)
     flash_decode_split(const float* __restrict__ q, std::size_t q_stride,
@@ -67,7 +109,7 @@ __global__ void __launch_bounds__(kThreads)
   const int kv_head = static_cast<int>(blockIdx.x);
   const int split = static_cast<int>(blockIdx.y), n_splits = static_cast<int>(gridDim.y);
   const int f0 = static_cast<int>(blockIdx.z) * RB;
-  const int n_rows = n_tokens * group, n_head = n_head_kv * group;
+  const int n_rows = n_tokens * group;
   const int base = *pos0;  // written before the step, by the host
 
   // This split's share of the positions any row of the block sees.
@@ -182,32 +224,265 @@ __global__ void __launch_bounds__(kThreads)
   float my_max = -INFINITY, my_sum = 0.0f;
   if (tid < RB) my_max = s_max[tid], my_sum = s_sum[tid];
   __syncthreads();
+  write_split_result<D, RB, kGroups>(acc, s_reduce, my_max, my_sum, f0, n_rows, n_head_kv, group,
+                                     kv_head, split, n_splits, part);
+}
+
+// The staged form of the split kernel (the default; QFORGE_FLASH_DECODE_STAGED=0 keeps the direct
+// one above). K and V rows go through shared memory in tiles of kTile positions by cp.async, and
+// the rows of earlier steps -- all of a split's rows but the newest n_tokens -- are requested
+// before pdl_wait(), so a deep cache's reads overlap the kernel before this one (qk_prepare)
+// instead of starting after it. Per tile:
+//   scores: kTpp threads per position, each summing 8 16-byte chunks of the K row against all
+//           RB queries (the chunks of a row interleaved over its threads, rows padded by 16 bytes
+//           per thread, so that 8 neighbouring lanes read 8 different banks), then a shuffle sum;
+//   softmax: one warp per row, as in the direct kernel;
+//   values: thread (position group, 8-column chunk) accumulates weight * V from the staged rows.
+// K of the next tile is copied while the softmax and the values of this one run, V of the next
+// tile while its scores run (two buffers, one per matrix).
+template <int D, typename T>
+struct StagedTile {
+  static constexpr int kRowBytes = D * static_cast<int>(sizeof(T));
+  static constexpr int kTile = std::min(kThreads, 16384 / kRowBytes);  // positions per tile
+  static constexpr int kTpp = kThreads / kTile;      // threads per position in the scores
+  static constexpr int kRowChunks = kRowBytes / 16;  // 16-byte chunks per row
+  static constexpr int kThreadChunks = kRowChunks / kTpp;
+  static constexpr int kStride = kRowBytes + 16 * kTpp;  // bytes per staged row
+  static constexpr int kBufferBytes = kTile * kStride;
+  static constexpr int kElems = 16 / static_cast<int>(sizeof(T));  // cache elements per chunk
+  static_assert(kRowBytes % 128 == 0 && kTile >= 8 && kTile <= kThreads && kThreadChunks >= 1);
+};
+
+template <int D, int RB, typename T>
+constexpr std::size_t staged_smem_bytes() {
+  using S = StagedTile<D, T>;
+  const std::size_t work = 2 * static_cast<std::size_t>(S::kBufferBytes) +
+                           sizeof(float) * static_cast<std::size_t>(RB) * (D + S::kTile + 3);
+  const std::size_t reduce = sizeof(float) * static_cast<std::size_t>(kThreads) * 8 * RB;
+  return work > reduce ? work : reduce;
+}
+
+// Rows [r_lo, r_hi) of the tile at position j0 of one KV head into buf (cp.async, uncommitted).
+template <int D, typename T>
+__device__ __forceinline__ void stage_rows(char* buf, const T* __restrict__ cache, int j0, int r_lo,
+                                           int r_hi, int n_head_kv, int kv_head) {
+  using S = StagedTile<D, T>;
+  const int n = (r_hi - r_lo) * S::kRowChunks;
+  for (int i = static_cast<int>(threadIdx.x); i < n; i += kThreads) {
+    const int r = r_lo + i / S::kRowChunks, c = i % S::kRowChunks;
+    const T* row = cache + (static_cast<std::size_t>(j0 + r) * n_head_kv + kv_head) * D;
+    cp_async16(buf + r * S::kStride + 16 * c, reinterpret_cast<const char*>(row) + 16 * c);
+  }
+}
+
+// The 16-byte chunk of cache elements at p (shared memory) as floats: 8 of BF16, 4 of F32.
+template <typename T>
+__device__ __forceinline__ void chunk_floats(const char* p, float (&out)[16 / sizeof(T)]) {
+  if constexpr (sizeof(T) == 2) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    const unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      out[2 * i] = __uint_as_float(w[i] << 16);
+      out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+  } else {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+  }
+}
+
+template <int D, int RB, typename T>
+__global__ void __launch_bounds__(kThreads)
+    flash_decode_split_staged(const float* __restrict__ q, std::size_t q_stride,
+                              const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                              const int* __restrict__ pos0, int n_tokens, int n_head_kv, int group,
+                              float scale, float softcap, int window, float* __restrict__ part) {
+  using S = StagedTile<D, T>;
+  constexpr int kTile = S::kTile, kTpp = S::kTpp, kE = S::kElems;
+  constexpr int kChunks = D / 8;               // 8-column chunks of a V row
+  constexpr int kGroups = kThreads / kChunks;  // position groups of the value step
+  constexpr int kPerLane = (kTile + 31) / 32;  // scores per lane in the softmax
+  extern __shared__ __align__(16) char staged_smem[];
+  char* const s_k = staged_smem;                                        // [kTile] K rows
+  char* const s_v = s_k + S::kBufferBytes;                              // [kTile] V rows
+  float* const sq = reinterpret_cast<float*>(s_v + S::kBufferBytes);   // [RB][D] queries
+  float* const sp = sq + RB * D;         // [RB][kTile] scores, then weights
+  float* const s_max = sp + RB * kTile;  // [RB] running max
+  float* const s_sum = s_max + RB;       // [RB] running sum
+  float* const s_corr = s_sum + RB;      // [RB] rescale of this tile
+  float* const s_reduce = reinterpret_cast<float*>(staged_smem);  // [kGroups][RB][D] at the end
+
+  const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32;
+  const int kv_head = static_cast<int>(blockIdx.x);
+  const int split = static_cast<int>(blockIdx.y), n_splits = static_cast<int>(gridDim.y);
+  const int f0 = static_cast<int>(blockIdx.z) * RB;
+  const int n_rows = n_tokens * group;
+  const int base = *pos0;  // written before the step, by the host
+
+  const int last = min(f0 + RB, n_rows) - 1;
+  const int lo = first_visible(base + f0 / group, window), hi = base + last / group + 1;
+  const int share = (hi - lo + n_splits - 1) / n_splits;
+  const int begin = lo + split * share, end = min(hi, begin + share);
+  const int n_tiles = begin < end ? (end - begin + kTile - 1) / kTile : 0;
+
+  // The first tile's rows of earlier steps into shared memory, the later tiles' into L2, all
+  // before the wait (pdl.cuh: no kernel of this step writes them).
+  const int n_first = n_tiles > 0 ? min(kTile, end - begin) : 0;
+  const int old_first = max(0, min(n_first, base - begin));
+  stage_rows<D>(s_k, k_cache, begin, 0, old_first, n_head_kv, kv_head);
+  stage_rows<D>(s_v, v_cache, begin, 0, old_first, n_head_kv, kv_head);
+  cp_async_commit();
+  prefetch_kv_rows_l2(k_cache, v_cache, begin + kTile, min(end, base), n_head_kv, kv_head, D, D);
+  pdl_wait();
+  pdl_trigger();  // late, as the direct kernel
+  stage_rows<D>(s_k, k_cache, begin, old_first, n_first, n_head_kv, kv_head);
+  stage_rows<D>(s_v, v_cache, begin, old_first, n_first, n_head_kv, kv_head);
+  cp_async_commit();
+
+  for (int i = tid; i < RB * D; i += kThreads) {
+    const int f = f0 + i / D;
+    sq[i] = f < n_rows ? q[static_cast<std::size_t>(f / group) * q_stride +
+                           static_cast<std::size_t>(kv_head * group + f % group) * D + i % D]
+                       : 0.0f;
+  }
+  if (tid < RB) s_max[tid] = -INFINITY, s_sum[tid] = 0.0f;
+  int row_pos[RB], row_first[RB];
 #pragma unroll
   for (int r = 0; r < RB; ++r) {
-    float* dst = s_reduce + (pgroup * RB + r) * D + chunk * 8;
-    reinterpret_cast<float4*>(dst)[0] = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
-    reinterpret_cast<float4*>(dst)[1] = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
+    const int f = f0 + r;
+    row_pos[r] = f < n_rows ? base + f / group : -1;  // -1: padding row, sees nothing
+    row_first[r] = f < n_rows ? first_visible(row_pos[r], window) : 0;
   }
-  __syncthreads();
-
-  // Index of (token, head, split) of row f in the scratch's output rows and (max, sum) pairs.
-  auto part_index = [&](int f) {
-    const int t = f / group, h = kv_head * group + f % group;
-    return (static_cast<std::size_t>(t) * n_head + h) * n_splits + split;
-  };
-  for (int i = tid; i < RB * D; i += kThreads) {
-    const int r = i / D, d = i % D;
-    if (f0 + r >= n_rows) continue;
-    float total = 0.0f;
+  const int chunk = tid % kChunks, pgroup = tid / kChunks;
+  float acc[RB][8];
 #pragma unroll
-    for (int g = 0; g < kGroups; ++g) total += s_reduce[(g * RB + r) * D + d];
-    part[part_index(f0 + r) * D + d] = total;
+  for (int r = 0; r < RB; ++r) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[r][e] = 0.0f;
   }
-  if (tid < RB && f0 + tid < n_rows) {
-    const std::size_t n_parts = static_cast<std::size_t>(n_rows) * n_head_kv * n_splits;
-    float* dst = part + n_parts * D + 2 * part_index(f0 + tid);
-    dst[0] = my_max, dst[1] = my_sum;
+
+  for (int t = 0; t < n_tiles; ++t) {
+    const int j0 = begin + t * kTile, n_here = min(kTile, end - j0);
+    const bool more = t + 1 < n_tiles;
+    // Groups in flight: the first tile's two, or this tile's K then V.
+    if (t == 0) {
+      cp_async_wait<0>();
+    } else {
+      cp_async_wait<1>();
+    }
+    __syncthreads();
+
+    // Scores of position j0 + tid / kTpp.
+    {
+      const int p = tid / kTpp, sub = tid % kTpp, j = j0 + p;
+      float s[RB];
+#pragma unroll
+      for (int r = 0; r < RB; ++r) s[r] = 0.0f;
+      if (p < n_here) {
+        const char* krow = s_k + p * S::kStride;
+#pragma unroll
+        for (int i = 0; i < S::kThreadChunks; ++i) {
+          const int c = sub + kTpp * i;
+          float kv[kE];
+          chunk_floats<T>(krow + 16 * c, kv);
+#pragma unroll
+          for (int r = 0; r < RB; ++r) {
+#pragma unroll
+            for (int e = 0; e < kE; e += 4) {
+              const float4 qa = *reinterpret_cast<const float4*>(sq + r * D + c * kE + e);
+              s[r] = fmaf(qa.x, kv[e], s[r]);
+              s[r] = fmaf(qa.y, kv[e + 1], s[r]);
+              s[r] = fmaf(qa.z, kv[e + 2], s[r]);
+              s[r] = fmaf(qa.w, kv[e + 3], s[r]);
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < RB; ++r) {
+#pragma unroll
+        for (int off = kTpp / 2; off > 0; off >>= 1) s[r] += __shfl_xor_sync(0xffffffffu, s[r], off);
+      }
+      if (sub == 0) {
+#pragma unroll
+        for (int r = 0; r < RB; ++r) {
+          const bool seen = p < n_here && j <= row_pos[r] && j >= row_first[r];
+          sp[r * kTile + p] = seen ? flash::apply_softcap(s[r] * scale, softcap) : -INFINITY;
+        }
+      }
+    }
+    __syncthreads();
+    if (more) stage_rows<D>(s_k, k_cache, j0 + kTile, 0, min(kTile, end - j0 - kTile), n_head_kv, kv_head);
+    cp_async_commit();
+
+    // Online softmax, one warp per row.
+    for (int r = warp; r < RB; r += kThreads / 32) {
+      float v[kPerLane];
+      float m = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) {
+        const int idx = lane + 32 * i;
+        v[i] = idx < kTile ? sp[r * kTile + idx] : -INFINITY;
+        m = fmaxf(m, v[i]);
+      }
+      const float m_old = s_max[r];
+      const float m_new = fmaxf(m_old, warp_max(m));
+      const float ref = m_new == -INFINITY ? 0.0f : m_new;  // nothing seen yet: weights 0
+      const float corr = expf(m_old - ref);
+      float sum = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) {
+        const int idx = lane + 32 * i;
+        const float w = expf(v[i] - ref);
+        if (idx < kTile) sp[r * kTile + idx] = w;
+        sum += w;
+      }
+      sum = warp_sum(sum);
+      __syncwarp();  // every lane has read s_max[r] (m_old) before lane 0 replaces it
+      if (lane == 0) s_max[r] = m_new, s_sum[r] = s_sum[r] * corr + sum, s_corr[r] = corr;
+    }
+    cp_async_wait<1>();  // this tile's V (the next tile's K may still be in flight)
+    __syncthreads();
+
+    // Weighted values.
+#pragma unroll
+    for (int r = 0; r < RB; ++r) {
+      const float corr = s_corr[r];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[r][e] *= corr;
+    }
+#pragma unroll 4
+    for (int jj = pgroup; jj < n_here; jj += kGroups) {
+      float vv[8];
+      const char* vrow = s_v + jj * S::kStride + chunk * 8 * static_cast<int>(sizeof(T));
+      if constexpr (kE == 8) {
+        chunk_floats<T>(vrow, vv);
+      } else {
+        float a[4], b[4];
+        chunk_floats<T>(vrow, a);
+        chunk_floats<T>(vrow + 16, b);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) vv[e] = a[e], vv[4 + e] = b[e];
+      }
+#pragma unroll
+      for (int r = 0; r < RB; ++r) {
+        const float w = sp[r * kTile + jj];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[r][e] = fmaf(w, vv[e], acc[r][e]);
+      }
+    }
+    __syncthreads();
+    if (more) stage_rows<D>(s_v, v_cache, j0 + kTile, 0, min(kTile, end - j0 - kTile), n_head_kv, kv_head);
+    cp_async_commit();
   }
+  cp_async_wait<0>();  // nothing is left in flight over s_reduce (no tiles: the empty groups)
+
+  float my_max = -INFINITY, my_sum = 0.0f;
+  if (tid < RB) my_max = s_max[tid], my_sum = s_sum[tid];
+  __syncthreads();
+  write_split_result<D, RB, kGroups>(acc, s_reduce, my_max, my_sum, f0, n_rows, n_head_kv,
+                                     group, kv_head, split, n_splits, part);
 }
 
 // One CTA per (head, token): out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M), M = max_s m_s.
@@ -277,19 +552,42 @@ __global__ void __launch_bounds__(kMergeThreads)
   }
 }
 
+// QFORGE_FLASH_DECODE_STAGED=0: the direct split kernel, for side-by-side measurements.
+bool staged_split() {
+  static const bool on = switch_on("QFORGE_FLASH_DECODE_STAGED");
+  return on;
+}
+
 template <int D, int RB, typename T>
 void launch(const float* q, const void* k, const void* v, const int* pos0, int n_tokens,
             const BatchAttention& p, int n_splits, float* part, float* out, StreamHandle stream) {
-  constexpr std::size_t kSmem = split_smem_floats(D, RB) * sizeof(float);
-  static_assert(kSmem <= 48 * 1024, "the split kernel's shared memory must fit the default limit");
   const int group = p.n_head / p.kv.n_head_kv;
   const int row_blocks = (n_tokens * group + RB - 1) / RB;
   const dim3 grid(static_cast<unsigned>(p.kv.n_head_kv), static_cast<unsigned>(n_splits),
                   static_cast<unsigned>(row_blocks));
-  launch_pdl("flash_decode_split", flash_decode_split<D, RB, T>, grid, kThreads, kSmem, stream, q,
-             p.q_stride, static_cast<const T*>(k), static_cast<const T*>(v), pos0, n_tokens,
-             p.kv.n_head_kv, group, p.scale, p.softcap, p.window, part);
-  QFORGE_CUDA_CHECK_LAUNCH("flash_decode_split");
+  if (staged_split()) {
+    static constexpr std::size_t kSmem = staged_smem_bytes<D, RB, T>();
+    static const bool configured = [] {  // over the default 48 KiB for d 512 with 8 rows
+      if (kSmem > 48 * 1024) {
+        QFORGE_CUDA_CHECK(cudaFuncSetAttribute(flash_decode_split_staged<D, RB, T>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(kSmem)));
+      }
+      return true;
+    }();
+    (void)configured;
+    launch_pdl("flash_decode_split_staged", flash_decode_split_staged<D, RB, T>, grid, kThreads,
+               kSmem, stream, q, p.q_stride, static_cast<const T*>(k), static_cast<const T*>(v),
+               pos0, n_tokens, p.kv.n_head_kv, group, p.scale, p.softcap, p.window, part);
+    QFORGE_CUDA_CHECK_LAUNCH("flash_decode_split_staged");
+  } else {
+    constexpr std::size_t kSmem = split_smem_floats(D, RB) * sizeof(float);
+    static_assert(kSmem <= 48 * 1024, "the split kernel's shared memory must fit the default limit");
+    launch_pdl("flash_decode_split", flash_decode_split<D, RB, T>, grid, kThreads, kSmem, stream,
+               q, p.q_stride, static_cast<const T*>(k), static_cast<const T*>(v), pos0, n_tokens,
+               p.kv.n_head_kv, group, p.scale, p.softcap, p.window, part);
+    QFORGE_CUDA_CHECK_LAUNCH("flash_decode_split");
+  }
   constexpr int kMergeGroups = kMergeThreads / (D / 4);
   launch_pdl("flash_decode_merge", flash_decode_merge<D>,
              dim3(static_cast<unsigned>(p.n_head), static_cast<unsigned>(n_tokens)),
