@@ -4,7 +4,11 @@
 // (token, head in group) pairs token-major, so one CTA serves every query head of the group and
 // reads each K/V row of its split once. The positions the block's rows see are cut into
 // gridDim.y equal splits on the device (from *pos0), so the grid never depends on the position.
-// Per step of 128 positions:
+// Two forms of the split kernel compute the same sums:
+//   flash_decode_split_staged (the default): K and V rows staged in shared memory by cp.async,
+//     those of earlier steps requested before the PDL wait (see its comment);
+//   flash_decode_split (QFORGE_FLASH_DECODE_STAGED=0, kept for side-by-side runs): rows read
+//     straight from global memory, per step of 128 positions:
 //   scores: thread i takes position j0 + i, reads its whole K row with 16-byte loads and forms
 //           the dot products with all RB queries (held in shared memory, read as broadcasts), so
 //           there is no reduction across lanes per position;
@@ -335,7 +339,7 @@ __global__ void __launch_bounds__(kThreads)
   cp_async_commit();
   prefetch_kv_rows_l2(k_cache, v_cache, begin + kTile, min(end, base), n_head_kv, kv_head, D, D);
   pdl_wait();
-  pdl_trigger();  // late, as the direct kernel
+  pdl_trigger();  // late, as the direct kernel (early measured no better, fourteenth pass)
   stage_rows<D>(s_k, k_cache, begin, old_first, n_first, n_head_kv, kv_head);
   stage_rows<D>(s_v, v_cache, begin, old_first, n_first, n_head_kv, kv_head);
   cp_async_commit();
@@ -513,6 +517,17 @@ __global__ void __launch_bounds__(kMergeThreads)
   const float4* rows = reinterpret_cast<const float4*>(part + first * D);
   const float2* ml = reinterpret_cast<const float2*>(part + n_parts * D) + first;
   const int tid = static_cast<int>(threadIdx.x);
+  // Thread (g, v) sums float4 v of the rows of splits g, g + G, ...; its first kEarly rows are
+  // loaded before the weights are known, so their L2 latency overlaps the (max, sum) pass.
+  constexpr int kEarly = 8;
+  const int v = tid % kVecs, g = tid / kVecs;
+  float4 early[kEarly];
+#pragma unroll
+  for (int i = 0; i < kEarly; ++i) {
+    const int s = g + i * kGroups;
+    early[i] = s < n_splits ? rows[static_cast<std::size_t>(s) * kVecs + v]
+                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
   if (tid < 32) {
     float big = -INFINITY;
     for (int s = tid; s < n_splits; s += 32) big = fmaxf(big, ml[s].x);
@@ -529,10 +544,18 @@ __global__ void __launch_bounds__(kMergeThreads)
   }
   __syncthreads();
   // Empty splits wrote zero rows, so their weight 0 needs no test here.
-  const int v = tid % kVecs, g = tid / kVecs;
   float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+  for (int i = 0; i < kEarly; ++i) {
+    const int s = g + i * kGroups;
+    const float w = s < n_splits ? weight[s] : 0.0f;
+    acc.x = fmaf(early[i].x, w, acc.x);
+    acc.y = fmaf(early[i].y, w, acc.y);
+    acc.z = fmaf(early[i].z, w, acc.z);
+    acc.w = fmaf(early[i].w, w, acc.w);
+  }
 #pragma unroll 8
-  for (int s = g; s < n_splits; s += kGroups) {
+  for (int s = g + kEarly * kGroups; s < n_splits; s += kGroups) {
     const float4 o = rows[static_cast<std::size_t>(s) * kVecs + v];
     const float w = weight[s];
     acc.x = fmaf(o.x, w, acc.x);
