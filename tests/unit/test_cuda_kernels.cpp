@@ -21,6 +21,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -249,10 +250,12 @@ WidenedExperts widened_q4_0x8_experts(const Quantized& q, int n_experts, std::si
 // have made) when the test ends, also when an assertion returns early.
 struct Q4_0x8Choices {
   bool bulk = cuda::gemv_q4_0x8_bulk_chosen();
+  int cluster = cuda::gemv_q4_0x8_cluster_chosen();
   ~Q4_0x8Choices() {
     cuda::set_gemv_q4_0x8_rows(0);
     cuda::set_gemv_q4_0x8_parts(0);
     cuda::set_gemv_q4_0x8_bulk(bulk);
+    cuda::set_gemv_q4_0x8_cluster(cluster);
   }
 };
 
@@ -318,6 +321,93 @@ TEST(CudaGemv, Q4_0x8BulkCopiesEqualCpAsync) {
   cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
   both([&](float* y) { cuda::moe_gemv_q4_0x8(w, dids.data(), 3, dx.data(), y, rows, nullptr); },
        rows * ids.size());
+}
+
+// The planes of x built by one CTA per SM, or shared out among the CTAs of clusters of 2 or 4
+// (each quantizing its share into every CTA's shared memory): the same planes, so bit-identical
+// results, for grids below and at one CTA per SM, 1-3 tokens, the gated form, and the expert forms
+// (shared x built before or after the wait, one x per slot).
+TEST(CudaGemv, Q4_0x8ClusterPlanesEqualOneCta) {
+  SKIP_WITHOUT_GPU();
+  const Q4_0x8Choices reset;
+  auto compare = [](auto&& run, std::size_t n_out) {
+    std::vector<float> want;
+    for (const int size : {1, 2, 4}) {
+      SCOPED_TRACE(testing::Message() << "cluster " << size);
+      cuda::set_gemv_q4_0x8_cluster(size);
+      cuda::DeviceBuffer<float> dy(n_out);
+      dy.fill_bytes(0xff);
+      run(dy.data());
+      const std::vector<float> got = dy.to_host();
+      if (size == 1) {
+        want = got;
+      } else {
+        ASSERT_EQ(std::memcmp(want.data(), got.data(), n_out * sizeof(float)), 0);
+      }
+    }
+  };
+  std::uint32_t seed = 9000;
+  const std::pair<std::size_t, std::size_t> shapes[] = {{100, 2816}, {4096, 4096}, {300, 14336}};
+  for (const auto& [rows, cols] : shapes) {
+    const Quantized q = make_weights(GgmlType::Q4_0, rows, cols, ++seed);
+    cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+    cuda::repack_q4_0x8(dw.data(), rows, cols);
+    const std::vector<float> x = random_floats(cols * 3, ++seed);
+    cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+    for (const int n_tokens : {1, 2, 3}) {
+      SCOPED_TRACE(testing::Message() << rows << " x " << cols << ", tokens " << n_tokens);
+      compare([&](float* y) { cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), y, rows, n_tokens); },
+              rows * n_tokens);
+      compare(
+          [&](float* y) {
+            cuda::gemv_q4_0x8_glu(FfnActivation::kGeluTanhGlu, dw.data(), rows, cols, dx.data(), y,
+                                  rows / 2, n_tokens);
+          },
+          rows / 2 * n_tokens);
+    }
+  }
+  // Expert gate/up form: 6 experts of 2 x 64 rows x 2816 columns, 8 slots sharing x.
+  const int n_experts = 6;
+  const std::size_t ff = 64, cols = 2816;
+  const Quantized q = make_weights(GgmlType::Q4_0, 2 * ff * n_experts, cols, ++seed);
+  cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+  cuda::repack_q4_0x8(dw.data(), 2 * ff * n_experts, cols);
+  cuda::ExpertStack w;
+  w.type = GgmlType::Q4_0;
+  w.layout = cuda::WeightLayout::kQ4_0x8;
+  w.data = dw.data();
+  w.rows = 2 * ff;
+  w.cols = cols;
+  w.expert_bytes = 2 * ff * row_bytes(GgmlType::Q4_0, cols);
+  w.n_experts = n_experts;
+  const std::vector<int> ids = {5, 0, 2, -1, 3, 1, 4, 0};
+  cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
+  const std::vector<float> x = random_floats(cols, ++seed);
+  cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+  for (const bool settled : {false, true}) {
+    SCOPED_TRACE(testing::Message() << "expert gate/up, x settled " << settled);
+    compare(
+        [&](float* y) {
+          cuda::moe_gemv_q4_0x8_glu(FfnActivation::kSiluGlu, w, dids.data(), 8, dx.data(), y, ff,
+                                    nullptr, settled);
+        },
+        ff * ids.size());
+  }
+  // Expert down form: 4 experts of 96 rows x 704 columns (widened), 3 slots with their own x.
+  const std::size_t down_rows = 96, down_cols = 704;
+  const Quantized qd = make_weights(GgmlType::Q4_0, 4 * down_rows, down_cols, ++seed);
+  const WidenedExperts experts = widened_q4_0x8_experts(qd, 4, down_rows, down_cols);
+  const std::vector<int> down_ids = {2, 0, 3};
+  cuda::DeviceBuffer<int> ddown_ids{std::span<const int>(down_ids)};
+  const std::vector<float> xd = random_floats(down_cols * down_ids.size(), ++seed);
+  cuda::DeviceBuffer<float> dxd{std::span<const float>(xd)};
+  SCOPED_TRACE("expert down");
+  compare(
+      [&](float* y) {
+        cuda::moe_gemv_q4_0x8(experts.stack, ddown_ids.data(), 3, dxd.data(), y, down_rows,
+                              nullptr);
+      },
+      down_rows * down_ids.size());
 }
 
 // One Q4_0x8 GEMV (weights regrouped at w) of n_tokens random activation rows against the float64

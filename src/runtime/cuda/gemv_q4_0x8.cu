@@ -34,6 +34,7 @@
 #include "runtime/cuda/block_decode.cuh"
 #include "runtime/cuda/buffer.h"
 #include "runtime/cuda/bulk_copy.cuh"
+#include "runtime/cuda/cluster.cuh"
 #include "runtime/cuda/cp_async.cuh"
 #include "runtime/cuda/device_attrs.h"
 #include "runtime/cuda/env_switch.h"
@@ -121,6 +122,76 @@ __device__ void build_planes(const float* __restrict__ x, int n_x, int n_cols, i
     for (int j = 0; j < kBatch; ++j) {
       store_chunk_planes(v[j], base + j * kThreads + static_cast<int>(threadIdx.x), total,
                          per_token, n_blocks, smem);
+    }
+  }
+}
+
+// ---- Planes shared by a cluster of CTAs (the kCluster form of the kernel) ----------------------
+// CTA `rank` of a cluster of n_ranks quantizes its share of the blocks of x (whole blocks, as
+// build_planes: four threads each, two rounds of loads at once since a share is short) and
+// stores each block into the planes of every CTA of the cluster (distributed shared memory), so
+// each SM builds 1 / n_ranks of the planes. Separate from build_planes so that the one-CTA form
+// compiles as before (its register count is sensitive: see min_ctas_per_sm).
+__device__ __forceinline__ void store_chunk_planes_cluster(const float (&v)[8], int i, int end,
+                                                           int per_token, int n_blocks,
+                                                           std::uint8_t* smem, int n_ranks) {
+  float m = 0.0f, sum = 0.0f;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) m = fmaxf(m, fabsf(v[k])), sum += v[k];
+#pragma unroll
+  for (int o = 1; o < 4; o <<= 1) {
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  }
+  if (i >= end) return;
+  const int t = i / per_token, b = (i - t * per_token) >> 2, q = i & 3;
+  int p[3][8];
+  planes::quantize8(v, m, p);
+  uint2 words[3];
+#pragma unroll
+  for (int plane = 0; plane < 3; ++plane) {
+    words[plane] = make_uint2(pack_bytes(p[plane]), pack_bytes(p[plane] + 4));
+  }
+  const float2 header = make_float2(m / 127.0f / (kStep * kStep * 16.0f), 8.0f * sum);
+  const std::uint32_t local = smem_addr(smem + static_cast<std::size_t>(t) * token_bytes(n_blocks));
+  for (int r = 0; r < n_ranks; ++r) {
+    const std::uint32_t dst = cluster::peer_addr(local, r);
+#pragma unroll
+    for (int plane = 0; plane < 3; ++plane) {
+      const auto chunk = static_cast<std::uint32_t>((2 * plane + (q >> 1)) * n_blocks + b);
+      cluster::store(dst + 16 * chunk + 8 * (q & 1), words[plane]);
+    }
+    if (q == 0) {
+      cluster::store(dst + 96 * static_cast<std::uint32_t>(n_blocks) + 8 * b,
+                     make_uint2(__float_as_uint(header.x), __float_as_uint(header.y)));
+    }
+  }
+}
+
+__device__ __forceinline__ void build_planes_cluster(const float* __restrict__ x, int n_x,
+                                                     int n_cols, int n_blocks, std::uint8_t* smem,
+                                                     int rank, int n_ranks) {
+  constexpr int kBatch = 2;
+  const int per_token = 4 * n_blocks, all_blocks = n_x * n_blocks;
+  const int share = (all_blocks + n_ranks - 1) / n_ranks;
+  const int begin = 4 * min(all_blocks, rank * share);
+  const int end = 4 * min(all_blocks, (rank + 1) * share);
+  for (int base = begin; base < end; base += kBatch * kThreads) {  // uniform: shuffles below
+    float v[kBatch][8];
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int i = base + j * kThreads + static_cast<int>(threadIdx.x);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[j][k] = 0.0f;
+      if (i < end) {
+        const int t = i / per_token, b = (i - t * per_token) >> 2, q = i & 3;
+        load8(x + static_cast<std::size_t>(t) * n_cols + 32 * b + 8 * q, v[j]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      store_chunk_planes_cluster(v[j], base + j * kThreads + static_cast<int>(threadIdx.x), end,
+                                 per_token, n_blocks, smem, n_ranks);
     }
   }
 }
@@ -334,8 +405,18 @@ __device__ __forceinline__ void named_barrier(int id, int n_threads) {
 // (the task stride is a multiple of P), and part w % P covers steps [part * n / P, (part+1) n / P).
 // kNormed: one token whose x is a ResidualNormInput's GEMV input (a separate instantiation, so
 // that the other launches keep their register counts: see above kNormChunks).
-template <int R, int kTokens, int kOut, int P, bool kBulk, bool kNormed>
-__global__ void __launch_bounds__(kThreads)
+// Register budget: the one-token kernels of 1-2 rows per task fit 64 registers per thread (half
+// the register file for a CTA). The cluster form (kCluster) keeps them there only when told: its
+// share of build_planes took them to 80 otherwise, and compiled into every launch that cost 7% of
+// tg128 on Llama-3-8B (H200, fourteenth pass), likely because fewer of the small kernels between
+// the GEMVs then fit beside a CTA. Hence also a separate instantiation.
+template <int R, int kTokens, bool kCluster>
+constexpr int min_ctas_per_sm() {
+  return kCluster && R <= 2 && kTokens == 1 ? 2 : 0;  // 0: no bound, as before
+}
+
+template <int R, int kTokens, int kOut, int P, bool kBulk, bool kNormed, bool kCluster = false>
+__global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster>())
     gemv_q4_0x8_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols,
                        const float* __restrict__ x, float* __restrict__ y, std::size_t ldy,
                        Experts ex, ResidualNormInput norm_in, int prefetch_tasks,
@@ -454,7 +535,19 @@ __global__ void __launch_bounds__(kThreads)
     if (++issue_slot == S) issue_slot = 0;
   };
 
-  if (ex.x_settled) build_planes(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes);
+  // The kCluster form shares the planes' work among the CTAs of a cluster, which first must all
+  // have started before one writes into another's shared memory.
+  static_assert(!kCluster || (kBulk && !kNormed));
+  if constexpr (kCluster) {
+    cluster::arrive_relaxed();
+    if (ex.x_settled) {
+      cluster::wait();
+      build_planes_cluster(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes, cluster::rank(),
+                           cluster::size());
+    }
+  } else {
+    if (ex.x_settled) build_planes(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes);
+  }
   // The weights do not depend on the previous kernel: start streaming them before waiting for it
   // (except in the expert form where the previous kernel writes the expert ids).
   if (ex.ids != nullptr && !ex.ids_settled) pdl_wait();
@@ -480,9 +573,20 @@ __global__ void __launch_bounds__(kThreads)
   if constexpr (kNormed) {
     build_planes_normed(norm_in, norm_w, n_cols, n_blocks, planes);
   } else if (!ex.x_settled) {
-    build_planes(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes);
+    if constexpr (kCluster) {
+      cluster::wait();
+      build_planes_cluster(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes, cluster::rank(),
+                           cluster::size());
+    } else {
+      build_planes(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes);
+    }
   }
-  __syncthreads();
+  if constexpr (kCluster) {  // every CTA's share of the planes is in every CTA's shared memory
+    cluster::arrive();
+    cluster::wait();
+  } else {
+    __syncthreads();
+  }
   trace.mark(2);
 
   const std::size_t tb = token_bytes(n_blocks);
@@ -652,6 +756,55 @@ int sm_count() {
   return current_sm_count();
 }
 
+// CTAs per cluster that share the planes of x (build_planes_cluster): chosen per launch (0, the
+// default), or forced to 1 (none), 2 or 4 by set_gemv_q4_0x8_cluster or QFORGE_GEMV_CLUSTER.
+std::atomic<int>& cluster_choice() {
+  static std::atomic<int> size{[] {
+    const long v = env_number("QFORGE_GEMV_CLUSTER", 0);
+    return v == 1 || v == 2 || v == 4 ? static_cast<int>(v) : 0;
+  }()};
+  return size;
+}
+
+// Pairs of CTAs share the planes where x is one row of at least kClusterMinCols columns shared by
+// every task. H200 tg128, one CTA / pairs / clusters of 4 for every launch (fourteenth pass,
+// docs/benchmarks.md): Llama-3-8B 469 / 478 / 442, Gemma 4 31B 140.5 / 144.7 / 145.2, 26B-A4B
+// 465 / 455 / 443. The MoE model loses with pairs everywhere (its expert launches, on two
+// streams, have short inputs), so expert launches and short rows keep one CTA per SM.
+constexpr int kClusterMinCols = 4096;
+
+int plane_cluster_size(int n_cols, int n_x, bool experts) {
+  if (current_cc_major() < 9) return 1;
+  if (const int forced = cluster_choice().load(); forced != 0) return forced;
+  return !experts && n_x == 1 && n_cols >= kClusterMinCols ? 2 : 1;
+}
+
+// How many clusters of `size` CTAs of one per SM the device holds at once (its SMs in groups,
+// GPCs, of uneven sizes: some SMs may be left out). Asked once per size and process: every
+// launch of this kernel holds one CTA per SM (one_cta_per_sm_smem), so the answer is the same.
+template <typename Kernel>
+int max_resident_clusters(Kernel* kernel, std::size_t smem, int size) {
+  static std::atomic<int> known[5]{};
+  int n = known[size].load();
+  if (n == 0) {
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(static_cast<unsigned>(sm_count() / size * size));
+    config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = smem;
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = static_cast<unsigned>(size);
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    QFORGE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &config));
+    if (n <= 0) cuda_fail("CUDA gemv (Q4_0x8): no cluster of ", size, " CTAs fits the device");
+    known[size].store(n);
+  }
+  return n;
+}
+
 // Warps of one launch's CTAs when every SM holds one (a launch's first round of tasks).
 long long resident_warps() {
   return static_cast<long long>(kWarps) * sm_count();
@@ -668,6 +821,13 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std
     smem += barrier_bytes<R, kTokens, true>();
   }
   if constexpr (kNormed) smem += norm_row_bytes(n_cols);
+  const int cluster_size =
+      kNormed || !bulk_copies()
+          ? 1
+          : plane_cluster_size(n_cols, static_cast<int>(x_rows<kTokens>(ex)), ex.ids != nullptr);
+  if constexpr (!kNormed) {
+    if (cluster_size > 1) kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, true, false, true>;
+  }
   if (smem > max_smem()) {
     cuda_fail("CUDA gemv (Q4_0x8): ", n_cols, " columns x ", kTokens, " tokens need ", smem,
               " bytes of shared memory, the device has ", max_smem());
@@ -677,14 +837,19 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std
     QFORGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem)));
   }
-  // One CTA per SM: the planes are built once per SM.
+  // One CTA per SM: the planes are built once per SM, or once per cluster of SMs.
   const long long n_tasks = static_cast<long long>(task_count<R, kOut>(n_rows)) * ex.n_slots * P;
-  const auto grid = static_cast<int>(
+  auto grid = static_cast<int>(
       std::min<long long>((n_tasks + kWarps - 1) / kWarps, static_cast<long long>(sm_count())));
+  if (cluster_size > 1) {  // whole clusters, no more than fit at once
+    grid = std::min((grid + cluster_size - 1) / cluster_size * cluster_size,
+                    max_resident_clusters(kernel, smem, cluster_size) * cluster_size);
+  }
   const int prefetch_tasks = prefetch_task_count();
-  launch_pdl("gemv_q4_0x8_kernel", kernel, static_cast<unsigned>(grid), kThreads, smem, stream,
-             static_cast<const std::uint8_t*>(w), n_rows, n_cols, x, y, ldy, ex, norm_in,
-             prefetch_tasks, stream_evict_first());
+  launch_pdl_clustered("gemv_q4_0x8_kernel", kernel, static_cast<unsigned>(grid), kThreads, smem,
+                       stream, static_cast<unsigned>(cluster_size),
+                       static_cast<const std::uint8_t*>(w), n_rows, n_cols, x, y, ldy, ex, norm_in,
+                       prefetch_tasks, stream_evict_first());
   QFORGE_CUDA_CHECK_LAUNCH("gemv_q4_0x8_kernel");
 }
 
@@ -894,6 +1059,17 @@ void set_gemv_q4_0x8_bulk(bool on) {
 
 bool gemv_q4_0x8_bulk_chosen() {
   return bulk_choice().load();
+}
+
+void set_gemv_q4_0x8_cluster(int size) {
+  if (size != 0 && size != 1 && size != 2 && size != 4) {
+    cuda_fail("set_gemv_q4_0x8_cluster: size must be 0, 1, 2 or 4, got ", size);
+  }
+  cluster_choice().store(size);
+}
+
+int gemv_q4_0x8_cluster_chosen() {
+  return cluster_choice().load();
 }
 
 void set_gemv_q4_0x8_parts(int parts) {

@@ -33,6 +33,7 @@
 #include "runtime/cuda/check.cuh"
 
 #include <cstddef>
+#include <utility>
 
 #include "runtime/cuda/stream.h"
 
@@ -58,21 +59,42 @@ __device__ __forceinline__ void pdl_trigger_early() {
 // True when the current device supports it (compute capability 9.0+) and QFORGE_PDL is not "0".
 bool pdl_enabled();
 
+// launch_pdl with CTAs grouped in clusters of cluster_size along x (sm_90 and newer; grid.x a
+// multiple of it); 1: no cluster dimension, as launch_pdl.
 template <typename... KernelArgs, typename... Args>
-void launch_pdl(const char* name, void (*kernel)(KernelArgs...), dim3 grid, dim3 block,
-                std::size_t shared_bytes, StreamHandle stream, Args&&... args) {
+void launch_pdl_clustered(const char* name, void (*kernel)(KernelArgs...), dim3 grid, dim3 block,
+                          std::size_t shared_bytes, StreamHandle stream, unsigned cluster_size,
+                          Args&&... args) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = shared_bytes;
   config.stream = stream;
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attribute;
-  config.numAttrs = pdl_enabled() ? 1 : 0;
+  cudaLaunchAttribute attributes[2]{};
+  unsigned n = 0;
+  if (pdl_enabled()) {
+    attributes[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  if (cluster_size > 1) {
+    attributes[n].id = cudaLaunchAttributeClusterDimension;
+    attributes[n].val.clusterDim.x = cluster_size;
+    attributes[n].val.clusterDim.y = 1;
+    attributes[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  config.attrs = attributes;
+  config.numAttrs = n;
   check_status(cudaLaunchKernelEx(&config, kernel, static_cast<KernelArgs>(args)...), name,
                __FILE__, __LINE__);
+}
+
+template <typename... KernelArgs, typename... Args>
+void launch_pdl(const char* name, void (*kernel)(KernelArgs...), dim3 grid, dim3 block,
+                std::size_t shared_bytes, StreamHandle stream, Args&&... args) {
+  launch_pdl_clustered(name, kernel, grid, block, shared_bytes, stream, 1u,
+                       std::forward<Args>(args)...);
 }
 
 }  // namespace qforge::cuda

@@ -134,6 +134,12 @@ void set_gemv_q4_0x8_rows(int rows);
 void set_gemv_q4_0x8_bulk(bool on);
 // The choice set_gemv_q4_0x8_bulk last made (initially: unless QFORGE_GEMV_BULK=0).
 bool gemv_q4_0x8_bulk_chosen();
+// For measurements and tests: CTAs per cluster that share the work of the planes of x (1, 2 or
+// 4 for every launch of the unnormed form; 0 = chosen per launch; compute capability 9.0 and
+// newer, ignored before). Results are identical.
+void set_gemv_q4_0x8_cluster(int size);
+// The choice set_gemv_q4_0x8_cluster last made (initially: QFORGE_GEMV_CLUSTER, or 0).
+int gemv_q4_0x8_cluster_chosen();
 // For measurements and tests: column parts per row group (1, 2 or 4, at most the number of
 // 1024-column steps; 0 = chosen from the shape).
 void set_gemv_q4_0x8_parts(int parts);
