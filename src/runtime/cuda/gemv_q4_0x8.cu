@@ -11,7 +11,9 @@
 // Work split: a warp takes R rows at a time and walks their blocks with lane = block (32 blocks,
 // 576 contiguous bytes per step and row), so each plane load from shared memory serves R rows;
 // the lanes' sums meet in a shuffle reduction. One CTA of 16 warps per SM loops over the warp
-// tasks, so the planes are built once per SM, not once per R rows. Wide matrices (>= 6144
+// tasks, so the planes are built once per SM, not once per R rows; on sm_90, for wide one-row
+// inputs, CTAs go in cluster pairs that each quantize half of x into both CTAs' shared memory
+// (build_planes_cluster), which halves the time from the PDL wait to the first dot product. Wide matrices (>= 6144
 // columns) split each row group's columns over P = 2 or 4 warps of one CTA, whose sums meet in
 // shared memory at a named barrier (split-K inside the CTA, added in a fixed order): shorter
 // tasks, and a full last round where two-row groups would leave it mostly empty (5376 rows =
