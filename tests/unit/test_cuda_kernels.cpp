@@ -356,8 +356,9 @@ TEST(CudaGemv, Q4_0x8ClusterPlanesEqualOneCta) {
     cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
     for (const int n_tokens : {1, 2, 3}) {
       SCOPED_TRACE(testing::Message() << rows << " x " << cols << ", tokens " << n_tokens);
-      compare([&](float* y) { cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), y, rows, n_tokens); },
-              rows * n_tokens);
+      compare(
+          [&](float* y) { cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), y, rows, n_tokens); },
+          rows * n_tokens);
       compare(
           [&](float* y) {
             cuda::gemv_q4_0x8_glu(FfnActivation::kGeluTanhGlu, dw.data(), rows, cols, dx.data(), y,

@@ -308,9 +308,9 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kGroups = kThreads / kChunks;  // position groups of the value step
   constexpr int kPerLane = (kTile + 31) / 32;  // scores per lane in the softmax
   extern __shared__ __align__(16) char staged_smem[];
-  char* const s_k = staged_smem;                                        // [kTile] K rows
-  char* const s_v = s_k + S::kBufferBytes;                              // [kTile] V rows
-  float* const sq = reinterpret_cast<float*>(s_v + S::kBufferBytes);   // [RB][D] queries
+  char* const s_k = staged_smem;                                      // [kTile] K rows
+  char* const s_v = s_k + S::kBufferBytes;                            // [kTile] V rows
+  float* const sq = reinterpret_cast<float*>(s_v + S::kBufferBytes);  // [RB][D] queries
   float* const sp = sq + RB * D;         // [RB][kTile] scores, then weights
   float* const s_max = sp + RB * kTile;  // [RB] running max
   float* const s_sum = s_max + RB;       // [RB] running sum
@@ -406,7 +406,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int r = 0; r < RB; ++r) {
 #pragma unroll
-        for (int off = kTpp / 2; off > 0; off >>= 1) s[r] += __shfl_xor_sync(0xffffffffu, s[r], off);
+        for (int off = kTpp / 2; off > 0; off >>= 1)
+          s[r] += __shfl_xor_sync(0xffffffffu, s[r], off);
       }
       if (sub == 0) {
 #pragma unroll
@@ -417,7 +418,8 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     __syncthreads();
-    if (more) stage_rows<D>(s_k, k_cache, j0 + kTile, 0, min(kTile, end - j0 - kTile), n_head_kv, kv_head);
+    if (more)
+      stage_rows<D>(s_k, k_cache, j0 + kTile, 0, min(kTile, end - j0 - kTile), n_head_kv, kv_head);
     cp_async_commit();
 
     // Online softmax, one warp per row.
@@ -477,7 +479,8 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     __syncthreads();
-    if (more) stage_rows<D>(s_v, v_cache, j0 + kTile, 0, min(kTile, end - j0 - kTile), n_head_kv, kv_head);
+    if (more)
+      stage_rows<D>(s_v, v_cache, j0 + kTile, 0, min(kTile, end - j0 - kTile), n_head_kv, kv_head);
     cp_async_commit();
   }
   cp_async_wait<0>();  // nothing is left in flight over s_reduce (no tiles: the empty groups)
@@ -485,8 +488,8 @@ __global__ void __launch_bounds__(kThreads)
   float my_max = -INFINITY, my_sum = 0.0f;
   if (tid < RB) my_max = s_max[tid], my_sum = s_sum[tid];
   __syncthreads();
-  write_split_result<D, RB, kGroups>(acc, s_reduce, my_max, my_sum, f0, n_rows, n_head_kv,
-                                     group, kv_head, split, n_splits, part);
+  write_split_result<D, RB, kGroups>(acc, s_reduce, my_max, my_sum, f0, n_rows, n_head_kv, group,
+                                     kv_head, split, n_splits, part);
 }
 
 // One CTA per (head, token): out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M), M = max_s m_s.
@@ -605,9 +608,10 @@ void launch(const float* q, const void* k, const void* v, const int* pos0, int n
     QFORGE_CUDA_CHECK_LAUNCH("flash_decode_split_staged");
   } else {
     constexpr std::size_t kSmem = split_smem_floats(D, RB) * sizeof(float);
-    static_assert(kSmem <= 48 * 1024, "the split kernel's shared memory must fit the default limit");
-    launch_pdl("flash_decode_split", flash_decode_split<D, RB, T>, grid, kThreads, kSmem, stream,
-               q, p.q_stride, static_cast<const T*>(k), static_cast<const T*>(v), pos0, n_tokens,
+    static_assert(kSmem <= 48 * 1024,
+                  "the split kernel's shared memory must fit the default limit");
+    launch_pdl("flash_decode_split", flash_decode_split<D, RB, T>, grid, kThreads, kSmem, stream, q,
+               p.q_stride, static_cast<const T*>(k), static_cast<const T*>(v), pos0, n_tokens,
                p.kv.n_head_kv, group, p.scale, p.softcap, p.window, part);
     QFORGE_CUDA_CHECK_LAUNCH("flash_decode_split");
   }

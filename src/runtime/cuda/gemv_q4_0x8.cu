@@ -13,20 +13,20 @@
 // the lanes' sums meet in a shuffle reduction. One CTA of 16 warps per SM loops over the warp
 // tasks, so the planes are built once per SM, not once per R rows; on sm_90, for wide one-row
 // inputs, CTAs go in cluster pairs that each quantize half of x into both CTAs' shared memory
-// (build_planes_cluster), which halves the time from the PDL wait to the first dot product. Wide matrices (>= 6144
-// columns) split each row group's columns over P = 2 or 4 warps of one CTA, whose sums meet in
-// shared memory at a named barrier (split-K inside the CTA, added in a fixed order): shorter
-// tasks, and a full last round where two-row groups would leave it mostly empty (5376 rows =
-// 2688 tasks on 2112 warps: the second round 27% full). Each warp streams its weights
-// through a ring of stages in shared memory (S - 1 steps in flight, across task boundaries),
-// filled by bulk copies on sm_90 (one per row and step, issued by lane 0, landing counted on a
-// barrier per stage: +2% tg128 over cp.async's 16 bytes per thread, which older devices use);
-// the first stages are issued before waiting for the previous kernel (programmatic
-// dependent launch, pdl.cuh), since weights never depend on it, and the kernels before a GEMV
-// trigger early, so that this happens while they run. The stream's copies carry an L2
-// evict_first policy: a launch streams 10-70 MB, more than L2 holds, and without the hint it
-// evicts the activations, norm weights and KV rows that the one-CTA kernels between the GEMVs
-// then fetch from HBM on the token's critical path (+10% tg128 on Llama-3-8B and Gemma 4 31B).
+// (build_planes_cluster), which halves the time from the PDL wait to the first dot product. Wide
+// matrices (>= 6144 columns) split each row group's columns over P = 2 or 4 warps of one CTA, whose
+// sums meet in shared memory at a named barrier (split-K inside the CTA, added in a fixed order):
+// shorter tasks, and a full last round where two-row groups would leave it mostly empty (5376 rows
+// = 2688 tasks on 2112 warps: the second round 27% full). Each warp streams its weights through a
+// ring of stages in shared memory (S - 1 steps in flight, across task boundaries), filled by bulk
+// copies on sm_90 (one per row and step, issued by lane 0, landing counted on a barrier per stage:
+// +2% tg128 over cp.async's 16 bytes per thread, which older devices use); the first stages are
+// issued before waiting for the previous kernel (programmatic dependent launch, pdl.cuh), since
+// weights never depend on it, and the kernels before a GEMV trigger early, so that this happens
+// while they run. The stream's copies carry an L2 evict_first policy: a launch streams 10-70 MB,
+// more than L2 holds, and without the hint it evicts the activations, norm weights and KV rows that
+// the one-CTA kernels between the GEMVs then fetch from HBM on the token's critical path (+10%
+// tg128 on Llama-3-8B and Gemma 4 31B).
 #include "runtime/cuda/check.cuh"
 #include "runtime/cuda/pdl.cuh"
 
