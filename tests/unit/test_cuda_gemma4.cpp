@@ -44,6 +44,7 @@
 #include "runtime/cuda/cuda_model.h"
 #include "runtime/cuda/gemv.h"
 #include "runtime/cuda/moe.h"
+#include "runtime/cuda/q4_0x8.h"
 #endif
 
 namespace qforge {
@@ -346,6 +347,16 @@ INSTANTIATE_TEST_SUITE_P(CudaGemma4Types, CudaGemma4SmallMoe,
                            return std::string(type_name(param_info.param));
                          });
 
+// The Q4_0x8 GEMVs' cluster choice forced for a test (every unnormed launch in CTA pairs, which
+// the shapes of these small models never pick by themselves), back to the choice before it.
+struct ForcedGemvPairs {
+  int before = cuda::gemv_q4_0x8_cluster_chosen();
+  ForcedGemvPairs() { cuda::set_gemv_q4_0x8_cluster(2); }
+  ~ForcedGemvPairs() { cuda::set_gemv_q4_0x8_cluster(before); }
+  ForcedGemvPairs(const ForcedGemvPairs&) = delete;
+  ForcedGemvPairs& operator=(const ForcedGemvPairs&) = delete;
+};
+
 // A dense variant whose every attention and FFN matrix is 256-column aligned, in Q4_0: the GPU
 // regroups them (q4_0x8.h), so decode runs the integer-plane GEMV, including the gate/up product
 // that applies GeGLU to its sums (gemm off here: the F32-equivalent GEMV for every token count;
@@ -372,6 +383,11 @@ TEST(CudaGemma4Q4_0x8, DenseModelMatchesCpu) {
         *cpu, *gpu, prompt_ids(40, 3, 53, 500), 6, KvType::F32,
         std::string("small dense Q4_0 (Q4_0x8 on the GPU), norms in GEMVs: ") + name);
   }
+  // The unnormed products in CTA pairs sharing the planes, also inside the decode graph.
+  gpu->set_gemv_norms(cuda::GemvNorms::kPostNorm);
+  const ForcedGemvPairs pairs;
+  expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(40, 3, 53, 500), 6, KvType::F32,
+                         "small dense Q4_0 (Q4_0x8 on the GPU), GEMVs in CTA pairs");
 }
 
 // A small Llama in Q4_0, every matrix regrouped on the GPU: prefill and decode run the Q4_0x8
@@ -394,6 +410,9 @@ TEST(CudaLlamaQ4_0x8, DecodeMatchesCpu) {
                            std::string("small Llama Q4_0 (Q4_0x8 on the GPU), norms in GEMVs: ") +
                                (mode == cuda::GemvNorms::kAll ? "all" : "post norms (none)"));
   }
+  const ForcedGemvPairs pairs;  // every GEMV in CTA pairs, also inside the decode graph
+  expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(24, 5, 37, 600), 8, KvType::F32,
+                         "small Llama Q4_0 (Q4_0x8 on the GPU), GEMVs in CTA pairs");
 }
 
 // ---- the tensor-core GEMM prefill path -------------------------------------------------------
