@@ -68,19 +68,4 @@ __device__ __forceinline__ void store(std::uint32_t addr, uint2 v) {
 #endif
 }
 
-// The generic address of *p (this CTA's shared memory) in CTA `r` of the cluster.
-template <typename T>
-__device__ __forceinline__ T* peer(T* p, int r) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  std::uint64_t out;
-  asm volatile("mapa.u64 %0, %1, %2;"
-               : "=l"(out)
-               : "l"(reinterpret_cast<std::uint64_t>(p)), "r"(static_cast<std::uint32_t>(r)));
-  return reinterpret_cast<T*>(out);
-#else
-  (void)r;
-  return p;
-#endif
-}
-
 }  // namespace qforge::cuda::cluster
