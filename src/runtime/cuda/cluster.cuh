@@ -65,6 +65,8 @@ __device__ __forceinline__ void store(std::uint32_t addr, uint2 v) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("st.shared::cluster.v2.u32 [%0], {%1, %2};" ::"r"(addr), "r"(v.x), "r"(v.y)
                : "memory");
+#else  // a cluster of one: this CTA's own shared memory
+  asm volatile("st.shared.v2.u32 [%0], {%1, %2};" ::"r"(addr), "r"(v.x), "r"(v.y) : "memory");
 #endif
 }
 
