@@ -53,6 +53,51 @@ constexpr std::size_t split_smem_floats(int d, int rb) {
   return work > reduce ? work : reduce;
 }
 
+// The positions [begin, end) that split `split` of n_splits covers: its share of those any row of
+// the row block at f0 sees (base: the first query token's position).
+__device__ __forceinline__ void split_positions(int base, int f0, int rb, int n_rows, int group,
+                                                int window, int split, int n_splits, int& begin,
+                                                int& end) {
+  const int last = min(f0 + rb, n_rows) - 1;
+  const int lo = first_visible(base + f0 / group, window), hi = base + last / group + 1;
+  const int share = (hi - lo + n_splits - 1) / n_splits;
+  begin = lo + split * share, end = min(hi, begin + share);
+}
+
+// The row block's queries into sq (zeros for padding rows), its running max / sum reset, and
+// each row's position and first visible position (-1 and 0 for padding rows, which see nothing).
+template <int D, int RB>
+__device__ __forceinline__ void start_rows(const float* __restrict__ q, std::size_t q_stride,
+                                           int base, int f0, int n_rows, int group, int kv_head,
+                                           int window, float* sq, float* s_max, float* s_sum,
+                                           int (&row_pos)[RB], int (&row_first)[RB]) {
+  const int tid = static_cast<int>(threadIdx.x);
+  for (int i = tid; i < RB * D; i += kThreads) {
+    const int f = f0 + i / D;
+    sq[i] = f < n_rows ? q[static_cast<std::size_t>(f / group) * q_stride +
+                           static_cast<std::size_t>(kv_head * group + f % group) * D + i % D]
+                       : 0.0f;
+  }
+  if (tid < RB) s_max[tid] = -INFINITY, s_sum[tid] = 0.0f;
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    const int f = f0 + r;
+    row_pos[r] = f < n_rows ? base + f / group : -1;
+    row_first[r] = f < n_rows ? first_visible(row_pos[r], window) : 0;
+  }
+}
+
+// The value sums scaled by this step's softmax rescale of their row.
+template <int RB>
+__device__ __forceinline__ void rescale(float (&acc)[RB][8], const float* s_corr) {
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    const float corr = s_corr[r];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[r][e] *= corr;
+  }
+}
+
 // The end of a split CTA: the position groups' value sums (acc, thread (group, chunk)) added in
 // group order through s_reduce, then the rows' outputs and (max, sum) pairs written to part (see
 // the scratch layout above). my_max / my_sum: row tid's, for the first RB threads.
@@ -116,11 +161,8 @@ __global__ void __launch_bounds__(kThreads)
   const int n_rows = n_tokens * group;
   const int base = *pos0;  // written before the step, by the host
 
-  // This split's share of the positions any row of the block sees.
-  const int last = min(f0 + RB, n_rows) - 1;
-  const int lo = first_visible(base + f0 / group, window), hi = base + last / group + 1;
-  const int share = (hi - lo + n_splits - 1) / n_splits;
-  const int begin = lo + split * share, end = min(hi, begin + share);
+  int begin, end;
+  split_positions(base, f0, RB, n_rows, group, window, split, n_splits, begin, end);
 
   // The cache rows of earlier steps (before base) are not written by the previous kernel
   // (pdl.cuh) and have left L2 since: start fetching them into L2 before waiting for it.
@@ -129,20 +171,9 @@ __global__ void __launch_bounds__(kThreads)
   // Late, unlike batch_attention (pdl.cuh): measured slower early.
   pdl_trigger();
 
-  for (int i = tid; i < RB * D; i += kThreads) {
-    const int f = f0 + i / D;
-    sq[i] = f < n_rows ? q[static_cast<std::size_t>(f / group) * q_stride +
-                           static_cast<std::size_t>(kv_head * group + f % group) * D + i % D]
-                       : 0.0f;
-  }
-  if (tid < RB) s_max[tid] = -INFINITY, s_sum[tid] = 0.0f;
   int row_pos[RB], row_first[RB];
-#pragma unroll
-  for (int r = 0; r < RB; ++r) {
-    const int f = f0 + r;
-    row_pos[r] = f < n_rows ? base + f / group : -1;  // -1: padding row, sees nothing
-    row_first[r] = f < n_rows ? first_visible(row_pos[r], window) : 0;
-  }
+  start_rows<D, RB>(q, q_stride, base, f0, n_rows, group, kv_head, window, sq, s_max, s_sum,
+                    row_pos, row_first);
 
   const int chunk = tid % kChunks, pgroup = tid / kChunks;
   float acc[RB][8];
@@ -203,12 +234,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
 
     // Weighted values.
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-      const float corr = s_corr[r];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[r][e] *= corr;
-    }
+    rescale(acc, s_corr);
     const int n_here = min(kTile, end - j0);
     const T* vbase = v_cache + static_cast<std::size_t>(kv_head) * D + chunk * 8;
 #pragma unroll 8
@@ -324,10 +350,8 @@ __global__ void __launch_bounds__(kThreads)
   const int n_rows = n_tokens * group;
   const int base = *pos0;  // written before the step, by the host
 
-  const int last = min(f0 + RB, n_rows) - 1;
-  const int lo = first_visible(base + f0 / group, window), hi = base + last / group + 1;
-  const int share = (hi - lo + n_splits - 1) / n_splits;
-  const int begin = lo + split * share, end = min(hi, begin + share);
+  int begin, end;
+  split_positions(base, f0, RB, n_rows, group, window, split, n_splits, begin, end);
   const int n_tiles = begin < end ? (end - begin + kTile - 1) / kTile : 0;
 
   // The first tile's rows of earlier steps into shared memory, the later tiles' into L2, all
@@ -344,20 +368,9 @@ __global__ void __launch_bounds__(kThreads)
   stage_rows<D>(s_v, v_cache, begin, old_first, n_first, n_head_kv, kv_head);
   cp_async_commit();
 
-  for (int i = tid; i < RB * D; i += kThreads) {
-    const int f = f0 + i / D;
-    sq[i] = f < n_rows ? q[static_cast<std::size_t>(f / group) * q_stride +
-                           static_cast<std::size_t>(kv_head * group + f % group) * D + i % D]
-                       : 0.0f;
-  }
-  if (tid < RB) s_max[tid] = -INFINITY, s_sum[tid] = 0.0f;
   int row_pos[RB], row_first[RB];
-#pragma unroll
-  for (int r = 0; r < RB; ++r) {
-    const int f = f0 + r;
-    row_pos[r] = f < n_rows ? base + f / group : -1;  // -1: padding row, sees nothing
-    row_first[r] = f < n_rows ? first_visible(row_pos[r], window) : 0;
-  }
+  start_rows<D, RB>(q, q_stride, base, f0, n_rows, group, kv_head, window, sq, s_max, s_sum,
+                    row_pos, row_first);
   const int chunk = tid % kChunks, pgroup = tid / kChunks;
   float acc[RB][8];
 #pragma unroll
@@ -452,12 +465,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
 
     // Weighted values.
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-      const float corr = s_corr[r];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[r][e] *= corr;
-    }
+    rescale(acc, s_corr);
 #pragma unroll 4
     for (int jj = pgroup; jj < n_here; jj += kGroups) {
       float vv[8];
