@@ -71,12 +71,14 @@ __device__ __forceinline__ void load8(const float* __restrict__ src, float* v) {
 }
 
 // The planes of 8-element chunk i of x (chunk i & 3 of block (i % per_token) / 4 of token i /
-// per_token), for i < total. The four chunks of a block sit in four consecutive lanes, which meet
-// in shuffles for the block's max |x| and sum: every lane of the warp calls this, those without a
-// chunk (i >= total) with zeros.
+// per_token), for i < total, into the planes at smem: this CTA's, or with kCluster those of each
+// of the n_ranks CTAs of its cluster (distributed shared memory). The four chunks of a block sit
+// in four consecutive lanes, which meet in shuffles for the block's max |x| and sum: every lane of
+// the warp calls this, those without a chunk (i >= total) with zeros.
+template <bool kCluster = false>
 __device__ __forceinline__ void store_chunk_planes(const float (&v)[8], int i, int total,
-                                                   int per_token, int n_blocks,
-                                                   std::uint8_t* smem) {
+                                                   int per_token, int n_blocks, std::uint8_t* smem,
+                                                   int n_ranks = 1) {
   float m = 0.0f, sum = 0.0f;
 #pragma unroll
   for (int k = 0; k < 8; ++k) m = fmaxf(m, fabsf(v[k])), sum += v[k];
@@ -90,94 +92,48 @@ __device__ __forceinline__ void store_chunk_planes(const float (&v)[8], int i, i
   int p[3][8];
   planes::quantize8(v, m, p);
   std::uint8_t* tok = smem + static_cast<std::size_t>(t) * token_bytes(n_blocks);
-#pragma unroll
-  for (int plane = 0; plane < 3; ++plane) {
-    const std::size_t chunk = static_cast<std::size_t>((2 * plane + (q >> 1)) * n_blocks + b);
-    *reinterpret_cast<uint2*>(tok + 16 * chunk + 8 * (q & 1)) =
-        make_uint2(pack_bytes(p[plane]), pack_bytes(p[plane] + 4));
-  }
-  if (q == 0) {
-    reinterpret_cast<float2*>(tok + 96 * static_cast<std::size_t>(n_blocks))[b] =
-        make_float2(m / 127.0f / (kStep * kStep * 16.0f), 8.0f * sum);
-  }
-}
-
-// Four threads per (token, block), 8 consecutive elements each; the x loads of kBatch rounds are
-// issued together (one L2 round trip for up to kBatch * kThreads / 4 blocks).
-__device__ void build_planes(const float* __restrict__ x, int n_x, int n_cols, int n_blocks,
-                             std::uint8_t* smem) {
-  constexpr int kBatch = 4;
-  const int per_token = 4 * n_blocks, total = n_x * per_token;
-  for (int base = 0; base < total; base += kBatch * kThreads) {  // uniform: shuffles below
-    float v[kBatch][8];
-#pragma unroll
-    for (int j = 0; j < kBatch; ++j) {
-      const int i = base + j * kThreads + static_cast<int>(threadIdx.x);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) v[j][k] = 0.0f;
-      if (i < total) {
-        const int t = i / per_token, b = (i - t * per_token) >> 2, q = i & 3;
-        load8(x + static_cast<std::size_t>(t) * n_cols + 32 * b + 8 * q, v[j]);
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < kBatch; ++j) {
-      store_chunk_planes(v[j], base + j * kThreads + static_cast<int>(threadIdx.x), total,
-                         per_token, n_blocks, smem);
-    }
-  }
-}
-
-// ---- Planes shared by a cluster of CTAs (the kCluster form of the kernel) ----------------------
-// CTA `rank` of a cluster of n_ranks quantizes its share of the blocks of x (whole blocks, as
-// build_planes: four threads each, two rounds of loads at once since a share is short) and
-// stores each block into the planes of every CTA of the cluster (distributed shared memory), so
-// each SM builds 1 / n_ranks of the planes. Separate from build_planes so that the one-CTA form
-// compiles as before (its register count is sensitive: see min_ctas_per_sm).
-__device__ __forceinline__ void store_chunk_planes_cluster(const float (&v)[8], int i, int end,
-                                                           int per_token, int n_blocks,
-                                                           std::uint8_t* smem, int n_ranks) {
-  float m = 0.0f, sum = 0.0f;
-#pragma unroll
-  for (int k = 0; k < 8; ++k) m = fmaxf(m, fabsf(v[k])), sum += v[k];
-#pragma unroll
-  for (int o = 1; o < 4; o <<= 1) {
-    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  }
-  if (i >= end) return;
-  const int t = i / per_token, b = (i - t * per_token) >> 2, q = i & 3;
-  int p[3][8];
-  planes::quantize8(v, m, p);
-  uint2 words[3];
-#pragma unroll
-  for (int plane = 0; plane < 3; ++plane) {
-    words[plane] = make_uint2(pack_bytes(p[plane]), pack_bytes(p[plane] + 4));
-  }
-  const float2 header = make_float2(m / 127.0f / (kStep * kStep * 16.0f), 8.0f * sum);
-  const std::uint32_t local = smem_addr(smem + static_cast<std::size_t>(t) * token_bytes(n_blocks));
-  for (int r = 0; r < n_ranks; ++r) {
-    const std::uint32_t dst = cluster::peer_addr(local, r);
+  if constexpr (!kCluster) {
 #pragma unroll
     for (int plane = 0; plane < 3; ++plane) {
-      const auto chunk = static_cast<std::uint32_t>((2 * plane + (q >> 1)) * n_blocks + b);
-      cluster::store(dst + 16 * chunk + 8 * (q & 1), words[plane]);
+      const std::size_t chunk = static_cast<std::size_t>((2 * plane + (q >> 1)) * n_blocks + b);
+      *reinterpret_cast<uint2*>(tok + 16 * chunk + 8 * (q & 1)) =
+          make_uint2(pack_bytes(p[plane]), pack_bytes(p[plane] + 4));
     }
     if (q == 0) {
-      cluster::store(dst + 96 * static_cast<std::uint32_t>(n_blocks) + 8 * b,
-                     make_uint2(__float_as_uint(header.x), __float_as_uint(header.y)));
+      reinterpret_cast<float2*>(tok + 96 * static_cast<std::size_t>(n_blocks))[b] =
+          make_float2(m / 127.0f / (kStep * kStep * 16.0f), 8.0f * sum);
+    }
+  } else {
+    uint2 words[3];
+#pragma unroll
+    for (int plane = 0; plane < 3; ++plane) {
+      words[plane] = make_uint2(pack_bytes(p[plane]), pack_bytes(p[plane] + 4));
+    }
+    const float2 header = make_float2(m / 127.0f / (kStep * kStep * 16.0f), 8.0f * sum);
+    const std::uint32_t local = smem_addr(tok);
+    for (int r = 0; r < n_ranks; ++r) {
+      const std::uint32_t dst = cluster::peer_addr(local, r);
+#pragma unroll
+      for (int plane = 0; plane < 3; ++plane) {
+        const auto chunk = static_cast<std::uint32_t>((2 * plane + (q >> 1)) * n_blocks + b);
+        cluster::store(dst + 16 * chunk + 8 * (q & 1), words[plane]);
+      }
+      if (q == 0) {
+        cluster::store(dst + 96 * static_cast<std::uint32_t>(n_blocks) + 8 * b,
+                       make_uint2(__float_as_uint(header.x), __float_as_uint(header.y)));
+      }
     }
   }
 }
 
-__device__ __forceinline__ void build_planes_cluster(const float* __restrict__ x, int n_x,
-                                                     int n_cols, int n_blocks, std::uint8_t* smem,
-                                                     int rank, int n_ranks) {
-  constexpr int kBatch = 2;
-  const int per_token = 4 * n_blocks, all_blocks = n_x * n_blocks;
-  const int share = (all_blocks + n_ranks - 1) / n_ranks;
-  const int begin = 4 * min(all_blocks, rank * share);
-  const int end = 4 * min(all_blocks, (rank + 1) * share);
+// Chunks [begin, end) of x (multiples of 4: whole blocks) as planes, four threads per (token,
+// block), 8 consecutive elements each; the x loads of kBatch rounds are issued together (one L2
+// round trip for up to kBatch * kThreads / 4 blocks).
+template <int kBatch, bool kCluster>
+__device__ __forceinline__ void build_chunk_planes(const float* __restrict__ x, int begin, int end,
+                                                   int n_cols, int n_blocks, std::uint8_t* smem,
+                                                   int n_ranks) {
+  const int per_token = 4 * n_blocks;
   for (int base = begin; base < end; base += kBatch * kThreads) {  // uniform: shuffles below
     float v[kBatch][8];
 #pragma unroll
@@ -192,10 +148,30 @@ __device__ __forceinline__ void build_planes_cluster(const float* __restrict__ x
     }
 #pragma unroll
     for (int j = 0; j < kBatch; ++j) {
-      store_chunk_planes_cluster(v[j], base + j * kThreads + static_cast<int>(threadIdx.x), end,
-                                 per_token, n_blocks, smem, n_ranks);
+      store_chunk_planes<kCluster>(v[j], base + j * kThreads + static_cast<int>(threadIdx.x), end,
+                                   per_token, n_blocks, smem, n_ranks);
     }
   }
+}
+
+// The planes of n_x rows of x, all built by this CTA.
+__device__ void build_planes(const float* __restrict__ x, int n_x, int n_cols, int n_blocks,
+                             std::uint8_t* smem) {
+  build_chunk_planes<4, false>(x, 0, n_x * (4 * n_blocks), n_cols, n_blocks, smem, 1);
+}
+
+// ---- Planes shared by a cluster of CTAs (the kCluster form of the kernel) ----------------------
+// CTA `rank` of a cluster of n_ranks quantizes its share of the blocks of x (two rounds of loads
+// at once, since a share is short) and stores each block into the planes of every CTA of the
+// cluster, so each SM builds 1 / n_ranks of the planes.
+__device__ __forceinline__ void build_planes_cluster(const float* __restrict__ x, int n_x,
+                                                     int n_cols, int n_blocks, std::uint8_t* smem,
+                                                     int rank, int n_ranks) {
+  const int all_blocks = n_x * n_blocks;
+  const int share = (all_blocks + n_ranks - 1) / n_ranks;
+  build_chunk_planes<2, true>(x, 4 * min(all_blocks, rank * share),
+                              4 * min(all_blocks, (rank + 1) * share), n_cols, n_blocks, smem,
+                              n_ranks);
 }
 
 // ---- A GEMV input made from the residual update and RMSNorm before it (ResidualNormInput) ------
