@@ -371,16 +371,8 @@ TEST(CudaGemv, Q4_0x8ClusterPlanesEqualOneCta) {
   const int n_experts = 6;
   const std::size_t ff = 64, cols = 2816;
   const Quantized q = make_weights(GgmlType::Q4_0, 2 * ff * n_experts, cols, ++seed);
-  cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
-  cuda::repack_q4_0x8(dw.data(), 2 * ff * n_experts, cols);
-  cuda::ExpertStack w;
-  w.type = GgmlType::Q4_0;
-  w.layout = cuda::WeightLayout::kQ4_0x8;
-  w.data = dw.data();
-  w.rows = 2 * ff;
-  w.cols = cols;
-  w.expert_bytes = 2 * ff * row_bytes(GgmlType::Q4_0, cols);
-  w.n_experts = n_experts;
+  const WidenedExperts experts_up = widened_q4_0x8_experts(q, n_experts, 2 * ff, cols);
+  const cuda::ExpertStack& w = experts_up.stack;
   const std::vector<int> ids = {5, 0, 2, -1, 3, 1, 4, 0};
   cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
   const std::vector<float> x = random_floats(cols, ++seed);
@@ -611,16 +603,8 @@ TEST(CudaGemv, Q4_0x8ExpertGluEqualsPerExpertProduct) {
   const int n_experts = 5;
   const std::size_t ff = 90, cols = 768, ldy = ff + 6;
   const Quantized q = make_weights(GgmlType::Q4_0, 2 * ff * n_experts, cols, 51);
-  cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
-  cuda::repack_q4_0x8(dw.data(), 2 * ff * n_experts, cols);
-  cuda::ExpertStack w;
-  w.type = GgmlType::Q4_0;
-  w.layout = cuda::WeightLayout::kQ4_0x8;
-  w.data = dw.data();
-  w.rows = 2 * ff;
-  w.cols = cols;
-  w.expert_bytes = 2 * ff * row_bytes(GgmlType::Q4_0, cols);
-  w.n_experts = n_experts;
+  const WidenedExperts experts = widened_q4_0x8_experts(q, n_experts, 2 * ff, cols);
+  cuda::ExpertStack w = experts.stack;
   const std::vector<int> ids = {4, 0, 2, -1, 3, 7, 1, 0};
   const int n_slots = static_cast<int>(ids.size());
   cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
@@ -636,8 +620,9 @@ TEST(CudaGemv, Q4_0x8ExpertGluEqualsPerExpertProduct) {
       const int e = ids[static_cast<std::size_t>(s)];
       std::vector<float> want(ff, 0.0f);
       if (e >= 0 && e < n_experts) {
-        cuda::gemv_q4_0x8_glu(act, dw.data() + static_cast<std::size_t>(e) * w.expert_bytes, 2 * ff,
-                              cols, dx.data(), one.data(), ff, 1);
+        cuda::gemv_q4_0x8_glu(act,
+                              experts.bytes.data() + static_cast<std::size_t>(e) * w.expert_bytes,
+                              2 * ff, cols, dx.data(), one.data(), ff, 1);
         want = one.to_host();
       }
       for (std::size_t j = 0; j < ff; ++j) {
