@@ -42,6 +42,7 @@
 #include "model/synth.h"
 #include "quant/ggml_type.h"
 #include "runtime/cuda/cuda_model.h"
+#include "runtime/cuda/decode_persistent.h"
 #include "runtime/cuda/gemv.h"
 #include "runtime/cuda/moe.h"
 #include "runtime/cuda/q4_0x8.h"
@@ -413,6 +414,80 @@ TEST(CudaLlamaQ4_0x8, DecodeMatchesCpu) {
   const ForcedGemvPairs pairs;  // every GEMV in CTA pairs, also inside the decode graph
   expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(24, 5, 37, 600), 8, KvType::F32,
                          "small Llama Q4_0 (Q4_0x8 on the GPU), GEMVs in CTA pairs");
+}
+
+// Decode steps as one persistent kernel (decode_persistent.h) for a test, back to the choice
+// before it.
+struct ForcedPersistentDecode {
+  bool before = cuda::decode_persistent_chosen();
+  ForcedPersistentDecode() { cuda::set_decode_persistent(true); }
+  ~ForcedPersistentDecode() { cuda::set_decode_persistent(before); }
+  ForcedPersistentDecode(const ForcedPersistentDecode&) = delete;
+  ForcedPersistentDecode& operator=(const ForcedPersistentDecode&) = delete;
+};
+
+nlohmann::json small_llama_config() {
+  return {{"hidden_size", 512},        {"num_hidden_layers", 3},
+          {"num_attention_heads", 8},  {"num_key_value_heads", 2},
+          {"intermediate_size", 1536}, {"vocab_size", 700},
+          {"rms_norm_eps", 1e-5},      {"tie_word_embeddings", false}};
+}
+
+// The small Llama's decode steps through the persistent kernel: every layer's products, rotary
+// embedding, cache stores, attention and residual updates in one launch, against the CPU, with
+// F32 and BF16 caches (the prompt itself runs the ordinary kernels).
+TEST(CudaLlamaPersistent, DecodeMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const fs::path path = write_synth_file(synth::SynthArch::kLlama, small_llama_config(),
+                                         GgmlType::Q4_0, "cuda_llama_small_q4_0.gguf", 11);
+  const CpuF32Activations f32;
+  auto cpu = load_model(path);
+  auto gpu = cuda_model(path, /*gemm=*/false);
+  const ForcedPersistentDecode on;
+  for (const KvType kv : {KvType::F32, KvType::BF16}) {
+    auto probe = gpu->new_cache(8, kv);
+    const std::string why = gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*probe));
+    if (why.rfind("needs compute capability", 0) == 0) GTEST_SKIP() << why;
+    ASSERT_EQ(why, "") << "the small Llama should take the persistent decode step";
+    expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(24, 5, 37, 600), 8, kv,
+                           std::string("small Llama Q4_0, persistent decode, cache ") +
+                               (kv == KvType::F32 ? "F32" : "BF16"));
+  }
+}
+
+// At a depth where the attention splits of a head take several 32-position chunks each (more
+// than 64 splits x 32 positions) the persistent step equals the ordinary decode kernels.
+TEST(CudaLlamaPersistent, LongContextMatchesOrdinaryDecode) {
+  SKIP_WITHOUT_GPU();
+  const fs::path path = write_synth_file(synth::SynthArch::kLlama, small_llama_config(),
+                                         GgmlType::Q4_0, "cuda_llama_small_q4_0.gguf", 11);
+  auto gpu = cuda_model(path, /*gemm=*/false);
+  const std::vector<std::int32_t> prompt = prompt_ids(2200, 5, 37, 600);
+  const int n_ctx = static_cast<int>(prompt.size()) + 4;
+  auto run = [&](bool persistent) {
+    cuda::set_decode_persistent(persistent);
+    auto cache = gpu->new_cache(n_ctx, KvType::BF16);
+    if (persistent) {
+      const std::string why = gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*cache));
+      if (!why.empty()) return std::vector<float>{};
+    }
+    std::vector<float> logits = gpu->forward(prompt, 0, *cache);
+    std::vector<float> all;
+    for (int step = 0; step < 3; ++step) {
+      const std::int32_t next = argmax(logits);
+      logits = gpu->forward({&next, 1}, static_cast<int>(prompt.size()) + step, *cache);
+      all.insert(all.end(), logits.begin(), logits.end());
+    }
+    return all;
+  };
+  const bool before = cuda::decode_persistent_chosen();
+  const std::vector<float> want = run(false);
+  const std::vector<float> got = run(true);
+  cuda::set_decode_persistent(before);
+  if (got.empty()) GTEST_SKIP() << "no persistent decode on this device";
+  const Diff d = diff(got, want);
+  EXPECT_TRUE(d.within()) << "decode logits at depth 2200 differ by " << d.max_abs;
+  std::printf("persistent vs ordinary decode at depth %zu: max rel %.3g\n", prompt.size(), d.rel());
 }
 
 // ---- the tensor-core GEMM prefill path -------------------------------------------------------

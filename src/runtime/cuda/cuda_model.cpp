@@ -605,9 +605,90 @@ void CudaModel::moe_experts(int il, int n) {
   }
 }
 
+std::string CudaModel::persistent_unsupported(const CudaKvCache& cache) const {
+  const ModelConfig& c = config_;
+  if (c.n_expert > 0 || c.n_embd_per_layer > 0 || c.qk_norm || c.post_norms || c.value_norm ||
+      c.attn_softcap != 0.0f || c.ffn_act != FfnActivation::kSiluGlu || any_swa_) {
+    return "the architecture has more than Llama's layers";
+  }
+  if (c.n_layer_kv > 0) return "layers share KV";
+  for (int il = 0; il < c.n_layer; ++il) {
+    const LayerPlan& g = layers_[sz(il)];
+    const DeviceLayer& l = weights_.layers[sz(il)];
+    if (g.dk != c.head_dim_k || g.dv != g.dk || g.n_rot != g.dk || g.n_kv != c.n_head_kv ||
+        g.ff != sz(c.n_ff) || g.v_from_k || l.output_scale != 1.0f) {
+      return fmt::format("layer {} differs from the others", il);
+    }
+    for (const DeviceMatrix* m : {&l.qkv, &l.wo, &l.gate_up, &l.down}) {
+      if (m->empty() || m->layout != WeightLayout::kQ4_0x8) {
+        return fmt::format("layer {}: a matrix is not in the Q4_0x8 layout", il);
+      }
+    }
+  }
+  PersistentShape shape;
+  shape.n_layer = c.n_layer;
+  shape.n_embd = c.n_embd;
+  shape.n_head = c.n_head;
+  shape.n_head_kv = c.n_head_kv;
+  shape.head_dim = c.head_dim_k;
+  shape.n_ff = c.n_ff;
+  shape.cache_bf16 = cache.layout().bf16;
+  return PersistentDecode::unsupported(shape);
+}
+
+bool CudaModel::persistent_step(CudaKvCache& cache) {
+  if (!decode_persistent_chosen() || !persistent_unsupported(cache).empty()) return false;
+  const ModelConfig& c = config_;
+  if (!persistent_ || persistent_cache_ != cache.id()) {
+    PersistentShape shape;
+    shape.n_layer = c.n_layer;
+    shape.n_embd = c.n_embd;
+    shape.n_head = c.n_head;
+    shape.n_head_kv = c.n_head_kv;
+    shape.head_dim = c.head_dim_k;
+    shape.n_ff = c.n_ff;
+    shape.eps = c.norm_eps;
+    shape.attn_scale = c.attn_scale;
+    shape.rope_style = c.rope_style;
+    shape.cache_bf16 = cache.layout().bf16;
+    std::vector<PersistentLayer> table(sz(c.n_layer));
+    for (int il = 0; il < c.n_layer; ++il) {
+      const DeviceLayer& l = weights_.layers[sz(il)];
+      PersistentLayer& t = table[sz(il)];
+      t.qkv = static_cast<const std::uint8_t*>(l.qkv.data);
+      t.wo = static_cast<const std::uint8_t*>(l.wo.data);
+      t.gate_up = static_cast<const std::uint8_t*>(l.gate_up.data);
+      t.down = static_cast<const std::uint8_t*>(l.down.data);
+      t.attn_norm = l.attn_norm;
+      t.ffn_norm = l.ffn_norm;
+      t.k_cache = cache.k(il);
+      t.v_cache = cache.v(il);
+    }
+    persistent_.reset();  // the old one's memory first
+    persistent_ = std::make_unique<PersistentDecode>(shape, table);
+    persistent_cache_ = cache.id();
+  }
+  return true;
+}
+
+void CudaModel::record_persistent_step() {
+  const ModelConfig& c = config_;
+  const StreamHandle s = stream_.get();
+  embed_tokens(weights_.token_embd.type, weights_.token_embd.data, embd_, tokens_.data(), 1,
+               c.embed_scale, x_.data(), s);
+  rope_tables(pos_.data(), 1, c.n_rot, c.rope_global, weights_.rope_freqs, cos_global_.data(),
+              sin_global_.data(), s);
+  float* x = persistent_->record(x_.data(), pos_.data(), cos_global_.data(), sin_global_.data(), s);
+  add_and_norm(x, nullptr, nullptr, weights_.output_norm, h_.data(), 1, embd_, c.norm_eps, s);
+}
+
 void CudaModel::record_chunk(int n, CudaKvCache& cache) {
   const ModelConfig& c = config_;
   const StreamHandle s = stream_.get();
+  if (n == 1 && persistent_step(cache)) {
+    record_persistent_step();
+    return;
+  }
   embed_tokens(weights_.token_embd.type, weights_.token_embd.data, embd_, tokens_.data(), n,
                c.embed_scale, x_.data(), s);
   x_cur_ = x_.data();
@@ -654,6 +735,7 @@ void CudaModel::run_decode_graph(std::int32_t token, int pos, CudaKvCache& cache
   tokens_.upload(in.first(1), 0, s);
   pos_.upload(in.subspan(1, 1), 0, s);
   if (!decode_graph_.ready() || decode_graph_cache_ != cache.id()) {
+    persistent_step(cache);  // its scratch is allocated now: not while the stream captures
     decode_graph_.capture(s, [&] {
       record_chunk(1, cache);
       record_logits(h_.data(), 1);

@@ -24,6 +24,7 @@
 #include "runtime/cuda/buffer.h"
 #include "runtime/cuda/cuda_kv_cache.h"
 #include "runtime/cuda/cuda_weights.h"
+#include "runtime/cuda/decode_persistent.h"
 #include "runtime/cuda/graph.h"
 #include "runtime/cuda/moe_gemm.h"
 #include "runtime/cuda/q4_0x8.h"
@@ -83,6 +84,9 @@ class CudaModel final : public Model {
     gemv_norms_ = which;
     decode_graph_cache_ = 0;
   }
+  // Why a decode step on this cache cannot run as one persistent kernel (decode_persistent.h);
+  // empty: it can, and does where decode_persistent_chosen().
+  std::string persistent_unsupported(const CudaKvCache& cache) const;
 
  private:
   // Enqueues one chunk of n tokens whose ids and start position are already in tokens_/pos_;
@@ -98,6 +102,11 @@ class CudaModel final : public Model {
   CudaKvCache& checked_cache(const char* what, std::span<const std::int32_t> tokens, int pos0,
                              KvCache& cache_base) const;
   void attention_block(int il, int n, CudaKvCache& cache, int splits);
+  // Whether a decode step on the cache runs as the persistent kernel (chosen and supported); if
+  // so, makes sure persistent_ serves this cache (allocating: not while a stream captures).
+  bool persistent_step(CudaKvCache& cache);
+  // Records a decode step through persistent_; leaves the final-normed row in h_.
+  void record_persistent_step();
   // The FFN of h_, then the residual update: x_ and h_ (the next_norm of x_) as the layer leaves
   // them.
   void ffn_block(int il, int n, const float* next_norm);
@@ -178,6 +187,10 @@ class CudaModel final : public Model {
   PinnedBuffer<std::int32_t> step_in_;
   PinnedBuffer<float> step_logits_;
   DeviceBuffer<int> attn_counters_;  // batch_attention's per (token, head) split counters
+
+  // The persistent decode step of the cache persistent_cache_ (its layer table holds the cache).
+  std::unique_ptr<PersistentDecode> persistent_;
+  std::uint64_t persistent_cache_ = 0;
 
   Graph decode_graph_;
   std::uint64_t decode_graph_cache_ = 0;  // id of the cache the graph was captured for

@@ -46,6 +46,7 @@
 #include "runtime/cuda/prefetch.cuh"
 #include "runtime/cuda/q4_0x8.cuh"
 #include "runtime/cuda/q4_0x8.h"
+#include "runtime/cuda/q4_0x8_planes.cuh"
 #include "runtime/cuda/reduce.cuh"
 
 namespace qforge::cuda {
@@ -54,76 +55,16 @@ namespace {
 using planes::dp4a_us;
 using planes::kStep;
 using planes::pack_bytes;
+using q4_0x8::block_dot;
+using q4_0x8::store_chunk_planes;
+using q4_0x8::token_bytes;
 
 constexpr int kWarps = 16, kThreads = 32 * kWarps;
-
-// Shared memory per token: planes [3][2][n_blocks][16 bytes] (plane, half of the block: elements
-// 0-15 / 16-31, block), then per block a float2 (s / (254^2 * 16), 8 * sum x).
-// Rounded up to 16 bytes, so that the planes of the next token (or slot) stay 16-byte aligned.
-__host__ __device__ constexpr std::size_t token_bytes(int n_blocks) {
-  return (static_cast<std::size_t>(n_blocks) * (96 + 8) + 15) / 16 * 16;
-}
 
 __device__ __forceinline__ void load8(const float* __restrict__ src, float* v) {
   const float4 a = __ldg(reinterpret_cast<const float4*>(src));
   const float4 c = __ldg(reinterpret_cast<const float4*>(src + 4));
   v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = c.x, v[5] = c.y, v[6] = c.z, v[7] = c.w;
-}
-
-// The planes of 8-element chunk i of x (chunk i & 3 of block (i % per_token) / 4 of token i /
-// per_token), for i < total, into the planes at smem: this CTA's, or with kCluster those of each
-// of the n_ranks CTAs of its cluster (distributed shared memory). The four chunks of a block sit
-// in four consecutive lanes, which meet in shuffles for the block's max |x| and sum: every lane of
-// the warp calls this, those without a chunk (i >= total) with zeros.
-template <bool kCluster = false>
-__device__ __forceinline__ void store_chunk_planes(const float (&v)[8], int i, int total,
-                                                   int per_token, int n_blocks, std::uint8_t* smem,
-                                                   int n_ranks = 1) {
-  float m = 0.0f, sum = 0.0f;
-#pragma unroll
-  for (int k = 0; k < 8; ++k) m = fmaxf(m, fabsf(v[k])), sum += v[k];
-#pragma unroll
-  for (int o = 1; o < 4; o <<= 1) {
-    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  }
-  if (i >= total) return;
-  const int t = i / per_token, b = (i - t * per_token) >> 2, q = i & 3;
-  int p[3][8];
-  planes::quantize8(v, m, p);
-  std::uint8_t* tok = smem + static_cast<std::size_t>(t) * token_bytes(n_blocks);
-  if constexpr (!kCluster) {
-#pragma unroll
-    for (int plane = 0; plane < 3; ++plane) {
-      const std::size_t chunk = static_cast<std::size_t>((2 * plane + (q >> 1)) * n_blocks + b);
-      *reinterpret_cast<uint2*>(tok + 16 * chunk + 8 * (q & 1)) =
-          make_uint2(pack_bytes(p[plane]), pack_bytes(p[plane] + 4));
-    }
-    if (q == 0) {
-      reinterpret_cast<float2*>(tok + 96 * static_cast<std::size_t>(n_blocks))[b] =
-          make_float2(m / 127.0f / (kStep * kStep * 16.0f), 8.0f * sum);
-    }
-  } else {
-    uint2 words[3];
-#pragma unroll
-    for (int plane = 0; plane < 3; ++plane) {
-      words[plane] = make_uint2(pack_bytes(p[plane]), pack_bytes(p[plane] + 4));
-    }
-    const float2 header = make_float2(m / 127.0f / (kStep * kStep * 16.0f), 8.0f * sum);
-    const std::uint32_t local = smem_addr(tok);
-    for (int r = 0; r < n_ranks; ++r) {
-      const std::uint32_t dst = cluster::peer_addr(local, r);
-#pragma unroll
-      for (int plane = 0; plane < 3; ++plane) {
-        const auto chunk = static_cast<std::uint32_t>((2 * plane + (q >> 1)) * n_blocks + b);
-        cluster::store(dst + 16 * chunk + 8 * (q & 1), words[plane]);
-      }
-      if (q == 0) {
-        cluster::store(dst + 96 * static_cast<std::uint32_t>(n_blocks) + 8 * b,
-                       make_uint2(__float_as_uint(header.x), __float_as_uint(header.y)));
-      }
-    }
-  }
 }
 
 // Chunks [begin, end) of x (multiples of 4: whole blocks) as planes, four threads per (token,
@@ -288,28 +229,6 @@ __device__ void build_planes_normed(const ResidualNormInput& in, const float* ro
     }
     store_chunk_planes(xv[c], i, n_cols / 8, n_cols / 8, n_blocks, smem);
   }
-}
-
-// sum_k (code_k - 8) x_k of one block (without the weight scale), from its codes and the planes.
-__device__ __forceinline__ float block_dot(const uint4& codes, const uint4 (&pl)[6], float2 xb) {
-  const std::uint32_t cw[4] = {codes.x, codes.y, codes.z, codes.w};
-  int lo[3] = {0, 0, 0}, hi[3] = {0, 0, 0};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const std::uint32_t l = cw[i] & 0x0f0f0f0fu, h = cw[i] & 0xf0f0f0f0u;  // h = 16 * code
-#pragma unroll
-    for (int plane = 0; plane < 3; ++plane) {
-      const uint4& a = pl[2 * plane];
-      const uint4& b = pl[2 * plane + 1];
-      const std::uint32_t wa = i == 0 ? a.x : i == 1 ? a.y : i == 2 ? a.z : a.w;
-      const std::uint32_t wb = i == 0 ? b.x : i == 1 ? b.y : i == 2 ? b.z : b.w;
-      lo[plane] = dp4a_us(l, wa, lo[plane]);
-      hi[plane] = dp4a_us(h, wb, hi[plane]);
-    }
-  }
-  // 16 * Pi, exact: |16 * Pi| <= 16 * 32 * 15 * 127 < 2^20, and 254 * 16 * P1 + 16 * P2 < 2^28.
-  const int s0 = 16 * lo[0] + hi[0], s1 = 16 * lo[1] + hi[1], s2 = 16 * lo[2] + hi[2];
-  return fmaf(planes::combine(s0, s1, s2), xb.x, -xb.y);
 }
 
 // One pipeline stage of a warp: per row, the 32 lanes' code arrays (512 bytes) and the 4 group

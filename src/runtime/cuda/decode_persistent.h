@@ -1,0 +1,75 @@
+// A whole Llama-style decode step in one persistent kernel (decode_persistent.cu): every layer's
+// Q/K/V, rotary embedding and cache store, attention, output projection, gated FFN and residual
+// updates, without kernel boundaries between them.
+//
+// Why: a decode step as separate launches pays, per launch, a ramp of the weight stream, a last
+// wave and the planes of x built again on every SM (docs/cuda.md, "Not done yet"): per Llama-3-8B
+// layer ~17 us of gaps against a ~29 us roofline. Here each warp streams the weight rows of all
+// its tasks, across matrices and layers, through one ring of shared memory, so the stream runs
+// on while the activations the next matrix needs are still being produced; the steps of a layer
+// meet at counters in global memory instead of kernel ends.
+//
+// Scope: dense layers without QK-norm, post norms, sliding windows, soft-capping or per-layer
+// inputs (Llama and its relatives), every matrix in the Q4_0x8 layout, one token, rotary embedding
+// over the whole head. PersistentDecode::unsupported says why a model does not qualify.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "runtime/cuda/buffer.h"
+#include "runtime/cuda/stream.h"
+
+namespace qforge::cuda {
+
+// One layer's weights (all Q4_0x8, q4_0x8.h) and cache.
+struct PersistentLayer {
+  const std::uint8_t* qkv = nullptr;      // [q_dim + 2 * kv_dim x n_embd]: Q, K, V rows
+  const std::uint8_t* wo = nullptr;       // [n_embd x q_dim]
+  const std::uint8_t* gate_up = nullptr;  // [2 * n_ff x n_embd]: gate rows, then up rows
+  const std::uint8_t* down = nullptr;     // [n_embd x n_ff]
+  const float* attn_norm = nullptr;       // [n_embd]
+  const float* ffn_norm = nullptr;        // [n_embd]
+  void* k_cache = nullptr;                // [n_ctx x n_head_kv x head_dim], BF16 or F32
+  void* v_cache = nullptr;
+};
+
+struct PersistentShape {
+  int n_layer = 0, n_embd = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0;
+  float eps = 0.0f, attn_scale = 1.0f;
+  RopeStyle rope_style = RopeStyle::kAdjacentPairs;
+  bool cache_bf16 = true;
+};
+
+class PersistentDecode {
+ public:
+  // Why the shape cannot run here (empty: it can), before any allocation.
+  static std::string unsupported(const PersistentShape& shape);
+
+  // Allocates the step's scratch and uploads the layer table (n_layer entries).
+  PersistentDecode(const PersistentShape& shape, const std::vector<PersistentLayer>& layers);
+
+  // Enqueues one step: x (n_embd floats) is the token's embedding, *pos its position, cos / sin
+  // its rotary tables (head_dim / 2 floats each, as rope_tables writes them). Returns the residual
+  // after the last layer (n_embd floats, owned here, valid until the next step).
+  float* record(const float* x, const int* pos, const float* cos, const float* sin,
+                StreamHandle stream);
+
+ private:
+  PersistentShape shape_;
+  int grid_ = 0, max_splits_ = 0;
+  std::size_t layer_floats_ = 0, layer_counters_ = 0, smem_bytes_ = 0;
+  DeviceBuffer<PersistentLayer> layers_;
+  DeviceBuffer<float> acts_, part_;
+  DeviceBuffer<int> counters_;
+};
+
+// Whether decode steps take the persistent kernel where the model qualifies: no unless
+// QFORGE_DECODE_PERSISTENT=1 or set_decode_persistent(true) (tests, measurements).
+bool decode_persistent_chosen();
+void set_decode_persistent(bool on);
+
+}  // namespace qforge::cuda
