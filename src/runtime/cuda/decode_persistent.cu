@@ -26,6 +26,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
 
 #include "runtime/cuda/bulk_copy.cuh"
 #include "runtime/cuda/decode_persistent.h"
@@ -41,18 +43,21 @@ namespace {
 
 constexpr int kWarps = 16, kThreads = 32 * kWarps;
 constexpr int kRows = 2;                          // rows per task (one gate/up pair)
-constexpr int kStages = 8;                        // ring stages per warp
+constexpr int kDefaultStages = 8;                 // ring stages per warp
 constexpr int kStepBytes = 576;                   // 32 blocks of a row: 4 groups of 144 bytes
 constexpr int kSlotBytes = kRows * kStepBytes;    // one stage
 constexpr int kMaxHeadDim = 128;                  // 4 dimensions per lane
 constexpr int kMaxSplits = 64;                    // attention splits per head
 constexpr int kMaxNormedWidth = 2 * 8 * kThreads;  // two 8-element chunks per thread
+// Per-warp shared slice of the attention step: the rotated query, the new position's K and V, then
+// the warp's running softmax (max, sum of weights, value sums) for the CTA's merge.
+constexpr int kWarpSlice = 4 * kMaxHeadDim + 4;  // float4-aligned slices
 
 enum Step { kQkv, kAttn, kOut, kGateUp, kDown, kNumSteps };
 
-// Counters of a layer: rows done per head (Q, K, V heads), splits done per Q head, then one per
-// step whose completion the next step awaits.
-enum Done { kQkvReady, kAttnReady, kOutDone, kGateUpDone, kDownDone, kNumDone };
+// Counters of a layer: splits done per Q head, then one per step whose completion the next step
+// awaits (tasks done; heads for kAttnReady).
+enum Done { kQkvDone, kAttnReady, kOutDone, kGateUpDone, kDownDone, kNumDone };
 
 struct Params {
   const PersistentLayer* layers;
@@ -69,7 +74,27 @@ struct Params {
   int max_splits;
   int* counters;  // per layer: layer_counters ints, zero at the start of the step
   int layer_counters;
+  // Measurements only (QFORGE_PERSISTENT_PROBE / _TRACE): probe bit 0 skips the waits for the
+  // step before (wrong results: the weight stream alone), bit 1 the attention's work; trace, if
+  // not null, takes per (layer, step, CTA) the times of arrival, wait done and planes done.
+  int probe;
+  unsigned long long* trace;
+  unsigned poll_sleep_ns;  // between two polls of a counter (QFORGE_PERSISTENT_POLL_NS, default 32)
 };
+
+// Shared memory of the planes: those of the widest input, and at least each warp's query slice
+// (the attention step uses the room between the products that read planes).
+__host__ __device__ constexpr std::size_t planes_bytes(int max_cols) {
+  const std::size_t x = q4_0x8::token_bytes(max_cols / 32);
+  const std::size_t q = static_cast<std::size_t>(kWarps) * kWarpSlice * sizeof(float);
+  return x > q ? x : q;
+}
+
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 
 struct LayerActs {
   float *qkv, *attn, *x_mid, *act, *x_out;
@@ -90,7 +115,7 @@ __device__ __forceinline__ int* layer_counters(const Params& p, int l) {
   return p.counters + static_cast<std::size_t>(l) * p.layer_counters;
 }
 __device__ __forceinline__ int* done_counter(const Params& p, int l, Done d) {
-  return layer_counters(p, l) + p.n_head + 2 * p.n_kv + p.n_head + d;
+  return layer_counters(p, l) + p.n_head + d;
 }
 
 __device__ __forceinline__ int load_acquire(const int* c) {
@@ -100,21 +125,31 @@ __device__ __forceinline__ int load_acquire(const int* c) {
 }
 
 // The whole CTA waits until *c >= target (thread 0 polls; the barrier passes its acquire on).
-__device__ __forceinline__ void wait_count(const int* c, int target) {
+__device__ __forceinline__ void wait_count(const Params& p, const int* c, int target,
+                                           unsigned long long* stamps) {
   if (threadIdx.x == 0) {
-    while (load_acquire(c) < target) __nanosleep(32);
+    if (stamps != nullptr) stamps[0] = global_ns();
+    if (c != nullptr && (p.probe & 1) == 0) {
+      while (load_acquire(c) < target) {
+        if (p.poll_sleep_ns > 0) __nanosleep(p.poll_sleep_ns);
+      }
+    }
   }
   __syncthreads();
+  if (threadIdx.x == 0 && stamps != nullptr) stamps[1] = global_ns();
 }
 
-// Adds n to *c once every lane's stores before it are visible device-wide; returns the old value
-// (in every lane).
+// Adds n to *c after every lane's stores before it (the warp barrier orders them before lane 0's
+// release); returns the old value in every lane, with acquire semantics (the warp that completes
+// a count reads what the others wrote).
 __device__ __forceinline__ int signal(int* c, int n) {
-  __threadfence();
   __syncwarp();
   int old = 0;
-  if ((threadIdx.x & 31) == 0) old = atomicAdd(c, n);
-  return __shfl_sync(0xffffffffu, old, 0);
+  if ((threadIdx.x & 31) == 0) {
+    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;" : "=r"(old) : "l"(c), "r"(n) : "memory");
+  }
+  old = __shfl_sync(0xffffffffu, old, 0);
+  return old;
 }
 
 // ---- a matrix step's geometry and the warp's walk over its weight rows ------------------------
@@ -184,19 +219,53 @@ __device__ __forceinline__ void load8_cg(const float* src, float* v) {
   v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
 }
 
-// The planes of x (n floats, written in this step) into `planes`.
+// The planes of x (n floats, written in this step) into `planes`: the loads of up to four rounds
+// of chunks issued together (one L2 round trip for n <= 16384).
 __device__ void build_planes(const float* x, int n, std::uint8_t* planes) {
+  constexpr int kBatch = 4;
   const int chunks = n / 8, n_blocks = n / 32;
-  for (int base = 0; base < chunks; base += kThreads) {
-    const int i = base + static_cast<int>(threadIdx.x);
-    float v[8] = {};
-    if (i < chunks) load8_cg(x + 8 * i, v);
-    q4_0x8::store_chunk_planes(v, i, chunks, chunks, n_blocks, planes);
+  for (int base = 0; base < chunks; base += kBatch * kThreads) {
+    float v[kBatch][8];
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int i = base + j * kThreads + static_cast<int>(threadIdx.x);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[j][k] = 0.0f;
+      if (i < chunks) load8_cg(x + 8 * i, v[j]);
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      if (base + j * kThreads >= chunks) break;  // uniform
+      q4_0x8::store_chunk_planes(v[j], base + j * kThreads + static_cast<int>(threadIdx.x), chunks,
+                                 chunks, n_blocks, planes);
+    }
   }
 }
 
+// A thread's norm weights (its two 8-element chunks), loaded before the wait for x: they are
+// constants, so their HBM round trip overlaps the wait.
+struct NormWeights {
+  float v[2][8];
+};
+
+__device__ __forceinline__ NormWeights load_norm(const float* w, int n) {
+  NormWeights r;
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    const int i = static_cast<int>(threadIdx.x) + c * kThreads;
+    float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f), b = a;
+    if (8 * i < n) {
+      a = __ldg(reinterpret_cast<const float4*>(w + 8 * i));
+      b = __ldg(reinterpret_cast<const float4*>(w + 8 * i + 4));
+    }
+    r.v[c][0] = a.x, r.v[c][1] = a.y, r.v[c][2] = a.z, r.v[c][3] = a.w;
+    r.v[c][4] = b.x, r.v[c][5] = b.y, r.v[c][6] = b.z, r.v[c][7] = b.w;
+  }
+  return r;
+}
+
 // The planes of rms_norm(x) * w (n <= kMaxNormedWidth), in the order of add_norm_kernel.
-__device__ void build_planes_normed(const float* x, const float* w, int n, float eps,
+__device__ void build_planes_normed(const float* x, const NormWeights& w, int n, float eps,
                                     std::uint8_t* planes, float* scratch) {
   const int chunks = n / 8, n_blocks = n / 32;
   float v[2][8] = {};
@@ -213,13 +282,8 @@ __device__ void build_planes_normed(const float* x, const float* w, int n, float
   for (int c = 0; c < 2; ++c) {
     const int i = static_cast<int>(threadIdx.x) + c * kThreads;
     if (c * kThreads >= chunks) break;  // uniform
-    if (i < chunks) {
-      const float4 a = __ldg(reinterpret_cast<const float4*>(w + 8 * i));
-      const float4 b = __ldg(reinterpret_cast<const float4*>(w + 8 * i + 4));
-      const float wv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 #pragma unroll
-      for (int k = 0; k < 8; ++k) v[c][k] = v[c][k] * r * wv[k];
-    }
+    for (int k = 0; k < 8; ++k) v[c][k] = v[c][k] * r * w.v[c][k];
     q4_0x8::store_chunk_planes(v[c], i, chunks, chunks, n_blocks, planes);
   }
 }
@@ -238,114 +302,220 @@ __device__ __forceinline__ float to_cache<float>(float v) {
 __device__ __forceinline__ float from_cache(std::uint16_t v) {
   return __uint_as_float(static_cast<std::uint32_t>(v) << 16);
 }
+__device__ __forceinline__ float from_cache(float v) {
+  return v;
+}
 
-// Lane's D consecutive elements of a cache row (D = head_dim / 32 <= 4), through L2.
+// Dimensions [4 * lane, 4 * lane + 4) of a cache row, through L2 (lanes with 4 * lane >= head_dim
+// take zeros without loading): one load per lane, the same code for every head size, so that a
+// run of them issues back to back.
 template <typename T>
-__device__ __forceinline__ void load_row(const T* row, int lane, int d_per_lane, float* out) {
+struct Dims4 {
+  std::uint32_t w[sizeof(T) == 2 ? 2 : 4];
+};
+
+template <typename T>
+__device__ __forceinline__ Dims4<T> load_dims4(const T* row, bool active) {
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  Dims4<T> r{};
   if constexpr (sizeof(T) == 2) {
-    const auto* r = reinterpret_cast<const unsigned short*>(row) + lane * d_per_lane;
+    const uint2 v = active ? __ldcg(reinterpret_cast<const uint2*>(row) + lane) : make_uint2(0, 0);
+    r.w[0] = v.x, r.w[1] = v.y;
+  } else {
+    const uint4 v = active ? __ldcg(reinterpret_cast<const uint4*>(row) + lane) : make_uint4(0, 0, 0, 0);
+    r.w[0] = v.x, r.w[1] = v.y, r.w[2] = v.z, r.w[3] = v.w;
+  }
+  return r;
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack_dims4(const Dims4<T>& r, float* out) {
+  if constexpr (sizeof(T) == 2) {
 #pragma unroll
-    for (int d = 0; d < 4; ++d) out[d] = d < d_per_lane ? from_cache(__ldcg(r + d)) : 0.0f;
+    for (int d = 0; d < 4; ++d) out[d] = __uint_as_float((r.w[d / 2] >> (16 * (d % 2))) << 16);
   } else {
 #pragma unroll
-    for (int d = 0; d < 4; ++d) out[d] = d < d_per_lane ? __ldcg(row + lane * d_per_lane + d) : 0.0f;
+    for (int d = 0; d < 4; ++d) out[d] = __uint_as_float(r.w[d]);
   }
 }
 
-// ---- Q/K/V head: rotary embedding and cache store ----------------------------------------------
-// Head hh of [Q; K; V] (all its rows written): a Q head rotated in place, a K head rotated into
-// the cache, a V head copied into the cache, at position pos.
+// ---- attention ----------------------------------------------------------------------------------
+// A CTA takes (Q head, split) tasks; its warps take the split's 32-position chunks in turn, each
+// keeping a running softmax (max, sum of weights, weighted value sums), and meet in shared memory.
+// A head of several splits (long contexts) merges them through global memory: the last split's
+// CTA does it. The rotary embedding happens here, not in the Q/K/V step: each warp rotates its
+// query itself, and the warp whose chunk holds the new position rotates that position's K (and
+// takes its V) from the Q/K/V outputs, rounded to the cache type as a cache read would give them;
+// for Q heads that are first of their KV group it also stores them into the cache for later steps.
+
+// Rotates the head_dim values at v in place (pairs as p.adjacent says), rounded through the
+// cache type T when `round` (the values a cache read would give), then scaled by `scale`. The
+// warp's lanes share v (shared memory): barriers before and after.
 template <typename T>
-__device__ void prepare_head(const Params& p, int l, float* qkv, int hh, int pos) {
-  const int lane = static_cast<int>(threadIdx.x & 31), hd = p.head_dim, half = hd / 2;
-  const PersistentLayer& L = p.layers[l];
-  float* src = qkv + static_cast<std::size_t>(hh) * hd;
-  if (hh >= p.n_head + p.n_kv) {
-    T* dst = static_cast<T*>(L.v_cache) +
-             (static_cast<std::size_t>(pos) * p.n_kv + (hh - p.n_head - p.n_kv)) * hd;
-    for (int i = lane; i < hd; i += 32) dst[i] = to_cache<T>(__ldcg(src + i));
-    return;
-  }
-  T* dst = hh < p.n_head ? nullptr
-                         : static_cast<T*>(L.k_cache) +
-                               (static_cast<std::size_t>(pos) * p.n_kv + (hh - p.n_head)) * hd;
+__device__ __forceinline__ void rotate_head(const Params& p, float* v, float scale, bool round) {
+  const int lane = static_cast<int>(threadIdx.x & 31), half = p.head_dim / 2;
+  __syncwarp();
   for (int i = lane; i < half; i += 32) {
     const int a = p.adjacent ? 2 * i : i, b = p.adjacent ? 2 * i + 1 : i + half;
-    const float x0 = __ldcg(src + a), x1 = __ldcg(src + b);
-    const float c = p.cos[i], s = p.sin[i];
-    const float y0 = x0 * c - x1 * s, y1 = x0 * s + x1 * c;
-    if (dst == nullptr) {
-      src[a] = y0, src[b] = y1;
-    } else {
-      dst[a] = to_cache<T>(y0), dst[b] = to_cache<T>(y1);
-    }
+    const float x0 = v[a], x1 = v[b];
+    const float c = p.cos[i], sn = p.sin[i];
+    float y0 = x0 * c - x1 * sn, y1 = x0 * sn + x1 * c;
+    if (round) y0 = from_cache(to_cache<T>(y0)), y1 = from_cache(to_cache<T>(y1));
+    v[a] = y0 * scale, v[b] = y1 * scale;
   }
+  __syncwarp();
 }
 
-// ---- attention of one (head, split) ------------------------------------------------------------
-
-// In every lane j: the sum over lanes of a[j] (a butterfly that halves the array at each step).
-__device__ __forceinline__ float transpose_sum(float (&a)[32]) {
-  const int lane = static_cast<int>(threadIdx.x & 31);
-#pragma unroll
-  for (int o = 16; o >= 1; o >>= 1) {
-    const bool upper = (lane & o) != 0;
-#pragma unroll
-    for (int i = 0; i < o; ++i) {
-      const float send = upper ? a[i] : a[i + o];
-      const float keep = upper ? a[i + o] : a[i];
-      a[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
-    }
-  }
-  return a[0];
-}
-
-// Positions [c0 * 32, min(c1 * 32, n_pos)) of Q head h against its KV head: the softmax-weighted
-// value sums (unnormalized), their max score and sum of weights, into part row (h, split).
+// The warp's chunks {c0 + k * stride} below c1 of Q head h: its running softmax into `out`
+// (max, sum of weights, then head_dim value sums). qs: the warp's slice.
 template <typename T>
-__device__ void attend_split(const Params& p, const PersistentLayer& L, const float* q, int h,
-                             int split, int c0, int c1, int n_pos) {
-  const int lane = static_cast<int>(threadIdx.x & 31), hd = p.head_dim, dpl = hd / 32;
-  const int hk = h / (p.n_head / p.n_kv);
-  float qv[4];
-#pragma unroll
-  for (int d = 0; d < 4; ++d) {
-    qv[d] = d < dpl ? __ldcg(q + static_cast<std::size_t>(h) * hd + lane * dpl + d) * p.attn_scale
-                    : 0.0f;
-  }
-  const T* kc = static_cast<const T*>(L.k_cache) + static_cast<std::size_t>(hk) * hd;
-  const T* vc = static_cast<const T*>(L.v_cache) + static_cast<std::size_t>(hk) * hd;
-  const std::size_t pos_stride = static_cast<std::size_t>(p.n_kv) * hd;
+__device__ void attend_chunks(const Params& p, int l, const float* qkv, int h, int c0, int c1,
+                              int stride, int n_pos, float* qs, float* out,
+                              unsigned long long* marks) {
+  const int lane = static_cast<int>(threadIdx.x & 31), hd = p.head_dim;
+  const bool mine = 4 * lane < hd;  // the lane's 4 dimensions of the value sums
+  const int group = p.n_head / p.n_kv, hk = h / group;
+  const PersistentLayer& L = p.layers[l];
   float m = -INFINITY, sum = 0.0f, acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  for (int c = c0; c < c1; ++c) {
-    const int base = 32 * c, valid = min(32, n_pos - base);
-    float a[32];
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      float kv[4];
-      load_row(kc + static_cast<std::size_t>(min(base + j, n_pos - 1)) * pos_stride, lane, dpl, kv);
-      a[j] = qv[0] * kv[0] + qv[1] * kv[1] + qv[2] * kv[2] + qv[3] * kv[3];
+  if (c0 < c1) {
+    float* k_new = qs + kMaxHeadDim;
+    float* v_new = k_new + kMaxHeadDim;
+    const int last = (n_pos - 1) / 32;  // the chunk of the new position
+    const bool has_new = c0 <= last && (last - c0) % stride == 0 && last < c1;
+    // The raw query, and where the warp scores the new position its K and V: loads issued together
+    // (one round trip), then rotated in shared memory.
+    {
+      const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      const float* q_src = qkv + static_cast<std::size_t>(h) * hd;
+      const float* k_src = qkv + p.q_dim + static_cast<std::size_t>(hk) * hd;
+      const float* v_src = qkv + p.q_dim + static_cast<std::size_t>(p.n_kv + hk) * hd;
+      const float4 qv = mine ? __ldcg(reinterpret_cast<const float4*>(q_src) + lane) : zero;
+      const float4 kv = mine && has_new ? __ldcg(reinterpret_cast<const float4*>(k_src) + lane) : zero;
+      const float4 vv = mine && has_new ? __ldcg(reinterpret_cast<const float4*>(v_src) + lane) : zero;
+      if (mine) {
+        reinterpret_cast<float4*>(qs)[lane] = qv;
+        reinterpret_cast<float4*>(k_new)[lane] = kv;
+        reinterpret_cast<float4*>(v_new)[lane] =
+            make_float4(from_cache(to_cache<T>(vv.x)), from_cache(to_cache<T>(vv.y)),
+                        from_cache(to_cache<T>(vv.z)), from_cache(to_cache<T>(vv.w)));
+      }
     }
-    const float sum_j = transpose_sum(a);  // every lane takes part in the shuffles
-    const float s = lane < valid ? sum_j : -INFINITY;
-    const float m_new = fmaxf(m, warp_max(s));
-    const float w = lane < valid ? expf(s - m_new) : 0.0f;
-    const float corr = expf(m - m_new);
-    sum = sum * corr + warp_sum(w);
+    rotate_head<T>(p, qs, p.attn_scale, false);
+    if (has_new) {
+      rotate_head<T>(p, k_new, 1.0f, true);
+      if (h % group == 0) {  // one store per KV head
+        const std::size_t at = (static_cast<std::size_t>(n_pos - 1) * p.n_kv + hk) * hd;
+        T* kd = static_cast<T*>(L.k_cache) + at;
+        T* vd = static_cast<T*>(L.v_cache) + at;
+        for (int i = lane; i < hd; i += 32) kd[i] = to_cache<T>(k_new[i]), vd[i] = to_cache<T>(v_new[i]);
+      }
+    }
+    __syncwarp();
+    if (marks != nullptr && (threadIdx.x & 31) == 0) marks[0] = global_ns();
+    const T* kc = static_cast<const T*>(L.k_cache) + static_cast<std::size_t>(hk) * hd;
+    const T* vc = static_cast<const T*>(L.v_cache) + static_cast<std::size_t>(hk) * hd;
+    const std::size_t pos_stride = static_cast<std::size_t>(p.n_kv) * hd;
+    constexpr int kPerWord = 16 / sizeof(T);  // cache elements per 16-byte load
+    const int row_words = hd / kPerWord;
+    for (int c = c0; c < c1; c += stride) {
+      const int base = 32 * c, valid = min(32, n_pos - base);
+      const int position = base + lane;
+      float score = -INFINITY;
+      if (c == last) {  // the new position's K is not in the cache yet: the warp scores it together
+        float dot = 0.0f;
+        for (int i = lane; i < hd; i += 32) dot = fmaf(qs[i], k_new[i], dot);
+        dot = warp_sum(dot);
+        if (position == n_pos - 1) score = dot;
+      }
+      if (lane < valid && position != n_pos - 1) {
+        const auto* row = reinterpret_cast<const uint4*>(kc + static_cast<std::size_t>(position) * pos_stride);
+        float dot = 0.0f;
+        for (int w0 = 0; w0 < row_words; w0 += 8) {
+          uint4 words[8];
 #pragma unroll
-    for (int d = 0; d < 4; ++d) acc[d] *= corr;
-    m = m_new;
-    for (int j = 0; j < valid; ++j) {
-      float vv[4];
-      load_row(vc + static_cast<std::size_t>(base + j) * pos_stride, lane, dpl, vv);
-      const float wj = __shfl_sync(0xffffffffu, w, j);
+          for (int i = 0; i < 8; ++i) words[i] = w0 + i < row_words ? __ldcg(row + w0 + i) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-      for (int d = 0; d < 4; ++d) acc[d] = fmaf(wj, vv[d], acc[d]);
+          for (int i = 0; i < 8; ++i) {
+            if (w0 + i >= row_words) break;
+            const std::uint32_t u[4] = {words[i].x, words[i].y, words[i].z, words[i].w};
+            const float* qw = qs + (w0 + i) * kPerWord;
+            if constexpr (sizeof(T) == 2) {
+#pragma unroll
+              for (int k = 0; k < 4; ++k) {
+                dot = fmaf(qw[2 * k], __uint_as_float(u[k] << 16), dot);
+                dot = fmaf(qw[2 * k + 1], __uint_as_float(u[k] & 0xffff0000u), dot);
+              }
+            } else {
+#pragma unroll
+              for (int k = 0; k < 4; ++k) dot = fmaf(qw[k], __uint_as_float(u[k]), dot);
+            }
+          }
+        }
+        score = dot;
+      }
+      const float m_new = fmaxf(m, warp_max(score));
+      const float w = lane < valid ? expf(score - m_new) : 0.0f;
+      const float corr = expf(m - m_new);
+      sum = sum * corr + warp_sum(w);
+#pragma unroll
+      for (int d = 0; d < 4; ++d) acc[d] *= corr;
+      m = m_new;
+      if (marks != nullptr && lane == 0 && c == c0) marks[1] = global_ns();
+      // The value rows in groups of 16, each group's loads issued together (only rows before the
+      // new position are in the cache); the new position's row from v_new.
+      for (int j0 = 0; j0 < valid; j0 += 16) {
+        Dims4<T> rows[16];
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+          rows[j] = load_dims4(vc + static_cast<std::size_t>(base + j0 + j) * pos_stride,
+                               mine && base + j0 + j < n_pos - 1);
+        }
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+          float vv[4];
+          unpack_dims4<T>(rows[j], vv);
+          if (base + j0 + j == n_pos - 1) {
+#pragma unroll
+            for (int d = 0; d < 4; ++d) vv[d] = mine ? v_new[4 * lane + d] : 0.0f;
+          }
+          const float wj = __shfl_sync(0xffffffffu, w, j0 + j);  // 0 beyond the valid positions
+#pragma unroll
+          for (int d = 0; d < 4; ++d) acc[d] = fmaf(wj, vv[d], acc[d]);
+        }
+      }
     }
   }
-  float* row = p.part + (static_cast<std::size_t>(h) * p.max_splits + split) * (hd + 2);
-  for (int d = 0; d < dpl; ++d) row[lane * dpl + d] = acc[d];
-  if (lane == 0) row[hd] = m, row[hd + 1] = sum;
+  if (mine) {
+#pragma unroll
+    for (int d = 0; d < 4; ++d) out[2 + 4 * lane + d] = acc[d];
+  }
+  if (lane == 0) out[0] = m, out[1] = sum;
+  if (marks != nullptr && lane == 0) marks[2] = global_ns();
+}
+
+// The CTA's warps' running softmaxes (slices of kWarpSlice floats, at offset 3 * kMaxHeadDim)
+// merged: unnormalized sums, max and weight sum into row (head_dim + 2 floats: sums, max, sum),
+// or normalized into out when row is null.
+__device__ void merge_warps(const Params& p, const float* slices, float* row, float* out) {
+  const int hd = p.head_dim;
+  float m = -INFINITY;
+  for (int w = 0; w < kWarps; ++w) m = fmaxf(m, slices[w * kWarpSlice + 3 * kMaxHeadDim]);
+  for (int d = static_cast<int>(threadIdx.x); d < hd + 1; d += kThreads) {
+    float total = 0.0f, acc = 0.0f;
+    for (int w = 0; w < kWarps; ++w) {
+      const float* s = slices + w * kWarpSlice + 3 * kMaxHeadDim;
+      const float f = s[0] == -INFINITY ? 0.0f : expf(s[0] - m);
+      total = fmaf(f, s[1], total);
+      if (d < hd) acc = fmaf(f, s[2 + d], acc);
+    }
+    if (row == nullptr) {
+      if (d < hd) out[d] = acc / total;
+    } else if (d < hd) {
+      row[d] = acc;
+    } else {
+      row[hd] = m, row[hd + 1] = total;
+    }
+  }
 }
 
 // Head h's splits (all written) merged into attn.
@@ -356,6 +526,7 @@ __device__ void merge_splits(const Params& p, int h, int n_splits, float* attn) 
   for (int s = lane; s < n_splits; s += 32) m = fmaxf(m, __ldcg(rows + s * (hd + 2) + hd));
   m = warp_max(m);
   float total = 0.0f, acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 8
   for (int s = 0; s < n_splits; ++s) {
     const float* row = rows + s * (hd + 2);
     const float w = expf(__ldcg(row + hd) - m);
@@ -367,7 +538,7 @@ __device__ void merge_splits(const Params& p, int h, int n_splits, float* attn) 
 
 // ---- the kernel --------------------------------------------------------------------------------
 
-template <typename T>
+template <typename T, int kStages>
 __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p) {
   extern __shared__ uint4 smem_words[];
   auto* smem = reinterpret_cast<std::uint8_t*>(smem_words);
@@ -377,7 +548,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
   std::uint8_t* ring = smem + static_cast<std::size_t>(warp) * kStages * kSlotBytes;
   std::uint8_t* planes = smem + static_cast<std::size_t>(kWarps) * kStages * kSlotBytes;
   const int max_cols = max(max(p.n_embd, p.q_dim), p.n_ff);
-  auto* bars = reinterpret_cast<std::uint64_t*>(planes + q4_0x8::token_bytes(max_cols / 32)) +
+  auto* bars = reinterpret_cast<std::uint64_t*>(planes + planes_bytes(max_cols)) +
                kStages * warp;
   auto* scratch = reinterpret_cast<float*>(bars - kStages * warp + kStages * kWarps);
 
@@ -417,6 +588,14 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
   const int lane_scale = 144 * (lane >> 3) + 2 * (lane & 7);
   int slot = 0;
   std::uint32_t phase = 0;
+  auto stamps = [&](int l, int step) -> unsigned long long* {
+    if (p.trace == nullptr) return nullptr;
+    return p.trace + ((static_cast<std::size_t>(l) * kNumSteps + step) * gridDim.x + blockIdx.x) * 6;
+  };
+  auto planes_done = [&](int l, int step) {
+    __syncthreads();
+    if (threadIdx.x == 0 && p.trace != nullptr) stamps(l, step)[2] = global_ns();
+  };
 
   // The warp's tasks of matrix step m; epilogue(task, v0, v1) takes each task's two sums.
   auto run_matrix = [&](const MatStep& m, auto&& epilogue) {
@@ -455,46 +634,71 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     const PersistentLayer& L = p.layers[l];
     const LayerActs a = layer_acts(p, l);
     const float* x_in = l == 0 ? p.x0 : layer_acts(p, l - 1).x_out;
-    int* head_rows = layer_counters(p, l);
-    int* splits_done = head_rows + p.n_head + 2 * p.n_kv;
+    int* splits_done = layer_counters(p, l);
 
     // qkv
-    if (l > 0) wait_count(done_counter(p, l - 1, kDownDone), p.n_embd / kRows);
-    build_planes_normed(x_in, L.attn_norm, p.n_embd, p.eps, planes, scratch);
-    __syncthreads();
-    run_matrix(mat_step(p, l, kQkv), [&](int task, float v0, float v1) {
-      const int row = kRows * task, hh = row / p.head_dim;
+    NormWeights norm = load_norm(L.attn_norm, p.n_embd);
+    wait_count(p, l > 0 ? done_counter(p, l - 1, kDownDone) : nullptr, l > 0 ? p.n_embd / kRows : 0,
+               stamps(l, kQkv));
+    build_planes_normed(x_in, norm, p.n_embd, p.eps, planes, scratch);
+    planes_done(l, kQkv);
+    int done = run_matrix(mat_step(p, l, kQkv), [&](int task, float v0, float v1) {
+      const int row = kRows * task;
       if (lane == 0) a.qkv[row] = v0, a.qkv[row + 1] = v1;
-      if (signal(head_rows + hh, kRows) + kRows == p.head_dim) {
-        __threadfence();
-        prepare_head<T>(p, l, a.qkv, hh, pos);
-        signal(done_counter(p, l, kQkvReady), 1);
-      }
     });
+    if (done > 0) signal(done_counter(p, l, kQkvDone), done);
 
-    // attn
-    wait_count(done_counter(p, l, kQkvReady), p.n_head + 2 * p.n_kv);
+    // attn: the planes' room holds the warps' slices (free until the output projection's planes)
+    wait_count(p, done_counter(p, l, kQkvDone), p.qkv_dim / kRows, stamps(l, kAttn));
     {
       const int n_chunks = (n_pos + 31) / 32;
-      const int per_split = (n_chunks + p.max_splits - 1) / p.max_splits;
+      const int cta_splits = max(1, min(static_cast<int>(gridDim.x) / p.n_head,
+                                        min(p.max_splits, (n_chunks + kWarps - 1) / kWarps)));
+      const int per_split = (n_chunks + cta_splits - 1) / cta_splits;
       const int n_splits = (n_chunks + per_split - 1) / per_split;
-      for (int t = g; t < p.n_head * n_splits; t += n_warps) {
-        const int h = t / n_splits, s = t - h * n_splits;
-        attend_split<T>(p, L, a.qkv, h, s, s * per_split, min(n_chunks, (s + 1) * per_split),
-                        n_pos);
-        if (signal(splits_done + h, 1) + 1 == n_splits) {
-          __threadfence();
-          merge_splits(p, h, n_splits, a.attn);
-          signal(done_counter(p, l, kAttnReady), 1);
+      float* slices = reinterpret_cast<float*>(planes);
+      float* mine = slices + warp * kWarpSlice;
+      for (int t = static_cast<int>(blockIdx.x); t < p.n_head * n_splits; t += static_cast<int>(gridDim.x)) {
+        const int h = t / n_splits, sp = t - h * n_splits;
+        if ((p.probe & 2) == 0) {
+          unsigned long long* marks =
+              warp == 0 && t == static_cast<int>(blockIdx.x) && p.trace != nullptr
+                  ? stamps(l, kAttn) + 3
+                  : nullptr;
+          attend_chunks<T>(p, l, a.qkv, h, sp * per_split + warp, min(n_chunks, (sp + 1) * per_split),
+                           kWarps, n_pos, mine, mine + 3 * kMaxHeadDim, marks);
         }
+        __syncthreads();
+        if (n_splits == 1) {
+          if ((p.probe & 2) == 0) merge_warps(p, slices, nullptr, a.attn + static_cast<std::size_t>(h) * p.head_dim);
+          __syncthreads();
+          if (warp == 0) signal(done_counter(p, l, kAttnReady), 1);
+          if (threadIdx.x == 0 && p.trace != nullptr) stamps(l, kAttn)[2] = global_ns();
+        } else {
+          float* row = p.part + (static_cast<std::size_t>(h) * p.max_splits + sp) * (p.head_dim + 2);
+          merge_warps(p, slices, row, nullptr);
+          __syncthreads();
+          int* last = reinterpret_cast<int*>(scratch);
+          if (warp == 0) {
+            const int old = signal(splits_done + h, 1);
+            if (lane == 0) *last = old + 1 == n_splits;
+          }
+          __syncthreads();
+          if (*last != 0 && warp == 0) {
+            __threadfence();
+            merge_splits(p, h, n_splits, a.attn);
+            signal(done_counter(p, l, kAttnReady), 1);
+          }
+        }
+        __syncthreads();  // the slices are free for the CTA's next task
       }
     }
 
     // out
-    wait_count(done_counter(p, l, kAttnReady), p.n_head);
+    wait_count(p, done_counter(p, l, kAttnReady), p.n_head, stamps(l, kOut));
     build_planes(a.attn, p.q_dim, planes);
-    __syncthreads();
-    int done = run_matrix(mat_step(p, l, kOut), [&](int task, float v0, float v1) {
+    planes_done(l, kOut);
+    done = run_matrix(mat_step(p, l, kOut), [&](int task, float v0, float v1) {
       const int row = kRows * task;
       if (lane == 0) {
         a.x_mid[row] = __ldcg(x_in + row) + v0;
@@ -504,18 +708,19 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     if (done > 0) signal(done_counter(p, l, kOutDone), done);
 
     // gateup
-    wait_count(done_counter(p, l, kOutDone), p.n_embd / kRows);
-    build_planes_normed(a.x_mid, L.ffn_norm, p.n_embd, p.eps, planes, scratch);
-    __syncthreads();
+    norm = load_norm(L.ffn_norm, p.n_embd);
+    wait_count(p, done_counter(p, l, kOutDone), p.n_embd / kRows, stamps(l, kGateUp));
+    build_planes_normed(a.x_mid, norm, p.n_embd, p.eps, planes, scratch);
+    planes_done(l, kGateUp);
     done = run_matrix(mat_step(p, l, kGateUp), [&](int task, float gate, float up) {
       if (lane == 0) a.act[task] = silu(gate) * up;
     });
     if (done > 0) signal(done_counter(p, l, kGateUpDone), done);
 
     // down
-    wait_count(done_counter(p, l, kGateUpDone), p.n_ff);
+    wait_count(p, done_counter(p, l, kGateUpDone), p.n_ff, stamps(l, kDown));
     build_planes(a.act, p.n_ff, planes);
-    __syncthreads();
+    planes_done(l, kDown);
     done = run_matrix(mat_step(p, l, kDown), [&](int task, float v0, float v1) {
       const int row = kRows * task;
       if (lane == 0) {
@@ -527,10 +732,10 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
   }
 }
 
-std::size_t smem_bytes_for(const PersistentShape& s) {
+std::size_t smem_bytes_for(const PersistentShape& s, int stages) {
   const int max_cols = std::max(s.n_embd, std::max(s.n_head * s.head_dim, s.n_ff));
-  return static_cast<std::size_t>(kWarps) * kStages * kSlotBytes +
-         q4_0x8::token_bytes(max_cols / 32) + static_cast<std::size_t>(kWarps) * kStages * 8 +
+  return static_cast<std::size_t>(kWarps) * stages * kSlotBytes +
+         planes_bytes(max_cols) + static_cast<std::size_t>(kWarps) * stages * 8 +
          32 * sizeof(float);
 }
 
@@ -539,11 +744,11 @@ std::atomic<bool>& persistent_choice() {
   return on;
 }
 
-template <typename T>
+template <typename T, int kStages>
 void launch(const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   static std::atomic<bool> configured{false};
   if (!configured.exchange(true)) {
-    QFORGE_CUDA_CHECK(cudaFuncSetAttribute(decode_persistent_kernel<T>,
+    QFORGE_CUDA_CHECK(cudaFuncSetAttribute(decode_persistent_kernel<T, kStages>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(current_max_smem_per_block())));
   }
@@ -557,7 +762,17 @@ void launch(const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   attribute.val.cooperative = 1;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  QFORGE_CUDA_CHECK(cudaLaunchKernelEx(&config, decode_persistent_kernel<T>, p));
+  QFORGE_CUDA_CHECK(cudaLaunchKernelEx(&config, decode_persistent_kernel<T, kStages>, p));
+}
+
+template <typename T>
+void launch_stages(int stages, const Params& p, int grid, std::size_t smem, StreamHandle stream) {
+  switch (stages) {
+    case 4: launch<T, 4>(p, grid, smem, stream); break;
+    case 6: launch<T, 6>(p, grid, smem, stream); break;
+    case 9: launch<T, 9>(p, grid, smem, stream); break;
+    default: launch<T, kDefaultStages>(p, grid, smem, stream); break;
+  }
 }
 
 }  // namespace
@@ -580,7 +795,9 @@ std::string PersistentDecode::unsupported(const PersistentShape& s) {
     return "needs widths that are multiples of 256 (Q4_0x8)";
   }
   if (s.n_embd > kMaxNormedWidth) return "needs an embedding of at most 8192";
-  if (smem_bytes_for(s) > current_max_smem_per_block()) return "needs more shared memory";
+  if (smem_bytes_for(s, kDefaultStages) > current_max_smem_per_block()) {
+    return "needs more shared memory";
+  }
   return {};
 }
 
@@ -594,19 +811,50 @@ PersistentDecode::PersistentDecode(const PersistentShape& shape,
     cuda_fail("CUDA persistent decode: ", layers.size(), " layer entries for ", shape.n_layer,
               " layers");
   }
-  smem_bytes_ = smem_bytes_for(shape);
+  // Ring stages per warp: kDefaultStages, or 4 / 6 / 9 by QFORGE_PERSISTENT_STAGES for
+  // measurements (where they fit).
+  stages_ = static_cast<int>(env_number("QFORGE_PERSISTENT_STAGES", kDefaultStages));
+  if ((stages_ != 4 && stages_ != 6 && stages_ != 9) ||
+      smem_bytes_for(shape, stages_) > current_max_smem_per_block()) {
+    stages_ = kDefaultStages;
+  }
+  smem_bytes_ = smem_bytes_for(shape, stages_);
+  probe_ = static_cast<int>(env_number("QFORGE_PERSISTENT_PROBE", 0));
+  poll_ns_ = std::clamp(static_cast<int>(env_number("QFORGE_PERSISTENT_POLL_NS", 32)), 0, 10000);
+  if (const char* path = std::getenv("QFORGE_PERSISTENT_TRACE"); path != nullptr && *path != 0) {
+    trace_path_ = path;
+  }
   grid_ = current_sm_count();  // one CTA per SM: its shared memory admits no second one
   const int q_dim = shape.n_head * shape.head_dim;
   const int qkv_dim = q_dim + 2 * shape.n_head_kv * shape.head_dim;
   max_splits_ = std::clamp(grid_ * kWarps / shape.n_head, 1, kMaxSplits);
   layer_floats_ = static_cast<std::size_t>(qkv_dim + q_dim + 2 * shape.n_embd + shape.n_ff);
   layer_floats_ = (layer_floats_ + 31) / 32 * 32;
-  layer_counters_ = static_cast<std::size_t>(2 * shape.n_head + 2 * shape.n_head_kv + kNumDone);
+  layer_counters_ = static_cast<std::size_t>(shape.n_head + kNumDone);
   layers_ = DeviceBuffer<PersistentLayer>(std::span<const PersistentLayer>(layers.data(), layers.size()));
   acts_ = DeviceBuffer<float>(layer_floats_ * static_cast<std::size_t>(shape.n_layer));
   part_ = DeviceBuffer<float>(static_cast<std::size_t>(shape.n_head) * max_splits_ *
                               (shape.head_dim + 2));
   counters_ = DeviceBuffer<int>(layer_counters_ * static_cast<std::size_t>(shape.n_layer));
+  if (!trace_path_.empty()) {
+    trace_ = DeviceBuffer<unsigned long long>(static_cast<std::size_t>(shape.n_layer) * kNumSteps *
+                                              static_cast<std::size_t>(grid_) * 6);
+    trace_.fill_bytes(0);
+  }
+}
+
+// The last step's trace, for measurements: n_layer, steps, grid (int32 each), then the stamps.
+PersistentDecode::~PersistentDecode() {
+  if (trace_path_.empty()) return;
+  try {
+    const std::vector<unsigned long long> stamps = trace_.to_host();
+    std::ofstream out(trace_path_, std::ios::binary);
+    const int header[3] = {shape_.n_layer, kNumSteps, grid_};
+    out.write(reinterpret_cast<const char*>(header), sizeof(header));
+    out.write(reinterpret_cast<const char*>(stamps.data()),
+              static_cast<std::streamsize>(stamps.size() * sizeof(stamps[0])));
+  } catch (...) {  // a measurement aid: never let it throw from a destructor
+  }
 }
 
 float* PersistentDecode::record(const float* x, const int* pos, const float* cos,
@@ -635,11 +883,14 @@ float* PersistentDecode::record(const float* x, const int* pos, const float* cos
   p.max_splits = max_splits_;
   p.counters = counters_.data();
   p.layer_counters = static_cast<int>(layer_counters_);
+  p.probe = probe_;
+  p.poll_sleep_ns = static_cast<unsigned>(poll_ns_);
+  p.trace = trace_.empty() ? nullptr : trace_.data();
   counters_.fill_bytes(0, stream);
   if (s.cache_bf16) {
-    launch<std::uint16_t>(p, grid_, smem_bytes_, stream);
+    launch_stages<std::uint16_t>(stages_, p, grid_, smem_bytes_, stream);
   } else {
-    launch<float>(p, grid_, smem_bytes_, stream);
+    launch_stages<float>(stages_, p, grid_, smem_bytes_, stream);
   }
   return acts_.data() + layer_floats_ * static_cast<std::size_t>(s.n_layer - 1) +
          static_cast<std::size_t>(p.qkv_dim + p.q_dim + s.n_embd + s.n_ff);

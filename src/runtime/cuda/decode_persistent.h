@@ -51,6 +51,9 @@ class PersistentDecode {
 
   // Allocates the step's scratch and uploads the layer table (n_layer entries).
   PersistentDecode(const PersistentShape& shape, const std::vector<PersistentLayer>& layers);
+  ~PersistentDecode();
+  PersistentDecode(const PersistentDecode&) = delete;
+  PersistentDecode& operator=(const PersistentDecode&) = delete;
 
   // Enqueues one step: x (n_embd floats) is the token's embedding, *pos its position, cos / sin
   // its rotary tables (head_dim / 2 floats each, as rope_tables writes them). Returns the residual
@@ -60,7 +63,9 @@ class PersistentDecode {
 
  private:
   PersistentShape shape_;
-  int grid_ = 0, max_splits_ = 0;
+  int grid_ = 0, max_splits_ = 0, stages_ = 0, probe_ = 0, poll_ns_ = 32;
+  std::string trace_path_;
+  DeviceBuffer<unsigned long long> trace_;
   std::size_t layer_floats_ = 0, layer_counters_ = 0, smem_bytes_ = 0;
   DeviceBuffer<PersistentLayer> layers_;
   DeviceBuffer<float> acts_, part_;
