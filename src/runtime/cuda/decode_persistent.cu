@@ -34,6 +34,7 @@
 #include "runtime/cuda/device_attrs.h"
 #include "runtime/cuda/env_switch.h"
 #include "runtime/cuda/glu.cuh"
+#include "runtime/cuda/prefetch.cuh"
 #include "runtime/cuda/q4_0x8.h"
 #include "runtime/cuda/q4_0x8_planes.cuh"
 #include "runtime/cuda/reduce.cuh"
@@ -43,7 +44,7 @@ namespace {
 
 constexpr int kWarps = 16, kThreads = 32 * kWarps;
 constexpr int kRows = 2;                          // rows per task (one gate/up pair)
-constexpr int kDefaultStages = 8;                 // ring stages per warp
+constexpr int kDefaultStages = 6;                 // ring stages per warp
 constexpr int kStepBytes = 576;                   // 32 blocks of a row: 4 groups of 144 bytes
 constexpr int kSlotBytes = kRows * kStepBytes;    // one stage
 constexpr int kMaxHeadDim = 128;                  // 4 dimensions per lane
@@ -630,11 +631,28 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     return done;
   };
 
+  // The attention's split of the positions: (head, split) tasks for CTAs, 32-position chunks for
+  // their warps.
+  const int n_chunks = (n_pos + 31) / 32;
+  const int cta_splits = max(1, min(static_cast<int>(gridDim.x) / p.n_head,
+                                    min(p.max_splits, (n_chunks + kWarps - 1) / kWarps)));
+  const int per_split = (n_chunks + cta_splits - 1) / cta_splits;
+  const int n_splits = (n_chunks + per_split - 1) / per_split;
+
   for (int l = 0; l < p.n_layer; ++l) {
     const PersistentLayer& L = p.layers[l];
     const LayerActs a = layer_acts(p, l);
     const float* x_in = l == 0 ? p.x0 : layer_acts(p, l - 1).x_out;
     int* splits_done = layer_counters(p, l);
+
+    // The cache rows this CTA's attention tasks will read (earlier steps wrote them) into L2
+    // while the layer's first products run.
+    for (int t = static_cast<int>(blockIdx.x); t < p.n_head * n_splits; t += static_cast<int>(gridDim.x)) {
+      const int h = t / n_splits, sp = t - h * n_splits;
+      prefetch_kv_rows_l2(static_cast<const T*>(L.k_cache), static_cast<const T*>(L.v_cache),
+                          32 * sp * per_split, min(n_pos - 1, 32 * (sp + 1) * per_split), p.n_kv,
+                          h / (p.n_head / p.n_kv), p.head_dim, p.head_dim);
+    }
 
     // qkv
     NormWeights norm = load_norm(L.attn_norm, p.n_embd);
@@ -651,11 +669,6 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     // attn: the planes' room holds the warps' slices (free until the output projection's planes)
     wait_count(p, done_counter(p, l, kQkvDone), p.qkv_dim / kRows, stamps(l, kAttn));
     {
-      const int n_chunks = (n_pos + 31) / 32;
-      const int cta_splits = max(1, min(static_cast<int>(gridDim.x) / p.n_head,
-                                        min(p.max_splits, (n_chunks + kWarps - 1) / kWarps)));
-      const int per_split = (n_chunks + cta_splits - 1) / cta_splits;
-      const int n_splits = (n_chunks + per_split - 1) / per_split;
       float* slices = reinterpret_cast<float*>(planes);
       float* mine = slices + warp * kWarpSlice;
       for (int t = static_cast<int>(blockIdx.x); t < p.n_head * n_splits; t += static_cast<int>(gridDim.x)) {
@@ -769,7 +782,7 @@ template <typename T>
 void launch_stages(int stages, const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   switch (stages) {
     case 4: launch<T, 4>(p, grid, smem, stream); break;
-    case 6: launch<T, 6>(p, grid, smem, stream); break;
+    case 8: launch<T, 8>(p, grid, smem, stream); break;
     case 9: launch<T, 9>(p, grid, smem, stream); break;
     default: launch<T, kDefaultStages>(p, grid, smem, stream); break;
   }
@@ -811,10 +824,10 @@ PersistentDecode::PersistentDecode(const PersistentShape& shape,
     cuda_fail("CUDA persistent decode: ", layers.size(), " layer entries for ", shape.n_layer,
               " layers");
   }
-  // Ring stages per warp: kDefaultStages, or 4 / 6 / 9 by QFORGE_PERSISTENT_STAGES for
+  // Ring stages per warp: kDefaultStages, or 4 / 8 / 9 by QFORGE_PERSISTENT_STAGES for
   // measurements (where they fit).
   stages_ = static_cast<int>(env_number("QFORGE_PERSISTENT_STAGES", kDefaultStages));
-  if ((stages_ != 4 && stages_ != 6 && stages_ != 9) ||
+  if ((stages_ != 4 && stages_ != 8 && stages_ != 9) ||
       smem_bytes_for(shape, stages_) > current_max_smem_per_block()) {
     stages_ = kDefaultStages;
   }
