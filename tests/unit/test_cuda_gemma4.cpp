@@ -358,6 +358,18 @@ struct ForcedGemvPairs {
   ForcedGemvPairs& operator=(const ForcedGemvPairs&) = delete;
 };
 
+// Decode steps as one persistent kernel (decode_persistent.h) on every cache, or on none, for a
+// test; back to the choice before it.
+struct ForcedPersistentDecode {
+  cuda::PersistentMode before = cuda::decode_persistent_mode();
+  explicit ForcedPersistentDecode(bool on) {
+    cuda::set_decode_persistent_mode(on ? cuda::PersistentMode::kAlways : cuda::PersistentMode::kOff);
+  }
+  ~ForcedPersistentDecode() { cuda::set_decode_persistent_mode(before); }
+  ForcedPersistentDecode(const ForcedPersistentDecode&) = delete;
+  ForcedPersistentDecode& operator=(const ForcedPersistentDecode&) = delete;
+};
+
 // A dense variant whose every attention and FFN matrix is 256-column aligned, in Q4_0: the GPU
 // regroups them (q4_0x8.h), so decode runs the integer-plane GEMV, including the gate/up product
 // that applies GeGLU to its sums (gemm off here: the F32-equivalent GEMV for every token count;
@@ -404,6 +416,8 @@ TEST(CudaLlamaQ4_0x8, DecodeMatchesCpu) {
   const CpuF32Activations f32;
   auto cpu = load_model(path);
   auto gpu = cuda_model(path, /*gemm=*/false);
+  // The ordinary decode kernels (these small caches would take the persistent step, tested below).
+  const ForcedPersistentDecode ordinary(false);
   // Llama has no post norms: by default its norms stay apart; kAll takes them into the GEMVs.
   for (const cuda::GemvNorms mode : {cuda::GemvNorms::kAll, cuda::GemvNorms::kPostNorm}) {
     gpu->set_gemv_norms(mode);
@@ -415,16 +429,6 @@ TEST(CudaLlamaQ4_0x8, DecodeMatchesCpu) {
   expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(24, 5, 37, 600), 8, KvType::F32,
                          "small Llama Q4_0 (Q4_0x8 on the GPU), GEMVs in CTA pairs");
 }
-
-// Decode steps as one persistent kernel (decode_persistent.h) for a test, back to the choice
-// before it.
-struct ForcedPersistentDecode {
-  bool before = cuda::decode_persistent_chosen();
-  ForcedPersistentDecode() { cuda::set_decode_persistent(true); }
-  ~ForcedPersistentDecode() { cuda::set_decode_persistent(before); }
-  ForcedPersistentDecode(const ForcedPersistentDecode&) = delete;
-  ForcedPersistentDecode& operator=(const ForcedPersistentDecode&) = delete;
-};
 
 nlohmann::json small_llama_config() {
   return {{"hidden_size", 512},        {"num_hidden_layers", 3},
@@ -443,7 +447,7 @@ TEST(CudaLlamaPersistent, DecodeMatchesCpu) {
   const CpuF32Activations f32;
   auto cpu = load_model(path);
   auto gpu = cuda_model(path, /*gemm=*/false);
-  const ForcedPersistentDecode on;
+  const ForcedPersistentDecode on(true);
   for (const KvType kv : {KvType::F32, KvType::BF16}) {
     auto probe = gpu->new_cache(8, kv);
     const std::string why = gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*probe));
@@ -465,7 +469,7 @@ TEST(CudaLlamaPersistent, LongContextMatchesOrdinaryDecode) {
   const std::vector<std::int32_t> prompt = prompt_ids(2200, 5, 37, 600);
   const int n_ctx = static_cast<int>(prompt.size()) + 4;
   auto run = [&](bool persistent) {
-    cuda::set_decode_persistent(persistent);
+    const ForcedPersistentDecode forced(persistent);
     auto cache = gpu->new_cache(n_ctx, KvType::BF16);
     if (persistent) {
       const std::string why = gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*cache));
@@ -480,10 +484,8 @@ TEST(CudaLlamaPersistent, LongContextMatchesOrdinaryDecode) {
     }
     return all;
   };
-  const bool before = cuda::decode_persistent_chosen();
   const std::vector<float> want = run(false);
   const std::vector<float> got = run(true);
-  cuda::set_decode_persistent(before);
   if (got.empty()) GTEST_SKIP() << "no persistent decode on this device";
   const Diff d = diff(got, want);
   EXPECT_TRUE(d.within()) << "decode logits at depth 2200 differ by " << d.max_abs;

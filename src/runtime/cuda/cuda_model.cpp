@@ -637,7 +637,12 @@ std::string CudaModel::persistent_unsupported(const CudaKvCache& cache) const {
 }
 
 bool CudaModel::persistent_step(CudaKvCache& cache) {
-  if (!decode_persistent_chosen() || !persistent_unsupported(cache).empty()) return false;
+  const PersistentMode mode = decode_persistent_mode();
+  if (mode == PersistentMode::kOff ||
+      (mode == PersistentMode::kShortCaches && cache.n_ctx() >= kPersistentMaxCtx) ||
+      !persistent_unsupported(cache).empty()) {
+    return false;
+  }
   const ModelConfig& c = config_;
   if (!persistent_ || persistent_cache_ != cache.id()) {
     PersistentShape shape;

@@ -85,7 +85,7 @@ class CudaModel final : public Model {
     decode_graph_cache_ = 0;
   }
   // Why a decode step on this cache cannot run as one persistent kernel (decode_persistent.h);
-  // empty: it can, and does where decode_persistent_chosen().
+  // empty: it can, and does where decode_persistent_mode() says so.
   std::string persistent_unsupported(const CudaKvCache& cache) const;
 
  private:
@@ -102,7 +102,8 @@ class CudaModel final : public Model {
   CudaKvCache& checked_cache(const char* what, std::span<const std::int32_t> tokens, int pos0,
                              KvCache& cache_base) const;
   void attention_block(int il, int n, CudaKvCache& cache, int splits);
-  // Whether a decode step on the cache runs as the persistent kernel (chosen and supported); if
+  // Whether a decode step on the cache runs as the persistent kernel (chosen for the cache's size
+  // and supported); if
   // so, makes sure persistent_ serves this cache (allocating: not while a stream captures).
   bool persistent_step(CudaKvCache& cache);
   // Records a decode step through persistent_; leaves the final-normed row in h_.

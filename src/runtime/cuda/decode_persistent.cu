@@ -752,9 +752,12 @@ std::size_t smem_bytes_for(const PersistentShape& s, int stages) {
          32 * sizeof(float);
 }
 
-std::atomic<bool>& persistent_choice() {
-  static std::atomic<bool> on{env_number("QFORGE_DECODE_PERSISTENT", 0) != 0};
-  return on;
+std::atomic<PersistentMode>& persistent_choice() {
+  static std::atomic<PersistentMode> mode{[] {
+    const long v = env_number("QFORGE_DECODE_PERSISTENT", 1);
+    return v == 0 ? PersistentMode::kOff : v == 2 ? PersistentMode::kAlways : PersistentMode::kShortCaches;
+  }()};
+  return mode;
 }
 
 template <typename T, int kStages>
@@ -790,12 +793,12 @@ void launch_stages(int stages, const Params& p, int grid, std::size_t smem, Stre
 
 }  // namespace
 
-bool decode_persistent_chosen() {
+PersistentMode decode_persistent_mode() {
   return persistent_choice().load();
 }
 
-void set_decode_persistent(bool on) {
-  persistent_choice().store(on);
+void set_decode_persistent_mode(PersistentMode mode) {
+  persistent_choice().store(mode);
 }
 
 std::string PersistentDecode::unsupported(const PersistentShape& s) {

@@ -72,9 +72,14 @@ class PersistentDecode {
   DeviceBuffer<int> counters_;
 };
 
-// Whether decode steps take the persistent kernel where the model qualifies: no unless
-// QFORGE_DECODE_PERSISTENT=1 or set_decode_persistent(true) (tests, measurements).
-bool decode_persistent_chosen();
-void set_decode_persistent(bool on);
+// Where decode steps take the persistent kernel (for models that qualify): on caches of fewer than
+// kPersistentMaxCtx positions (the default; QFORGE_DECODE_PERSISTENT=1), on every cache (=2;
+// tests), or nowhere (=0). Its attention is a plain split over the CTAs: at depth the ordinary
+// kernels' flash decoding is far ahead (H200, Llama-3-8B tg128 at depth 4096: 328 vs 430
+// tokens/s), while on short caches the persistent step is ahead (tg128 from depth 0: 491 vs 479).
+enum class PersistentMode { kOff, kShortCaches, kAlways };
+inline constexpr int kPersistentMaxCtx = 1024;
+PersistentMode decode_persistent_mode();
+void set_decode_persistent_mode(PersistentMode mode);
 
 }  // namespace qforge::cuda
