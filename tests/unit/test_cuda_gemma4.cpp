@@ -363,7 +363,8 @@ struct ForcedGemvPairs {
 struct ForcedPersistentDecode {
   cuda::PersistentMode before = cuda::decode_persistent_mode();
   explicit ForcedPersistentDecode(bool on) {
-    cuda::set_decode_persistent_mode(on ? cuda::PersistentMode::kAlways : cuda::PersistentMode::kOff);
+    cuda::set_decode_persistent_mode(on ? cuda::PersistentMode::kAlways
+                                        : cuda::PersistentMode::kOff);
   }
   ~ForcedPersistentDecode() { cuda::set_decode_persistent_mode(before); }
   ForcedPersistentDecode(const ForcedPersistentDecode&) = delete;
@@ -431,10 +432,9 @@ TEST(CudaLlamaQ4_0x8, DecodeMatchesCpu) {
 }
 
 nlohmann::json small_llama_config() {
-  return {{"hidden_size", 512},        {"num_hidden_layers", 3},
-          {"num_attention_heads", 8},  {"num_key_value_heads", 2},
-          {"intermediate_size", 1536}, {"vocab_size", 700},
-          {"rms_norm_eps", 1e-5},      {"tie_word_embeddings", false}};
+  return {{"hidden_size", 512},       {"num_hidden_layers", 3},      {"num_attention_heads", 8},
+          {"num_key_value_heads", 2}, {"intermediate_size", 1536},   {"vocab_size", 700},
+          {"rms_norm_eps", 1e-5},     {"tie_word_embeddings", false}};
 }
 
 // The small Llama's decode steps through the persistent kernel: every layer's products, rotary

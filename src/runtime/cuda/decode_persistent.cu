@@ -1,26 +1,31 @@
 // The persistent decode step (decode_persistent.h).
 //
 // One CTA of 16 warps per SM, all resident at once (a cooperative launch). A layer is five
-// steps, each a set of tasks dealt to the grid's warps (global warp g = warp * grid + CTA, so a
-// step's last, partial round is spread over all SMs):
-//   qkv    2 rows of [Q; K; V] x rms_norm(x) * attn_norm; the warp that completes a head applies
-//          the rotary embedding and stores K / V into the cache (a counter per head says which)
-//   attn   (head, split) pairs over the positions; the last split of a head merges them
-//   out    2 rows of Wo x attn; x_mid = x + those rows
-//   gateup a gate row and its up row; silu(gate) * up
-//   down   2 rows of W_down x act; x_out = x_mid + those rows
-// Each step waits, CTA by CTA, for a counter in global memory that the step before it completes,
-// then builds x's integer planes in shared memory (q4_0x8_planes.cuh; the norm first where the
-// step has one). The weights never wait: each warp walks the rows of all its tasks of all steps
-// and layers in order, S - 1 stages ahead of its products, by bulk copies into its ring, so the
-// next matrix is already streaming while a counter is awaited.
+// steps:
+//   qkv    tasks of 2 rows of [Q; K; V] x rms_norm(x) * attn_norm, dealt to the grid's warps
+//   attn   (Q head, split) tasks dealt to CTAs: rotary embedding of the query and of the new
+//          position's K, its K / V into the cache, softmax over the positions, values
+//   out    2 rows of Wo x attn per task; x_mid = x + those rows
+//   gateup a gate row and its up row per task; silu(gate) * up
+//   down   2 rows of W_down x act per task; x_out = x_mid + those rows
+// Warp tasks go to global warp g = warp * grid + CTA, task g + k * (16 * grid), so a step's last,
+// partial round is spread over all SMs. Each step waits, CTA by CTA, for a counter in global
+// memory that the step before completes, then builds x's integer planes in shared memory
+// (q4_0x8_planes.cuh; the norm first where the step has one). The weights never wait: each warp
+// walks the rows of all its tasks of all steps and layers in order, S - 1 stages ahead of its
+// products, by bulk copies into its ring, so the next matrix is already streaming while a counter
+// is awaited.
 //
-// Memory ordering: a writer stores, fences (__threadfence) and then adds to a counter; a reader
-// sees the count by an acquire load in one thread and a CTA barrier, and reads what the step
-// before wrote through L2 (ld.global.cg), never through the non-coherent L1 paths.
+// Memory ordering: a warp stores, meets at a warp barrier, and its lane 0 adds to a counter with
+// an acq_rel atomic; a CTA sees a count by an acquire load in one thread and a CTA barrier, and
+// reads what the step before wrote through L2 (ld.global.cg), never through the non-coherent L1
+// paths.
+//
+// Measured on an H200 (docs/benchmarks.md, fifteenth pass): Llama-3-8B tg128 489-491 tokens/s
+// against 477-480 with the ordinary kernels. Where a layer's ~61 us go (roofline 29 us) is in
+// docs/cuda.md ("The persistent decode step").
 #include "runtime/cuda/check.cuh"
 
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -30,6 +35,7 @@
 #include <fstream>
 
 #include "runtime/cuda/bulk_copy.cuh"
+#include "runtime/cuda/cache_element.cuh"
 #include "runtime/cuda/decode_persistent.h"
 #include "runtime/cuda/device_attrs.h"
 #include "runtime/cuda/env_switch.h"
@@ -43,12 +49,12 @@ namespace qforge::cuda {
 namespace {
 
 constexpr int kWarps = 16, kThreads = 32 * kWarps;
-constexpr int kRows = 2;                          // rows per task (one gate/up pair)
-constexpr int kDefaultStages = 6;                 // ring stages per warp
-constexpr int kStepBytes = 576;                   // 32 blocks of a row: 4 groups of 144 bytes
-constexpr int kSlotBytes = kRows * kStepBytes;    // one stage
-constexpr int kMaxHeadDim = 128;                  // 4 dimensions per lane
-constexpr int kMaxSplits = 64;                    // attention splits per head
+constexpr int kRows = 2;                           // rows per task (one gate/up pair)
+constexpr int kDefaultStages = 6;                  // ring stages per warp
+constexpr int kStepBytes = 576;                    // 32 blocks of a row: 4 groups of 144 bytes
+constexpr int kSlotBytes = kRows * kStepBytes;     // one stage
+constexpr int kMaxHeadDim = 128;                   // 4 dimensions per lane
+constexpr int kMaxSplits = 64;                     // attention CTAs per head
 constexpr int kMaxNormedWidth = 2 * 8 * kThreads;  // two 8-element chunks per thread
 // Per-warp shared slice of the attention step: the rotated query, the new position's K and V, then
 // the warp's running softmax (max, sum of weights, value sums) for the CTA's merge.
@@ -69,15 +75,18 @@ struct Params {
   const float* cos;
   const float* sin;
   const float* x0;
-  float* acts;  // per layer: qkv [qkv_dim], attn [q_dim], x_mid [n_embd], act [n_ff], x_out [n_embd]
+  float*
+      acts;  // per layer: qkv [qkv_dim], attn [q_dim], x_mid [n_embd], act [n_ff], x_out [n_embd]
   std::size_t layer_floats;
-  float* part;  // [n_head][max_splits][head_dim + 2]: split sums, then max and sum of weights
+  float* part;  // [n_head][max_splits][head_dim + 2]: a split's value sums, max, sum of weights
   int max_splits;
   int* counters;  // per layer: layer_counters ints, zero at the start of the step
   int layer_counters;
   // Measurements only (QFORGE_PERSISTENT_PROBE / _TRACE): probe bit 0 skips the waits for the
   // step before (wrong results: the weight stream alone), bit 1 the attention's work; trace, if
-  // not null, takes per (layer, step, CTA) the times of arrival, wait done and planes done.
+  // not null, takes per (layer, step, CTA) 6 times: arrival, wait done, planes done (for attn:
+  // merged and signalled), then for the attention's first warp: rotations done, first chunk
+  // scored, values done.
   int probe;
   unsigned long long* trace;
   unsigned poll_sleep_ns;  // between two polls of a counter (QFORGE_PERSISTENT_POLL_NS, default 32)
@@ -147,7 +156,10 @@ __device__ __forceinline__ int signal(int* c, int n) {
   __syncwarp();
   int old = 0;
   if ((threadIdx.x & 31) == 0) {
-    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;" : "=r"(old) : "l"(c), "r"(n) : "memory");
+    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;"
+                 : "=r"(old)
+                 : "l"(c), "r"(n)
+                 : "memory");
   }
   old = __shfl_sync(0xffffffffu, old, 0);
   return old;
@@ -166,12 +178,18 @@ __device__ __forceinline__ MatStep mat_step(const Params& p, int l, int step) {
   const PersistentLayer& L = p.layers[l];
   MatStep m;
   switch (step) {
-    case kQkv: m.w = L.qkv, m.n_tasks = p.qkv_dim / kRows, m.n_cols = p.n_embd; break;
-    case kOut: m.w = L.wo, m.n_tasks = p.n_embd / kRows, m.n_cols = p.q_dim; break;
+    case kQkv:
+      m.w = L.qkv, m.n_tasks = p.qkv_dim / kRows, m.n_cols = p.n_embd;
+      break;
+    case kOut:
+      m.w = L.wo, m.n_tasks = p.n_embd / kRows, m.n_cols = p.q_dim;
+      break;
     case kGateUp:
       m.w = L.gate_up, m.n_tasks = p.n_ff, m.n_cols = p.n_embd, m.glu = true, m.n_ff = p.n_ff;
       break;
-    default: m.w = L.down, m.n_tasks = p.n_embd / kRows, m.n_cols = p.n_ff; break;
+    default:
+      m.w = L.down, m.n_tasks = p.n_embd / kRows, m.n_cols = p.n_ff;
+      break;
   }
   m.n_steps = (m.n_cols / 32 + 31) / 32;
   m.row_bytes = q4_0x8_row_bytes(static_cast<std::size_t>(m.n_cols));
@@ -289,24 +307,6 @@ __device__ void build_planes_normed(const float* x, const NormWeights& w, int n,
   }
 }
 
-// ---- the KV cache's element type ---------------------------------------------------------------
-template <typename T>
-__device__ __forceinline__ T to_cache(float v);
-template <>
-__device__ __forceinline__ std::uint16_t to_cache<std::uint16_t>(float v) {
-  return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-}
-template <>
-__device__ __forceinline__ float to_cache<float>(float v) {
-  return v;
-}
-__device__ __forceinline__ float from_cache(std::uint16_t v) {
-  return __uint_as_float(static_cast<std::uint32_t>(v) << 16);
-}
-__device__ __forceinline__ float from_cache(float v) {
-  return v;
-}
-
 // Dimensions [4 * lane, 4 * lane + 4) of a cache row, through L2 (lanes with 4 * lane >= head_dim
 // take zeros without loading): one load per lane, the same code for every head size, so that a
 // run of them issues back to back.
@@ -323,7 +323,8 @@ __device__ __forceinline__ Dims4<T> load_dims4(const T* row, bool active) {
     const uint2 v = active ? __ldcg(reinterpret_cast<const uint2*>(row) + lane) : make_uint2(0, 0);
     r.w[0] = v.x, r.w[1] = v.y;
   } else {
-    const uint4 v = active ? __ldcg(reinterpret_cast<const uint4*>(row) + lane) : make_uint4(0, 0, 0, 0);
+    const uint4 v =
+        active ? __ldcg(reinterpret_cast<const uint4*>(row) + lane) : make_uint4(0, 0, 0, 0);
     r.w[0] = v.x, r.w[1] = v.y, r.w[2] = v.z, r.w[3] = v.w;
   }
   return r;
@@ -391,8 +392,10 @@ __device__ void attend_chunks(const Params& p, int l, const float* qkv, int h, i
       const float* k_src = qkv + p.q_dim + static_cast<std::size_t>(hk) * hd;
       const float* v_src = qkv + p.q_dim + static_cast<std::size_t>(p.n_kv + hk) * hd;
       const float4 qv = mine ? __ldcg(reinterpret_cast<const float4*>(q_src) + lane) : zero;
-      const float4 kv = mine && has_new ? __ldcg(reinterpret_cast<const float4*>(k_src) + lane) : zero;
-      const float4 vv = mine && has_new ? __ldcg(reinterpret_cast<const float4*>(v_src) + lane) : zero;
+      const float4 kv =
+          mine && has_new ? __ldcg(reinterpret_cast<const float4*>(k_src) + lane) : zero;
+      const float4 vv =
+          mine && has_new ? __ldcg(reinterpret_cast<const float4*>(v_src) + lane) : zero;
       if (mine) {
         reinterpret_cast<float4*>(qs)[lane] = qv;
         reinterpret_cast<float4*>(k_new)[lane] = kv;
@@ -408,7 +411,8 @@ __device__ void attend_chunks(const Params& p, int l, const float* qkv, int h, i
         const std::size_t at = (static_cast<std::size_t>(n_pos - 1) * p.n_kv + hk) * hd;
         T* kd = static_cast<T*>(L.k_cache) + at;
         T* vd = static_cast<T*>(L.v_cache) + at;
-        for (int i = lane; i < hd; i += 32) kd[i] = to_cache<T>(k_new[i]), vd[i] = to_cache<T>(v_new[i]);
+        for (int i = lane; i < hd; i += 32)
+          kd[i] = to_cache<T>(k_new[i]), vd[i] = to_cache<T>(v_new[i]);
       }
     }
     __syncwarp();
@@ -429,12 +433,14 @@ __device__ void attend_chunks(const Params& p, int l, const float* qkv, int h, i
         if (position == n_pos - 1) score = dot;
       }
       if (lane < valid && position != n_pos - 1) {
-        const auto* row = reinterpret_cast<const uint4*>(kc + static_cast<std::size_t>(position) * pos_stride);
+        const auto* row =
+            reinterpret_cast<const uint4*>(kc + static_cast<std::size_t>(position) * pos_stride);
         float dot = 0.0f;
         for (int w0 = 0; w0 < row_words; w0 += 8) {
           uint4 words[8];
 #pragma unroll
-          for (int i = 0; i < 8; ++i) words[i] = w0 + i < row_words ? __ldcg(row + w0 + i) : make_uint4(0, 0, 0, 0);
+          for (int i = 0; i < 8; ++i)
+            words[i] = w0 + i < row_words ? __ldcg(row + w0 + i) : make_uint4(0, 0, 0, 0);
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
             if (w0 + i >= row_words) break;
@@ -534,7 +540,8 @@ __device__ void merge_splits(const Params& p, int h, int n_splits, float* attn) 
     total = fmaf(w, __ldcg(row + hd + 1), total);
     for (int d = 0; d < dpl; ++d) acc[d] = fmaf(w, __ldcg(row + lane * dpl + d), acc[d]);
   }
-  for (int d = 0; d < dpl; ++d) attn[static_cast<std::size_t>(h) * hd + lane * dpl + d] = acc[d] / total;
+  for (int d = 0; d < dpl; ++d)
+    attn[static_cast<std::size_t>(h) * hd + lane * dpl + d] = acc[d] / total;
 }
 
 // ---- the kernel --------------------------------------------------------------------------------
@@ -549,8 +556,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
   std::uint8_t* ring = smem + static_cast<std::size_t>(warp) * kStages * kSlotBytes;
   std::uint8_t* planes = smem + static_cast<std::size_t>(kWarps) * kStages * kSlotBytes;
   const int max_cols = max(max(p.n_embd, p.q_dim), p.n_ff);
-  auto* bars = reinterpret_cast<std::uint64_t*>(planes + planes_bytes(max_cols)) +
-               kStages * warp;
+  auto* bars = reinterpret_cast<std::uint64_t*>(planes + planes_bytes(max_cols)) + kStages * warp;
   auto* scratch = reinterpret_cast<float*>(bars - kStages * warp + kStages * kWarps);
 
   if (lane == 0) {
@@ -568,7 +574,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
       if (lane == 0) {
         const MatStep& m = issue_at.m;
         const std::size_t off = static_cast<std::size_t>(issue_at.k) * kStepBytes;
-        const auto bytes = static_cast<std::uint32_t>(min(std::size_t{kStepBytes}, m.row_bytes - off));
+        const auto bytes =
+            static_cast<std::uint32_t>(min(std::size_t{kStepBytes}, m.row_bytes - off));
         std::uint8_t* stage = ring + issue_slot * kSlotBytes;
         mbar_expect(bars + issue_slot, kRows * bytes);
 #pragma unroll
@@ -591,7 +598,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
   std::uint32_t phase = 0;
   auto stamps = [&](int l, int step) -> unsigned long long* {
     if (p.trace == nullptr) return nullptr;
-    return p.trace + ((static_cast<std::size_t>(l) * kNumSteps + step) * gridDim.x + blockIdx.x) * 6;
+    return p.trace +
+           ((static_cast<std::size_t>(l) * kNumSteps + step) * gridDim.x + blockIdx.x) * 6;
   };
   auto planes_done = [&](int l, int step) {
     __syncthreads();
@@ -617,7 +625,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
           const float2 xb = reinterpret_cast<const float2*>(tok + 6 * n_blocks)[b];
 #pragma unroll
           for (int r = 0; r < kRows; ++r) {
-            const uint4 codes = *reinterpret_cast<const uint4*>(stage + r * kStepBytes + lane_codes);
+            const uint4 codes =
+                *reinterpret_cast<const uint4*>(stage + r * kStepBytes + lane_codes);
             const float d =
                 __half2float(*reinterpret_cast<const __half*>(stage + r * kStepBytes + lane_scale));
             acc[r] = fmaf(d, q4_0x8::block_dot(codes, pl, xb), acc[r]);
@@ -647,7 +656,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
 
     // The cache rows this CTA's attention tasks will read (earlier steps wrote them) into L2
     // while the layer's first products run.
-    for (int t = static_cast<int>(blockIdx.x); t < p.n_head * n_splits; t += static_cast<int>(gridDim.x)) {
+    for (int t = static_cast<int>(blockIdx.x); t < p.n_head * n_splits;
+         t += static_cast<int>(gridDim.x)) {
       const int h = t / n_splits, sp = t - h * n_splits;
       prefetch_kv_rows_l2(static_cast<const T*>(L.k_cache), static_cast<const T*>(L.v_cache),
                           32 * sp * per_split, min(n_pos - 1, 32 * (sp + 1) * per_split), p.n_kv,
@@ -671,24 +681,28 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     {
       float* slices = reinterpret_cast<float*>(planes);
       float* mine = slices + warp * kWarpSlice;
-      for (int t = static_cast<int>(blockIdx.x); t < p.n_head * n_splits; t += static_cast<int>(gridDim.x)) {
+      for (int t = static_cast<int>(blockIdx.x); t < p.n_head * n_splits;
+           t += static_cast<int>(gridDim.x)) {
         const int h = t / n_splits, sp = t - h * n_splits;
         if ((p.probe & 2) == 0) {
           unsigned long long* marks =
               warp == 0 && t == static_cast<int>(blockIdx.x) && p.trace != nullptr
                   ? stamps(l, kAttn) + 3
                   : nullptr;
-          attend_chunks<T>(p, l, a.qkv, h, sp * per_split + warp, min(n_chunks, (sp + 1) * per_split),
-                           kWarps, n_pos, mine, mine + 3 * kMaxHeadDim, marks);
+          attend_chunks<T>(p, l, a.qkv, h, sp * per_split + warp,
+                           min(n_chunks, (sp + 1) * per_split), kWarps, n_pos, mine,
+                           mine + 3 * kMaxHeadDim, marks);
         }
         __syncthreads();
         if (n_splits == 1) {
-          if ((p.probe & 2) == 0) merge_warps(p, slices, nullptr, a.attn + static_cast<std::size_t>(h) * p.head_dim);
+          if ((p.probe & 2) == 0)
+            merge_warps(p, slices, nullptr, a.attn + static_cast<std::size_t>(h) * p.head_dim);
           __syncthreads();
           if (warp == 0) signal(done_counter(p, l, kAttnReady), 1);
           if (threadIdx.x == 0 && p.trace != nullptr) stamps(l, kAttn)[2] = global_ns();
         } else {
-          float* row = p.part + (static_cast<std::size_t>(h) * p.max_splits + sp) * (p.head_dim + 2);
+          float* row =
+              p.part + (static_cast<std::size_t>(h) * p.max_splits + sp) * (p.head_dim + 2);
           merge_warps(p, slices, row, nullptr);
           __syncthreads();
           int* last = reinterpret_cast<int*>(scratch);
@@ -747,15 +761,16 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
 
 std::size_t smem_bytes_for(const PersistentShape& s, int stages) {
   const int max_cols = std::max(s.n_embd, std::max(s.n_head * s.head_dim, s.n_ff));
-  return static_cast<std::size_t>(kWarps) * stages * kSlotBytes +
-         planes_bytes(max_cols) + static_cast<std::size_t>(kWarps) * stages * 8 +
-         32 * sizeof(float);
+  return static_cast<std::size_t>(kWarps) * stages * kSlotBytes + planes_bytes(max_cols) +
+         static_cast<std::size_t>(kWarps) * stages * 8 + 32 * sizeof(float);
 }
 
 std::atomic<PersistentMode>& persistent_choice() {
   static std::atomic<PersistentMode> mode{[] {
     const long v = env_number("QFORGE_DECODE_PERSISTENT", 1);
-    return v == 0 ? PersistentMode::kOff : v == 2 ? PersistentMode::kAlways : PersistentMode::kShortCaches;
+    return v == 0   ? PersistentMode::kOff
+           : v == 2 ? PersistentMode::kAlways
+                    : PersistentMode::kShortCaches;
   }()};
   return mode;
 }
@@ -784,10 +799,18 @@ void launch(const Params& p, int grid, std::size_t smem, StreamHandle stream) {
 template <typename T>
 void launch_stages(int stages, const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   switch (stages) {
-    case 4: launch<T, 4>(p, grid, smem, stream); break;
-    case 8: launch<T, 8>(p, grid, smem, stream); break;
-    case 9: launch<T, 9>(p, grid, smem, stream); break;
-    default: launch<T, kDefaultStages>(p, grid, smem, stream); break;
+    case 4:
+      launch<T, 4>(p, grid, smem, stream);
+      break;
+    case 8:
+      launch<T, 8>(p, grid, smem, stream);
+      break;
+    case 9:
+      launch<T, 9>(p, grid, smem, stream);
+      break;
+    default:
+      launch<T, kDefaultStages>(p, grid, smem, stream);
+      break;
   }
 }
 
@@ -847,7 +870,8 @@ PersistentDecode::PersistentDecode(const PersistentShape& shape,
   layer_floats_ = static_cast<std::size_t>(qkv_dim + q_dim + 2 * shape.n_embd + shape.n_ff);
   layer_floats_ = (layer_floats_ + 31) / 32 * 32;
   layer_counters_ = static_cast<std::size_t>(shape.n_head + kNumDone);
-  layers_ = DeviceBuffer<PersistentLayer>(std::span<const PersistentLayer>(layers.data(), layers.size()));
+  layers_ =
+      DeviceBuffer<PersistentLayer>(std::span<const PersistentLayer>(layers.data(), layers.size()));
   acts_ = DeviceBuffer<float>(layer_floats_ * static_cast<std::size_t>(shape.n_layer));
   part_ = DeviceBuffer<float>(static_cast<std::size_t>(shape.n_head) * max_splits_ *
                               (shape.head_dim + 2));
@@ -873,8 +897,8 @@ PersistentDecode::~PersistentDecode() {
   }
 }
 
-float* PersistentDecode::record(const float* x, const int* pos, const float* cos,
-                                const float* sin, StreamHandle stream) {
+float* PersistentDecode::record(const float* x, const int* pos, const float* cos, const float* sin,
+                                StreamHandle stream) {
   const PersistentShape& s = shape_;
   Params p{};
   p.layers = layers_.data();

@@ -6,6 +6,7 @@
 #include "runtime/cuda/pdl.cuh"
 
 #include "runtime/cuda/block_decode.cuh"
+#include "runtime/cuda/cache_element.cuh"
 #include "runtime/cuda/glu.cuh"
 #include "runtime/cuda/model_ops.h"
 #include "runtime/cuda/reduce.cuh"
@@ -79,18 +80,6 @@ __global__ void rope_table_kernel(const int* pos0, int n_tokens, int n_rot, doub
   sincos(pos * inv_freq, &s, &c);
   cos_out[idx] = static_cast<float>(c);
   sin_out[idx] = static_cast<float>(s);
-}
-
-// ---- the KV cache's element type -----------------------------------------------------------
-template <typename T>
-__device__ __forceinline__ T to_cache(float v);
-template <>
-__device__ __forceinline__ std::uint16_t to_cache<std::uint16_t>(float v) {
-  return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-}
-template <>
-__device__ __forceinline__ float to_cache<float>(float v) {
-  return v;
 }
 
 // ---- QK-norm + rope (+ V): one warp per (token, head) ------------------------------------------
