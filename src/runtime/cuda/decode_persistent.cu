@@ -54,6 +54,7 @@ constexpr int kDefaultStages = 6;                  // ring stages per warp
 constexpr int kStepBytes = 576;                    // 32 blocks of a row: 4 groups of 144 bytes
 constexpr int kSlotBytes = kRows * kStepBytes;     // one stage
 constexpr int kMaxHeadDim = 128;                   // 4 dimensions per lane
+constexpr int kChunk = 16;                         // attention positions per warp chunk
 constexpr int kMaxSplits = 64;                     // attention CTAs per head
 constexpr int kMaxNormedWidth = 2 * 8 * kThreads;  // two 8-element chunks per thread
 // Per-warp shared slice of the attention step: the rotated query, the new position's K and V, then
@@ -342,7 +343,7 @@ __device__ __forceinline__ void unpack_dims4(const Dims4<T>& r, float* out) {
 }
 
 // ---- attention ----------------------------------------------------------------------------------
-// A CTA takes (Q head, split) tasks; its warps take the split's 32-position chunks in turn, each
+// A CTA takes (Q head, split) tasks; its warps take the split's 16-position chunks in turn, each
 // keeping a running softmax (max, sum of weights, weighted value sums), and meet in shared memory.
 // A head of several splits (long contexts) merges them through global memory: the last split's
 // CTA does it. The rotary embedding happens here, not in the Q/K/V step: each warp rotates its
@@ -382,7 +383,7 @@ __device__ void attend_chunks(const Params& p, int l, const float* qkv, int h, i
   if (c0 < c1) {
     float* k_new = qs + kMaxHeadDim;
     float* v_new = k_new + kMaxHeadDim;
-    const int last = (n_pos - 1) / 32;  // the chunk of the new position
+    const int last = (n_pos - 1) / kChunk;  // the chunk of the new position
     const bool has_new = c0 <= last && (last - c0) % stride == 0 && last < c1;
     // The raw query, and where the warp scores the new position its K and V: loads issued together
     // (one round trip), then rotated in shared memory.
@@ -422,9 +423,12 @@ __device__ void attend_chunks(const Params& p, int l, const float* qkv, int h, i
     const std::size_t pos_stride = static_cast<std::size_t>(p.n_kv) * hd;
     constexpr int kPerWord = 16 / sizeof(T);  // cache elements per 16-byte load
     const int row_words = hd / kPerWord;
+    // Lanes 2j and 2j + 1 score position j of a chunk, each over half of the key row: half a
+    // row is at most 8 loads of 16 bytes for BF16 heads of 128, issued together.
+    const int j_lane = lane >> 1, half = lane & 1, half_words = row_words / 2;
     for (int c = c0; c < c1; c += stride) {
-      const int base = 32 * c, valid = min(32, n_pos - base);
-      const int position = base + lane;
+      const int base = kChunk * c, valid = min(kChunk, n_pos - base);
+      const int position = base + j_lane;
       float score = -INFINITY;
       if (c == last) {  // the new position's K is not in the cache yet: the warp scores it together
         float dot = 0.0f;
@@ -432,20 +436,22 @@ __device__ void attend_chunks(const Params& p, int l, const float* qkv, int h, i
         dot = warp_sum(dot);
         if (position == n_pos - 1) score = dot;
       }
-      if (lane < valid && position != n_pos - 1) {
+      if (j_lane < valid && position != n_pos - 1) {
         const auto* row =
-            reinterpret_cast<const uint4*>(kc + static_cast<std::size_t>(position) * pos_stride);
+            reinterpret_cast<const uint4*>(kc + static_cast<std::size_t>(position) * pos_stride) +
+            half * half_words;
+        const float* q_half = qs + half * half_words * kPerWord;
         float dot = 0.0f;
-        for (int w0 = 0; w0 < row_words; w0 += 8) {
+        for (int w0 = 0; w0 < half_words; w0 += 8) {
           uint4 words[8];
 #pragma unroll
           for (int i = 0; i < 8; ++i)
-            words[i] = w0 + i < row_words ? __ldcg(row + w0 + i) : make_uint4(0, 0, 0, 0);
+            words[i] = w0 + i < half_words ? __ldcg(row + w0 + i) : make_uint4(0, 0, 0, 0);
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
-            if (w0 + i >= row_words) break;
+            if (w0 + i >= half_words) break;
             const std::uint32_t u[4] = {words[i].x, words[i].y, words[i].z, words[i].w};
-            const float* qw = qs + (w0 + i) * kPerWord;
+            const float* qw = q_half + (w0 + i) * kPerWord;
             if constexpr (sizeof(T) == 2) {
 #pragma unroll
               for (int k = 0; k < 4; ++k) {
@@ -460,35 +466,37 @@ __device__ void attend_chunks(const Params& p, int l, const float* qkv, int h, i
         }
         score = dot;
       }
+      // The pair's halves meet (both lanes of a pair took the same branch above).
+      const float other = __shfl_xor_sync(0xffffffffu, score, 1);
+      if (j_lane < valid && position != n_pos - 1) score += other;
       const float m_new = fmaxf(m, warp_max(score));
-      const float w = lane < valid ? expf(score - m_new) : 0.0f;
+      // Weight of position j_lane, in both lanes of its pair; counted once in the sum.
+      const float w = j_lane < valid ? expf(score - m_new) : 0.0f;
       const float corr = expf(m - m_new);
-      sum = sum * corr + warp_sum(w);
+      sum = sum * corr + warp_sum(half == 0 ? w : 0.0f);
 #pragma unroll
       for (int d = 0; d < 4; ++d) acc[d] *= corr;
       m = m_new;
       if (marks != nullptr && lane == 0 && c == c0) marks[1] = global_ns();
-      // The value rows in groups of 16, each group's loads issued together (only rows before the
-      // new position are in the cache); the new position's row from v_new.
-      for (int j0 = 0; j0 < valid; j0 += 16) {
-        Dims4<T> rows[16];
+      // The chunk's value rows, their loads issued together (only rows before the new position
+      // are in the cache); the new position's row from v_new.
+      Dims4<T> rows[kChunk];
 #pragma unroll
-        for (int j = 0; j < 16; ++j) {
-          rows[j] = load_dims4(vc + static_cast<std::size_t>(base + j0 + j) * pos_stride,
-                               mine && base + j0 + j < n_pos - 1);
+      for (int j = 0; j < kChunk; ++j) {
+        rows[j] = load_dims4(vc + static_cast<std::size_t>(base + j) * pos_stride,
+                             mine && base + j < n_pos - 1);
+      }
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) {
+        float vv[4];
+        unpack_dims4<T>(rows[j], vv);
+        if (base + j == n_pos - 1) {
+#pragma unroll
+          for (int d = 0; d < 4; ++d) vv[d] = mine ? v_new[4 * lane + d] : 0.0f;
         }
+        const float wj = __shfl_sync(0xffffffffu, w, 2 * j);  // 0 beyond the valid positions
 #pragma unroll
-        for (int j = 0; j < 16; ++j) {
-          float vv[4];
-          unpack_dims4<T>(rows[j], vv);
-          if (base + j0 + j == n_pos - 1) {
-#pragma unroll
-            for (int d = 0; d < 4; ++d) vv[d] = mine ? v_new[4 * lane + d] : 0.0f;
-          }
-          const float wj = __shfl_sync(0xffffffffu, w, j0 + j);  // 0 beyond the valid positions
-#pragma unroll
-          for (int d = 0; d < 4; ++d) acc[d] = fmaf(wj, vv[d], acc[d]);
-        }
+        for (int d = 0; d < 4; ++d) acc[d] = fmaf(wj, vv[d], acc[d]);
       }
     }
   }
@@ -640,9 +648,9 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     return done;
   };
 
-  // The attention's split of the positions: (head, split) tasks for CTAs, 32-position chunks for
+  // The attention's split of the positions: (head, split) tasks for CTAs, 16-position chunks for
   // their warps.
-  const int n_chunks = (n_pos + 31) / 32;
+  const int n_chunks = (n_pos + kChunk - 1) / kChunk;
   const int cta_splits = max(1, min(static_cast<int>(gridDim.x) / p.n_head,
                                     min(p.max_splits, (n_chunks + kWarps - 1) / kWarps)));
   const int per_split = (n_chunks + cta_splits - 1) / cta_splits;
@@ -660,7 +668,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
          t += static_cast<int>(gridDim.x)) {
       const int h = t / n_splits, sp = t - h * n_splits;
       prefetch_kv_rows_l2(static_cast<const T*>(L.k_cache), static_cast<const T*>(L.v_cache),
-                          32 * sp * per_split, min(n_pos - 1, 32 * (sp + 1) * per_split), p.n_kv,
+                          kChunk * sp * per_split, min(n_pos - 1, kChunk * (sp + 1) * per_split), p.n_kv,
                           h / (p.n_head / p.n_kv), p.head_dim, p.head_dim);
     }
 
