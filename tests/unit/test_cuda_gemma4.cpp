@@ -404,16 +404,19 @@ TEST(CudaGemma4Q4_0x8, DenseModelMatchesCpu) {
                          "small dense Q4_0 (Q4_0x8 on the GPU), GEMVs in CTA pairs");
 }
 
+// The small Llama of the Q4_0x8 and persistent-step tests.
+nlohmann::json small_llama_config() {
+  return {{"hidden_size", 512},       {"num_hidden_layers", 3},      {"num_attention_heads", 8},
+          {"num_key_value_heads", 2}, {"intermediate_size", 1536},   {"vocab_size", 700},
+          {"rms_norm_eps", 1e-5},     {"tie_word_embeddings", false}};
+}
+
 // A small Llama in Q4_0, every matrix regrouped on the GPU: prefill and decode run the Q4_0x8
 // GEMVs between Llama-style norms (no post norms, SiLU gate).
 TEST(CudaLlamaQ4_0x8, DecodeMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  const nlohmann::json config = {{"hidden_size", 512},        {"num_hidden_layers", 3},
-                                 {"num_attention_heads", 8},  {"num_key_value_heads", 2},
-                                 {"intermediate_size", 1536}, {"vocab_size", 700},
-                                 {"rms_norm_eps", 1e-5},      {"tie_word_embeddings", false}};
-  const fs::path path = write_synth_file(synth::SynthArch::kLlama, config, GgmlType::Q4_0,
-                                         "cuda_llama_small_q4_0.gguf", 11);
+  const fs::path path = write_synth_file(synth::SynthArch::kLlama, small_llama_config(),
+                                         GgmlType::Q4_0, "cuda_llama_small_q4_0.gguf", 11);
   const CpuF32Activations f32;
   auto cpu = load_model(path);
   auto gpu = cuda_model(path, /*gemm=*/false);
@@ -429,12 +432,6 @@ TEST(CudaLlamaQ4_0x8, DecodeMatchesCpu) {
   const ForcedGemvPairs pairs;  // every GEMV in CTA pairs, also inside the decode graph
   expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(24, 5, 37, 600), 8, KvType::F32,
                          "small Llama Q4_0 (Q4_0x8 on the GPU), GEMVs in CTA pairs");
-}
-
-nlohmann::json small_llama_config() {
-  return {{"hidden_size", 512},       {"num_hidden_layers", 3},      {"num_attention_heads", 8},
-          {"num_key_value_heads", 2}, {"intermediate_size", 1536},   {"vocab_size", 700},
-          {"rms_norm_eps", 1e-5},     {"tie_word_embeddings", false}};
 }
 
 // The small Llama's decode steps through the persistent kernel: every layer's products, rotary
