@@ -21,10 +21,21 @@ STEPS = ["qkv", "attn", "out", "gateup", "down"]
 
 
 def read(path):
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        sys.exit(f"persistent_trace.py: {e}")
+    if len(data) < 12:
+        sys.exit(f"persistent_trace.py: {path}: {len(data)} bytes, shorter than the 12-byte header")
     n_layer, n_steps, grid = struct.unpack_from("<3i", data)
+    if n_layer <= 0 or n_steps <= 0 or grid <= 0:
+        sys.exit(f"persistent_trace.py: {path}: bad header ({n_layer} layers, {n_steps} steps, "
+                 f"{grid} CTAs)")
     count = n_layer * n_steps * grid * 6
+    if len(data) != 12 + 8 * count:
+        sys.exit(f"persistent_trace.py: {path}: {len(data)} bytes; the header's {n_layer} layers x "
+                 f"{n_steps} steps x {grid} CTAs need {12 + 8 * count}")
     values = struct.unpack_from(f"<{count}Q", data, 12)
 
     def stamp(layer, step, cta, k):
