@@ -625,6 +625,11 @@ std::string CudaModel::persistent_unsupported(const CudaKvCache& cache) const {
       }
     }
   }
+  return PersistentDecode::unsupported(persistent_shape(cache));
+}
+
+PersistentShape CudaModel::persistent_shape(const CudaKvCache& cache) const {
+  const ModelConfig& c = config_;
   PersistentShape shape;
   shape.n_layer = c.n_layer;
   shape.n_embd = c.n_embd;
@@ -632,8 +637,11 @@ std::string CudaModel::persistent_unsupported(const CudaKvCache& cache) const {
   shape.n_head_kv = c.n_head_kv;
   shape.head_dim = c.head_dim_k;
   shape.n_ff = c.n_ff;
+  shape.eps = c.norm_eps;
+  shape.attn_scale = c.attn_scale;
+  shape.rope_style = c.rope_style;
   shape.cache_bf16 = cache.layout().bf16;
-  return PersistentDecode::unsupported(shape);
+  return shape;
 }
 
 bool CudaModel::persistent_step(CudaKvCache& cache) {
@@ -645,17 +653,6 @@ bool CudaModel::persistent_step(CudaKvCache& cache) {
   }
   const ModelConfig& c = config_;
   if (!persistent_ || persistent_cache_ != cache.id()) {
-    PersistentShape shape;
-    shape.n_layer = c.n_layer;
-    shape.n_embd = c.n_embd;
-    shape.n_head = c.n_head;
-    shape.n_head_kv = c.n_head_kv;
-    shape.head_dim = c.head_dim_k;
-    shape.n_ff = c.n_ff;
-    shape.eps = c.norm_eps;
-    shape.attn_scale = c.attn_scale;
-    shape.rope_style = c.rope_style;
-    shape.cache_bf16 = cache.layout().bf16;
     std::vector<PersistentLayer> table(sz(c.n_layer));
     for (int il = 0; il < c.n_layer; ++il) {
       const DeviceLayer& l = weights_.layers[sz(il)];
@@ -670,7 +667,7 @@ bool CudaModel::persistent_step(CudaKvCache& cache) {
       t.v_cache = cache.v(il);
     }
     persistent_.reset();  // the old one's memory first
-    persistent_ = std::make_unique<PersistentDecode>(shape, table);
+    persistent_ = std::make_unique<PersistentDecode>(persistent_shape(cache), table);
     persistent_cache_ = cache.id();
   }
   return true;

@@ -106,6 +106,8 @@ class CudaModel final : public Model {
   // and supported); if
   // so, makes sure persistent_ serves this cache (allocating: not while a stream captures).
   bool persistent_step(CudaKvCache& cache);
+  // The model's geometry as the persistent step takes it, with the cache's element type.
+  PersistentShape persistent_shape(const CudaKvCache& cache) const;
   // Records a decode step through persistent_; leaves the final-normed row in h_.
   void record_persistent_step();
   // The FFN of h_, then the residual update: x_ and h_ (the next_norm of x_) as the layer leaves

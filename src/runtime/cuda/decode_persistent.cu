@@ -656,6 +656,17 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
   const int per_split = (n_chunks + cta_splits - 1) / cta_splits;
   const int n_splits = (n_chunks + per_split - 1) / per_split;
 
+  // The epilogue of the output and down products: out = base + the task's two row sums.
+  auto residual_rows = [&](float* out, const float* base) {
+    return [=](int task, float v0, float v1) {
+      const int row = kRows * task;
+      if (lane == 0) {
+        out[row] = __ldcg(base + row) + v0;
+        out[row + 1] = __ldcg(base + row + 1) + v1;
+      }
+    };
+  };
+
   for (int l = 0; l < p.n_layer; ++l) {
     const PersistentLayer& L = p.layers[l];
     const LayerActs a = layer_acts(p, l);
@@ -668,8 +679,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
          t += static_cast<int>(gridDim.x)) {
       const int h = t / n_splits, sp = t - h * n_splits;
       prefetch_kv_rows_l2(static_cast<const T*>(L.k_cache), static_cast<const T*>(L.v_cache),
-                          kChunk * sp * per_split, min(n_pos - 1, kChunk * (sp + 1) * per_split), p.n_kv,
-                          h / (p.n_head / p.n_kv), p.head_dim, p.head_dim);
+                          kChunk * sp * per_split, min(n_pos - 1, kChunk * (sp + 1) * per_split),
+                          p.n_kv, h / (p.n_head / p.n_kv), p.head_dim, p.head_dim);
     }
 
     // qkv
@@ -733,13 +744,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     wait_count(p, done_counter(p, l, kAttnReady), p.n_head, stamps(l, kOut));
     build_planes(a.attn, p.q_dim, planes);
     planes_done(l, kOut);
-    done = run_matrix(mat_step(p, l, kOut), [&](int task, float v0, float v1) {
-      const int row = kRows * task;
-      if (lane == 0) {
-        a.x_mid[row] = __ldcg(x_in + row) + v0;
-        a.x_mid[row + 1] = __ldcg(x_in + row + 1) + v1;
-      }
-    });
+    done = run_matrix(mat_step(p, l, kOut), residual_rows(a.x_mid, x_in));
     if (done > 0) signal(done_counter(p, l, kOutDone), done);
 
     // gateup
@@ -756,13 +761,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     wait_count(p, done_counter(p, l, kGateUpDone), p.n_ff, stamps(l, kDown));
     build_planes(a.act, p.n_ff, planes);
     planes_done(l, kDown);
-    done = run_matrix(mat_step(p, l, kDown), [&](int task, float v0, float v1) {
-      const int row = kRows * task;
-      if (lane == 0) {
-        a.x_out[row] = __ldcg(a.x_mid + row) + v0;
-        a.x_out[row + 1] = __ldcg(a.x_mid + row + 1) + v1;
-      }
-    });
+    done = run_matrix(mat_step(p, l, kDown), residual_rows(a.x_out, a.x_mid));
     if (done > 0) signal(done_counter(p, l, kDownDone), done);
   }
 }
