@@ -50,9 +50,16 @@ namespace {
 
 constexpr int kWarps = 16, kThreads = 32 * kWarps;
 constexpr int kRows = 2;                           // rows per task (one gate/up pair)
-constexpr int kDefaultStages = 6;                  // ring stages per warp
 constexpr int kStepBytes = 576;                    // 32 blocks of a row: 4 groups of 144 bytes
-constexpr int kSlotBytes = kRows * kStepBytes;     // one stage
+// A ring stage holds kSpan steps (32 kSpan blocks) of each of a task's two rows: each lane takes
+// kSpan blocks of every row per stage, so the per-stage work (the copies' issue, the barrier wait,
+// the loop) is spread over kSpan times the weights.
+template <int kSpan>
+constexpr int kSlotBytes = kRows * kSpan * kStepBytes;
+// Ring shapes (steps per stage, stages), the preferred first: the first that fits in shared
+// memory is the default; QFORGE_PERSISTENT_SPAN / _STAGES pick another for measurements.
+using RingShape = PersistentRing;
+constexpr RingShape kRingShapes[] = {{2, 4}, {2, 3}, {1, 6}, {2, 5}};
 constexpr int kMaxHeadDim = 128;                   // 4 dimensions per lane
 constexpr int kChunk = 16;                         // attention positions per warp chunk
 constexpr int kMaxSplits = 64;                     // attention CTAs per head
@@ -175,6 +182,7 @@ struct MatStep {
   bool glu = false;
 };
 
+template <int kSpan>
 __device__ __forceinline__ MatStep mat_step(const Params& p, int l, int step) {
   const PersistentLayer& L = p.layers[l];
   MatStep m;
@@ -192,7 +200,7 @@ __device__ __forceinline__ MatStep mat_step(const Params& p, int l, int step) {
       m.w = L.down, m.n_tasks = p.n_embd / kRows, m.n_cols = p.n_ff;
       break;
   }
-  m.n_steps = (m.n_cols / 32 + 31) / 32;
+  m.n_steps = (m.n_cols / 32 + 32 * kSpan - 1) / (32 * kSpan);  // ring stages per task
   m.row_bytes = q4_0x8_row_bytes(static_cast<std::size_t>(m.n_cols));
   return m;
 }
@@ -202,17 +210,18 @@ __device__ __forceinline__ const std::uint8_t* task_row(const MatStep& m, int ta
   return m.w + static_cast<std::size_t>(row) * m.row_bytes;
 }
 
-// Position of a warp's weight stream: (layer, step, task, 32-block step of the task's rows).
+// Position of a warp's weight stream: (layer, step, task, ring stage of the task's rows).
 struct Cursor {
   int l = 0, step = kQkv, task = 0, k = 0;
   MatStep m;
 };
 
 // From (l, step) on, the first matrix step with a task for warp g.
+template <int kSpan>
 __device__ __forceinline__ void enter(Cursor& c, const Params& p, int g) {
   while (c.l < p.n_layer) {
     if (c.step != kAttn) {
-      c.m = mat_step(p, c.l, c.step);
+      c.m = mat_step<kSpan>(p, c.l, c.step);
       if (g < c.m.n_tasks) {
         c.task = g, c.k = 0;
         return;
@@ -222,13 +231,14 @@ __device__ __forceinline__ void enter(Cursor& c, const Params& p, int g) {
   }
 }
 
+template <int kSpan>
 __device__ __forceinline__ void advance(Cursor& c, const Params& p, int g, int n_warps) {
   if (++c.k < c.m.n_steps) return;
   c.k = 0;
   c.task += n_warps;
   if (c.task < c.m.n_tasks) return;
   if (++c.step == kNumSteps) c.step = kQkv, ++c.l;
-  enter(c, p, g);
+  enter<kSpan>(c, p, g);
 }
 
 // ---- x as planes -------------------------------------------------------------------------------
@@ -554,15 +564,16 @@ __device__ void merge_splits(const Params& p, int h, int n_splits, float* attn) 
 
 // ---- the kernel --------------------------------------------------------------------------------
 
-template <typename T, int kStages>
+template <typename T, int kSpan, int kStages>
 __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p) {
+  constexpr int kSlot = kSlotBytes<kSpan>, kSpanBytes = kSpan * kStepBytes;
   extern __shared__ uint4 smem_words[];
   auto* smem = reinterpret_cast<std::uint8_t*>(smem_words);
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
   const int n_warps = static_cast<int>(gridDim.x) * kWarps;
   const int g = warp * static_cast<int>(gridDim.x) + static_cast<int>(blockIdx.x);
-  std::uint8_t* ring = smem + static_cast<std::size_t>(warp) * kStages * kSlotBytes;
-  std::uint8_t* planes = smem + static_cast<std::size_t>(kWarps) * kStages * kSlotBytes;
+  std::uint8_t* ring = smem + static_cast<std::size_t>(warp) * kStages * kSlot;
+  std::uint8_t* planes = smem + static_cast<std::size_t>(kWarps) * kStages * kSlot;
   const int max_cols = max(max(p.n_embd, p.q_dim), p.n_ff);
   auto* bars = reinterpret_cast<std::uint64_t*>(planes + planes_bytes(max_cols)) + kStages * warp;
   auto* scratch = reinterpret_cast<float*>(bars - kStages * warp + kStages * kWarps);
@@ -575,24 +586,24 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
 
   const unsigned long long policy = l2_stream_policy(true);
   Cursor issue_at;
-  enter(issue_at, p, g);
+  enter<kSpan>(issue_at, p, g);
   int issue_slot = 0;
   auto issue = [&] {
     if (issue_at.l < p.n_layer) {
       if (lane == 0) {
         const MatStep& m = issue_at.m;
-        const std::size_t off = static_cast<std::size_t>(issue_at.k) * kStepBytes;
+        const std::size_t off = static_cast<std::size_t>(issue_at.k) * kSpanBytes;
         const auto bytes =
-            static_cast<std::uint32_t>(min(std::size_t{kStepBytes}, m.row_bytes - off));
-        std::uint8_t* stage = ring + issue_slot * kSlotBytes;
+            static_cast<std::uint32_t>(min(std::size_t{kSpanBytes}, m.row_bytes - off));
+        std::uint8_t* stage = ring + issue_slot * kSlot;
         mbar_expect(bars + issue_slot, kRows * bytes);
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
-          bulk_copy(stage + r * kStepBytes, task_row(m, issue_at.task, r) + off, bytes,
+          bulk_copy(stage + r * kSpanBytes, task_row(m, issue_at.task, r) + off, bytes,
                     bars + issue_slot, policy);
         }
       }
-      advance(issue_at, p, g, n_warps);
+      advance<kSpan>(issue_at, p, g, n_warps);
     }
     if (++issue_slot == kStages) issue_slot = 0;
   };
@@ -624,20 +635,22 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
       for (int k = 0; k < m.n_steps; ++k) {
         issue();
         mbar_wait(bars + slot, phase);
-        const int b = 32 * k + lane;
-        const std::uint8_t* stage = ring + slot * kSlotBytes;
-        if (b < n_blocks) {
-          uint4 pl[6];
+        const std::uint8_t* stage = ring + slot * kSlot;
 #pragma unroll
-          for (int c = 0; c < 6; ++c) pl[c] = tok[c * n_blocks + b];
-          const float2 xb = reinterpret_cast<const float2*>(tok + 6 * n_blocks)[b];
+        for (int h = 0; h < kSpan; ++h) {
+          const int b = 32 * (kSpan * k + h) + lane;
+          if (b < n_blocks) {
+            uint4 pl[6];
 #pragma unroll
-          for (int r = 0; r < kRows; ++r) {
-            const uint4 codes =
-                *reinterpret_cast<const uint4*>(stage + r * kStepBytes + lane_codes);
-            const float d =
-                __half2float(*reinterpret_cast<const __half*>(stage + r * kStepBytes + lane_scale));
-            acc[r] = fmaf(d, q4_0x8::block_dot(codes, pl, xb), acc[r]);
+            for (int c = 0; c < 6; ++c) pl[c] = tok[c * n_blocks + b];
+            const float2 xb = reinterpret_cast<const float2*>(tok + 6 * n_blocks)[b];
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) {
+              const std::uint8_t* part = stage + r * kSpanBytes + h * kStepBytes;
+              const uint4 codes = *reinterpret_cast<const uint4*>(part + lane_codes);
+              const float d = __half2float(*reinterpret_cast<const __half*>(part + lane_scale));
+              acc[r] = fmaf(d, q4_0x8::block_dot(codes, pl, xb), acc[r]);
+            }
           }
         }
         if (++slot == kStages) slot = 0, phase ^= 1u;
@@ -689,7 +702,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
                stamps(l, kQkv));
     build_planes_normed(x_in, norm, p.n_embd, p.eps, planes, scratch);
     planes_done(l, kQkv);
-    int done = run_matrix(mat_step(p, l, kQkv), [&](int task, float v0, float v1) {
+    int done = run_matrix(mat_step<kSpan>(p, l, kQkv), [&](int task, float v0, float v1) {
       const int row = kRows * task;
       if (lane == 0) a.qkv[row] = v0, a.qkv[row + 1] = v1;
     });
@@ -744,7 +757,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     wait_count(p, done_counter(p, l, kAttnReady), p.n_head, stamps(l, kOut));
     build_planes(a.attn, p.q_dim, planes);
     planes_done(l, kOut);
-    done = run_matrix(mat_step(p, l, kOut), residual_rows(a.x_mid, x_in));
+    done = run_matrix(mat_step<kSpan>(p, l, kOut), residual_rows(a.x_mid, x_in));
     if (done > 0) signal(done_counter(p, l, kOutDone), done);
 
     // gateup
@@ -752,7 +765,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     wait_count(p, done_counter(p, l, kOutDone), p.n_embd / kRows, stamps(l, kGateUp));
     build_planes_normed(a.x_mid, norm, p.n_embd, p.eps, planes, scratch);
     planes_done(l, kGateUp);
-    done = run_matrix(mat_step(p, l, kGateUp), [&](int task, float gate, float up) {
+    done = run_matrix(mat_step<kSpan>(p, l, kGateUp), [&](int task, float gate, float up) {
       if (lane == 0) a.act[task] = silu(gate) * up;
     });
     if (done > 0) signal(done_counter(p, l, kGateUpDone), done);
@@ -761,14 +774,16 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     wait_count(p, done_counter(p, l, kGateUpDone), p.n_ff, stamps(l, kDown));
     build_planes(a.act, p.n_ff, planes);
     planes_done(l, kDown);
-    done = run_matrix(mat_step(p, l, kDown), residual_rows(a.x_out, a.x_mid));
+    done = run_matrix(mat_step<kSpan>(p, l, kDown), residual_rows(a.x_out, a.x_mid));
     if (done > 0) signal(done_counter(p, l, kDownDone), done);
   }
 }
 
-std::size_t smem_bytes_for(const PersistentShape& s, int stages) {
+std::size_t smem_bytes_for(const PersistentShape& s, RingShape ring) {
   const int max_cols = std::max(s.n_embd, std::max(s.n_head * s.head_dim, s.n_ff));
-  return static_cast<std::size_t>(kWarps) * stages * kSlotBytes + planes_bytes(max_cols) +
+  const int stages = ring.stages;
+  return static_cast<std::size_t>(kWarps) * stages * kRows * ring.span * kStepBytes +
+         planes_bytes(max_cols) +
          static_cast<std::size_t>(kWarps) * stages * 8 + 32 * sizeof(float);
 }
 
@@ -782,11 +797,11 @@ std::atomic<PersistentMode>& persistent_choice() {
   return mode;
 }
 
-template <typename T, int kStages>
+template <typename T, int kSpan, int kStages>
 void launch(const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   static std::atomic<bool> configured{false};
   if (!configured.exchange(true)) {
-    QFORGE_CUDA_CHECK(cudaFuncSetAttribute(decode_persistent_kernel<T, kStages>,
+    QFORGE_CUDA_CHECK(cudaFuncSetAttribute(decode_persistent_kernel<T, kSpan, kStages>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(current_max_smem_per_block())));
   }
@@ -800,25 +815,28 @@ void launch(const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   attribute.val.cooperative = 1;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  QFORGE_CUDA_CHECK(cudaLaunchKernelEx(&config, decode_persistent_kernel<T, kStages>, p));
+  QFORGE_CUDA_CHECK(cudaLaunchKernelEx(&config, decode_persistent_kernel<T, kSpan, kStages>, p));
 }
 
 template <typename T>
-void launch_stages(int stages, const Params& p, int grid, std::size_t smem, StreamHandle stream) {
-  switch (stages) {
-    case 4:
-      launch<T, 4>(p, grid, smem, stream);
-      break;
-    case 8:
-      launch<T, 8>(p, grid, smem, stream);
-      break;
-    case 9:
-      launch<T, 9>(p, grid, smem, stream);
-      break;
+void launch_ring(RingShape ring, const Params& p, int grid, std::size_t smem, StreamHandle stream) {
+  if (ring.span == 1) return launch<T, 1, 6>(p, grid, smem, stream);
+  switch (ring.stages) {
+    case 3:
+      return launch<T, 2, 3>(p, grid, smem, stream);
+    case 5:
+      return launch<T, 2, 5>(p, grid, smem, stream);
     default:
-      launch<T, kDefaultStages>(p, grid, smem, stream);
-      break;
+      return launch<T, 2, 4>(p, grid, smem, stream);
   }
+}
+
+// The preferred ring shape that fits, or none (stages 0).
+RingShape fitting_ring(const PersistentShape& s) {
+  for (const RingShape r : kRingShapes) {
+    if (smem_bytes_for(s, r) <= current_max_smem_per_block()) return r;
+  }
+  return {0, 0};
 }
 
 }  // namespace
@@ -841,9 +859,7 @@ std::string PersistentDecode::unsupported(const PersistentShape& s) {
     return "needs widths that are multiples of 256 (Q4_0x8)";
   }
   if (s.n_embd > kMaxNormedWidth) return "needs an embedding of at most 8192";
-  if (smem_bytes_for(s, kDefaultStages) > current_max_smem_per_block()) {
-    return "needs more shared memory";
-  }
+  if (fitting_ring(s).stages == 0) return "needs more shared memory";
   return {};
 }
 
@@ -857,14 +873,18 @@ PersistentDecode::PersistentDecode(const PersistentShape& shape,
     cuda_fail("CUDA persistent decode: ", layers.size(), " layer entries for ", shape.n_layer,
               " layers");
   }
-  // Ring stages per warp: kDefaultStages, or 4 / 8 / 9 by QFORGE_PERSISTENT_STAGES for
-  // measurements (where they fit).
-  stages_ = static_cast<int>(env_number("QFORGE_PERSISTENT_STAGES", kDefaultStages));
-  if ((stages_ != 4 && stages_ != 8 && stages_ != 9) ||
-      smem_bytes_for(shape, stages_) > current_max_smem_per_block()) {
-    stages_ = kDefaultStages;
+  // The ring's shape: the preferred one that fits, or one of kRingShapes picked by
+  // QFORGE_PERSISTENT_SPAN and QFORGE_PERSISTENT_STAGES for measurements (where it fits).
+  ring_ = fitting_ring(shape);
+  const RingShape asked{static_cast<int>(env_number("QFORGE_PERSISTENT_SPAN", ring_.span)),
+                        static_cast<int>(env_number("QFORGE_PERSISTENT_STAGES", ring_.stages))};
+  for (const RingShape r : kRingShapes) {
+    if (r.span == asked.span && r.stages == asked.stages &&
+        smem_bytes_for(shape, r) <= current_max_smem_per_block()) {
+      ring_ = r;
+    }
   }
-  smem_bytes_ = smem_bytes_for(shape, stages_);
+  smem_bytes_ = smem_bytes_for(shape, ring_);
   probe_ = static_cast<int>(env_number("QFORGE_PERSISTENT_PROBE", 0));
   poll_ns_ = std::clamp(static_cast<int>(env_number("QFORGE_PERSISTENT_POLL_NS", 32)), 0, 10000);
   if (const char* path = std::getenv("QFORGE_PERSISTENT_TRACE"); path != nullptr && *path != 0) {
@@ -935,9 +955,9 @@ float* PersistentDecode::record(const float* x, const int* pos, const float* cos
   p.trace = trace_.empty() ? nullptr : trace_.data();
   counters_.fill_bytes(0, stream);
   if (s.cache_bf16) {
-    launch_stages<std::uint16_t>(stages_, p, grid_, smem_bytes_, stream);
+    launch_ring<std::uint16_t>(ring_, p, grid_, smem_bytes_, stream);
   } else {
-    launch_stages<float>(stages_, p, grid_, smem_bytes_, stream);
+    launch_ring<float>(ring_, p, grid_, smem_bytes_, stream);
   }
   return acts_.data() + layer_floats_ * static_cast<std::size_t>(s.n_layer - 1) +
          static_cast<std::size_t>(p.qkv_dim + p.q_dim + s.n_embd + s.n_ff);

@@ -44,6 +44,11 @@ struct PersistentShape {
   bool cache_bf16 = true;
 };
 
+// The weight ring of each warp: steps of 32 blocks per row per stage, and stages.
+struct PersistentRing {
+  int span = 0, stages = 0;
+};
+
 class PersistentDecode {
  public:
   // Why the shape cannot run here (empty: it can), before any allocation.
@@ -63,7 +68,8 @@ class PersistentDecode {
 
  private:
   PersistentShape shape_;
-  int grid_ = 0, max_splits_ = 0, stages_ = 0, probe_ = 0, poll_ns_ = 32;
+  int grid_ = 0, max_splits_ = 0, probe_ = 0, poll_ns_ = 32;
+  PersistentRing ring_;
   std::string trace_path_;
   DeviceBuffer<unsigned long long> trace_;
   std::size_t layer_floats_ = 0, layer_counters_ = 0, smem_bytes_ = 0;
