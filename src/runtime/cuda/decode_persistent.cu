@@ -56,10 +56,11 @@ constexpr int kStepBytes = 576;                    // 32 blocks of a row: 4 grou
 // the loop) is spread over kSpan times the weights.
 template <int kSpan>
 constexpr int kSlotBytes = kRows * kSpan * kStepBytes;
-// Ring shapes (steps per stage, stages), the preferred first: the first that fits in shared
-// memory is the default; QFORGE_PERSISTENT_SPAN / _STAGES pick another for measurements.
+// Ring shapes (steps per stage, stages), the default first; QFORGE_PERSISTENT_SPAN / _STAGES pick
+// another for measurements. H200 tg128 Llama-3-8B (docs/benchmarks.md, sixteenth pass): 2 x 3
+// 535.7, 2 x 4 533-535, 2 x 5 527-530, 4 x 2 509-511, 1 x 6 (the fifteenth pass's) 491-493.
 using RingShape = PersistentRing;
-constexpr RingShape kRingShapes[] = {{2, 4}, {2, 3}, {1, 6}, {2, 5}};
+constexpr RingShape kRingShapes[] = {{2, 3}, {1, 6}};
 constexpr int kMaxHeadDim = 128;                   // 4 dimensions per lane
 constexpr int kChunk = 16;                         // attention positions per warp chunk
 constexpr int kMaxSplits = 64;                     // attention CTAs per head
@@ -821,14 +822,7 @@ void launch(const Params& p, int grid, std::size_t smem, StreamHandle stream) {
 template <typename T>
 void launch_ring(RingShape ring, const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   if (ring.span == 1) return launch<T, 1, 6>(p, grid, smem, stream);
-  switch (ring.stages) {
-    case 3:
-      return launch<T, 2, 3>(p, grid, smem, stream);
-    case 5:
-      return launch<T, 2, 5>(p, grid, smem, stream);
-    default:
-      return launch<T, 2, 4>(p, grid, smem, stream);
-  }
+  return launch<T, 2, 3>(p, grid, smem, stream);
 }
 
 // The preferred ring shape that fits, or none (stages 0).
