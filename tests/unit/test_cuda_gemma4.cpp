@@ -456,6 +456,34 @@ TEST(CudaLlamaPersistent, DecodeMatchesCpu) {
   }
 }
 
+// Rows of several ring stages, the last one partial (2304 columns: stages of 64 + 8 blocks; 2560:
+// 64 + 16), through both ring shapes of the persistent step: the default (two 32-block steps per
+// stage) and one step per stage (QFORGE_PERSISTENT_SPAN=1, read when the step is built).
+TEST(CudaLlamaPersistent, WideRowsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const nlohmann::json config = {{"hidden_size", 2304},       {"num_hidden_layers", 2},
+                                 {"num_attention_heads", 18}, {"num_key_value_heads", 6},
+                                 {"intermediate_size", 2560}, {"vocab_size", 700},
+                                 {"rms_norm_eps", 1e-5},      {"tie_word_embeddings", false}};
+  const fs::path path = write_synth_file(synth::SynthArch::kLlama, config, GgmlType::Q4_0,
+                                         "cuda_llama_wide_q4_0.gguf", 12);
+  const CpuF32Activations f32;
+  auto cpu = load_model(path);
+  const ForcedPersistentDecode on(true);
+  for (const char* span : {"", "1"}) {
+    if (*span != 0) setenv("QFORGE_PERSISTENT_SPAN", span, 1);
+    auto gpu = cuda_model(path, /*gemm=*/false);
+    unsetenv("QFORGE_PERSISTENT_SPAN");
+    auto probe = gpu->new_cache(8, KvType::F32);
+    const std::string why = gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*probe));
+    if (why.rfind("needs compute capability", 0) == 0) GTEST_SKIP() << why;
+    ASSERT_EQ(why, "") << "the wide Llama should take the persistent decode step";
+    expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(12, 5, 37, 600), 6, KvType::F32,
+                           std::string("wide Llama Q4_0, persistent decode, span ") +
+                               (*span != 0 ? span : "default"));
+  }
+}
+
 // At a depth where the attention splits of a head take several 32-position chunks each (more
 // than 64 splits x 32 positions) the persistent step equals the ordinary decode kernels.
 TEST(CudaLlamaPersistent, LongContextMatchesOrdinaryDecode) {

@@ -14,16 +14,18 @@
 // (q4_0x8_planes.cuh; the norm first where the step has one). The weights never wait: each warp
 // walks the rows of all its tasks of all steps and layers in order, S - 1 stages ahead of its
 // products, by bulk copies into its ring, so the next matrix is already streaming while a counter
-// is awaited.
+// is awaited. A stage holds 64 blocks of each of the task's two rows, two per lane: the products
+// are bound by the warps' instruction latency (ncu: half the issue slots used), and a stage's
+// fixed work (copies, barrier wait, loop) then serves twice the weights.
 //
 // Memory ordering: a warp stores, meets at a warp barrier, and its lane 0 adds to a counter with
 // an acq_rel atomic; a CTA sees a count by an acquire load in one thread and a CTA barrier, and
 // reads what the step before wrote through L2 (ld.global.cg), never through the non-coherent L1
 // paths.
 //
-// Measured on an H200 (docs/benchmarks.md, fifteenth pass): Llama-3-8B tg128 489-491 tokens/s
-// against 477-480 with the ordinary kernels. Where a layer's ~61 us go (roofline 29 us) is in
-// docs/cuda.md ("The persistent decode step").
+// Measured on an H200 (docs/benchmarks.md, sixteenth pass): Llama-3-8B tg128 535-538 tokens/s
+// against 479-480 with the ordinary kernels (one block per lane and stage: 491-493). Where a
+// layer's ~54 us go (roofline 29 us) is in docs/cuda.md ("The persistent decode step").
 #include "runtime/cuda/check.cuh"
 
 #include <cuda_runtime.h>
@@ -56,8 +58,8 @@ constexpr int kStepBytes = 576;                    // 32 blocks of a row: 4 grou
 // the loop) is spread over kSpan times the weights.
 template <int kSpan>
 constexpr int kSlotBytes = kRows * kSpan * kStepBytes;
-// Ring shapes (steps per stage, stages), the default first; QFORGE_PERSISTENT_SPAN / _STAGES pick
-// another for measurements. H200 tg128 Llama-3-8B (docs/benchmarks.md, sixteenth pass): 2 x 3
+// Ring shapes (steps per stage, stages), the default first; QFORGE_PERSISTENT_SPAN=1 picks the
+// other for measurements. H200 tg128 Llama-3-8B (docs/benchmarks.md, sixteenth pass): 2 x 3
 // 535.7, 2 x 4 533-535, 2 x 5 527-530, 4 x 2 509-511, 1 x 6 (the fifteenth pass's) 491-493.
 using RingShape = PersistentRing;
 constexpr RingShape kRingShapes[] = {{2, 3}, {1, 6}};
@@ -868,14 +870,13 @@ PersistentDecode::PersistentDecode(const PersistentShape& shape,
               " layers");
   }
   // The ring's shape: the preferred one that fits, or one of kRingShapes picked by
-  // QFORGE_PERSISTENT_SPAN and QFORGE_PERSISTENT_STAGES for measurements (where it fits).
+  // QFORGE_PERSISTENT_SPAN for measurements (where it fits).
   ring_ = fitting_ring(shape);
-  const RingShape asked{static_cast<int>(env_number("QFORGE_PERSISTENT_SPAN", ring_.span)),
-                        static_cast<int>(env_number("QFORGE_PERSISTENT_STAGES", ring_.stages))};
+  const long span = env_number("QFORGE_PERSISTENT_SPAN", ring_.span);
   for (const RingShape r : kRingShapes) {
-    if (r.span == asked.span && r.stages == asked.stages &&
-        smem_bytes_for(shape, r) <= current_max_smem_per_block()) {
+    if (r.span == span && smem_bytes_for(shape, r) <= current_max_smem_per_block()) {
       ring_ = r;
+      break;
     }
   }
   smem_bytes_ = smem_bytes_for(shape, ring_);
