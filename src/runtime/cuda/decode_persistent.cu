@@ -60,7 +60,7 @@ template <int kSpan>
 constexpr int kSlotBytes = kRows * kSpan * kStepBytes;
 // Ring shapes (steps per stage, stages), the default first; QFORGE_PERSISTENT_SPAN=1 picks the
 // other for measurements. H200 tg128 Llama-3-8B (docs/benchmarks.md, sixteenth pass): 2 x 3
-// 535.7, 2 x 4 533-535, 2 x 5 527-530, 4 x 2 509-511, 1 x 6 (the fifteenth pass's) 491-493.
+// 536-538, 2 x 4 533-535, 2 x 5 527-530, 4 x 2 509-511, 1 x 6 (the fifteenth pass's) 491-493.
 using RingShape = PersistentRing;
 constexpr RingShape kRingShapes[] = {{2, 3}, {1, 6}};
 constexpr int kMaxHeadDim = 128;                   // 4 dimensions per lane
