@@ -478,9 +478,9 @@ TEST(CudaLlamaPersistent, WideRowsMatchCpu) {
     const std::string why = gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*probe));
     if (why.rfind("needs compute capability", 0) == 0) GTEST_SKIP() << why;
     ASSERT_EQ(why, "") << "the wide Llama should take the persistent decode step";
-    expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(12, 5, 37, 600), 6, KvType::F32,
-                           std::string("wide Llama Q4_0, persistent decode, span ") +
-                               (*span != 0 ? span : "default"));
+    expect_gpu_matches_cpu(
+        *cpu, *gpu, prompt_ids(12, 5, 37, 600), 6, KvType::F32,
+        std::string("wide Llama Q4_0, persistent decode, span ") + (*span != 0 ? span : "default"));
   }
 }
 
@@ -515,6 +515,42 @@ TEST(CudaLlamaPersistent, LongContextMatchesOrdinaryDecode) {
   const Diff d = diff(got, want);
   EXPECT_TRUE(d.within()) << "decode logits at depth 2200 differ by " << d.max_abs;
   std::printf("persistent vs ordinary decode at depth %zu: max rel %.3g\n", prompt.size(), d.rel());
+}
+
+// In the default mode a decode step takes the persistent kernel below position kPersistentMaxCtx
+// and the ordinary kernels from there on, on one cache of any size (two decode graphs): steps on
+// both sides of the switch equal the ordinary kernels'.
+TEST(CudaLlamaPersistent, SwitchAtDepthMatchesOrdinaryDecode) {
+  SKIP_WITHOUT_GPU();
+  const fs::path path = write_synth_file(synth::SynthArch::kLlama, small_llama_config(),
+                                         GgmlType::Q4_0, "cuda_llama_small_q4_0.gguf", 11);
+  auto gpu = cuda_model(path, /*gemm=*/false);
+  const int first = cuda::kPersistentMaxCtx - 4;
+  const std::vector<std::int32_t> prompt = prompt_ids(static_cast<std::size_t>(first), 5, 37, 600);
+  auto run = [&](cuda::PersistentMode mode) {
+    const cuda::PersistentMode before = cuda::decode_persistent_mode();
+    cuda::set_decode_persistent_mode(mode);
+    auto cache = gpu->new_cache(first + 64, KvType::BF16);
+    std::vector<float> logits = gpu->forward(prompt, 0, *cache);
+    std::vector<float> all;
+    for (int step = 0; step < 8; ++step) {  // positions first .. first + 7, across the switch
+      const std::int32_t next = argmax(logits);
+      logits = gpu->forward({&next, 1}, first + step, *cache);
+      all.insert(all.end(), logits.begin(), logits.end());
+    }
+    cuda::set_decode_persistent_mode(before);
+    return all;
+  };
+  {
+    auto probe = gpu->new_cache(8, KvType::BF16);
+    const std::string why = gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*probe));
+    if (!why.empty()) GTEST_SKIP() << why;
+  }
+  const std::vector<float> want = run(cuda::PersistentMode::kOff);
+  const std::vector<float> got = run(cuda::PersistentMode::kShallowSteps);
+  const Diff d = diff(got, want);
+  EXPECT_TRUE(d.within()) << "decode logits across position " << cuda::kPersistentMaxCtx
+                          << " differ by " << d.max_abs;
 }
 
 // ---- the tensor-core GEMM prefill path -------------------------------------------------------

@@ -644,10 +644,10 @@ PersistentShape CudaModel::persistent_shape(const CudaKvCache& cache) const {
   return shape;
 }
 
-bool CudaModel::persistent_step(CudaKvCache& cache) {
+bool CudaModel::persistent_step(CudaKvCache& cache, int pos) {
   const PersistentMode mode = decode_persistent_mode();
   if (mode == PersistentMode::kOff ||
-      (mode == PersistentMode::kShortCaches && cache.n_ctx() >= kPersistentMaxCtx) ||
+      (mode == PersistentMode::kShallowSteps && pos >= kPersistentMaxCtx) ||
       !persistent_unsupported(cache).empty()) {
     return false;
   }
@@ -684,10 +684,10 @@ void CudaModel::record_persistent_step() {
   add_and_norm(x, nullptr, nullptr, weights_.output_norm, h_.data(), 1, embd_, c.norm_eps, s);
 }
 
-void CudaModel::record_chunk(int n, CudaKvCache& cache) {
+void CudaModel::record_chunk(int n, CudaKvCache& cache, bool persistent) {
   const ModelConfig& c = config_;
   const StreamHandle s = stream_.get();
-  if (n == 1 && persistent_step(cache)) {
+  if (persistent) {
     record_persistent_step();
     return;
   }
@@ -736,15 +736,19 @@ void CudaModel::run_decode_graph(std::int32_t token, int pos, CudaKvCache& cache
   in[1] = pos;
   tokens_.upload(in.first(1), 0, s);
   pos_.upload(in.subspan(1, 1), 0, s);
-  if (!decode_graph_.ready() || decode_graph_cache_ != cache.id()) {
-    persistent_step(cache);  // its scratch is allocated now: not while the stream captures
-    decode_graph_.capture(s, [&] {
-      record_chunk(1, cache);
+  // Two graphs: the persistent step (shallow positions) and the ordinary kernels. The persistent
+  // step's scratch is allocated here, not while the stream captures.
+  const bool persistent = persistent_step(cache, pos);
+  Graph& graph = persistent ? persistent_graph_ : decode_graph_;
+  std::uint64_t& graph_cache = persistent ? persistent_graph_cache_ : decode_graph_cache_;
+  if (!graph.ready() || graph_cache != cache.id()) {
+    graph.capture(s, [&] {
+      record_chunk(1, cache, persistent);
       record_logits(h_.data(), 1);
     });
-    decode_graph_cache_ = cache.id();
+    graph_cache = cache.id();
   }
-  decode_graph_.launch(s);
+  graph.launch(s);
   logits_.download(step_logits_.span(), 0, s);
   stream_.synchronize();
 }

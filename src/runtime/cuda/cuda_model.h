@@ -90,8 +90,9 @@ class CudaModel final : public Model {
 
  private:
   // Enqueues one chunk of n tokens whose ids and start position are already in tokens_/pos_;
-  // leaves the final-normed rows in h_.
-  void record_chunk(int n, CudaKvCache& cache);
+  // leaves the final-normed rows in h_. persistent (n = 1, persistent_step said so): through the
+  // persistent kernel.
+  void record_chunk(int n, CudaKvCache& cache, bool persistent = false);
   // logits_ = soft-capped LM head of n_rows (<= kLogitsRows) final-normed rows.
   void record_logits(const float* rows, int n_rows);
   // One token through the decode graph (captured on first use per cache), its logits copied into
@@ -102,10 +103,10 @@ class CudaModel final : public Model {
   CudaKvCache& checked_cache(const char* what, std::span<const std::int32_t> tokens, int pos0,
                              KvCache& cache_base) const;
   void attention_block(int il, int n, CudaKvCache& cache, int splits);
-  // Whether a decode step on the cache runs as the persistent kernel (chosen for the cache's size
-  // and supported); if
-  // so, makes sure persistent_ serves this cache (allocating: not while a stream captures).
-  bool persistent_step(CudaKvCache& cache);
+  // Whether a decode step at position pos on the cache runs as the persistent kernel (as
+  // decode_persistent_mode() says, where supported); if so, makes sure persistent_ serves this
+  // cache (allocating: not while a stream captures).
+  bool persistent_step(CudaKvCache& cache, int pos);
   // The model's geometry as the persistent step takes it, with the cache's element type.
   PersistentShape persistent_shape(const CudaKvCache& cache) const;
   // Records a decode step through persistent_; leaves the final-normed row in h_.
@@ -195,8 +196,10 @@ class CudaModel final : public Model {
   std::unique_ptr<PersistentDecode> persistent_;
   std::uint64_t persistent_cache_ = 0;
 
-  Graph decode_graph_;
+  Graph decode_graph_;                    // a decode step on the ordinary kernels
   std::uint64_t decode_graph_cache_ = 0;  // id of the cache the graph was captured for
+  Graph persistent_graph_;                // a decode step through persistent_
+  std::uint64_t persistent_graph_cache_ = 0;
 };
 
 }  // namespace qforge::cuda

@@ -795,7 +795,7 @@ std::atomic<PersistentMode>& persistent_choice() {
     const long v = env_number("QFORGE_DECODE_PERSISTENT", 1);
     return v == 0   ? PersistentMode::kOff
            : v == 2 ? PersistentMode::kAlways
-                    : PersistentMode::kShortCaches;
+                    : PersistentMode::kShallowSteps;
   }()};
   return mode;
 }

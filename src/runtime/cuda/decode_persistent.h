@@ -78,12 +78,13 @@ class PersistentDecode {
   DeviceBuffer<int> counters_;
 };
 
-// Where decode steps take the persistent kernel (for models that qualify): on caches of fewer than
-// kPersistentMaxCtx positions (the default; QFORGE_DECODE_PERSISTENT=1), on every cache (=2;
-// tests), or nowhere (=0). Its attention is a plain split over the CTAs: at depth the ordinary
-// kernels' flash decoding is far ahead (H200, Llama-3-8B tg128 at depth 4096: 328 vs 430
-// tokens/s), while on short caches the persistent step is ahead (tg128 from depth 0: 491 vs 479).
-enum class PersistentMode { kOff, kShortCaches, kAlways };
+// Where decode steps take the persistent kernel (for models that qualify): at positions below
+// kPersistentMaxCtx, whatever the cache's size (the default; QFORGE_DECODE_PERSISTENT=1), at every
+// position (=2; tests), or nowhere (=0). Its attention is a plain split over the CTAs, so at depth
+// the ordinary kernels' flash decoding is ahead. H200, Llama-3-8B tg128 at depth 256 / 512 / 1024
+// / 2048 (docs/benchmarks.md, sixteenth pass): persistent 488 / 478 / 437 / 397, ordinary 447 /
+// 420 / 439 / 444 tokens/s.
+enum class PersistentMode { kOff, kShallowSteps, kAlways };
 inline constexpr int kPersistentMaxCtx = 1024;
 PersistentMode decode_persistent_mode();
 void set_decode_persistent_mode(PersistentMode mode);
