@@ -36,6 +36,7 @@ struct BenchArgs {
   int n_prompt = 512;
   int n_gen = 128;
   int depth = 0;
+  int ctx_size = 0;  // KV cache positions; 0: what the tests need
   int reps = 3;
   std::string device = "cpu";
   std::string kv_type = "bf16";
@@ -112,7 +113,9 @@ nlohmann::json stats_json(const Stats& s) {
 }
 
 void run(const BenchArgs& args) {
-  if (args.n_prompt < 0 || args.n_gen < 0 || args.depth < 0) fail("-p, -n and -d must be >= 0");
+  if (args.n_prompt < 0 || args.n_gen < 0 || args.depth < 0 || args.ctx_size < 0) {
+    fail("-p, -n, -d and -c must be >= 0");
+  }
   if (args.reps < 1) fail("-r must be >= 1");
   if (args.n_prompt == 0 && args.n_gen == 0) fail("nothing to measure: -p and -n are both 0");
   const Device device = parse_device(args.device);
@@ -124,7 +127,12 @@ void run(const BenchArgs& args) {
   std::unique_ptr<Model> model = open_model(args.model, device);
   const double load_seconds = seconds_since(load_start);
   const ModelConfig& config = model->config();
-  const int n_ctx = args.depth + std::max(args.n_prompt, args.n_gen) + 1;
+  const int needed = args.depth + std::max(args.n_prompt, args.n_gen) + 1;
+  if (args.ctx_size > 0 && args.ctx_size < needed) {
+    fail("-c {} is too small: depth {} + {} tokens need a cache of {} positions", args.ctx_size,
+         args.depth, std::max(args.n_prompt, args.n_gen), needed);
+  }
+  const int n_ctx = args.ctx_size > 0 ? args.ctx_size : needed;
   auto cache = model->new_cache(n_ctx, kv_type);
 
   std::mt19937 rng(1234);
@@ -195,6 +203,7 @@ void run(const BenchArgs& args) {
                         {"n_prompt", args.n_prompt},
                         {"n_gen", args.n_gen},
                         {"depth", args.depth},
+                        {"n_ctx", n_ctx},
                         {"reps", args.reps},
                         {"load_seconds", load_seconds}};
     if (device == Device::Cpu) j["threads"] = thread_count();
@@ -216,9 +225,9 @@ void run(const BenchArgs& args) {
              size >= gib ? fmt::format("{:.2f} GiB", size / gib)
                          : fmt::format("{:.2f} MiB", size / (1 << 20)),
              static_cast<double>(bytes.params) / 1e9, load_seconds);
-  fmt::print("device: {}{}; kv {}; depth {}; {} repetitions\n", device_name,
+  fmt::print("device: {}{}; kv {} ({} positions); depth {}; {} repetitions\n", device_name,
              device == Device::Cpu ? fmt::format(" ({} threads)", thread_count()) : "",
-             kv_type_name(kv_type), args.depth, args.reps);
+             kv_type_name(kv_type), n_ctx, args.depth, args.reps);
   fmt::print("| test | tokens/s |\n| --- | --- |\n");
   const std::string at = args.depth > 0 ? fmt::format(" @ d{}", args.depth) : "";
   if (args.n_prompt > 0) {
@@ -244,6 +253,9 @@ void setup(CLI::App& app) {
   cmd->add_option("-n,--n-gen", args->n_gen, "Generated tokens (0: skip tg)")
       ->capture_default_str();
   cmd->add_option("-d,--depth", args->depth, "Tokens of context before each test")
+      ->capture_default_str();
+  cmd->add_option("-c,--ctx-size", args->ctx_size,
+                  "KV cache positions (0: what the tests need; a chat session's context is larger)")
       ->capture_default_str();
   cmd->add_option("-r,--reps", args->reps, "Repetitions")->capture_default_str();
   cmd->add_option("--device", args->device, "cpu or cuda")->capture_default_str();
