@@ -137,10 +137,11 @@ std::vector<std::int32_t> fixture_prompt(const std::string& name, std::size_t n)
 
 // Prompt with all logits on both backends, then `steps` one-token decode steps (the GPU's graph
 // path) fed with the CPU's greedy choice; every row and step compared.
+// n_ctx: the caches' positions (0: just enough for the prompt and the steps).
 void expect_gpu_matches_cpu(Model& cpu, Model& gpu, const std::vector<std::int32_t>& prompt,
-                            int steps, KvType kv, const std::string& label) {
+                            int steps, KvType kv, const std::string& label, int n_ctx = 0) {
   const auto vocab = static_cast<std::size_t>(cpu.config().n_vocab);
-  const int n_ctx = static_cast<int>(prompt.size()) + steps + 1;
+  if (n_ctx == 0) n_ctx = static_cast<int>(prompt.size()) + steps + 1;
   auto cpu_cache = cpu.new_cache(n_ctx, kv);
   auto gpu_cache = gpu.new_cache(n_ctx, kv);
   std::vector<float> want = cpu.forward(prompt, 0, *cpu_cache, {.all_logits = true});
@@ -551,6 +552,28 @@ TEST(CudaLlamaPersistent, SwitchAtDepthMatchesOrdinaryDecode) {
   const Diff d = diff(got, want);
   EXPECT_TRUE(d.within()) << "decode logits across position " << cuda::kPersistentMaxCtx
                           << " differ by " << d.max_abs;
+}
+
+// On a cache larger than the context, the ordinary decode kernels follow the depth: each depth
+// bucket (a power of two above the position) has its own graph, batch_attention below 1024
+// positions and flash decoding with splits for the bucket above. Decode steps across the bucket
+// edges at 512 (batch_attention -> flash) and 1024 (flash splits for 1024 -> 2048) on a cache of
+// 4096 positions against the CPU.
+TEST(CudaDecodeBuckets, StepsAcrossBucketsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const fs::path path = write_synth_file(synth::SynthArch::kLlama, small_llama_config(),
+                                         GgmlType::Q4_0, "cuda_llama_small_q4_0.gguf", 11);
+  const CpuF32Activations f32;
+  auto cpu = load_model(path);
+  auto gpu = cuda_model(path, /*gemm=*/false);
+  const ForcedPersistentDecode ordinary(false);
+  for (const int first : {508, 1020}) {
+    expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(static_cast<std::size_t>(first), 5, 37, 600), 8,
+                           KvType::F32,
+                           "small Llama, ordinary decode across position " +
+                               std::to_string(first + 4) + " on a cache of 4096",
+                           4096);
+  }
 }
 
 // ---- the tensor-core GEMM prefill path -------------------------------------------------------

@@ -118,11 +118,27 @@ std::size_t part_rows(const ModelConfig& c, int sm_count, int max_dv) {
 
 // The most splits flash_decode_splits returns (flash_attention.h).
 constexpr int kMaxFlashSplits = 256;
-// Decode steps take flash_decode on caches of at least this many positions. On short contexts
-// batch_attention's per-warp splits have less fixed cost per step (Llama-3-8B tg128 from depth 0,
-// H200: 285 vs 272 tokens/s); at depth 4096 flash_decode is far ahead (250 vs 143). The choice
-// must not depend on the position (one graph serves every step), so it follows the cache size.
+// Decode steps take flash_decode where the positions their graph serves reach this many. On short
+// contexts batch_attention's per-warp splits have less fixed cost per step (Llama-3-8B tg128 from
+// depth 0, H200: 285 vs 272 tokens/s); at depth 4096 flash_decode is far ahead (250 vs 143).
 constexpr int kFlashDecodeMinCtx = 1024;
+
+// The positions the decode graph of a step at `pos` serves: a power of two (at least 256) above
+// pos, within the cache. Each bucket has its own graph, so the attention kernel and its splits
+// follow the depth, not the cache's size: with a cache of 8192 positions, flash decoding's splits
+// for all of them cost Gemma 4 26B-A4B 4% at depth 0 (docs/benchmarks.md, sixteenth pass).
+int decode_bucket(int pos, int n_ctx) {
+  int b = 256;
+  while (b <= pos && b < n_ctx) b *= 2;
+  return std::min(b, n_ctx);
+}
+
+// Index of a bucket among a cache's buckets (ceil(log2(b))): the capped last one stays apart.
+int bucket_index(int bucket) {
+  int i = 0;
+  while ((1 << i) < bucket) ++i;
+  return i;
+}
 
 struct ScratchSizes {
   std::size_t x, qkv, att, gate_up, act, part, attn_counters, flash_part, logits, rope;
@@ -363,8 +379,10 @@ void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits) {
   ap.q_stride = ld;
   const void* k_cache = cache.k(g.kv_source);
   const void* v_cache = cache.v(g.kv_source);
-  if (use_flash_ && n == 1 && cache.n_ctx() >= kFlashDecodeMinCtx && flash_decode_supported(ap)) {
-    const int flash_splits = flash_decode_splits(ap, 1, sm_count_, cache.n_ctx());
+  // One token: the positions its graph serves (decode_bucket), or outside a graph the cache's.
+  const int positions = n == 1 && decode_positions_ > 0 ? decode_positions_ : cache.n_ctx();
+  if (use_flash_ && n == 1 && positions >= kFlashDecodeMinCtx && flash_decode_supported(ap)) {
+    const int flash_splits = flash_decode_splits(ap, 1, sm_count_, positions);
     flash_decode(qkv, k_cache, v_cache, pos_.data(), 1, ap, flash_splits, flash_part_.data(),
                  att_.data(), s);
   } else if (use_flash_ && tensor_core_chunk(n) && flash_prefill_supported(ap)) {
@@ -736,16 +754,26 @@ void CudaModel::run_decode_graph(std::int32_t token, int pos, CudaKvCache& cache
   in[1] = pos;
   tokens_.upload(in.first(1), 0, s);
   pos_.upload(in.subspan(1, 1), 0, s);
-  // Two graphs: the persistent step (shallow positions) and the ordinary kernels. The persistent
-  // step's scratch is allocated here, not while the stream captures.
+  // The persistent step's graph (shallow positions), or the ordinary kernels' graph of the
+  // position's depth bucket. The persistent step's scratch is allocated here, not while the
+  // stream captures.
   const bool persistent = persistent_step(cache, pos);
-  Graph& graph = persistent ? persistent_graph_ : decode_graph_;
-  std::uint64_t& graph_cache = persistent ? persistent_graph_cache_ : decode_graph_cache_;
+  const int bucket = decode_bucket(pos, cache.n_ctx());
+  const auto index = static_cast<std::size_t>(bucket_index(bucket));
+  Graph& graph = persistent ? persistent_graph_ : decode_graphs_[index];
+  std::uint64_t& graph_cache = persistent ? persistent_graph_cache_ : decode_graph_caches_[index];
   if (!graph.ready() || graph_cache != cache.id()) {
-    graph.capture(s, [&] {
-      record_chunk(1, cache, persistent);
-      record_logits(h_.data(), 1);
-    });
+    decode_positions_ = bucket;
+    try {
+      graph.capture(s, [&] {
+        record_chunk(1, cache, persistent);
+        record_logits(h_.data(), 1);
+      });
+    } catch (...) {
+      decode_positions_ = 0;
+      throw;
+    }
+    decode_positions_ = 0;
     graph_cache = cache.id();
   }
   graph.launch(s);

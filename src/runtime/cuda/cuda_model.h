@@ -13,6 +13,7 @@
 // only the chosen experts are computed (moe.h), so decode steps stay inside the graph.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -75,14 +76,14 @@ class CudaModel final : public Model {
   // batch_attention everywhere (F32). Initially on, unless QFORGE_FLASH=off.
   void set_flash_attention(bool on) {
     use_flash_ = on;
-    decode_graph_cache_ = 0;  // the decode graph is captured again with the new choice
+    decode_graph_caches_.fill(0);  // the decode graphs are captured again with the new choice
   }
   // Which residual updates and norms before a Q/K/V or gate/up product a decode step computes
   // inside that product's GEMV (Q4_0x8 matrices; gemv_q4_0x8_normed in q4_0x8.h) instead of in a
   // kernel of their own. Initially GemvNorms::kPostNorm; QFORGE_GEMV_NORM=0 / all: kOff / kAll.
   void set_gemv_norms(GemvNorms which) {
     gemv_norms_ = which;
-    decode_graph_cache_ = 0;
+    decode_graph_caches_.fill(0);
   }
   // Why a decode step on this cache cannot run as one persistent kernel (decode_persistent.h);
   // empty: it can, and does where decode_persistent_mode() says so.
@@ -196,9 +197,12 @@ class CudaModel final : public Model {
   std::unique_ptr<PersistentDecode> persistent_;
   std::uint64_t persistent_cache_ = 0;
 
-  Graph decode_graph_;                    // a decode step on the ordinary kernels
-  std::uint64_t decode_graph_cache_ = 0;  // id of the cache the graph was captured for
-  Graph persistent_graph_;                // a decode step through persistent_
+  // Decode steps on the ordinary kernels, one graph per depth bucket (cuda_model.cpp,
+  // decode_bucket; index ceil(log2(bucket))), with the id of the cache each was captured for.
+  std::array<Graph, 32> decode_graphs_;
+  std::array<std::uint64_t, 32> decode_graph_caches_{};
+  int decode_positions_ = 0;  // while a decode graph is captured: the positions it serves
+  Graph persistent_graph_;    // a decode step through persistent_
   std::uint64_t persistent_graph_cache_ = 0;
 };
 
