@@ -127,10 +127,11 @@ void run(const BenchArgs& args) {
   std::unique_ptr<Model> model = open_model(args.model, device);
   const double load_seconds = seconds_since(load_start);
   const ModelConfig& config = model->config();
-  const int needed = args.depth + std::max(args.n_prompt, args.n_gen) + 1;
+  const int longest = std::max(args.n_prompt, args.n_gen);
+  const int needed = args.depth + longest + 1;
   if (args.ctx_size > 0 && args.ctx_size < needed) {
     fail("-c {} is too small: depth {} + {} tokens need a cache of {} positions", args.ctx_size,
-         args.depth, std::max(args.n_prompt, args.n_gen), needed);
+         args.depth, longest, needed);
   }
   const int n_ctx = args.ctx_size > 0 ? args.ctx_size : needed;
   auto cache = model->new_cache(n_ctx, kv_type);

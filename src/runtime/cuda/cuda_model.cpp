@@ -325,7 +325,7 @@ void CudaModel::per_layer_inputs(int n) {
 }
 
 // x += post_norm(Wo · attention(...)) and h = ffn_norm(x); see CpuModel::attention_block.
-void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits) {
+void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits, int positions) {
   const ModelConfig& c = config_;
   const StreamHandle s = stream_.get();
   const float eps = c.norm_eps;
@@ -379,8 +379,6 @@ void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits) {
   ap.q_stride = ld;
   const void* k_cache = cache.k(g.kv_source);
   const void* v_cache = cache.v(g.kv_source);
-  // One token: the positions its graph serves (decode_bucket), or outside a graph the cache's.
-  const int positions = n == 1 && decode_positions_ > 0 ? decode_positions_ : cache.n_ctx();
   if (use_flash_ && n == 1 && positions >= kFlashDecodeMinCtx && flash_decode_supported(ap)) {
     const int flash_splits = flash_decode_splits(ap, 1, sm_count_, positions);
     flash_decode(qkv, k_cache, v_cache, pos_.data(), 1, ap, flash_splits, flash_part_.data(),
@@ -702,7 +700,7 @@ void CudaModel::record_persistent_step() {
   add_and_norm(x, nullptr, nullptr, weights_.output_norm, h_.data(), 1, embd_, c.norm_eps, s);
 }
 
-void CudaModel::record_chunk(int n, CudaKvCache& cache, bool persistent) {
+void CudaModel::record_chunk(int n, CudaKvCache& cache, bool persistent, int positions) {
   const ModelConfig& c = config_;
   const StreamHandle s = stream_.get();
   if (persistent) {
@@ -730,7 +728,8 @@ void CudaModel::record_chunk(int n, CudaKvCache& cache, bool persistent) {
   for (std::size_t il = 0; il < n_layer; ++il) {
     const DeviceLayer& l = weights_.layers[il];
     if (il == 0) residual_norm(n, nullptr, nullptr, 1.0f, l.attn_norm, normed_qkv(0, n, nullptr));
-    attention_block(static_cast<int>(il), n, cache, splits);
+    attention_block(static_cast<int>(il), n, cache, splits,
+                    positions > 0 ? positions : cache.n_ctx());
     const float* next_norm =
         il + 1 < n_layer ? weights_.layers[il + 1].attn_norm : weights_.output_norm;
     ffn_block(static_cast<int>(il), n, next_norm);
@@ -763,17 +762,10 @@ void CudaModel::run_decode_graph(std::int32_t token, int pos, CudaKvCache& cache
   Graph& graph = persistent ? persistent_graph_ : decode_graphs_[index];
   std::uint64_t& graph_cache = persistent ? persistent_graph_cache_ : decode_graph_caches_[index];
   if (!graph.ready() || graph_cache != cache.id()) {
-    decode_positions_ = bucket;
-    try {
-      graph.capture(s, [&] {
-        record_chunk(1, cache, persistent);
-        record_logits(h_.data(), 1);
-      });
-    } catch (...) {
-      decode_positions_ = 0;
-      throw;
-    }
-    decode_positions_ = 0;
+    graph.capture(s, [&] {
+      record_chunk(1, cache, persistent, bucket);
+      record_logits(h_.data(), 1);
+    });
     graph_cache = cache.id();
   }
   graph.launch(s);

@@ -92,8 +92,9 @@ class CudaModel final : public Model {
  private:
   // Enqueues one chunk of n tokens whose ids and start position are already in tokens_/pos_;
   // leaves the final-normed rows in h_. persistent (n = 1, persistent_step said so): through the
-  // persistent kernel.
-  void record_chunk(int n, CudaKvCache& cache, bool persistent = false);
+  // persistent kernel. positions: those the attention must serve (a decode graph's depth bucket),
+  // 0 for all of the cache's.
+  void record_chunk(int n, CudaKvCache& cache, bool persistent = false, int positions = 0);
   // logits_ = soft-capped LM head of n_rows (<= kLogitsRows) final-normed rows.
   void record_logits(const float* rows, int n_rows);
   // One token through the decode graph (captured on first use per cache), its logits copied into
@@ -103,7 +104,9 @@ class CudaModel final : public Model {
   // per-layer embedding table's rows); `what` names the caller in the errors.
   CudaKvCache& checked_cache(const char* what, std::span<const std::int32_t> tokens, int pos0,
                              KvCache& cache_base) const;
-  void attention_block(int il, int n, CudaKvCache& cache, int splits);
+  // positions: the most the step's attention reads (decode: flash decoding from kFlashDecodeMinCtx,
+  // with splits for that many).
+  void attention_block(int il, int n, CudaKvCache& cache, int splits, int positions);
   // Whether a decode step at position pos on the cache runs as the persistent kernel (as
   // decode_persistent_mode() says, where supported); if so, makes sure persistent_ serves this
   // cache (allocating: not while a stream captures).
@@ -201,8 +204,7 @@ class CudaModel final : public Model {
   // decode_bucket; index ceil(log2(bucket))), with the id of the cache each was captured for.
   std::array<Graph, 32> decode_graphs_;
   std::array<std::uint64_t, 32> decode_graph_caches_{};
-  int decode_positions_ = 0;  // while a decode graph is captured: the positions it serves
-  Graph persistent_graph_;    // a decode step through persistent_
+  Graph persistent_graph_;  // a decode step through persistent_
   std::uint64_t persistent_graph_cache_ = 0;
 };
 
