@@ -40,6 +40,7 @@ struct BenchArgs {
   int reps = 3;
   std::string device = "cpu";
   std::string kv_type = "bf16";
+  std::string decode_x;  // CUDA decode GEMVs' x: exact or int8 (empty: QFORGE_DECODE_X or exact)
   int threads = 0;
   bool json = false;
 };
@@ -121,6 +122,10 @@ void run(const BenchArgs& args) {
   const Device device = parse_device(args.device);
   const KvType kv_type = parse_kv_type(args.kv_type);
   if (args.threads > 0) set_thread_count(args.threads);
+  if (!args.decode_x.empty()) {
+    if (device != Device::Cuda) fail("--decode-x applies to --device cuda only");
+    cuda::set_decode_x(cuda::parse_decode_x(args.decode_x));
+  }
 
   const ModelBytes bytes = model_bytes(GgufReader::open(args.model));
   const auto load_start = std::chrono::steady_clock::now();
@@ -211,6 +216,7 @@ void run(const BenchArgs& args) {
     if (args.n_prompt > 0) j["pp"] = stats_json(pp);
     if (args.n_gen > 0) j["tg"] = stats_json(tg);
     if (device == Device::Cuda) {
+      j["decode_x"] = cuda::decode_x_name(cuda::decode_x());
       j["copy_bandwidth_gbs"] = copy_gbs;
       if (args.n_gen > 0) {
         j["tg_bandwidth_gbs"] = tg_gbs;
@@ -227,7 +233,9 @@ void run(const BenchArgs& args) {
                          : fmt::format("{:.2f} MiB", size / (1 << 20)),
              static_cast<double>(bytes.params) / 1e9, load_seconds);
   fmt::print("device: {}{}; kv {} ({} positions); depth {}; {} repetitions\n", device_name,
-             device == Device::Cpu ? fmt::format(" ({} threads)", thread_count()) : "",
+             device == Device::Cpu
+                 ? fmt::format(" ({} threads)", thread_count())
+                 : fmt::format(" (decode x {})", cuda::decode_x_name(cuda::decode_x())),
              kv_type_name(kv_type), n_ctx, args.depth, args.reps);
   fmt::print("| test | tokens/s |\n| --- | --- |\n");
   const std::string at = args.depth > 0 ? fmt::format(" @ d{}", args.depth) : "";
@@ -263,6 +271,9 @@ void setup(CLI::App& app) {
   cmd->add_option("--kv-type", args->kv_type, "KV cache type: bf16, f32 or q8_0")
       ->capture_default_str();
   cmd->add_option("-t,--threads", args->threads, "CPU threads (default: all cores)");
+  cmd->add_option("--decode-x", args->decode_x,
+                  "CUDA decode GEMVs' activations: exact (F32-accurate planes, the default) or int8 "
+                  "(rounded per 32-block like llama.cpp's q8_1: faster, opt-in)");
   cmd->add_flag("--json", args->json, "Print one JSON object instead of the table");
   cmd->callback([args] { run(*args); });
 }

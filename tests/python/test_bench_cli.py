@@ -48,3 +48,15 @@ def test_ctx_size_too_small_fails_clearly(model):
     proc = qforge("bench", "-m", model, "-p", 8, "-n", 4, "-d", 3, "-r", 1, "-c", 5)
     assert proc.returncode != 0
     assert "-c 5 is too small" in proc.stderr and "12 positions" in proc.stderr
+
+
+def test_decode_x_is_for_cuda_and_named(model):
+    """--decode-x picks the CUDA decode GEMVs' activations: on the CPU it is an error, and a name
+    other than exact or int8 is refused before any model is loaded."""
+    proc = qforge("bench", "-m", model, "-p", 8, "-n", 4, "-r", 1, "--decode-x", "int8")
+    assert proc.returncode != 0
+    assert "--decode-x applies to --device cuda only" in proc.stderr
+    proc = qforge("bench", "-m", model, "-p", 8, "-n", 4, "-r", 1, "--device", "cuda",
+                  "--decode-x", "int4")
+    assert proc.returncode != 0
+    assert "unknown decode x representation 'int4' (expected exact or int8)" in proc.stderr

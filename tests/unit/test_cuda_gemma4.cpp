@@ -435,6 +435,57 @@ TEST(CudaLlamaQ4_0x8, DecodeMatchesCpu) {
                          "small Llama Q4_0 (Q4_0x8 on the GPU), GEMVs in CTA pairs");
 }
 
+// The opt-in int8 x of the Q4_0x8 GEMVs (cuda_device.h, DecodeX::kInt8), as a user sets it before
+// loading: the small Llama's logits over a prompt and decode steps (the same tokens fed to every
+// run) move away from the exact form's, in the ordinary kernels and in the persistent step alike,
+// by what int8 rounding of x costs through three random layers (a few percent of the largest
+// logit; a wrong scale or plane would cost it all). The kernel's own numerics are checked
+// exactly in test_cuda_kernels.cpp (Q4_0x8Int8XMatchesRoundedReference). Two int8 paths agree
+// less closely than two exact ones: a last-bit difference upstream can move a value across an
+// int8 rounding boundary.
+TEST(CudaLlamaQ4_0x8, Int8DecodeXStaysClose) {
+  SKIP_WITHOUT_GPU();
+  const fs::path path = write_synth_file(synth::SynthArch::kLlama, small_llama_config(),
+                                         GgmlType::Q4_0, "cuda_llama_small_q4_0.gguf", 11);
+  struct Restore {
+    ~Restore() { cuda::set_decode_x(cuda::DecodeX::kExact); }
+  } restore;
+  const std::vector<std::int32_t> tokens = prompt_ids(30, 5, 37, 600);
+  const std::size_t n_prompt = 24;
+  auto run = [&](cuda::DecodeX x, bool persistent) {
+    cuda::set_decode_x(x);
+    const ForcedPersistentDecode forced(persistent);
+    auto gpu = cuda_model(path, /*gemm=*/false);
+    auto cache = gpu->new_cache(static_cast<int>(tokens.size()) + 1, KvType::F32);
+    if (persistent &&
+        !gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*cache)).empty()) {
+      return std::vector<float>{};
+    }
+    std::vector<float> all = gpu->forward({tokens.data(), n_prompt}, 0, *cache);
+    for (std::size_t i = n_prompt; i < tokens.size(); ++i) {
+      const std::vector<float> step = gpu->forward({&tokens[i], 1}, static_cast<int>(i), *cache);
+      all.insert(all.end(), step.begin(), step.end());
+    }
+    return all;
+  };
+  const std::vector<float> exact = run(cuda::DecodeX::kExact, false);
+  const std::vector<float> int8 = run(cuda::DecodeX::kInt8, false);
+  const Diff d = diff(int8, exact);
+  std::printf("int8 x vs exact, ordinary kernels: max rel %.3g\n", d.rel());
+  EXPECT_TRUE(d.finite);
+  EXPECT_GT(d.rel(), 1e-4) << "the int8 form should round x (is the switch read?)";
+  EXPECT_LT(d.rel(), 0.1) << "more than int8 rounding of x";
+  const std::vector<float> persistent = run(cuda::DecodeX::kInt8, true);
+  if (persistent.empty()) GTEST_SKIP() << "no persistent decode on this device";
+  const Diff dp = diff(persistent, int8), de = diff(persistent, exact);
+  std::printf("int8 x, persistent step vs ordinary kernels: max rel %.3g (vs exact %.3g)\n",
+              dp.rel(), de.rel());
+  EXPECT_TRUE(dp.finite);
+  EXPECT_LT(dp.rel(), 0.05) << "the persistent step's int8 products differ by " << dp.max_abs;
+  EXPECT_GT(de.rel(), 1e-4) << "the persistent step ignored the switch";
+  EXPECT_LT(de.rel(), 0.1) << "more than int8 rounding of x";
+}
+
 // The small Llama's decode steps through the persistent kernel: every layer's products, rotary
 // embedding, cache stores, attention and residual updates in one launch, against the CPU, with
 // F32 and BF16 caches (the prompt itself runs the ordinary kernels).

@@ -445,6 +445,85 @@ TEST(CudaGemv, Q4_0x8MatchesExactSum) {
   }
 }
 
+// The opt-in int8 x (cuda_device.h, DecodeX::kInt8) against its own float64 reference: per
+// 32-block, codes times x rounded to int8 (p = rint(x * 127 / max |x|), in F32 as the quantizer
+// rounds it) times max |x| / 127, minus 8 times the exact sum of x, times the block's scale. Every
+// task shape, column parts, 1-3 tokens. The results must also differ from the exact product by
+// more than the F32 tolerance: the switch is live.
+TEST(CudaGemv, Q4_0x8Int8XMatchesRoundedReference) {
+  SKIP_WITHOUT_GPU();
+  const Q4_0x8Choices reset;
+  struct Restore {
+    ~Restore() { cuda::set_decode_x(cuda::DecodeX::kExact); }
+  } restore;
+  std::uint32_t seed = 9700;
+  for (const std::size_t cols : {std::size_t{256}, std::size_t{2816}, std::size_t{5376}}) {
+    const std::size_t rows = 130;
+    const Quantized q = make_weights(GgmlType::Q4_0, rows, cols, ++seed);
+    cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+    cuda::repack_q4_0x8(dw.data(), rows, cols);
+    for (const int n_tokens : {1, 2, 3}) {
+      const std::vector<float> x = random_floats(cols * n_tokens, ++seed, 2.0f);
+      // The reference, per (row, token): value and magnitude (sum of the terms' absolute values).
+      std::vector<double> want(rows * n_tokens), mag(rows * n_tokens), exact(rows * n_tokens);
+      const std::size_t n_blocks = cols / 32;
+      for (int t = 0; t < n_tokens; ++t) {
+        const float* xt = x.data() + static_cast<std::size_t>(t) * cols;
+        for (std::size_t r = 0; r < rows; ++r) {
+          const std::byte* row = q.bytes.data() + r * row_bytes(GgmlType::Q4_0, cols);
+          double v = 0.0, m_abs = 0.0;
+          for (std::size_t b = 0; b < n_blocks; ++b) {
+            const std::byte* blk = row + 18 * b;
+            std::uint16_t d_bits;
+            std::memcpy(&d_bits, blk, 2);
+            const double d = f16_to_f32(d_bits);
+            const float* xb = xt + 32 * b;
+            float m = 0.0f;
+            for (int k = 0; k < 32; ++k) m = std::max(m, std::fabs(xb[k]));
+            const float inv = m > 0.0f ? 127.0f / m : 0.0f;
+            double codes_x = 0.0, sum_x = 0.0, terms = 0.0;
+            for (int k = 0; k < 32; ++k) {
+              const auto byte = static_cast<unsigned>(blk[2 + (k % 16)]);
+              const unsigned code = k < 16 ? (byte & 0xfu) : (byte >> 4);
+              const double p = std::nearbyint(xb[k] * inv);
+              codes_x += code * p * (static_cast<double>(m) / 127.0);
+              sum_x += xb[k];
+              terms += code * std::fabs(p) * (static_cast<double>(m) / 127.0) + 8 * std::fabs(xb[k]);
+            }
+            v += d * (codes_x - 8.0 * sum_x);
+            m_abs += std::fabs(d) * terms;
+          }
+          want[t * rows + r] = v;
+          mag[t * rows + r] = m_abs;
+          exact[t * rows + r] = exact_dot(q.dequantized.data() + r * cols, {xt, cols}).value;
+        }
+      }
+      cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+      double int8_vs_exact = 0.0;
+      for (const int task_rows : {0, 1, 2}) {
+        cuda::set_gemv_q4_0x8_rows(task_rows);
+        for (const int parts : {0, 2, 4}) {
+          cuda::set_gemv_q4_0x8_parts(parts);
+          SCOPED_TRACE(testing::Message() << rows << "x" << cols << " tokens " << n_tokens
+                                          << " task rows " << task_rows << " parts " << parts);
+          cuda::DeviceBuffer<float> dy(rows * n_tokens);
+          dy.fill_bytes(0xff);
+          cuda::set_decode_x(cuda::DecodeX::kInt8);
+          cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), dy.data(), rows, n_tokens);
+          cuda::set_decode_x(cuda::DecodeX::kExact);
+          const std::vector<float> got = dy.to_host();
+          for (std::size_t i = 0; i < got.size(); ++i) {
+            ASSERT_TRUE(std::isfinite(got[i])) << i;
+            ASSERT_NEAR(got[i], want[i], 1e-5 * mag[i]) << i;
+            int8_vs_exact = std::max(int8_vs_exact, std::fabs(got[i] - exact[i]) / mag[i]);
+          }
+        }
+      }
+      EXPECT_GT(int8_vs_exact, 1e-4) << cols << " columns: no int8 rounding seen";
+    }
+  }
+}
+
 // Column parts over many rounds of warp tasks (each part's partial sums are kept per round
 // parity until the group's first warp has added them): 4999 rows of 5376 columns, one or two
 // rows per task, 2 or 4 parts or the automatic choice, one or two tokens.

@@ -46,6 +46,7 @@
 #include "runtime/cuda/q4_0x8.h"
 #include "runtime/cuda/q4_0x8_planes.cuh"
 #include "runtime/cuda/reduce.cuh"
+#include "runtime/cuda_device.h"
 
 namespace qforge::cuda {
 namespace {
@@ -567,7 +568,9 @@ __device__ void merge_splits(const Params& p, int h, int n_splits, float* attn) 
 
 // ---- the kernel --------------------------------------------------------------------------------
 
-template <typename T, int kSpan, int kStages>
+// kPlanes: the planes of x the products take, 3 or with DecodeX::kInt8 (cuda_device.h) 1 (a
+// separate instantiation: a branch in the loop cost registers and ~1.5% of tg128).
+template <typename T, int kSpan, int kStages, int kPlanes>
 __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p) {
   constexpr int kSlot = kSlotBytes<kSpan>, kSpanBytes = kSpan * kStepBytes;
   extern __shared__ uint4 smem_words[];
@@ -645,14 +648,14 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
           if (b < n_blocks) {
             uint4 pl[6];
 #pragma unroll
-            for (int c = 0; c < 6; ++c) pl[c] = tok[c * n_blocks + b];
+            for (int c = 0; c < 2 * kPlanes; ++c) pl[c] = tok[c * n_blocks + b];
             const float2 xb = reinterpret_cast<const float2*>(tok + 6 * n_blocks)[b];
 #pragma unroll
             for (int r = 0; r < kRows; ++r) {
               const std::uint8_t* part = stage + r * kSpanBytes + h * kStepBytes;
               const uint4 codes = *reinterpret_cast<const uint4*>(part + lane_codes);
               const float d = __half2float(*reinterpret_cast<const __half*>(part + lane_scale));
-              acc[r] = fmaf(d, q4_0x8::block_dot(codes, pl, xb), acc[r]);
+              acc[r] = fmaf(d, q4_0x8::block_dot<kPlanes>(codes, pl, xb), acc[r]);
             }
           }
         }
@@ -800,11 +803,11 @@ std::atomic<PersistentMode>& persistent_choice() {
   return mode;
 }
 
-template <typename T, int kSpan, int kStages>
+template <typename T, int kSpan, int kStages, int kPlanes>
 void launch(const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   static std::atomic<bool> configured{false};
   if (!configured.exchange(true)) {
-    QFORGE_CUDA_CHECK(cudaFuncSetAttribute(decode_persistent_kernel<T, kSpan, kStages>,
+    QFORGE_CUDA_CHECK(cudaFuncSetAttribute(decode_persistent_kernel<T, kSpan, kStages, kPlanes>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(current_max_smem_per_block())));
   }
@@ -818,13 +821,19 @@ void launch(const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   attribute.val.cooperative = 1;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  QFORGE_CUDA_CHECK(cudaLaunchKernelEx(&config, decode_persistent_kernel<T, kSpan, kStages>, p));
+  QFORGE_CUDA_CHECK(
+      cudaLaunchKernelEx(&config, decode_persistent_kernel<T, kSpan, kStages, kPlanes>, p));
 }
 
 template <typename T>
 void launch_ring(RingShape ring, const Params& p, int grid, std::size_t smem, StreamHandle stream) {
-  if (ring.span == 1) return launch<T, 1, 6>(p, grid, smem, stream);
-  return launch<T, 2, 3>(p, grid, smem, stream);
+  const bool int8 = decode_x() == DecodeX::kInt8;
+  if (ring.span == 1) {
+    if (int8) return launch<T, 1, 6, 1>(p, grid, smem, stream);
+    return launch<T, 1, 6, 3>(p, grid, smem, stream);
+  }
+  if (int8) return launch<T, 2, 3, 1>(p, grid, smem, stream);
+  return launch<T, 2, 3, 3>(p, grid, smem, stream);
 }
 
 // The preferred ring shape that fits, or none (stages 0).

@@ -48,6 +48,7 @@
 #include "runtime/cuda/q4_0x8.h"
 #include "runtime/cuda/q4_0x8_planes.cuh"
 #include "runtime/cuda/reduce.cuh"
+#include "runtime/cuda_device.h"
 
 namespace qforge::cuda {
 namespace {
@@ -312,7 +313,8 @@ constexpr int min_ctas_per_sm() {
   return kCluster && R <= 2 && kTokens == 1 ? 2 : 0;  // 0: no bound, as before
 }
 
-template <int R, int kTokens, int kOut, int P, bool kBulk, bool kNormed, bool kCluster = false>
+template <int R, int kTokens, int kOut, int P, bool kBulk, bool kNormed, bool kCluster = false,
+          int kPlanes = 3>
 __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster>())
     gemv_q4_0x8_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols,
                        const float* __restrict__ x, float* __restrict__ y, std::size_t ldy,
@@ -531,10 +533,12 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
             reinterpret_cast<const uint4*>(x_planes + static_cast<std::size_t>(t) * tb);
         uint4 pl[6];
 #pragma unroll
-        for (int c = 0; c < 6; ++c) pl[c] = tok[c * n_blocks + b];
+        for (int c = 0; c < 2 * kPlanes; ++c) pl[c] = tok[c * n_blocks + b];
         const float2 xb = reinterpret_cast<const float2*>(tok + 6 * n_blocks)[b];
 #pragma unroll
-        for (int r = 0; r < R; ++r) acc[r][t] = fmaf(d[r], block_dot(codes[r], pl, xb), acc[r][t]);
+        for (int r = 0; r < R; ++r) {
+          acc[r][t] = fmaf(d[r], block_dot<kPlanes>(codes[r], pl, xb), acc[r][t]);
+        }
       }
     }
     if (++step == step_end) {
@@ -707,14 +711,15 @@ long long resident_warps() {
   return static_cast<long long>(kWarps) * sm_count();
 }
 
-template <int R, int kTokens, int kOut, int P = 1, bool kNormed = false>
-void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
-            StreamHandle stream, Experts ex = {}, const ResidualNormInput& norm_in = {}) {
-  auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, false, kNormed>;
+template <int R, int kTokens, int kOut, int P, bool kNormed, int kPlanes>
+void launch_planes(const void* w, int n_rows, int n_cols, const float* x, float* y,
+                   std::size_t ldy, StreamHandle stream, Experts ex,
+                   const ResidualNormInput& norm_in) {
+  auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, false, kNormed, false, kPlanes>;
   std::size_t smem = ring_bytes<R, kTokens>() + x_rows<kTokens>(ex) * token_bytes(n_cols / 32) +
                      partial_bytes<R, kTokens, P>();
   if (bulk_copies()) {
-    kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, true, kNormed>;
+    kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, true, kNormed, false, kPlanes>;
     smem += barrier_bytes<R, kTokens, true>();
   }
   if constexpr (kNormed) smem += norm_row_bytes(n_cols);
@@ -723,7 +728,9 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std
           ? 1
           : plane_cluster_size(n_cols, static_cast<int>(x_rows<kTokens>(ex)), ex.ids != nullptr);
   if constexpr (!kNormed) {
-    if (cluster_size > 1) kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, true, false, true>;
+    if (cluster_size > 1) {
+      kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, true, false, true, kPlanes>;
+    }
   }
   if (smem > max_smem()) {
     cuda_fail("CUDA gemv (Q4_0x8): ", n_cols, " columns x ", kTokens, " tokens need ", smem,
@@ -748,6 +755,21 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std
                        static_cast<const std::uint8_t*>(w), n_rows, n_cols, x, y, ldy, ex, norm_in,
                        prefetch_tasks, stream_evict_first());
   QFORGE_CUDA_CHECK_LAUNCH("gemv_q4_0x8_kernel");
+}
+
+// The kernel of the planes the current DecodeX takes (cuda_device.h): all three, or with kInt8
+// plane 0 alone (separate instantiations: a branch in the loop took the usual 64 registers of
+// the one-token kernels to 78 and cost 1-3% of tg128).
+template <int R, int kTokens, int kOut, int P = 1, bool kNormed = false>
+void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
+            StreamHandle stream, Experts ex = {}, const ResidualNormInput& norm_in = {}) {
+  if (decode_x() == DecodeX::kInt8) {
+    launch_planes<R, kTokens, kOut, P, kNormed, 1>(w, n_rows, n_cols, x, y, ldy, stream, ex,
+                                                   norm_in);
+  } else {
+    launch_planes<R, kTokens, kOut, P, kNormed, 3>(w, n_rows, n_cols, x, y, ldy, stream, ex,
+                                                   norm_in);
+  }
 }
 
 // Rows per warp task: 2, or 1 for matrices too short to give every resident warp a 2-row task.

@@ -82,14 +82,19 @@ __device__ __forceinline__ void store_chunk_planes(const float (&v)[8], int i, i
 }
 
 // sum_k (code_k - 8) x_k of one block (without the weight scale), from its codes and the planes.
+// kPlanes = 1 takes plane 0 alone, the opt-in DecodeX::kInt8 (cuda_device.h): the codes then meet
+// x rounded to int8 over the block (steps of max |x| / 127, as llama.cpp's q8_1), while the -8
+// offset still takes the exact sum of x.
+template <int kPlanes = 3>
 __device__ __forceinline__ float block_dot(const uint4& codes, const uint4 (&pl)[6], float2 xb) {
+  static_assert(kPlanes == 1 || kPlanes == 3);
   const std::uint32_t cw[4] = {codes.x, codes.y, codes.z, codes.w};
   int lo[3] = {0, 0, 0}, hi[3] = {0, 0, 0};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const std::uint32_t l = cw[i] & 0x0f0f0f0fu, h = cw[i] & 0xf0f0f0f0u;  // h = 16 * code
 #pragma unroll
-    for (int plane = 0; plane < 3; ++plane) {
+    for (int plane = 0; plane < kPlanes; ++plane) {
       const uint4& a = pl[2 * plane];
       const uint4& b = pl[2 * plane + 1];
       const std::uint32_t wa = i == 0 ? a.x : i == 1 ? a.y : i == 2 ? a.z : a.w;
