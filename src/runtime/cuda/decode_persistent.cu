@@ -255,6 +255,7 @@ __device__ __forceinline__ void load8_cg(const float* src, float* v) {
 
 // The planes of x (n floats, written in this step) into `planes`: the loads of up to four rounds
 // of chunks issued together (one L2 round trip for n <= 16384).
+template <int kPlanes>
 __device__ void build_planes(const float* x, int n, std::uint8_t* planes) {
   constexpr int kBatch = 4;
   const int chunks = n / 8, n_blocks = n / 32;
@@ -270,8 +271,9 @@ __device__ void build_planes(const float* x, int n, std::uint8_t* planes) {
 #pragma unroll
     for (int j = 0; j < kBatch; ++j) {
       if (base + j * kThreads >= chunks) break;  // uniform
-      q4_0x8::store_chunk_planes(v[j], base + j * kThreads + static_cast<int>(threadIdx.x), chunks,
-                                 chunks, n_blocks, planes);
+      q4_0x8::store_chunk_planes<false, kPlanes>(
+          v[j], base + j * kThreads + static_cast<int>(threadIdx.x), chunks, chunks, n_blocks,
+          planes);
     }
   }
 }
@@ -299,6 +301,7 @@ __device__ __forceinline__ NormWeights load_norm(const float* w, int n) {
 }
 
 // The planes of rms_norm(x) * w (n <= kMaxNormedWidth), in the order of add_norm_kernel.
+template <int kPlanes>
 __device__ void build_planes_normed(const float* x, const NormWeights& w, int n, float eps,
                                     std::uint8_t* planes, float* scratch) {
   const int chunks = n / 8, n_blocks = n / 32;
@@ -318,7 +321,7 @@ __device__ void build_planes_normed(const float* x, const NormWeights& w, int n,
     if (c * kThreads >= chunks) break;  // uniform
 #pragma unroll
     for (int k = 0; k < 8; ++k) v[c][k] = v[c][k] * r * w.v[c][k];
-    q4_0x8::store_chunk_planes(v[c], i, chunks, chunks, n_blocks, planes);
+    q4_0x8::store_chunk_planes<false, kPlanes>(v[c], i, chunks, chunks, n_blocks, planes);
   }
 }
 
@@ -706,7 +709,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     NormWeights norm = load_norm(L.attn_norm, p.n_embd);
     wait_count(p, l > 0 ? done_counter(p, l - 1, kDownDone) : nullptr, l > 0 ? p.n_embd / kRows : 0,
                stamps(l, kQkv));
-    build_planes_normed(x_in, norm, p.n_embd, p.eps, planes, scratch);
+    build_planes_normed<kPlanes>(x_in, norm, p.n_embd, p.eps, planes, scratch);
     planes_done(l, kQkv);
     int done = run_matrix(mat_step<kSpan>(p, l, kQkv), [&](int task, float v0, float v1) {
       const int row = kRows * task;
@@ -761,7 +764,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
 
     // out
     wait_count(p, done_counter(p, l, kAttnReady), p.n_head, stamps(l, kOut));
-    build_planes(a.attn, p.q_dim, planes);
+    build_planes<kPlanes>(a.attn, p.q_dim, planes);
     planes_done(l, kOut);
     done = run_matrix(mat_step<kSpan>(p, l, kOut), residual_rows(a.x_mid, x_in));
     if (done > 0) signal(done_counter(p, l, kOutDone), done);
@@ -769,7 +772,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     // gateup
     norm = load_norm(L.ffn_norm, p.n_embd);
     wait_count(p, done_counter(p, l, kOutDone), p.n_embd / kRows, stamps(l, kGateUp));
-    build_planes_normed(a.x_mid, norm, p.n_embd, p.eps, planes, scratch);
+    build_planes_normed<kPlanes>(a.x_mid, norm, p.n_embd, p.eps, planes, scratch);
     planes_done(l, kGateUp);
     done = run_matrix(mat_step<kSpan>(p, l, kGateUp), [&](int task, float gate, float up) {
       if (lane == 0) a.act[task] = silu(gate) * up;
@@ -778,7 +781,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
 
     // down
     wait_count(p, done_counter(p, l, kGateUpDone), p.n_ff, stamps(l, kDown));
-    build_planes(a.act, p.n_ff, planes);
+    build_planes<kPlanes>(a.act, p.n_ff, planes);
     planes_done(l, kDown);
     done = run_matrix(mat_step<kSpan>(p, l, kDown), residual_rows(a.x_out, a.x_mid));
     if (done > 0) signal(done_counter(p, l, kDownDone), done);

@@ -71,7 +71,7 @@ __device__ __forceinline__ void load8(const float* __restrict__ src, float* v) {
 // Chunks [begin, end) of x (multiples of 4: whole blocks) as planes, four threads per (token,
 // block), 8 consecutive elements each; the x loads of kBatch rounds are issued together (one L2
 // round trip for up to kBatch * kThreads / 4 blocks).
-template <int kBatch, bool kCluster>
+template <int kBatch, bool kCluster, int kPlanes>
 __device__ __forceinline__ void build_chunk_planes(const float* __restrict__ x, int begin, int end,
                                                    int n_cols, int n_blocks, std::uint8_t* smem,
                                                    int n_ranks) {
@@ -90,28 +90,31 @@ __device__ __forceinline__ void build_chunk_planes(const float* __restrict__ x, 
     }
 #pragma unroll
     for (int j = 0; j < kBatch; ++j) {
-      store_chunk_planes<kCluster>(v[j], base + j * kThreads + static_cast<int>(threadIdx.x), end,
-                                   per_token, n_blocks, smem, n_ranks);
+      store_chunk_planes<kCluster, kPlanes>(v[j],
+                                            base + j * kThreads + static_cast<int>(threadIdx.x),
+                                            end, per_token, n_blocks, smem, n_ranks);
     }
   }
 }
 
-// The planes of n_x rows of x, all built by this CTA.
+// The planes of n_x rows of x, all built by this CTA (kPlanes: the kernel's).
+template <int kPlanes>
 __device__ void build_planes(const float* __restrict__ x, int n_x, int n_cols, int n_blocks,
                              std::uint8_t* smem) {
-  build_chunk_planes<4, false>(x, 0, n_x * (4 * n_blocks), n_cols, n_blocks, smem, 1);
+  build_chunk_planes<4, false, kPlanes>(x, 0, n_x * (4 * n_blocks), n_cols, n_blocks, smem, 1);
 }
 
 // ---- Planes shared by a cluster of CTAs (the kCluster form of the kernel) ----------------------
 // CTA `rank` of a cluster of n_ranks quantizes its share of the blocks of x (two rounds of loads
 // at once, since a share is short) and stores each block into the planes of every CTA of the
 // cluster, so each SM builds 1 / n_ranks of the planes.
+template <int kPlanes>
 __device__ __forceinline__ void build_planes_cluster(const float* __restrict__ x, int n_x,
                                                      int n_cols, int n_blocks, std::uint8_t* smem,
                                                      int rank, int n_ranks) {
   const int all_blocks = n_x * n_blocks;
   const int share = (all_blocks + n_ranks - 1) / n_ranks;
-  build_chunk_planes<2, true>(x, 4 * min(all_blocks, rank * share),
+  build_chunk_planes<2, true, kPlanes>(x, 4 * min(all_blocks, rank * share),
                               4 * min(all_blocks, (rank + 1) * share), n_cols, n_blocks, smem,
                               n_ranks);
 }
@@ -172,6 +175,7 @@ __device__ __forceinline__ void stage_norm_weights(const ResidualNormInput& in, 
 // x' = (x + [rms_norm(o) * o_norm | o]) * scale, CTA 0 stores it to x_out, and the planes hold
 // rms_norm(x') * norm; rows as stage_norm_weights left them. The reductions' scratch is the start
 // of the planes, written after them.
+template <int kPlanes>
 __device__ void build_planes_normed(const ResidualNormInput& in, const float* rows, int n_cols,
                                     int n_blocks, std::uint8_t* smem) {
   auto* scratch = reinterpret_cast<float*>(smem);
@@ -228,7 +232,7 @@ __device__ void build_planes_normed(const ResidualNormInput& in, const float* ro
 #pragma unroll
       for (int k = 0; k < 8; ++k) xv[c][k] = xv[c][k] * r * wn[k];
     }
-    store_chunk_planes(xv[c], i, n_cols / 8, n_cols / 8, n_blocks, smem);
+    store_chunk_planes<false, kPlanes>(xv[c], i, n_cols / 8, n_cols / 8, n_blocks, smem);
   }
 }
 
@@ -441,11 +445,11 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
     cluster::arrive_relaxed();
     if (ex.x_settled) {
       cluster::wait();
-      build_planes_cluster(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes, cluster::rank(),
-                           cluster::size());
+      build_planes_cluster<kPlanes>(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes,
+                                    cluster::rank(), cluster::size());
     }
   } else {
-    if (ex.x_settled) build_planes(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes);
+    if (ex.x_settled) build_planes<kPlanes>(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes);
   }
   // The weights do not depend on the previous kernel: start streaming them before waiting for it
   // (except in the expert form where the previous kernel writes the expert ids).
@@ -470,14 +474,14 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
   trace.mark(1);
   pdl_trigger();
   if constexpr (kNormed) {
-    build_planes_normed(norm_in, norm_w, n_cols, n_blocks, planes);
+    build_planes_normed<kPlanes>(norm_in, norm_w, n_cols, n_blocks, planes);
   } else if (!ex.x_settled) {
     if constexpr (kCluster) {
       cluster::wait();
-      build_planes_cluster(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes, cluster::rank(),
-                           cluster::size());
+      build_planes_cluster<kPlanes>(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes,
+                                    cluster::rank(), cluster::size());
     } else {
-      build_planes(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes);
+      build_planes<kPlanes>(x, x_rows<kTokens>(ex), n_cols, n_blocks, planes);
     }
   }
   if constexpr (kCluster) {  // every CTA's share of the planes is in every CTA's shared memory

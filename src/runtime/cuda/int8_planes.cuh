@@ -25,13 +25,16 @@ __device__ __forceinline__ std::uint32_t pack_bytes(const int* p) {
          (static_cast<std::uint32_t>(p[2]) & 0xffu) << 16 | static_cast<std::uint32_t>(p[3]) << 24;
 }
 
-// The planes of 8 values of a block whose max |x| is m (0 for an all-zero block).
+// The planes of 8 values of a block whose max |x| is m (0 for an all-zero block); the first
+// kPlanes of them (plane 0 alone: x rounded to int8).
+template <int kPlanes = 3>
 __device__ __forceinline__ void quantize8(const float (&v)[8], float m, int (&p)[3][8]) {
   const float inv = m > 0.0f ? 127.0f / m : 0.0f;
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
     const float u = v[k] * inv;
     p[0][k] = __float2int_rn(u);
+    if constexpr (kPlanes == 1) continue;
     const float r1 = (u - static_cast<float>(p[0][k])) * kStep;
     p[1][k] = __float2int_rn(r1);
     p[2][k] = __float2int_rn((r1 - static_cast<float>(p[1][k])) * kStep);

@@ -30,7 +30,8 @@ __host__ __device__ constexpr std::size_t token_bytes(int n_blocks) {
 // of the n_ranks CTAs of its cluster (distributed shared memory). The four chunks of a block sit
 // in four consecutive lanes, which meet in shuffles for the block's max |x| and sum: every lane of
 // the warp calls this, those without a chunk (i >= total) with zeros.
-template <bool kCluster = false>
+// kPlanes: 3, or 1 for DecodeX::kInt8 (plane 0 alone; block_dot<1> reads no other).
+template <bool kCluster = false, int kPlanes = 3>
 __device__ __forceinline__ void store_chunk_planes(const float (&v)[8], int i, int total,
                                                    int per_token, int n_blocks, std::uint8_t* smem,
                                                    int n_ranks = 1) {
@@ -45,11 +46,11 @@ __device__ __forceinline__ void store_chunk_planes(const float (&v)[8], int i, i
   if (i >= total) return;
   const int t = i / per_token, b = (i - t * per_token) >> 2, q = i & 3;
   int p[3][8];
-  planes::quantize8(v, m, p);
+  planes::quantize8<kPlanes>(v, m, p);
   std::uint8_t* tok = smem + static_cast<std::size_t>(t) * token_bytes(n_blocks);
   if constexpr (!kCluster) {
 #pragma unroll
-    for (int plane = 0; plane < 3; ++plane) {
+    for (int plane = 0; plane < kPlanes; ++plane) {
       const std::size_t chunk = static_cast<std::size_t>((2 * plane + (q >> 1)) * n_blocks + b);
       *reinterpret_cast<uint2*>(tok + 16 * chunk + 8 * (q & 1)) =
           make_uint2(pack_bytes(p[plane]), pack_bytes(p[plane] + 4));
@@ -61,7 +62,7 @@ __device__ __forceinline__ void store_chunk_planes(const float (&v)[8], int i, i
   } else {
     uint2 words[3];
 #pragma unroll
-    for (int plane = 0; plane < 3; ++plane) {
+    for (int plane = 0; plane < kPlanes; ++plane) {
       words[plane] = make_uint2(pack_bytes(p[plane]), pack_bytes(p[plane] + 4));
     }
     const float2 header = make_float2(m / 127.0f / (kStep * kStep * 16.0f), 8.0f * sum);
@@ -69,7 +70,7 @@ __device__ __forceinline__ void store_chunk_planes(const float (&v)[8], int i, i
     for (int r = 0; r < n_ranks; ++r) {
       const std::uint32_t dst = cluster::peer_addr(local, r);
 #pragma unroll
-      for (int plane = 0; plane < 3; ++plane) {
+      for (int plane = 0; plane < kPlanes; ++plane) {
         const auto chunk = static_cast<std::uint32_t>((2 * plane + (q >> 1)) * n_blocks + b);
         cluster::store(dst + 16 * chunk + 8 * (q & 1), words[plane]);
       }
