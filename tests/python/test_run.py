@@ -135,6 +135,11 @@ def test_run_errors_are_clear():
                 or "no CUDA device is available" in r.stderr), r.stderr
     r = qforge("run", "-m", STORIES, "-n", "20", "--ctx", "8", check=False)
     assert r.returncode == 1 and "context" in r.stderr
+    r = qforge("run", "-m", STORIES, "-p", "hi", "--decode-x", "int8", check=False)
+    assert r.returncode == 1 and "--decode-x applies to --device cuda only" in r.stderr
+    r = qforge("run", "-m", STORIES, "-p", "hi", "--device", "cuda", "--decode-x", "q8",
+               check=False)
+    assert r.returncode == 1 and "unknown decode x representation 'q8'" in r.stderr
     vocab_only = DATA / "llama.cpp-vocab" / "ggml-vocab-phi-3.gguf"
     if vocab_only.exists():
         r = qforge("run", "-m", vocab_only, "-p", "hi", check=False)
