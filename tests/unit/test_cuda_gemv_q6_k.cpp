@@ -17,11 +17,13 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <utility>
 #include <vector>
 
 #include "core/error.h"
+#include "core/half.h"
 #include "quant/blocks.h"
 #include "runtime/cuda/buffer.h"
 #include "runtime/cuda/device_attrs.h"
@@ -160,6 +162,76 @@ TEST(CudaGemvQ6K, LastOfSeveralTokensWritesItsStride) {
     const std::span<const float> yt(got.data() + t * ldy, rows);
     EXPECT_LT(gemv_error(q, rows, cols, xt, yt), kGemvTolerance);
     for (std::size_t r = rows; r < ldy; ++r) EXPECT_TRUE(std::isnan(got[t * ldy + r])) << r;
+  }
+}
+
+// The opt-in int8 x (cuda_device.h, DecodeX::kInt8) in the integer form, against its own float64
+// reference: per 32-element block of x, p = rint(x * 127 / max |x|) in F32 as the quantizer rounds
+// it; each weight d * scale * (code - 32) meets code * p * max|x| / 127 and -32 * x (the offset
+// takes the exact x). The results must also move away from the exact product: the switch is live.
+TEST(CudaGemvQ6K, Int8XMatchesRoundedReference) {
+  SKIP_WITHOUT_GPU();
+  const RowsReset reset;
+  struct Restore {
+    ~Restore() { cuda::set_decode_x(cuda::DecodeX::kExact); }
+  } restore;
+  std::uint32_t seed = 6500;
+  for (const std::size_t cols : {std::size_t{256}, std::size_t{2816}, std::size_t{5376}}) {
+    const std::size_t rows = 131;
+    const Quantized q = make_weights(GgmlType::Q6_K, rows, cols, ++seed);
+    cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+    const std::vector<float> x = random_floats(cols, ++seed, 2.0f);
+    std::vector<double> xq(cols);  // x rounded as the int8 plane holds it
+    for (std::size_t b = 0; b < cols / 32; ++b) {
+      float m = 0.0f;
+      for (int k = 0; k < 32; ++k) m = std::max(m, std::fabs(x[32 * b + k]));
+      const float inv = m > 0.0f ? 127.0f / m : 0.0f;
+      for (int k = 0; k < 32; ++k) {
+        xq[32 * b + k] = std::nearbyint(x[32 * b + k] * inv) * (static_cast<double>(m) / 127.0);
+      }
+    }
+    std::vector<double> want(rows), mag(rows), exact(rows);
+    const std::size_t row_size = row_bytes(GgmlType::Q6_K, cols);
+    for (std::size_t r = 0; r < rows; ++r) {
+      double v = 0.0, m_abs = 0.0;
+      for (std::size_t b = 0; b < cols / 256; ++b) {
+        const std::byte* blk = q.bytes.data() + r * row_size + 210 * b;
+        std::uint16_t d_bits;
+        std::memcpy(&d_bits, blk + 208, 2);
+        const double d = f16_to_f32(d_bits);
+        for (int j = 0; j < 256; ++j) {
+          const std::size_t k = 256 * b + static_cast<std::size_t>(j);
+          const double ds = d * static_cast<double>(static_cast<signed char>(blk[192 + j / 16]));
+          const double w = q.dequantized[r * cols + k];  // ds * (code - 32)
+          const double code_term = (w + 32.0 * ds) * xq[k], offset = 32.0 * ds * x[k];
+          v += code_term - offset;
+          m_abs += std::fabs(code_term) + std::fabs(offset);
+        }
+      }
+      want[r] = v;
+      mag[r] = m_abs;
+      exact[r] = exact_dot(q.dequantized.data() + r * cols, std::span(x)).value;
+    }
+    cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+    for (const int rows_per_task : {1, 2}) {
+      SCOPED_TRACE(testing::Message() << rows << "x" << cols << ", " << rows_per_task
+                                      << " rows per task");
+      cuda::detail::set_gemv_q6_k_form(2);
+      cuda::detail::set_gemv_q6_k_rows(rows_per_task);
+      cuda::DeviceBuffer<float> dy(rows);
+      dy.fill_bytes(0xff);
+      cuda::set_decode_x(cuda::DecodeX::kInt8);
+      cuda::detail::gemv_q6_k(dw.data(), rows, cols, dx.data(), dy.data(), nullptr);
+      cuda::set_decode_x(cuda::DecodeX::kExact);
+      const std::vector<float> got = dy.to_host();
+      double moved = 0.0;
+      for (std::size_t r = 0; r < rows; ++r) {
+        ASSERT_TRUE(std::isfinite(got[r])) << r;
+        ASSERT_NEAR(got[r], want[r], 1e-5 * mag[r]) << r;
+        moved = std::max(moved, std::fabs(got[r] - exact[r]) / mag[r]);
+      }
+      EXPECT_GT(moved, 1e-4) << "no int8 rounding seen";
+    }
   }
 }
 

@@ -25,7 +25,9 @@
 // sum of x: ~40% fewer instructions per weight. ncu put the one-CTA-per-SM F32 form near issue-
 // bound with 8 warps per SM (Gemma 4's 262144 x 2816 head at ~2.6 TB/s of an H200's ~4.2).
 // Whole-model H200 tg128, F32 / integer form: Gemma 4 26B-A4B 449.7 / 455.6, Llama-3-8B 458.0 /
-// 461.9, Gemma 4 31B 130.6 / 131.2 (docs/benchmarks.md, ninth pass).
+// 461.9, Gemma 4 31B 130.6 / 131.2 (docs/benchmarks.md, ninth pass). With the opt-in
+// DecodeX::kInt8 (cuda_device.h) the integer form builds and reads plane 0 alone: x rounded to
+// int8 per 32-element block, as llama.cpp's q8_1 (a separate instantiation).
 //
 // The first S - 1 rows are requested before waiting for the previous kernel (pdl.cuh): weights
 // never depend on it; x is read after the wait.
@@ -55,6 +57,7 @@
 #include "runtime/cuda/env_switch.h"
 #include "runtime/cuda/int8_planes.cuh"
 #include "runtime/cuda/reduce.cuh"
+#include "runtime/cuda_device.h"
 
 namespace qforge::cuda::detail {
 namespace {
@@ -134,6 +137,8 @@ using planes::pack_bytes;
 // the second is the -32 offset of the Q6_K codes. Plane p of element e lies at byte
 // p * plane_bytes + e + 32 (e / 128). The paddings put the 8-byte words of the 16 lanes of a
 // half-warp, (block g < 2, h, c) at chunk 32g + 16h + 4s + c, in 16 distinct bank pairs.
+// kPlanes: 3, or 1 for DecodeX::kInt8 (cuda_device.h: plane 0 alone, x rounded to int8).
+template <int kPlanes>
 __device__ void build_planes(const float* __restrict__ x, int n_cols, std::uint8_t* smem,
                              int n_threads) {
   const int n_chunks = n_cols / 8;  // a multiple of 32: every group of 4 lanes is one block
@@ -155,10 +160,10 @@ __device__ void build_planes(const float* __restrict__ x, int n_cols, std::uint8
     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
     if (k >= n_chunks) continue;
     int p[3][8];
-    planes::quantize8(v, m, p);
+    planes::quantize8<kPlanes>(v, m, p);
     const std::size_t at = 8 * static_cast<std::size_t>(k) + 32 * static_cast<std::size_t>(k >> 4);
 #pragma unroll
-    for (int q = 0; q < 3; ++q) {
+    for (int q = 0; q < kPlanes; ++q) {
       *reinterpret_cast<uint2*>(smem + q * pb + at) =
           make_uint2(pack_bytes(p[q]), pack_bytes(p[q] + 4));
     }
@@ -211,7 +216,9 @@ struct RowCursor {
   }
 
   // The integer form of block_dot: pw[s][p] is plane p of the lane's chunk s of the block (its
-  // 8 elements of sub-row s), ci[s] that chunk's float2 (build_planes).
+  // 8 elements of sub-row s), ci[s] that chunk's float2 (build_planes); kPlanes = 1 takes plane
+  // 0 alone (DecodeX::kInt8).
+  template <int kPlanes>
   __device__ __forceinline__ float block_dot_planes(const uint2 (&pw)[4][3], const float2 (&ci)[4],
                                                     float acc) const {
     const uint2 a = load8(ql, sh), b = load8(ql + 8, sh), hb = load8(qh, sh);
@@ -231,8 +238,11 @@ struct RowCursor {
     for (int s = 0; s < 4; ++s) {
       const std::uint32_t lo = codes[0][s], hi = codes[1][s];
       const int s0 = dp4a_us(lo, pw[s][0].x, dp4a_us(hi, pw[s][0].y, 0));
-      const int s1 = dp4a_us(lo, pw[s][1].x, dp4a_us(hi, pw[s][1].y, 0));
-      const int s2 = dp4a_us(lo, pw[s][2].x, dp4a_us(hi, pw[s][2].y, 0));
+      int s1 = 0, s2 = 0;
+      if constexpr (kPlanes == 3) {
+        s1 = dp4a_us(lo, pw[s][1].x, dp4a_us(hi, pw[s][1].y, 0));
+        s2 = dp4a_us(lo, pw[s][2].x, dp4a_us(hi, pw[s][2].y, 0));
+      }
       // |s1 * 254 + s2| < 2^24: exact in F32.
       const float f = planes::combine(s0, s1, s2);
       blk = fmaf(static_cast<float>(sc[2 * s]), fmaf(ci[s].x, f, -ci[s].y), blk);
@@ -250,7 +260,8 @@ struct RowCursor {
 
 // Warp task t covers rows [R t, R t + R) (fewer in the last one); warp `first` of the grid takes
 // tasks first, first + stride, ... Task k of the warp lands in slot k % S.
-template <int R, int S, bool kInt>
+// kPlanes: 0 for the F32 form, else the integer form's planes of x (3, or 1 for DecodeX::kInt8).
+template <int R, int S, int kPlanes>
 __global__ void __launch_bounds__(32 * warps_per_cta<R>(), 1)
     gemv_q6_k_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols, int slot_size,
                      const float* __restrict__ x, float* __restrict__ y) {
@@ -265,6 +276,7 @@ __global__ void __launch_bounds__(32 * warps_per_cta<R>(), 1)
   const int task_stride = static_cast<int>(gridDim.x) * kWarps;
   const int my_tasks = first_task < n_tasks ? (n_tasks - 1 - first_task) / task_stride + 1 : 0;
   auto* xs = reinterpret_cast<float4*>(smem);
+  constexpr bool kInt = kPlanes > 0;
   std::uint8_t* ring = smem + x_bytes(static_cast<std::size_t>(n_cols), kInt) +
                        static_cast<std::size_t>(warp) * S * slot_size;
 
@@ -306,7 +318,7 @@ __global__ void __launch_bounds__(32 * warps_per_cta<R>(), 1)
   pdl_trigger();
 
   if constexpr (kInt) {
-    build_planes(x, n_cols, smem, 32 * kWarps);
+    build_planes<kPlanes>(x, n_cols, smem, 32 * kWarps);
   } else {  // x into shared memory: float4 i goes to i + i / 32 (4 floats of padding per 128)
     const int n4 = n_cols / 4;
     const auto* x4 = reinterpret_cast<const float4*>(x);
@@ -360,13 +372,13 @@ __global__ void __launch_bounds__(32 * warps_per_cta<R>(), 1)
 #pragma unroll
         for (int s = 0; s < 4; ++s) {
 #pragma unroll
-          for (int q = 0; q < 3; ++q)
+          for (int q = 0; q < kPlanes; ++q)
             pw[s][q] = *reinterpret_cast<const uint2*>(pl + q * pb + 32 * s);
           ci[s] = info[4 * s];
         }
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-          acc[r] = rows[r].block_dot_planes(pw, ci, acc[r]);
+          acc[r] = rows[r].template block_dot_planes<kPlanes>(pw, ci, acc[r]);
           rows[r].next_step();
         }
         pl += 1280;
@@ -437,10 +449,11 @@ int pick_stages(int rows, std::size_t n_cols, bool planes) {
   return 0;
 }
 
-template <int R, int S, bool kInt>
+template <int R, int S, int kPlanes>
 void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, StreamHandle stream) {
   constexpr int kWarps = warps_per_cta<R>();
-  auto* kernel = gemv_q6_k_kernel<R, S, kInt>;
+  constexpr bool kInt = kPlanes > 0;
+  auto* kernel = gemv_q6_k_kernel<R, S, kPlanes>;
   // Each CTA owns a fixed stride of the rows.
   const std::size_t smem =
       one_cta_per_sm_smem(smem_bytes(R, S, static_cast<std::size_t>(n_cols), kInt));
@@ -457,16 +470,16 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, Str
   QFORGE_CUDA_CHECK_LAUNCH("gemv_q6_k_kernel");
 }
 
-template <int R, bool kInt>
+template <int R, int kPlanes>
 void launch_stages(const void* w, int n_rows, int n_cols, const float* x, float* y,
                    StreamHandle stream) {
-  switch (pick_stages(R, static_cast<std::size_t>(n_cols), kInt)) {
+  switch (pick_stages(R, static_cast<std::size_t>(n_cols), kPlanes > 0)) {
     case 4:
-      return launch<R, 4, kInt>(w, n_rows, n_cols, x, y, stream);
+      return launch<R, 4, kPlanes>(w, n_rows, n_cols, x, y, stream);
     case 3:
-      return launch<R, 3, kInt>(w, n_rows, n_cols, x, y, stream);
+      return launch<R, 3, kPlanes>(w, n_rows, n_cols, x, y, stream);
     default:
-      return launch<R, 2, kInt>(w, n_rows, n_cols, x, y, stream);
+      return launch<R, 2, kPlanes>(w, n_rows, n_cols, x, y, stream);
   }
 }
 
@@ -474,10 +487,12 @@ template <int R>
 void launch_form(const void* w, int n_rows, int n_cols, const float* x, float* y,
                  StreamHandle stream) {
   // The integer form where its planes fit beside two stages.
+  // DecodeX::kInt8 (cuda_device.h) takes plane 0 of x alone.
   if (integer_form() && pick_stages(R, static_cast<std::size_t>(n_cols), true) != 0) {
-    return launch_stages<R, true>(w, n_rows, n_cols, x, y, stream);
+    if (decode_x() == DecodeX::kInt8) return launch_stages<R, 1>(w, n_rows, n_cols, x, y, stream);
+    return launch_stages<R, 3>(w, n_rows, n_cols, x, y, stream);
   }
-  launch_stages<R, false>(w, n_rows, n_cols, x, y, stream);
+  launch_stages<R, 0>(w, n_rows, n_cols, x, y, stream);
 }
 
 }  // namespace
