@@ -24,13 +24,15 @@ std::vector<DeviceInfo> devices();  // empty when !available()
 // Copy `bytes` device-to-device repeatedly; returns (read + written bytes) / second in GB/s.
 double measure_copy_bandwidth_gbs(int device, std::size_t bytes = std::size_t{1} << 30, int reps = 20);
 
-// How the integer-form decode GEMVs (Q4_0 weights regrouped as Q4_0x8, docs/cuda.md) take x:
+// How the integer-form decode GEMVs (Q4_0 weights regrouped as Q4_0x8, the persistent decode
+// step, the Q6_K LM head's integer form; docs/cuda.md, "Opt-in int8 x") take x:
 //   kExact  three int8 planes per 32-block, x to within 2^-24 of the block's max |x| (the F32
 //           GEMV's accuracy): the default;
 //   kInt8   plane 0 alone: x rounded to int8 per 32-block (steps of max |x| / 127), as
 //           llama.cpp's q8_1 quantizes it: opt-in, a third of the integer products.
 // Read when a decode step's kernels are launched or captured: set it before a model's first
-// decode step. The environment variable QFORGE_DECODE_X=int8 sets the initial choice.
+// decode step. The environment variable QFORGE_DECODE_X=int8 sets the initial choice (any other
+// value: exact); the CLI's --decode-x checks its value (parse_decode_x).
 enum class DecodeX { kExact, kInt8 };
 void set_decode_x(DecodeX x);
 DecodeX decode_x();
