@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "cli/decode_x_option.h"
 #include "core/error.h"
 #include "core/parallel.h"
 #include "formats/gguf.h"
@@ -122,10 +123,7 @@ void run(const BenchArgs& args) {
   const Device device = parse_device(args.device);
   const KvType kv_type = parse_kv_type(args.kv_type);
   if (args.threads > 0) set_thread_count(args.threads);
-  if (!args.decode_x.empty()) {
-    if (device != Device::Cuda) fail("--decode-x applies to --device cuda only");
-    cuda::set_decode_x(cuda::parse_decode_x(args.decode_x));
-  }
+  apply_decode_x(args.decode_x, device);
 
   const ModelBytes bytes = model_bytes(GgufReader::open(args.model));
   const auto load_start = std::chrono::steady_clock::now();
@@ -271,9 +269,7 @@ void setup(CLI::App& app) {
   cmd->add_option("--kv-type", args->kv_type, "KV cache type: bf16, f32 or q8_0")
       ->capture_default_str();
   cmd->add_option("-t,--threads", args->threads, "CPU threads (default: all cores)");
-  cmd->add_option("--decode-x", args->decode_x,
-                  "CUDA decode GEMVs' activations: exact (F32-accurate planes, the default) or int8 "
-                  "(rounded per 32-block like llama.cpp's q8_1: faster, opt-in)");
+  add_decode_x_option(cmd, args->decode_x);
   cmd->add_flag("--json", args->json, "Print one JSON object instead of the table");
   cmd->callback([args] { run(*args); });
 }

@@ -8,12 +8,12 @@
 #include <fmt/format.h>
 
 #include "cli/command.h"
+#include "cli/decode_x_option.h"
 #include "core/error.h"
 #include "core/parallel.h"
 #include "formats/gguf.h"
 #include "model/generate.h"
 #include "model/model.h"
-#include "runtime/cuda_device.h"
 #include "tokenizer/tokenizer.h"
 
 namespace qforge::cli {
@@ -49,10 +49,7 @@ void run(const RunArgs& args) {
   const KvType kv_type = parse_kv_type(args.kv_type);
   if (args.threads > 0) set_thread_count(args.threads);
   if (args.n_predict < 0) fail("-n must be >= 0");
-  if (!args.decode_x.empty()) {
-    if (load.device != Device::Cuda) fail("--decode-x applies to --device cuda only");
-    cuda::set_decode_x(cuda::parse_decode_x(args.decode_x));
-  }
+  apply_decode_x(args.decode_x, load.device);
 
   std::unique_ptr<Model> model = load_model(args.model, load);
   const Tokenizer tokenizer = Tokenizer::from_gguf(GgufReader::open(args.model));
@@ -143,9 +140,7 @@ void setup(CLI::App& app) {
   cmd->add_option("--kv-type", args->kv_type, "KV cache type: bf16, f32 or q8_0")
       ->capture_default_str();
   cmd->add_option("--device", args->device, "cpu or cuda")->capture_default_str();
-  cmd->add_option("--decode-x", args->decode_x,
-                  "CUDA decode GEMVs' activations: exact (F32-accurate planes, the default) or int8 "
-                  "(rounded per 32-block like llama.cpp's q8_1: faster, opt-in)");
+  add_decode_x_option(cmd, args->decode_x);
   cmd->add_option("--stop", args->stop, "Stop string (repeatable); not printed");
   cmd->add_flag("--ignore-eos", args->ignore_eos, "Keep generating after end-of-generation tokens");
   cmd->callback([args] { run(*args); });

@@ -29,6 +29,16 @@ inline std::vector<float> random_floats(std::size_t n, std::uint32_t seed, float
   return v;
 }
 
+// The decode GEMVs' x representation (cuda_device.h, DecodeX) set for a scope, back to the choice
+// before it however the scope ends.
+struct ForcedDecodeX {
+  cuda::DecodeX before = cuda::decode_x();
+  explicit ForcedDecodeX(cuda::DecodeX x) { cuda::set_decode_x(x); }
+  ~ForcedDecodeX() { cuda::set_decode_x(before); }
+  ForcedDecodeX(const ForcedDecodeX&) = delete;
+  ForcedDecodeX& operator=(const ForcedDecodeX&) = delete;
+};
+
 struct Quantized {
   std::vector<std::byte> bytes;
   std::vector<float> dequantized;  // the exact weights the bytes encode, per the CPU decoder

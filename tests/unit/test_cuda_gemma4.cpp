@@ -38,6 +38,8 @@
 #include "runtime/cuda_model.h"
 
 #ifdef QFORGE_HAVE_CUDA
+#include "cuda_test_util.h"
+
 #include "convert/converter.h"
 #include "model/synth.h"
 #include "quant/ggml_type.h"
@@ -59,9 +61,6 @@ fs::path env_or(const char* name, const char* fallback) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != '\0' ? fs::path(v) : fs::path(fallback);
 }
-
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda::available()) GTEST_SKIP() << "no CUDA device"
 
 // F32 CPU activations for the duration of a test (the CPU default quantizes activations to 8
 // bits, which is not the reference the GPU's F32 math should match).
@@ -412,12 +411,17 @@ nlohmann::json small_llama_config() {
           {"rms_norm_eps", 1e-5},     {"tie_word_embeddings", false}};
 }
 
+// The small Llama in Q4_0 (seed 11) under the test directory, which several tests below share.
+fs::path write_small_llama() {
+  return write_synth_file(synth::SynthArch::kLlama, small_llama_config(), GgmlType::Q4_0,
+                          "cuda_llama_small_q4_0.gguf", 11);
+}
+
 // A small Llama in Q4_0, every matrix regrouped on the GPU: prefill and decode run the Q4_0x8
 // GEMVs between Llama-style norms (no post norms, SiLU gate).
 TEST(CudaLlamaQ4_0x8, DecodeMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  const fs::path path = write_synth_file(synth::SynthArch::kLlama, small_llama_config(),
-                                         GgmlType::Q4_0, "cuda_llama_small_q4_0.gguf", 11);
+  const fs::path path = write_small_llama();
   const CpuF32Activations f32;
   auto cpu = load_model(path);
   auto gpu = cuda_model(path, /*gemm=*/false);
@@ -445,15 +449,11 @@ TEST(CudaLlamaQ4_0x8, DecodeMatchesCpu) {
 // int8 rounding boundary.
 TEST(CudaLlamaQ4_0x8, Int8DecodeXStaysClose) {
   SKIP_WITHOUT_GPU();
-  const fs::path path = write_synth_file(synth::SynthArch::kLlama, small_llama_config(),
-                                         GgmlType::Q4_0, "cuda_llama_small_q4_0.gguf", 11);
-  struct Restore {
-    ~Restore() { cuda::set_decode_x(cuda::DecodeX::kExact); }
-  } restore;
+  const fs::path path = write_small_llama();
   const std::vector<std::int32_t> tokens = prompt_ids(30, 5, 37, 600);
   const std::size_t n_prompt = 24;
   auto run = [&](cuda::DecodeX x, bool persistent) {
-    cuda::set_decode_x(x);
+    const ForcedDecodeX forced_x(x);
     const ForcedPersistentDecode forced(persistent);
     auto gpu = cuda_model(path, /*gemm=*/false);
     auto cache = gpu->new_cache(static_cast<int>(tokens.size()) + 1, KvType::F32);
@@ -491,8 +491,7 @@ TEST(CudaLlamaQ4_0x8, Int8DecodeXStaysClose) {
 // F32 and BF16 caches (the prompt itself runs the ordinary kernels).
 TEST(CudaLlamaPersistent, DecodeMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  const fs::path path = write_synth_file(synth::SynthArch::kLlama, small_llama_config(),
-                                         GgmlType::Q4_0, "cuda_llama_small_q4_0.gguf", 11);
+  const fs::path path = write_small_llama();
   const CpuF32Activations f32;
   auto cpu = load_model(path);
   auto gpu = cuda_model(path, /*gemm=*/false);
@@ -540,8 +539,7 @@ TEST(CudaLlamaPersistent, WideRowsMatchCpu) {
 // than 64 splits x 32 positions) the persistent step equals the ordinary decode kernels.
 TEST(CudaLlamaPersistent, LongContextMatchesOrdinaryDecode) {
   SKIP_WITHOUT_GPU();
-  const fs::path path = write_synth_file(synth::SynthArch::kLlama, small_llama_config(),
-                                         GgmlType::Q4_0, "cuda_llama_small_q4_0.gguf", 11);
+  const fs::path path = write_small_llama();
   auto gpu = cuda_model(path, /*gemm=*/false);
   const std::vector<std::int32_t> prompt = prompt_ids(2200, 5, 37, 600);
   const int n_ctx = static_cast<int>(prompt.size()) + 4;
@@ -574,8 +572,7 @@ TEST(CudaLlamaPersistent, LongContextMatchesOrdinaryDecode) {
 // both sides of the switch equal the ordinary kernels'.
 TEST(CudaLlamaPersistent, SwitchAtDepthMatchesOrdinaryDecode) {
   SKIP_WITHOUT_GPU();
-  const fs::path path = write_synth_file(synth::SynthArch::kLlama, small_llama_config(),
-                                         GgmlType::Q4_0, "cuda_llama_small_q4_0.gguf", 11);
+  const fs::path path = write_small_llama();
   auto gpu = cuda_model(path, /*gemm=*/false);
   const int first = cuda::kPersistentMaxCtx - 4;
   const std::vector<std::int32_t> prompt = prompt_ids(static_cast<std::size_t>(first), 5, 37, 600);
@@ -612,8 +609,7 @@ TEST(CudaLlamaPersistent, SwitchAtDepthMatchesOrdinaryDecode) {
 // 4096 positions against the CPU.
 TEST(CudaDecodeBuckets, StepsAcrossBucketsMatchCpu) {
   SKIP_WITHOUT_GPU();
-  const fs::path path = write_synth_file(synth::SynthArch::kLlama, small_llama_config(),
-                                         GgmlType::Q4_0, "cuda_llama_small_q4_0.gguf", 11);
+  const fs::path path = write_small_llama();
   const CpuF32Activations f32;
   auto cpu = load_model(path);
   auto gpu = cuda_model(path, /*gemm=*/false);

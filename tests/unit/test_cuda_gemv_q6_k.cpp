@@ -172,9 +172,6 @@ TEST(CudaGemvQ6K, LastOfSeveralTokensWritesItsStride) {
 TEST(CudaGemvQ6K, Int8XMatchesRoundedReference) {
   SKIP_WITHOUT_GPU();
   const RowsReset reset;
-  struct Restore {
-    ~Restore() { cuda::set_decode_x(cuda::DecodeX::kExact); }
-  } restore;
   std::uint32_t seed = 6500;
   for (const std::size_t cols : {std::size_t{256}, std::size_t{2816}, std::size_t{5376}}) {
     const std::size_t rows = 131;
@@ -220,9 +217,10 @@ TEST(CudaGemvQ6K, Int8XMatchesRoundedReference) {
       cuda::detail::set_gemv_q6_k_rows(rows_per_task);
       cuda::DeviceBuffer<float> dy(rows);
       dy.fill_bytes(0xff);
-      cuda::set_decode_x(cuda::DecodeX::kInt8);
-      cuda::detail::gemv_q6_k(dw.data(), rows, cols, dx.data(), dy.data(), nullptr);
-      cuda::set_decode_x(cuda::DecodeX::kExact);
+      {
+        const ForcedDecodeX int8(cuda::DecodeX::kInt8);
+        cuda::detail::gemv_q6_k(dw.data(), rows, cols, dx.data(), dy.data(), nullptr);
+      }
       const std::vector<float> got = dy.to_host();
       double moved = 0.0;
       for (std::size_t r = 0; r < rows; ++r) {

@@ -453,9 +453,6 @@ TEST(CudaGemv, Q4_0x8MatchesExactSum) {
 TEST(CudaGemv, Q4_0x8Int8XMatchesRoundedReference) {
   SKIP_WITHOUT_GPU();
   const Q4_0x8Choices reset;
-  struct Restore {
-    ~Restore() { cuda::set_decode_x(cuda::DecodeX::kExact); }
-  } restore;
   std::uint32_t seed = 9700;
   for (const std::size_t cols : {std::size_t{256}, std::size_t{2816}, std::size_t{5376}}) {
     const std::size_t rows = 130;
@@ -508,9 +505,10 @@ TEST(CudaGemv, Q4_0x8Int8XMatchesRoundedReference) {
                                           << " task rows " << task_rows << " parts " << parts);
           cuda::DeviceBuffer<float> dy(rows * n_tokens);
           dy.fill_bytes(0xff);
-          cuda::set_decode_x(cuda::DecodeX::kInt8);
-          cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), dy.data(), rows, n_tokens);
-          cuda::set_decode_x(cuda::DecodeX::kExact);
+          {
+            const ForcedDecodeX int8(cuda::DecodeX::kInt8);
+            cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), dy.data(), rows, n_tokens);
+          }
           const std::vector<float> got = dy.to_host();
           for (std::size_t i = 0; i < got.size(); ++i) {
             ASSERT_TRUE(std::isfinite(got[i])) << i;

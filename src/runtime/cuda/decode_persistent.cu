@@ -57,8 +57,9 @@ constexpr int kStepBytes = 576;                    // 32 blocks of a row: 4 grou
 // A ring stage holds kSpan steps (32 kSpan blocks) of each of a task's two rows: each lane takes
 // kSpan blocks of every row per stage, so the per-stage work (the copies' issue, the barrier wait,
 // the loop) is spread over kSpan times the weights.
-template <int kSpan>
-constexpr int kSlotBytes = kRows * kSpan * kStepBytes;
+__host__ __device__ constexpr int slot_bytes(int span) {
+  return kRows * span * kStepBytes;
+}
 // Ring shapes (steps per stage, stages), the default first; QFORGE_PERSISTENT_SPAN=1 picks the
 // other for measurements. H200 tg128 Llama-3-8B (docs/benchmarks.md, sixteenth pass): 2 x 3
 // 536-538, 2 x 4 533-535, 2 x 5 527-530, 4 x 2 509-511, 1 x 6 (the fifteenth pass's) 491-493.
@@ -575,7 +576,7 @@ __device__ void merge_splits(const Params& p, int h, int n_splits, float* attn) 
 // separate instantiation: a branch in the loop cost registers and ~1.5% of tg128).
 template <typename T, int kSpan, int kStages, int kPlanes>
 __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p) {
-  constexpr int kSlot = kSlotBytes<kSpan>, kSpanBytes = kSpan * kStepBytes;
+  constexpr int kSlot = slot_bytes(kSpan), kSpanBytes = kSpan * kStepBytes;
   extern __shared__ uint4 smem_words[];
   auto* smem = reinterpret_cast<std::uint8_t*>(smem_words);
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
@@ -791,9 +792,9 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
 std::size_t smem_bytes_for(const PersistentShape& s, RingShape ring) {
   const int max_cols = std::max(s.n_embd, std::max(s.n_head * s.head_dim, s.n_ff));
   const int stages = ring.stages;
-  return static_cast<std::size_t>(kWarps) * stages * kRows * ring.span * kStepBytes +
-         planes_bytes(max_cols) +
-         static_cast<std::size_t>(kWarps) * stages * 8 + 32 * sizeof(float);
+  return static_cast<std::size_t>(kWarps) * stages * slot_bytes(ring.span) +
+         planes_bytes(max_cols) + static_cast<std::size_t>(kWarps) * stages * 8 +
+         32 * sizeof(float);
 }
 
 std::atomic<PersistentMode>& persistent_choice() {
