@@ -439,6 +439,36 @@ TEST(CudaLlamaQ4_0x8, DecodeMatchesCpu) {
                          "small Llama Q4_0 (Q4_0x8 on the GPU), GEMVs in CTA pairs");
 }
 
+// The same small Llama and small dense Gemma 4 in Q4_K (every matrix width a multiple of 256):
+// decode runs the integer-plane GEMVs on the Q4_K bytes as stored (PlaneWeights::kQ4_K), with the
+// norms inside the GEMVs and apart, and in CTA pairs (prompts through the same GEMVs, gemm off).
+TEST(CudaQ4K, SmallModelsDecodeMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  ASSERT_TRUE(cuda::q4_k_planes_applies(GgmlType::Q4_K, 256));
+  const CpuF32Activations f32;
+  const fs::path llama = write_synth_file(synth::SynthArch::kLlama, small_llama_config(),
+                                          GgmlType::Q4_K, "cuda_llama_small_q4_k.gguf", 12);
+  nlohmann::json config = small_moe_config();
+  config["enable_moe_block"] = false;
+  config["intermediate_size"] = 1024;
+  const fs::path gemma = write_synth_file(synth::SynthArch::kGemma4, config, GgmlType::Q4_K,
+                                          "cuda_gemma4_small_dense_q4_k.gguf", 13);
+  for (const auto& [path, name] :
+       {std::pair{llama, "small Llama Q4_K"}, std::pair{gemma, "small dense Gemma 4 Q4_K"}}) {
+    auto cpu = load_model(path);
+    auto gpu = cuda_model(path, /*gemm=*/false);  // F32-grade products for prompts too
+    for (const cuda::GemvNorms mode : {cuda::GemvNorms::kAll, cuda::GemvNorms::kPostNorm}) {
+      gpu->set_gemv_norms(mode);
+      expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(24, 5, 37, 500), 8, KvType::F32,
+                             std::string(name) + ", norms in GEMVs: " +
+                                 (mode == cuda::GemvNorms::kAll ? "all" : "post norms"));
+    }
+    const ForcedGemvPairs pairs;
+    expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(24, 5, 37, 500), 8, KvType::F32,
+                           std::string(name) + ", GEMVs in CTA pairs");
+  }
+}
+
 // The opt-in int8 x of the Q4_0x8 GEMVs (cuda_device.h, DecodeX::kInt8), as a user sets it before
 // loading: the small Llama's logits over a prompt and decode steps (the same tokens fed to every
 // run) move away from the exact form's, in the ordinary kernels and in the persistent step alike,

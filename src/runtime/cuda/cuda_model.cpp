@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
 #include "core/error.h"
 #include "runtime/cuda/env_switch.h"
@@ -22,6 +23,17 @@
 
 namespace qforge::cuda {
 namespace {
+
+// The weight form in which the integer-plane decode GEMVs (q4_0x8.h) take m, if they take it:
+// Q4_0 regrouped at load, or Q4_K as stored.
+std::optional<PlaneWeights> plane_weights(const DeviceMatrix& m) {
+  if (m.empty()) return std::nullopt;
+  if (m.layout == WeightLayout::kQ4_0x8) return PlaneWeights::kQ4_0x8;
+  if (m.layout == WeightLayout::kGguf && q4_k_planes_applies(m.type, m.cols)) {
+    return PlaneWeights::kQ4_K;
+  }
+  return std::nullopt;
+}
 
 std::size_t sz(int v) {
   return static_cast<std::size_t>(v);
@@ -284,12 +296,12 @@ int CudaModel::prefill_splits(int n_tokens, int decode_splits) const {
 
 void CudaModel::matmul(const DeviceMatrix& m, const float* x, float* y, std::size_t ldy, int n,
                        StreamHandle s) {
-  if (m.layout == WeightLayout::kQ4_0x8) {
-    if (tensor_core_chunk(n)) {
-      gemm(m.type, m.data, m.rows, m.cols, x, y, ldy, n, s, m.layout);
-    } else {
-      gemv_q4_0x8(m.data, m.rows, m.cols, x, y, ldy, n, s);
-    }
+  if (const auto planes = plane_weights(m); planes && !tensor_core_chunk(n)) {
+    gemv_q4_0x8(m.data, m.rows, m.cols, x, y, ldy, n, s, *planes);
+    return;
+  }
+  if (m.layout == WeightLayout::kQ4_0x8) {  // a prompt chunk
+    gemm(m.type, m.data, m.rows, m.cols, x, y, ldy, n, s, m.layout);
     return;
   }
   if (tensor_core_chunk(n) && gemm_supported(m.type) && m.cols % 8 == 0 &&
@@ -336,7 +348,8 @@ void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits, i
 
   // Q/K/V into the interleaved qkv buffer: per token [q | k | v].
   if (pending_norm_) {  // normed_qkv: the norm before it runs inside the GEMV
-    gemv_q4_0x8_normed(l.qkv.data, l.qkv.rows, l.qkv.cols, take_pending_norm(), qkv, s);
+    gemv_q4_0x8_normed(l.qkv.data, l.qkv.rows, l.qkv.cols, take_pending_norm(), qkv, s,
+                       *plane_weights(l.qkv));
   } else if (!l.qkv.empty()) {
     matmul(l.qkv, h_.data(), qkv, ld, n);
   } else {
@@ -494,7 +507,7 @@ bool CudaModel::norm_in_gemv(const float* o_norm) const {
 }
 
 bool CudaModel::normed_product(const DeviceMatrix& m, int n, const float* o_norm) const {
-  return norm_in_gemv(o_norm) && n == 1 && !m.empty() && m.layout == WeightLayout::kQ4_0x8 &&
+  return norm_in_gemv(o_norm) && n == 1 && plane_weights(m).has_value() &&
          gemv_q4_0x8_normed_applies(m.cols);
 }
 
@@ -524,12 +537,11 @@ void CudaModel::dense_ffn(int il, int n, StreamHandle s) {
   const std::size_t ff = layers_[sz(il)].ff;
   if (pending_norm_) {  // normed_gate_up: the norm before it runs inside the GEMV
     gemv_q4_0x8_glu_normed(c.ffn_act, l.gate_up.data, l.gate_up.rows, l.gate_up.cols,
-                           take_pending_norm(), act_.data(), s);
-  } else if (!l.gate_up.empty() && l.gate_up.layout == WeightLayout::kQ4_0x8 &&
-             !tensor_core_chunk(n)) {
+                           take_pending_norm(), act_.data(), s, *plane_weights(l.gate_up));
+  } else if (const auto planes = plane_weights(l.gate_up); planes && !tensor_core_chunk(n)) {
     // Gate and up rows summed by the same warp, the activation applied on the spot.
     gemv_q4_0x8_glu(c.ffn_act, l.gate_up.data, l.gate_up.rows, l.gate_up.cols, h_.data(),
-                    act_.data(), ff, n, s);
+                    act_.data(), ff, n, s, *planes);
   } else {
     if (!l.gate_up.empty()) {
       matmul(l.gate_up, h_.data(), gate_up_.data(), 2 * ff, n, s);
@@ -586,7 +598,11 @@ void CudaModel::moe_experts(int il, int n) {
   const bool grouped = tensor_core_chunk(n) && moe_gemm_supported(m.gate_up.type) &&
                        moe_gemm_supported(m.down.type) && m.gate_up.cols % 8 == 0 &&
                        m.down.cols % 8 == 0;
-  const bool gate_up_x8 = !grouped && m.gate_up.layout == WeightLayout::kQ4_0x8;
+  const bool gate_up_x8 =
+      !grouped && (m.gate_up.layout == WeightLayout::kQ4_0x8 ||
+                   (m.gate_up.layout == WeightLayout::kGguf &&
+                    q4_k_planes_applies(m.gate_up.type, m.gate_up.cols) &&
+                    m.gate_up.expert_bytes % 16 == 0));
   if (gate_up_x8) {
     // Per token, its k experts' gate and up rows in one launch, the activation applied on the
     // spot (q4_0x8.h). The routing launch before it triggers after its wait and add_and_norm

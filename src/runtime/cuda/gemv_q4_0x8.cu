@@ -318,7 +318,7 @@ constexpr int min_ctas_per_sm() {
 }
 
 template <int R, int kTokens, int kOut, int P, bool kBulk, bool kNormed, bool kCluster = false,
-          int kPlanes = 3>
+          int kPlanes = 3, PlaneWeights kW = PlaneWeights::kQ4_0x8>
 __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster>())
     gemv_q4_0x8_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols,
                        const float* __restrict__ x, float* __restrict__ y, std::size_t ldy,
@@ -326,6 +326,7 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
                        bool evict_first) {
   constexpr int S = stages<R, kTokens>();
   constexpr bool kGlu = kOut != kRows;
+  constexpr bool kQ4K = kW == PlaneWeights::kQ4_K;
   constexpr int kPairs = R / 2;
   static_assert(!kGlu || R % 2 == 0);
   static_assert(kWarps % P == 0);
@@ -408,6 +409,20 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
           for (int r = 0; r < R; ++r) {
             bulk_copy(stage + r * Stage<R>::kRowBytes, issue_rows[r] + step_off, bytes,
                       bars + issue_slot, policy);
+          }
+        }
+      } else if constexpr (kQ4K) {  // the row's bytes as they are, 16 per lane
+        const auto bytes = static_cast<int>(min(std::size_t{576}, row_bytes - step_off));
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          std::uint8_t* dst = stage + r * Stage<R>::kRowBytes;
+          const std::uint8_t* src = issue_rows[r] + step_off;
+          for (int c = lane; 16 * c < bytes; c += 32) {
+            if constexpr (kNormed) {  // no L2 policy: as below
+              cp_async16(dst + 16 * c, src + 16 * c);
+            } else {
+              cp_async16(dst + 16 * c, src + 16 * c, policy);
+            }
           }
         }
       } else if (issue_step * 32 + lane < n_blocks) {
@@ -512,6 +527,9 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
   const int code_at = kBulk ? lane_codes : 16 * lane;
   const int scale_at =
       kBulk ? lane_header + 2 * (lane & 7) : 512 + 16 * (lane >> 3) + 2 * (lane & 7);
+  // The same for a Q4_K row (the stage holds its bytes as they are in both copy forms).
+  const int k_header_at = q4_0x8::q4_k_header_at(lane), k_codes_at = q4_0x8::q4_k_codes_at(lane);
+  const std::uint32_t k_mask = (lane & 1) != 0 ? 0xf0f0f0f0u : 0x0f0f0f0fu;
   for (int k = 0; k < n_items; ++k) {
     issue();
     if constexpr (kBulk) {
@@ -522,7 +540,35 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
     }
     const int b = step * 32 + lane;
     const std::uint8_t* stage = ring + slot * Stage<R>::kBytes;
-    if (b < n_blocks) {
+    if constexpr (kQ4K) {
+      if (b < n_blocks) {
+        // Both copy forms keep the row's bytes (q4_0x8_planes.cuh: lane = sub-block lane & 7
+        // of super-block lane >> 3).
+        float2 f[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          f[r] = q4_0x8::q4_k_factors(*reinterpret_cast<const uint4*>(
+                                          stage + r * Stage<R>::kRowBytes + k_header_at),
+                                      lane);
+        }
+#pragma unroll
+        for (int t = 0; t < kTokens; ++t) {
+          const uint4* tok =
+              reinterpret_cast<const uint4*>(x_planes + static_cast<std::size_t>(t) * tb);
+          uint4 pl[6];
+#pragma unroll
+          for (int c = 0; c < 2 * kPlanes; ++c) pl[c] = tok[c * n_blocks + b];
+          const float2 xb = reinterpret_cast<const float2*>(tok + 6 * n_blocks)[b];
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            const auto* codes =
+                reinterpret_cast<const uint4*>(stage + r * Stage<R>::kRowBytes + k_codes_at);
+            const float dot = q4_0x8::q4_k_dot<kPlanes>(codes[0], codes[1], k_mask, pl);
+            acc[r][t] = fmaf(f[r].x, dot * xb.x, fmaf(-f[r].y, xb.y, acc[r][t]));
+          }
+        }
+      }
+    } else if (b < n_blocks) {
       uint4 codes[R];
       float d[R];
 #pragma unroll
@@ -715,15 +761,15 @@ long long resident_warps() {
   return static_cast<long long>(kWarps) * sm_count();
 }
 
-template <int R, int kTokens, int kOut, int P, bool kNormed, int kPlanes>
+template <int R, int kTokens, int kOut, int P, bool kNormed, int kPlanes, PlaneWeights kW>
 void launch_planes(const void* w, int n_rows, int n_cols, const float* x, float* y,
                    std::size_t ldy, StreamHandle stream, Experts ex,
                    const ResidualNormInput& norm_in) {
-  auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, false, kNormed, false, kPlanes>;
+  auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, false, kNormed, false, kPlanes, kW>;
   std::size_t smem = ring_bytes<R, kTokens>() + x_rows<kTokens>(ex) * token_bytes(n_cols / 32) +
                      partial_bytes<R, kTokens, P>();
   if (bulk_copies()) {
-    kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, true, kNormed, false, kPlanes>;
+    kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, true, kNormed, false, kPlanes, kW>;
     smem += barrier_bytes<R, kTokens, true>();
   }
   if constexpr (kNormed) smem += norm_row_bytes(n_cols);
@@ -733,7 +779,7 @@ void launch_planes(const void* w, int n_rows, int n_cols, const float* x, float*
           : plane_cluster_size(n_cols, static_cast<int>(x_rows<kTokens>(ex)), ex.ids != nullptr);
   if constexpr (!kNormed) {
     if (cluster_size > 1) {
-      kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, true, false, true, kPlanes>;
+      kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, true, false, true, kPlanes, kW>;
     }
   }
   if (smem > max_smem()) {
@@ -764,15 +810,16 @@ void launch_planes(const void* w, int n_rows, int n_cols, const float* x, float*
 // The kernel of the planes the current DecodeX takes (cuda_device.h): all three, or with kInt8
 // plane 0 alone (separate instantiations: a branch in the loop took the usual 64 registers of
 // the one-token kernels to 78 and cost 1-3% of tg128).
-template <int R, int kTokens, int kOut, int P = 1, bool kNormed = false>
+template <int R, int kTokens, int kOut, int P = 1, bool kNormed = false,
+          PlaneWeights kW = PlaneWeights::kQ4_0x8>
 void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
             StreamHandle stream, Experts ex = {}, const ResidualNormInput& norm_in = {}) {
   if (decode_x() == DecodeX::kInt8) {
-    launch_planes<R, kTokens, kOut, P, kNormed, 1>(w, n_rows, n_cols, x, y, ldy, stream, ex,
-                                                   norm_in);
+    launch_planes<R, kTokens, kOut, P, kNormed, 1, kW>(w, n_rows, n_cols, x, y, ldy, stream, ex,
+                                                       norm_in);
   } else {
-    launch_planes<R, kTokens, kOut, P, kNormed, 3>(w, n_rows, n_cols, x, y, ldy, stream, ex,
-                                                   norm_in);
+    launch_planes<R, kTokens, kOut, P, kNormed, 3, kW>(w, n_rows, n_cols, x, y, ldy, stream, ex,
+                                                       norm_in);
   }
 }
 
@@ -819,43 +866,43 @@ int pick_parts(int n_steps, long long row_tasks) {
   return parts;
 }
 
-template <int R, int kTokens, int kOut, bool kNormed>
+template <int R, int kTokens, int kOut, bool kNormed, PlaneWeights kW>
 void launch_parts(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
                   StreamHandle stream, const ResidualNormInput& norm_in) {
   switch (pick_parts((n_cols / 32 + 31) / 32, task_count<R, kOut>(n_rows))) {
     case 4:
-      return launch<R, kTokens, kOut, 4, kNormed>(w, n_rows, n_cols, x, y, ldy, stream, {},
+      return launch<R, kTokens, kOut, 4, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream, {},
                                                   norm_in);
     case 2:
     case 3:
-      return launch<R, kTokens, kOut, 2, kNormed>(w, n_rows, n_cols, x, y, ldy, stream, {},
+      return launch<R, kTokens, kOut, 2, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream, {},
                                                   norm_in);
     default:
-      return launch<R, kTokens, kOut, 1, kNormed>(w, n_rows, n_cols, x, y, ldy, stream, {},
+      return launch<R, kTokens, kOut, 1, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream, {},
                                                   norm_in);
   }
 }
 
 // kNormed (one token only): x is norm_in's GEMV input (ResidualNormInput).
-template <int kTokens, int kOut, bool kNormed = false>
+template <int kTokens, int kOut, bool kNormed = false, PlaneWeights kW = PlaneWeights::kQ4_0x8>
 void launch_tokens(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
                    StreamHandle stream, const ResidualNormInput& norm_in = {}) {
   static_assert(kTokens == 1 || !kNormed);
   switch (pick_rows(n_rows, kTokens, kOut != kRows)) {
     case 4:
       if constexpr (kTokens == 1) {
-        return launch_parts<4, kTokens, kOut, kNormed>(w, n_rows, n_cols, x, y, ldy, stream,
+        return launch_parts<4, kTokens, kOut, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream,
                                                        norm_in);
       }
       [[fallthrough]];
     case 2:
-      return launch_parts<2, kTokens, kOut, kNormed>(w, n_rows, n_cols, x, y, ldy, stream, norm_in);
+      return launch_parts<2, kTokens, kOut, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream, norm_in);
     default:
       if constexpr (kOut == kRows) {
-        return launch_parts<1, kTokens, kOut, kNormed>(w, n_rows, n_cols, x, y, ldy, stream,
+        return launch_parts<1, kTokens, kOut, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream,
                                                        norm_in);
       } else {  // a gate/up task holds pairs of rows
-        return launch_parts<2, kTokens, kOut, kNormed>(w, n_rows, n_cols, x, y, ldy, stream,
+        return launch_parts<2, kTokens, kOut, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream,
                                                        norm_in);
       }
   }
@@ -904,7 +951,7 @@ void check_normed(const ResidualNormInput& in, std::size_t n_cols) {
 }
 
 // Tokens in pairs that share the weight read where both tokens' planes fit in shared memory.
-template <int kOut>
+template <int kOut, PlaneWeights kW>
 void run_tokens(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
                 std::size_t ldy, int n_tokens, StreamHandle stream) {
   const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
@@ -915,10 +962,10 @@ void run_tokens(const void* w, std::size_t n_rows, std::size_t n_cols, const flo
     const float* xt = x + static_cast<std::size_t>(t) * n_cols;
     float* yt = y + static_cast<std::size_t>(t) * ldy;
     if (pairs && n_tokens - t >= 2) {
-      launch_tokens<2, kOut>(w, rows, cols, xt, yt, ldy, stream);
+      launch_tokens<2, kOut, false, kW>(w, rows, cols, xt, yt, ldy, stream);
       t += 2;
     } else {
-      launch_tokens<1, kOut>(w, rows, cols, xt, yt, ldy, stream);
+      launch_tokens<1, kOut, false, kW>(w, rows, cols, xt, yt, ldy, stream);
       t += 1;
     }
   }
@@ -940,6 +987,12 @@ bool gemv_q4_0x8_normed_applies(std::size_t n_cols) {
   return ring_bytes<4, 1>() + token_bytes(cols / 32) + partial_bytes<4, 1, 4>() +
              barrier_bytes<4, 1, true>() + norm_row_bytes(cols) <=
          max_smem();
+}
+
+bool q4_k_planes_applies(GgmlType type, std::size_t n_cols) {
+  static const bool on = switch_on("QFORGE_Q4_K_PLANES");
+  return on && type == GgmlType::Q4_K && n_cols > 0 && n_cols % 256 == 0 &&
+         n_cols <= kMaxQ4_0x8Cols;
 }
 
 bool gemv_trace_built() {
@@ -1003,41 +1056,59 @@ void set_gemv_q4_0x8_parts(int parts) {
 }
 
 void gemv_q4_0x8(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
-                 std::size_t ldy, int n_tokens, StreamHandle stream) {
+                 std::size_t ldy, int n_tokens, StreamHandle stream, PlaneWeights weights) {
   check(w, n_rows, n_cols, x, y, ldy, n_tokens);
-  run_tokens<kRows>(w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
+  if (weights == PlaneWeights::kQ4_K) {
+    run_tokens<kRows, PlaneWeights::kQ4_K>(w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
+  } else {
+    run_tokens<kRows, PlaneWeights::kQ4_0x8>(w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
+  }
 }
 
 void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::size_t n_cols,
-                     const float* x, float* y, std::size_t ldy, int n_tokens, StreamHandle stream) {
+                     const float* x, float* y, std::size_t ldy, int n_tokens, StreamHandle stream,
+                     PlaneWeights weights) {
   check_gated(n_rows);
   check(w, n_rows, n_cols, x, y, ldy * 2, n_tokens);  // ldy >= n_rows / 2
-  if (act == FfnActivation::kSiluGlu) {
-    run_tokens<kSiluGlu>(w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
+  const bool silu = act == FfnActivation::kSiluGlu;
+  if (weights == PlaneWeights::kQ4_K) {
+    (silu ? run_tokens<kSiluGlu, PlaneWeights::kQ4_K> : run_tokens<kGeluGlu, PlaneWeights::kQ4_K>)(
+        w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
   } else {
-    run_tokens<kGeluGlu>(w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
+    (silu ? run_tokens<kSiluGlu, PlaneWeights::kQ4_0x8>
+          : run_tokens<kGeluGlu, PlaneWeights::kQ4_0x8>)(w, n_rows, n_cols, x, y, ldy, n_tokens,
+                                                         stream);
   }
 }
 
 void gemv_q4_0x8_normed(const void* w, std::size_t n_rows, std::size_t n_cols,
-                        const ResidualNormInput& in, float* y, StreamHandle stream) {
+                        const ResidualNormInput& in, float* y, StreamHandle stream,
+                        PlaneWeights weights) {
   check(w, n_rows, n_cols, in.x, y, n_rows, 1);
   check_normed(in, n_cols);
-  launch_tokens<1, kRows, true>(w, static_cast<int>(n_rows), static_cast<int>(n_cols), in.x, y,
-                                n_rows, stream, in);
+  const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
+  if (weights == PlaneWeights::kQ4_K) {
+    launch_tokens<1, kRows, true, PlaneWeights::kQ4_K>(w, rows, cols, in.x, y, n_rows, stream, in);
+  } else {
+    launch_tokens<1, kRows, true>(w, rows, cols, in.x, y, n_rows, stream, in);
+  }
 }
 
 void gemv_q4_0x8_glu_normed(FfnActivation act, const void* w, std::size_t n_rows,
                             std::size_t n_cols, const ResidualNormInput& in, float* y,
-                            StreamHandle stream) {
+                            StreamHandle stream, PlaneWeights weights) {
   check_gated(n_rows);
   check(w, n_rows, n_cols, in.x, y, n_rows, 1);
   check_normed(in, n_cols);
   const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
-  if (act == FfnActivation::kSiluGlu) {
-    launch_tokens<1, kSiluGlu, true>(w, rows, cols, in.x, y, n_rows / 2, stream, in);
+  const bool silu = act == FfnActivation::kSiluGlu;
+  if (weights == PlaneWeights::kQ4_K) {
+    (silu ? launch_tokens<1, kSiluGlu, true, PlaneWeights::kQ4_K>
+          : launch_tokens<1, kGeluGlu, true, PlaneWeights::kQ4_K>)(w, rows, cols, in.x, y,
+                                                                   n_rows / 2, stream, in);
   } else {
-    launch_tokens<1, kGeluGlu, true>(w, rows, cols, in.x, y, n_rows / 2, stream, in);
+    (silu ? launch_tokens<1, kSiluGlu, true> : launch_tokens<1, kGeluGlu, true>)(
+        w, rows, cols, in.x, y, n_rows / 2, stream, in);
   }
 }
 
@@ -1046,10 +1117,12 @@ void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids
                          bool x_settled) {
   if (n_slots <= 0) return;
   check_expert_stack(w, "moe_gemv_q4_0x8_glu weights");
-  if (w.layout != WeightLayout::kQ4_0x8 || w.rows % 2 != 0 || ids == nullptr ||
-      w.expert_bytes < w.rows * row_bytes(GgmlType::Q4_0, w.cols)) {
-    cuda_fail("CUDA MoE gemv (Q4_0x8, gated): needs Q4_0x8 experts of gate rows + as many up rows",
-              " (", w.rows, " rows of ", w.expert_bytes, " bytes per expert) and expert ids");
+  const bool q4_k = w.layout == WeightLayout::kGguf && q4_k_planes_applies(w.type, w.cols);
+  if ((w.layout != WeightLayout::kQ4_0x8 && !q4_k) || w.rows % 2 != 0 || ids == nullptr ||
+      w.expert_bytes < w.rows * row_bytes(w.type, w.cols) || w.expert_bytes % 16 != 0) {
+    cuda_fail("CUDA MoE gemv (Q4_0x8, gated): needs Q4_0x8 or Q4_K experts of gate rows + as many",
+              " up rows (", w.rows, " rows of ", w.expert_bytes,
+              " bytes per expert, a multiple of 16) and expert ids");
   }
   // Tasks are counted in int: slots x rows stays far below 2^31 for any real MoE.
   if (static_cast<long long>(n_slots) * static_cast<long long>(w.rows) > 0x3fffffffLL) {
@@ -1058,10 +1131,14 @@ void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids
   check(w.data, w.rows, w.cols, x, y, ldy * 2, 1);  // ldy >= rows / 2
   const Experts ex{ids, w.expert_bytes, w.n_experts, n_slots, false, false, x_settled};
   const int rows = static_cast<int>(w.rows), cols = static_cast<int>(w.cols);
-  if (act == FfnActivation::kSiluGlu) {
-    launch<2, 1, kSiluGlu>(w.data, rows, cols, x, y, ldy, stream, ex);
+  const bool silu = act == FfnActivation::kSiluGlu;
+  if (q4_k) {
+    (silu ? launch<2, 1, kSiluGlu, 1, false, PlaneWeights::kQ4_K>
+          : launch<2, 1, kGeluGlu, 1, false, PlaneWeights::kQ4_K>)(w.data, rows, cols, x, y, ldy,
+                                                                   stream, ex, {});
   } else {
-    launch<2, 1, kGeluGlu>(w.data, rows, cols, x, y, ldy, stream, ex);
+    (silu ? launch<2, 1, kSiluGlu> : launch<2, 1, kGeluGlu>)(w.data, rows, cols, x, y, ldy, stream,
+                                                             ex, {});
   }
 }
 

@@ -24,6 +24,11 @@
 
 namespace qforge::cuda {
 
+// The weights of the integer-plane decode GEMVs (gemv_q4_0x8 and its forms below): Q4_0 regrouped
+// at load (WeightLayout::kQ4_0x8), or GGUF's Q4_K as stored (144-byte super-blocks of 256
+// columns, already 16-byte aligned, and like Q4_0x8 576 bytes per 1024 columns).
+enum class PlaneWeights { kQ4_0x8, kQ4_K };
+
 // The widest rows the GEMV takes (its x planes and weight pipeline share one SM's shared memory).
 constexpr std::size_t kMaxQ4_0x8Cols = 32768;
 
@@ -37,6 +42,11 @@ void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols, StreamHandle
 // The same with a caller-owned scratch buffer, grown as needed, for a series of matrices.
 void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols,
                    DeviceBuffer<std::uint8_t>& scratch, StreamHandle stream = nullptr);
+
+// True for Q4_K with n_cols a positive multiple of 256 up to kMaxQ4_0x8Cols, unless
+// QFORGE_Q4_K_PLANES=0 is set (for comparisons with the row-tiled F32 kernel): such matrices take
+// the integer-plane GEMVs with PlaneWeights::kQ4_K.
+bool q4_k_planes_applies(GgmlType type, std::size_t n_cols);
 
 // True for Q4_0 with n_cols a positive multiple of 32 up to kMaxQ4_0x8Cols, unless QFORGE_Q4_0X8=0.
 bool q4_0x8_widened_applies(GgmlType type, std::size_t n_cols);
@@ -58,8 +68,11 @@ void repack_q4_0x8_widening(void* w, std::size_t n_rows, std::size_t n_cols,
 // relative one (the bound is then 1e-5 of sum |w| * max|x| per block: still ~2^16 times finer than
 // the int8 activations of llama.cpp's quantized GEMV). Non-finite x gives a non-finite result.
 // QFORGE_Q4_0X8=0 keeps GGUF order and the F32 kernels.
+// With PlaneWeights::kQ4_K, W is GGUF Q4_K (n_cols a multiple of 256, q4_k_planes_applies) and a
+// sub-block's product is d sc (codes . x) - dmin m (sum x), the same planes and bound.
 void gemv_q4_0x8(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
-                 std::size_t ldy, int n_tokens, StreamHandle stream = nullptr);
+                 std::size_t ldy, int n_tokens, StreamHandle stream = nullptr,
+                 PlaneWeights weights = PlaneWeights::kQ4_0x8);
 
 // The gate/up product of a gated FFN with the activation applied to its result: W holds the n_ff
 // gate rows and then the n_ff up rows (n_rows = 2 n_ff), and y[t * ldy + j] = act(gate_j . x_t) *
@@ -68,7 +81,8 @@ void gemv_q4_0x8(const void* w, std::size_t n_rows, std::size_t n_cols, const fl
 // [gate | up] buffer is written and no separate activation kernel runs.
 void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::size_t n_cols,
                      const float* x, float* y, std::size_t ldy, int n_tokens,
-                     StreamHandle stream = nullptr);
+                     StreamHandle stream = nullptr,
+                     PlaneWeights weights = PlaneWeights::kQ4_0x8);
 
 // The input of a one-token GEMV given as the residual update and RMSNorm before it, which every
 // CTA of the GEMV computes while it builds its planes of x (the values add_and_norm and
@@ -97,16 +111,19 @@ bool gemv_q4_0x8_normed_applies(std::size_t n_cols);
 
 // gemv_q4_0x8 for one token whose x is the ResidualNormInput's GEMV input (y of n_rows floats).
 void gemv_q4_0x8_normed(const void* w, std::size_t n_rows, std::size_t n_cols,
-                        const ResidualNormInput& in, float* y, StreamHandle stream = nullptr);
+                        const ResidualNormInput& in, float* y, StreamHandle stream = nullptr,
+                        PlaneWeights weights = PlaneWeights::kQ4_0x8);
 // gemv_q4_0x8_glu for one token whose x is the ResidualNormInput's GEMV input (y of n_rows / 2).
 void gemv_q4_0x8_glu_normed(FfnActivation act, const void* w, std::size_t n_rows,
                             std::size_t n_cols, const ResidualNormInput& in, float* y,
-                            StreamHandle stream = nullptr);
+                            StreamHandle stream = nullptr,
+                            PlaneWeights weights = PlaneWeights::kQ4_0x8);
 
 // Expert form of gemv_q4_0x8_glu for one token (moe.h): for s < n_slots,
 //   y[s * ldy + j] = act(gate_j . x) * (up_j . x),   j < w.rows / 2,
 // with gate_j and up_j rows j and w.rows / 2 + j of expert ids[s] (each expert w.rows = 2 n_ff
-// rows in Q4_0x8, w.layout kQ4_0x8), zeros for ids outside [0, w.n_experts). The slots share x,
+// rows in Q4_0x8, w.layout kQ4_0x8, or GGUF Q4_K where q4_k_planes_applies), zeros for ids
+// outside [0, w.n_experts). The slots share x,
 // as a token's k slots share their gate/up input; the ids may be written by the previous kernel.
 // x_settled: a kernel two or more launches back wrote x and the previous one triggers after its
 // PDL wait (pdl.cuh; the routing between the norm and this product), so the planes of x are

@@ -109,4 +109,64 @@ __device__ __forceinline__ float block_dot(const uint4& codes, const uint4 (&pl)
   return fmaf(planes::combine(s0, s1, s2), xb.x, -xb.y);
 }
 
+// ---- GGUF Q4_K blocks, read as they are (PlaneWeights::kQ4_K, q4_0x8.h) ------------------------
+// A Q4_K super-block (144 bytes, 256 columns) is an f16 scale d and f16 min scale dmin, twelve
+// bytes holding a 6-bit scale sc_j and min m_j per 32-column sub-block j, then 128 code bytes:
+// sub-block 2i has the low nibbles of bytes 32i..32i+31, sub-block 2i+1 their high nibbles. A
+// weight is d sc_j code - dmin m_j, so one sub-block's product with x is
+//   d sc_j sum_k code_k x_k - dmin m_j sum_k x_k,
+// the first sum from the planes as in block_dot, the second the block's exact sum of x. Like a
+// Q4_0x8 row, a Q4_K row is 576 bytes per 1024 columns, so the GEMV's stages, tasks and planes
+// serve both: lane l of a step takes sub-block l & 7 of the step's super-block l >> 3.
+
+// Where lane's sub-block sits in a step of a Q4_K row: its super-block's header, and the 32 code
+// bytes whose low (even sub-block) or high (odd) nibbles are its codes.
+__device__ __forceinline__ int q4_k_header_at(int lane) {
+  return 144 * (lane >> 3);
+}
+__device__ __forceinline__ int q4_k_codes_at(int lane) {
+  return 144 * (lane >> 3) + 16 + 32 * ((lane & 7) >> 1);
+}
+
+// The factors of sub-block j = lane & 7 from its super-block's 16-byte header: d sc_j times 16 for
+// an even sub-block (its low-nibble codes are summed as they are, where block_dot's plane scale
+// expects 16 x code) and dmin m_j / 8 (the plane header holds 8 sum x).
+__device__ __forceinline__ float2 q4_k_factors(const uint4& header, int lane) {
+  const int j = lane & 7, shift = 8 * (j & 3);
+  const unsigned yb = (header.y >> shift) & 0xffu;  // scales[j] (j < 4) or scales[j - 4]
+  const unsigned zb = (header.z >> shift) & 0xffu;  // scales[j + 4] (j < 4) or scales[j]
+  const unsigned wb = (header.w >> shift) & 0xffu;  // scales[j + 4] (j >= 4)
+  const unsigned sc = j < 4 ? yb & 63u : (wb & 15u) | (yb >> 6) << 4;
+  const unsigned m = j < 4 ? zb & 63u : (wb >> 4) | (zb >> 6) << 4;
+  const float d = __half2float(__ushort_as_half(static_cast<unsigned short>(header.x & 0xffffu)));
+  const float dmin = __half2float(__ushort_as_half(static_cast<unsigned short>(header.x >> 16)));
+  return make_float2(d * static_cast<float>(sc) * ((j & 1) != 0 ? 1.0f : 16.0f),
+                     dmin * static_cast<float>(m) * 0.125f);
+}
+
+// The plane sums of one sub-block combined as in block_dot: times the plane header's scale (and
+// q4_k_factors' 16 for an even sub-block) it is sum_k code_k x_k. c0, c1: the 32 code bytes; mask
+// 0x0f0f0f0f (even sub-block) or 0xf0f0f0f0 (odd: the codes in place, 16 x code, as block_dot
+// takes its high nibbles).
+template <int kPlanes = 3>
+__device__ __forceinline__ float q4_k_dot(const uint4& c0, const uint4& c1, std::uint32_t mask,
+                                          const uint4 (&pl)[6]) {
+  static_assert(kPlanes == 1 || kPlanes == 3);
+  const std::uint32_t cw[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+  int s[3] = {0, 0, 0};
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const std::uint32_t c = cw[i] & mask;
+#pragma unroll
+    for (int plane = 0; plane < kPlanes; ++plane) {
+      const uint4& a = pl[2 * plane + (i >> 2)];
+      const int k = i & 3;
+      const std::uint32_t word = k == 0 ? a.x : k == 1 ? a.y : k == 2 ? a.z : a.w;
+      s[plane] = dp4a_us(c, word, s[plane]);
+    }
+  }
+  // |s_i| <= 16 * 32 * 15 * 127 < 2^20, as block_dot's 16 * Pi.
+  return planes::combine(s[0], s[1], s[2]);
+}
+
 }  // namespace qforge::cuda::q4_0x8
