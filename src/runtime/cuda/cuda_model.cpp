@@ -598,11 +598,10 @@ void CudaModel::moe_experts(int il, int n) {
   const bool grouped = tensor_core_chunk(n) && moe_gemm_supported(m.gate_up.type) &&
                        moe_gemm_supported(m.down.type) && m.gate_up.cols % 8 == 0 &&
                        m.down.cols % 8 == 0;
-  const bool gate_up_x8 =
-      !grouped && (m.gate_up.layout == WeightLayout::kQ4_0x8 ||
-                   (m.gate_up.layout == WeightLayout::kGguf &&
-                    q4_k_planes_applies(m.gate_up.type, m.gate_up.cols) &&
-                    m.gate_up.expert_bytes % 16 == 0));
+  const bool gate_up_x8 = !grouped && (m.gate_up.layout == WeightLayout::kQ4_0x8 ||
+                                       (m.gate_up.layout == WeightLayout::kGguf &&
+                                        q4_k_planes_applies(m.gate_up.type, m.gate_up.cols) &&
+                                        m.gate_up.expert_bytes % 16 == 0));
   if (gate_up_x8) {
     // Per token, its k experts' gate and up rows in one launch, the activation applied on the
     // spot (q4_0x8.h). The routing launch before it triggers after its wait and add_and_norm

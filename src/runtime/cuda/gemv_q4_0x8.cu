@@ -547,9 +547,8 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
         float2 f[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-          f[r] = q4_0x8::q4_k_factors(*reinterpret_cast<const uint4*>(
-                                          stage + r * Stage<R>::kRowBytes + k_header_at),
-                                      lane);
+          f[r] = q4_0x8::q4_k_factors(
+              *reinterpret_cast<const uint4*>(stage + r * Stage<R>::kRowBytes + k_header_at), lane);
         }
 #pragma unroll
         for (int t = 0; t < kTokens; ++t) {
@@ -762,9 +761,8 @@ long long resident_warps() {
 }
 
 template <int R, int kTokens, int kOut, int P, bool kNormed, int kPlanes, PlaneWeights kW>
-void launch_planes(const void* w, int n_rows, int n_cols, const float* x, float* y,
-                   std::size_t ldy, StreamHandle stream, Experts ex,
-                   const ResidualNormInput& norm_in) {
+void launch_planes(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
+                   StreamHandle stream, Experts ex, const ResidualNormInput& norm_in) {
   auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, false, kNormed, false, kPlanes, kW>;
   std::size_t smem = ring_bytes<R, kTokens>() + x_rows<kTokens>(ex) * token_bytes(n_cols / 32) +
                      partial_bytes<R, kTokens, P>();
@@ -872,14 +870,14 @@ void launch_parts(const void* w, int n_rows, int n_cols, const float* x, float* 
   switch (pick_parts((n_cols / 32 + 31) / 32, task_count<R, kOut>(n_rows))) {
     case 4:
       return launch<R, kTokens, kOut, 4, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream, {},
-                                                  norm_in);
+                                                      norm_in);
     case 2:
     case 3:
       return launch<R, kTokens, kOut, 2, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream, {},
-                                                  norm_in);
+                                                      norm_in);
     default:
       return launch<R, kTokens, kOut, 1, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream, {},
-                                                  norm_in);
+                                                      norm_in);
   }
 }
 
@@ -892,18 +890,19 @@ void launch_tokens(const void* w, int n_rows, int n_cols, const float* x, float*
     case 4:
       if constexpr (kTokens == 1) {
         return launch_parts<4, kTokens, kOut, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream,
-                                                       norm_in);
+                                                           norm_in);
       }
       [[fallthrough]];
     case 2:
-      return launch_parts<2, kTokens, kOut, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream, norm_in);
+      return launch_parts<2, kTokens, kOut, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream,
+                                                         norm_in);
     default:
       if constexpr (kOut == kRows) {
         return launch_parts<1, kTokens, kOut, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream,
-                                                       norm_in);
+                                                           norm_in);
       } else {  // a gate/up task holds pairs of rows
         return launch_parts<2, kTokens, kOut, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream,
-                                                       norm_in);
+                                                           norm_in);
       }
   }
 }
@@ -1072,8 +1071,9 @@ void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::
   check(w, n_rows, n_cols, x, y, ldy * 2, n_tokens);  // ldy >= n_rows / 2
   const bool silu = act == FfnActivation::kSiluGlu;
   if (weights == PlaneWeights::kQ4_K) {
-    (silu ? run_tokens<kSiluGlu, PlaneWeights::kQ4_K> : run_tokens<kGeluGlu, PlaneWeights::kQ4_K>)(
-        w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
+    (silu ? run_tokens<kSiluGlu, PlaneWeights::kQ4_K>
+          : run_tokens<kGeluGlu, PlaneWeights::kQ4_K>)(w, n_rows, n_cols, x, y, ldy, n_tokens,
+                                                       stream);
   } else {
     (silu ? run_tokens<kSiluGlu, PlaneWeights::kQ4_0x8>
           : run_tokens<kGeluGlu, PlaneWeights::kQ4_0x8>)(w, n_rows, n_cols, x, y, ldy, n_tokens,
@@ -1107,8 +1107,8 @@ void gemv_q4_0x8_glu_normed(FfnActivation act, const void* w, std::size_t n_rows
           : launch_tokens<1, kGeluGlu, true, PlaneWeights::kQ4_K>)(w, rows, cols, in.x, y,
                                                                    n_rows / 2, stream, in);
   } else {
-    (silu ? launch_tokens<1, kSiluGlu, true> : launch_tokens<1, kGeluGlu, true>)(
-        w, rows, cols, in.x, y, n_rows / 2, stream, in);
+    (silu ? launch_tokens<1, kSiluGlu, true>
+          : launch_tokens<1, kGeluGlu, true>)(w, rows, cols, in.x, y, n_rows / 2, stream, in);
   }
 }
 

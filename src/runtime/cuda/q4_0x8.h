@@ -81,8 +81,7 @@ void gemv_q4_0x8(const void* w, std::size_t n_rows, std::size_t n_cols, const fl
 // [gate | up] buffer is written and no separate activation kernel runs.
 void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::size_t n_cols,
                      const float* x, float* y, std::size_t ldy, int n_tokens,
-                     StreamHandle stream = nullptr,
-                     PlaneWeights weights = PlaneWeights::kQ4_0x8);
+                     StreamHandle stream = nullptr, PlaneWeights weights = PlaneWeights::kQ4_0x8);
 
 // The input of a one-token GEMV given as the residual update and RMSNorm before it, which every
 // CTA of the GEMV computes while it builds its planes of x (the values add_and_norm and
