@@ -4,6 +4,7 @@
 // at full size without the real weights. See docs/synth.md.
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -13,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "cli/command.h"
+#include "convert/type_policy.h"
 #include "core/error.h"
 #include "model/synth.h"
 
@@ -71,7 +73,17 @@ void run(const SynthArgs& args) {
   const auto arch = synth::parse_synth_arch(args.arch);
   if (!arch) fail("--arch {}: unknown architecture (expected llama, gemma3 or gemma4)", args.arch);
   synth::SynthTypeOptions types;
-  types.type = parse_type("--type", args.type);
+  // The presets (q4_k_m, q4_k_s, q5_k_m) as convert and quantize read them; else one type.
+  std::string lower = args.type;
+  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (lower == "q4_k_m" || lower == "q4_k_s" || lower == "q5_k_m") {
+    const TypeRequest request = parse_type_request(lower);
+    types.type = request.base;
+    types.preset = request.preset;
+    types.file_type = request.file_type;
+  } else {
+    types.type = parse_type("--type", args.type);
+  }
   if (args.head_type) types.head_type = parse_type("--head-type", *args.head_type);
   if (args.embd_type) types.embd_type = parse_type("--embd-type", *args.embd_type);
 
@@ -114,7 +126,8 @@ void setup(CLI::App& app) {
   cmd->add_option("--config", args->config, "Hugging Face config.json of the model")->required();
   cmd->add_option("-o,--output", args->output, "GGUF file to write")->required();
   cmd->add_option("--type", args->type,
-                  "Type of the projection matrices (Q4_0, Q8_0, Q4_K, BF16 ...)")
+                  "Type of the projection matrices (Q4_0, Q8_0, Q4_K, BF16 ...), or a "
+                  "llama-quantize preset: Q4_K_M, Q4_K_S, Q5_K_M")
       ->required();
   cmd->add_option("--head-type", args->head_type,
                   "LM head type (and tied token embeddings); default as llama-quantize: Q6_K");

@@ -57,6 +57,25 @@ void add_reason(std::string& reason, std::string_view more) {
 
 }  // namespace
 
+GgmlType preset_layer_type(TypePreset preset, GgmlType base, TensorRole role, int layer,
+                           int n_layers) {
+  if (role != TensorRole::kAttnV && role != TensorRole::kFfnDown) return base;
+  const int il = std::max(layer, 0);
+  const int n = std::max(n_layers, 1);
+  switch (preset) {
+    case TypePreset::kQ4_K_M:
+    case TypePreset::kQ5_K_M:
+      return use_more_bits(il, n) ? GgmlType::Q6_K : base;
+    case TypePreset::kQ4_K_S:
+      return (role == TensorRole::kAttnV && il < 4) || (role == TensorRole::kFfnDown && il < n / 8)
+                 ? GgmlType::Q5_K
+                 : base;
+    case TypePreset::kNone:
+      break;
+  }
+  return base;
+}
+
 TypeRequest parse_type_request(std::string_view name) {
   const std::string l = lower(name);
   for (const auto& e : kTypes) {
@@ -185,27 +204,12 @@ TypeDecision choose_type(const TensorPlan& tensor, const TypeRequest& request,
       d.type = GgmlType::Q6_K;
       d.reason = "output head: Q6_K (as llama-quantize)";
     }
-  } else if (tensor.role == TensorRole::kAttnV || tensor.role == TensorRole::kFfnDown) {
-    const int il = std::max(tensor.layer, 0);
-    const int n = std::max(context.n_layers, 1);
-    switch (request.preset) {
-      case TypePreset::kQ4_K_M:
-      case TypePreset::kQ5_K_M:
-        if (use_more_bits(il, n)) {
-          d.type = GgmlType::Q6_K;
-          d.reason = fmt::format("{}: more bits for this layer's {}", request.name,
-                                 tensor.role == TensorRole::kAttnV ? "attn_v" : "ffn_down");
-        }
-        break;
-      case TypePreset::kQ4_K_S:
-        if ((tensor.role == TensorRole::kAttnV && il < 4) ||
-            (tensor.role == TensorRole::kFfnDown && il < n / 8)) {
-          d.type = GgmlType::Q5_K;
-          d.reason = fmt::format("{}: more bits for this layer", request.name);
-        }
-        break;
-      case TypePreset::kNone:
-        break;
+  } else {
+    d.type = preset_layer_type(request.preset, request.base, tensor.role, tensor.layer,
+                               context.n_layers);
+    if (d.type != request.base) {
+      d.reason = fmt::format("{}: more bits for this layer's {}", request.name,
+                             tensor.role == TensorRole::kAttnV ? "attn_v" : "ffn_down");
     }
   }
   d.type = fallback_for_row_length(d.type, tensor.cols(), d.reason);

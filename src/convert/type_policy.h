@@ -69,6 +69,12 @@ TypeDecision choose_type(const TensorPlan& tensor, const TypeRequest& request,
                          const std::vector<TypeOverride>& overrides, const LatticeSpec& lattice,
                          TypeContext& context);
 
+// What a preset (q4_k_m, q4_k_s, q5_k_m) gives an attention value or MLP down projection (role
+// kAttnV / kFfnDown) of layer `layer` of `n_layers`, as llama-quantize's rules do: Q6_K in the
+// _M presets' chosen layers, Q5_K in Q4_K_S's first layers; `base` otherwise and for other roles.
+GgmlType preset_layer_type(TypePreset preset, GgmlType base, TensorRole role, int layer,
+                           int n_layers);
+
 // The type actually usable for rows of `cols` elements, falling back as llama-quantize does;
 // appends an explanation to `why` when it falls back.
 GgmlType fallback_for_row_length(GgmlType type, std::uint64_t cols, std::string& why);

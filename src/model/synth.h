@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "convert/type_policy.h"
 #include "formats/gguf.h"
 #include "quant/ggml_type.h"
 
@@ -61,6 +62,10 @@ struct SynthTypeOptions {
   std::optional<GgmlType>
       head_type;  // LM head (and tied token embeddings); default per llama-quantize
   std::optional<GgmlType> embd_type;  // untied token embeddings; default: `type`
+  // A llama-quantize preset over `type` (q4_k_m: Q6_K attn_v / ffn_down in its chosen layers;
+  // the rules of `qforge convert` and `quantize`, convert/type_policy.h), and its file type.
+  TypePreset preset = TypePreset::kNone;
+  std::optional<std::uint32_t> file_type;  // general.file_type; default: that of `type`
 };
 
 struct SynthPlan {

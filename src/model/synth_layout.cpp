@@ -364,7 +364,7 @@ SynthPlan plan_synth_model(SynthArch arch, const SynthConfig& config, const Synt
                                  [](const SynthTensor& t) { return t.name == "output.weight"; });
   assign_types(plan.tensors, types, tied, plan.notes);
   kvs.set("general.size_label", str(size_label(plan.tensors)));
-  kvs.set("general.file_type", u32(file_type_for(types.type)));
+  kvs.set("general.file_type", u32(types.file_type.value_or(file_type_for(types.type))));
   kvs.set("general.quantization_version", u32(2));
   add_vocab(kvs, arch, cfg, cfg.count("vocab_size"));
   plan.kvs = kvs.take();

@@ -1,9 +1,11 @@
 // Tensor types for `qforge synth`: what llama-quantize picks when asked for one target type
 // (its rules for the LM head, token embeddings and tensors it never quantizes), plus its
 // fallbacks for rows that the target's block size does not divide. docs/synth.md lists them.
+#include <algorithm>
 #include <map>
 #include <tuple>
 
+#include "convert/arch_common.h"
 #include "core/error.h"
 #include "model/synth_internal.h"
 
@@ -61,6 +63,17 @@ GgmlType fallback_type(GgmlType t, std::uint64_t row) {
   return row % block_size(r) == 0 ? r : GgmlType::F16;
 }
 
+// The layer of "blk.N. ..." (N), or -1 for a tensor outside the blocks.
+int layer_of(const std::string& name) {
+  if (name.rfind("blk.", 0) != 0) return -1;
+  int layer = 0;
+  for (std::size_t i = 4; i < name.size() && name[i] != '.'; ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    layer = layer * 10 + (name[i] - '0');
+  }
+  return layer;
+}
+
 // "blk.7.ffn_down_exps.weight" -> "blk.*.ffn_down_exps.weight", to report fallbacks once.
 std::string name_pattern(const std::string& name) {
   if (name.rfind("blk.", 0) != 0) return name;
@@ -74,6 +87,8 @@ void assign_types(std::vector<SynthTensor>& tensors, const SynthTypeOptions& typ
                   std::vector<std::string>& notes) {
   // (pattern, row, wanted, got) -> count, for one note per kind of fallback.
   std::map<std::tuple<std::string, std::uint64_t, GgmlType, GgmlType>, int> fallbacks;
+  int n_layers = 0;
+  for (const SynthTensor& t : tensors) n_layers = std::max(n_layers, layer_of(t.name) + 1);
   for (SynthTensor& t : tensors) {
     const std::uint64_t row = t.ne[0];
     GgmlType wanted = types.type;
@@ -92,7 +107,9 @@ void assign_types(std::vector<SynthTensor>& tensors, const SynthTypeOptions& typ
                       : types.embd_type.value_or(types.type);
         break;
       case SynthRole::kWeight:
-        wanted = types.type;
+        wanted = preset_layer_type(types.preset, types.type,
+                                   convert_detail::role_for(t.name, t.ne.size()), layer_of(t.name),
+                                   n_layers);
         break;
     }
     t.type = fallback_type(wanted, row);

@@ -160,6 +160,38 @@ def test_moe_rows_of_704_fall_back_for_k_quants():
     assert "fallback Q4_K -> Q5_0 for blk.*.ffn_down.weight (30 tensors): rows of 2112" in out
 
 
+def test_q4_k_m_preset_gives_more_bits_where_llama_quantize_does(tmp_path):
+    """--type Q4_K_M: Q6_K attn_v and ffn_down in llama-quantize's "more bits" layers (its
+    use_more_bits: the first and last eighth of the layers and every third between), Q4_K for the
+    other matrices, the head Q6_K, general.file_type 15 (LLAMA_FTYPE_MOSTLY_Q4_K_M); and the same
+    types per tensor as `qforge quantize --type q4_k_m` of a BF16 file of the same shapes."""
+    n_layers = 16
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({**SMALL_LLAMA, "hidden_size": 256, "intermediate_size": 512,
+                               "num_attention_heads": 4, "num_hidden_layers": n_layers}))
+    out = synth("llama", cfg, tmp_path / "m.gguf", "--type", "Q4_K_M")
+    reader = gguf.GGUFReader(out)
+    assert int(reader.fields["general.file_type"].parts[-1][0]) == 15
+
+    def more_bits(i):
+        return i < n_layers // 8 or i >= 7 * n_layers // 8 or (i - n_layers // 8) % 3 == 2
+
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    for i in range(n_layers):
+        want = QT.Q6_K if more_bits(i) else QT.Q4_K
+        assert types[f"blk.{i}.attn_v.weight"] == want, i
+        assert types[f"blk.{i}.ffn_down.weight"] == want, i
+        for other in ("attn_q", "attn_k", "attn_output", "ffn_gate", "ffn_up"):
+            assert types[f"blk.{i}.{other}.weight"] == QT.Q4_K, (i, other)
+    assert types["output.weight"] == QT.Q6_K
+    assert sum(t == QT.Q6_K for t in types.values()) == 2 * sum(map(more_bits, range(n_layers))) + 1
+
+    bf16 = synth("llama", cfg, tmp_path / "bf16.gguf", "--type", "BF16")
+    qforge("quantize", bf16, tmp_path / "q.gguf", "--type", "q4_k_m")
+    quantized = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "q.gguf").tensors}
+    assert quantized == types
+
+
 # ---------------------------------------------------------------- (c) values
 
 SMALL_LLAMA = {
