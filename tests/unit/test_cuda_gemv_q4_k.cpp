@@ -10,11 +10,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "cuda_test_util.h"
 #include "model/config.h"
+#include "q4_0x8_test_util.h"
 #include "quant/blocks.h"
 #include "runtime/cuda/buffer.h"
 #include "runtime/cuda/gemma4_ops.h"
@@ -25,19 +25,6 @@ namespace qforge {
 namespace {
 
 constexpr auto kQ4K = cuda::PlaneWeights::kQ4_K;
-
-// The shape choices of the Q4_0x8 GEMV (which the Q4_K form shares) back to automatic, and the
-// copy form and cluster choice back to what they were, however a test ends.
-struct PlaneGemvChoices {
-  bool bulk = cuda::gemv_q4_0x8_bulk_chosen();
-  int cluster = cuda::gemv_q4_0x8_cluster_chosen();
-  ~PlaneGemvChoices() {
-    cuda::set_gemv_q4_0x8_rows(0);
-    cuda::set_gemv_q4_0x8_parts(0);
-    cuda::set_gemv_q4_0x8_bulk(bulk);
-    cuda::set_gemv_q4_0x8_cluster(cluster);
-  }
-};
 
 // Largest |got - exact| / sum |w x| over rows and tokens (got: token-major, stride rows).
 double error_vs_exact(const Quantized& q, std::size_t rows, std::size_t cols,
@@ -79,7 +66,7 @@ TEST(CudaGemvQ4K, AppliesToWholeSuperBlocks) {
 // leave tasks partly empty, and 1-3 tokens (pairs plus one).
 TEST(CudaGemvQ4K, MatchesExactSum) {
   SKIP_WITHOUT_GPU();
-  const PlaneGemvChoices reset;
+  const Q4_0x8Choices reset;
   std::uint32_t seed = 12000;
   for (const std::size_t cols :
        {std::size_t{256}, std::size_t{2816}, std::size_t{4096}, std::size_t{5376}}) {
@@ -108,18 +95,7 @@ TEST(CudaGemvQ4K, MatchesExactSum) {
 // they are: bit-identical results for the plain, gated and normed forms, partial last steps.
 TEST(CudaGemvQ4K, BulkCopiesEqualCpAsync) {
   SKIP_WITHOUT_GPU();
-  const PlaneGemvChoices reset;
-  auto both = [](auto&& run, std::size_t n_out) {
-    std::vector<float> out[2];
-    for (const bool bulk : {false, true}) {
-      cuda::set_gemv_q4_0x8_bulk(bulk);
-      cuda::DeviceBuffer<float> dy(n_out);
-      dy.fill_bytes(0xff);
-      run(dy.data());
-      out[bulk ? 1 : 0] = dy.to_host();
-    }
-    ASSERT_EQ(std::memcmp(out[0].data(), out[1].data(), n_out * sizeof(float)), 0);
-  };
+  const Q4_0x8Choices reset;
   std::uint32_t seed = 12500;
   for (const std::size_t cols : {std::size_t{2816}, std::size_t{5376}}) {
     const std::size_t rows = 130;
@@ -138,20 +114,20 @@ TEST(CudaGemvQ4K, BulkCopiesEqualCpAsync) {
         for (const int n_tokens : {1, 2, 3}) {
           SCOPED_TRACE(testing::Message() << cols << " columns, rows " << task_rows << ", parts "
                                           << parts << ", tokens " << n_tokens);
-          both(
+          expect_bulk_equals_cp_async(
               [&](float* y) {
                 cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), y, rows, n_tokens, nullptr,
                                   kQ4K);
               },
               rows * n_tokens);
-          both(
+          expect_bulk_equals_cp_async(
               [&](float* y) {
                 cuda::gemv_q4_0x8_glu(FfnActivation::kSiluGlu, dw.data(), rows, cols, dx.data(), y,
                                       rows / 2, n_tokens, nullptr, kQ4K);
               },
               rows / 2 * n_tokens);
         }
-        both(
+        expect_bulk_equals_cp_async(
             [&](float* y) {
               cuda::gemv_q4_0x8_normed(dw.data(), rows, cols, in, y, nullptr, kQ4K);
             },
@@ -167,7 +143,7 @@ TEST(CudaGemvQ4K, BulkCopiesEqualCpAsync) {
 // shared through distributed shared memory) change nothing.
 TEST(CudaGemvQ4K, FusedFormsEqualTheKernelsTheyReplace) {
   SKIP_WITHOUT_GPU();
-  const PlaneGemvChoices reset;
+  const Q4_0x8Choices reset;
   const std::size_t ff = 70, cols = 4096, ldy = ff + 5, rows = 2 * ff;
   const Quantized q = make_weights(GgmlType::Q4_K, rows, cols, 12900);
   const cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
@@ -236,7 +212,7 @@ TEST(CudaGemvQ4K, FusedFormsEqualTheKernelsTheyReplace) {
 // no more than int8 rounding costs.
 TEST(CudaGemvQ4K, Int8XExactOnInt8Inputs) {
   SKIP_WITHOUT_GPU();
-  const PlaneGemvChoices reset;
+  const Q4_0x8Choices reset;
   const std::size_t rows = 130, cols = 2816;
   const Quantized q = make_weights(GgmlType::Q4_K, rows, cols, 13500);
   const cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};

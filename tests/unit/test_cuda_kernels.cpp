@@ -14,6 +14,7 @@
 #ifdef QFORGE_HAVE_CUDA
 
 #include "cuda_test_util.h"
+#include "q4_0x8_test_util.h"
 
 #include <algorithm>
 #include <cmath>
@@ -245,20 +246,6 @@ WidenedExperts widened_q4_0x8_experts(const Quantized& q, int n_experts, std::si
   return e;
 }
 
-// Rows per task, column parts and the weight stream's copies of the Q4_0x8 GEMV forced for a
-// test, back to automatic (the copies: to the choice before the test, which QFORGE_GEMV_BULK may
-// have made) when the test ends, also when an assertion returns early.
-struct Q4_0x8Choices {
-  bool bulk = cuda::gemv_q4_0x8_bulk_chosen();
-  int cluster = cuda::gemv_q4_0x8_cluster_chosen();
-  ~Q4_0x8Choices() {
-    cuda::set_gemv_q4_0x8_rows(0);
-    cuda::set_gemv_q4_0x8_parts(0);
-    cuda::set_gemv_q4_0x8_bulk(bulk);
-    cuda::set_gemv_q4_0x8_cluster(cluster);
-  }
-};
-
 // The weight stream by bulk copies (one per row and step, completion counted on a barrier) and by
 // cp.async (16 bytes per thread) feeds the same arithmetic: the results must be bit-identical,
 // for every task shape, partial 32-block steps (2816 columns), 1-3 tokens, the gated form and
@@ -266,17 +253,6 @@ struct Q4_0x8Choices {
 TEST(CudaGemv, Q4_0x8BulkCopiesEqualCpAsync) {
   SKIP_WITHOUT_GPU();
   const Q4_0x8Choices reset;
-  auto both = [](auto&& run, std::size_t n_out) {
-    std::vector<float> out[2];
-    for (const bool bulk : {false, true}) {
-      cuda::set_gemv_q4_0x8_bulk(bulk);
-      cuda::DeviceBuffer<float> dy(n_out);
-      dy.fill_bytes(0xff);
-      run(dy.data());
-      out[bulk ? 1 : 0] = dy.to_host();
-    }
-    ASSERT_EQ(std::memcmp(out[0].data(), out[1].data(), n_out * sizeof(float)), 0);
-  };
   std::uint32_t seed = 7000;
   for (const std::size_t cols : {std::size_t{2816}, std::size_t{5376}}) {
     const std::size_t rows = 130;
@@ -292,12 +268,12 @@ TEST(CudaGemv, Q4_0x8BulkCopiesEqualCpAsync) {
         for (const int n_tokens : {1, 2, 3}) {
           SCOPED_TRACE(testing::Message() << cols << " columns, rows " << task_rows << ", parts "
                                           << parts << ", tokens " << n_tokens);
-          both(
+          expect_bulk_equals_cp_async(
               [&](float* y) {
                 cuda::gemv_q4_0x8(dw.data(), rows, cols, dx.data(), y, rows, n_tokens);
               },
               rows * n_tokens);
-          both(
+          expect_bulk_equals_cp_async(
               [&](float* y) {
                 cuda::gemv_q4_0x8_glu(FfnActivation::kSiluGlu, dw.data(), rows, cols, dx.data(), y,
                                       rows / 2, n_tokens);
@@ -319,8 +295,9 @@ TEST(CudaGemv, Q4_0x8BulkCopiesEqualCpAsync) {
   cuda::DeviceBuffer<int> dids{std::span<const int>(ids)};
   const std::vector<float> x = random_floats(cols * ids.size(), ++seed);
   cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
-  both([&](float* y) { cuda::moe_gemv_q4_0x8(w, dids.data(), 3, dx.data(), y, rows, nullptr); },
-       rows * ids.size());
+  expect_bulk_equals_cp_async(
+      [&](float* y) { cuda::moe_gemv_q4_0x8(w, dids.data(), 3, dx.data(), y, rows, nullptr); },
+      rows * ids.size());
 }
 
 // The planes of x built by one CTA per SM, or shared out among the CTAs of clusters of 2 or 4

@@ -651,9 +651,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
           const int b = 32 * (kSpan * k + h) + lane;
           if (b < n_blocks) {
             uint4 pl[6];
-#pragma unroll
-            for (int c = 0; c < 2 * kPlanes; ++c) pl[c] = tok[c * n_blocks + b];
-            const float2 xb = reinterpret_cast<const float2*>(tok + 6 * n_blocks)[b];
+            const float2 xb = q4_0x8::block_planes<kPlanes>(tok, n_blocks, b, pl);
 #pragma unroll
             for (int r = 0; r < kRows; ++r) {
               const std::uint8_t* part = stage + r * kSpanBytes + h * kStepBytes;

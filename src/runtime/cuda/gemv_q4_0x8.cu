@@ -555,9 +555,7 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
           const uint4* tok =
               reinterpret_cast<const uint4*>(x_planes + static_cast<std::size_t>(t) * tb);
           uint4 pl[6];
-#pragma unroll
-          for (int c = 0; c < 2 * kPlanes; ++c) pl[c] = tok[c * n_blocks + b];
-          const float2 xb = reinterpret_cast<const float2*>(tok + 6 * n_blocks)[b];
+          const float2 xb = q4_0x8::block_planes<kPlanes>(tok, n_blocks, b, pl);
 #pragma unroll
           for (int r = 0; r < R; ++r) {
             const auto* codes =
@@ -581,9 +579,7 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
         const uint4* tok =
             reinterpret_cast<const uint4*>(x_planes + static_cast<std::size_t>(t) * tb);
         uint4 pl[6];
-#pragma unroll
-        for (int c = 0; c < 2 * kPlanes; ++c) pl[c] = tok[c * n_blocks + b];
-        const float2 xb = reinterpret_cast<const float2*>(tok + 6 * n_blocks)[b];
+        const float2 xb = q4_0x8::block_planes<kPlanes>(tok, n_blocks, b, pl);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           acc[r][t] = fmaf(d[r], block_dot<kPlanes>(codes[r], pl, xb), acc[r][t]);

@@ -25,6 +25,16 @@ __host__ __device__ constexpr std::size_t token_bytes(int n_blocks) {
   return (static_cast<std::size_t>(n_blocks) * (96 + 8) + 15) / 16 * 16;
 }
 
+// Block b's planes from one token's planes at tok (the layout above): the first kPlanes planes'
+// two halves into pl, and the block's float2 header as the result.
+template <int kPlanes>
+__device__ __forceinline__ float2 block_planes(const uint4* tok, int n_blocks, int b,
+                                               uint4 (&pl)[6]) {
+#pragma unroll
+  for (int c = 0; c < 2 * kPlanes; ++c) pl[c] = tok[c * n_blocks + b];
+  return reinterpret_cast<const float2*>(tok + 6 * n_blocks)[b];
+}
+
 // The planes of 8-element chunk i of x (chunk i & 3 of block (i % per_token) / 4 of token i /
 // per_token), for i < total, into the planes at smem: this CTA's, or with kCluster those of each
 // of the n_ranks CTAs of its cluster (distributed shared memory). The four chunks of a block sit
