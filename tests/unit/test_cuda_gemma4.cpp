@@ -453,6 +453,8 @@ TEST(CudaQ4K, SmallModelsDecodeMatchCpu) {
   config["intermediate_size"] = 1024;
   const fs::path gemma = write_synth_file(synth::SynthArch::kGemma4, config, GgmlType::Q4_K,
                                           "cuda_gemma4_small_dense_q4_k.gguf", 13);
+  // The ordinary decode kernels (the Llama would take the persistent step, tested below).
+  const ForcedPersistentDecode ordinary(false);
   for (const auto& [path, name] :
        {std::pair{llama, "small Llama Q4_K"}, std::pair{gemma, "small dense Gemma 4 Q4_K"}}) {
     auto cpu = load_model(path);
@@ -518,50 +520,61 @@ TEST(CudaLlamaQ4_0x8, Int8DecodeXStaysClose) {
 
 // The small Llama's decode steps through the persistent kernel: every layer's products, rotary
 // embedding, cache stores, attention and residual updates in one launch, against the CPU, with
-// F32 and BF16 caches (the prompt itself runs the ordinary kernels).
+// F32 and BF16 caches (the prompt itself runs the ordinary kernels); in Q4_0 (regrouped to
+// Q4_0x8 on the GPU) and in Q4_K (its bytes as stored).
 TEST(CudaLlamaPersistent, DecodeMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  const fs::path path = write_small_llama();
   const CpuF32Activations f32;
-  auto cpu = load_model(path);
-  auto gpu = cuda_model(path, /*gemm=*/false);
   const ForcedPersistentDecode on(true);
-  for (const KvType kv : {KvType::F32, KvType::BF16}) {
-    auto probe = gpu->new_cache(8, kv);
-    const std::string why = gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*probe));
-    if (why.rfind("needs compute capability", 0) == 0) GTEST_SKIP() << why;
-    ASSERT_EQ(why, "") << "the small Llama should take the persistent decode step";
-    expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(24, 5, 37, 600), 8, kv,
-                           std::string("small Llama Q4_0, persistent decode, cache ") +
-                               (kv == KvType::F32 ? "F32" : "BF16"));
+  for (const auto& [path, name] :
+       {std::pair{write_small_llama(), "small Llama Q4_0"},
+        std::pair{write_synth_file(synth::SynthArch::kLlama, small_llama_config(), GgmlType::Q4_K,
+                                   "cuda_llama_small_q4_k.gguf", 12),
+                  "small Llama Q4_K"}}) {
+    auto cpu = load_model(path);
+    auto gpu = cuda_model(path, /*gemm=*/false);
+    for (const KvType kv : {KvType::F32, KvType::BF16}) {
+      auto probe = gpu->new_cache(8, kv);
+      const std::string why = gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*probe));
+      if (why.rfind("needs compute capability", 0) == 0) GTEST_SKIP() << why;
+      ASSERT_EQ(why, "") << name << " should take the persistent decode step";
+      expect_gpu_matches_cpu(
+          *cpu, *gpu, prompt_ids(24, 5, 37, 600), 8, kv,
+          std::string(name) + ", persistent decode, cache " + (kv == KvType::F32 ? "F32" : "BF16"));
+    }
   }
 }
 
 // Rows of several ring stages, the last one partial (2304 columns: stages of 64 + 8 blocks; 2560:
 // 64 + 16), through both ring shapes of the persistent step: the default (two 32-block steps per
-// stage) and one step per stage (QFORGE_PERSISTENT_SPAN=1, read when the step is built).
+// stage) and one step per stage (QFORGE_PERSISTENT_SPAN=1, read when the step is built); Q4_0 and
+// Q4_K.
 TEST(CudaLlamaPersistent, WideRowsMatchCpu) {
   SKIP_WITHOUT_GPU();
   const nlohmann::json config = {{"hidden_size", 2304},       {"num_hidden_layers", 2},
                                  {"num_attention_heads", 18}, {"num_key_value_heads", 6},
                                  {"intermediate_size", 2560}, {"vocab_size", 700},
                                  {"rms_norm_eps", 1e-5},      {"tie_word_embeddings", false}};
-  const fs::path path = write_synth_file(synth::SynthArch::kLlama, config, GgmlType::Q4_0,
-                                         "cuda_llama_wide_q4_0.gguf", 12);
   const CpuF32Activations f32;
-  auto cpu = load_model(path);
   const ForcedPersistentDecode on(true);
-  for (const char* span : {"", "1"}) {
-    if (*span != 0) setenv("QFORGE_PERSISTENT_SPAN", span, 1);
-    auto gpu = cuda_model(path, /*gemm=*/false);
-    unsetenv("QFORGE_PERSISTENT_SPAN");
-    auto probe = gpu->new_cache(8, KvType::F32);
-    const std::string why = gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*probe));
-    if (why.rfind("needs compute capability", 0) == 0) GTEST_SKIP() << why;
-    ASSERT_EQ(why, "") << "the wide Llama should take the persistent decode step";
-    expect_gpu_matches_cpu(
-        *cpu, *gpu, prompt_ids(12, 5, 37, 600), 6, KvType::F32,
-        std::string("wide Llama Q4_0, persistent decode, span ") + (*span != 0 ? span : "default"));
+  for (const GgmlType type : {GgmlType::Q4_0, GgmlType::Q4_K}) {
+    const bool q4_k = type == GgmlType::Q4_K;
+    const fs::path path =
+        write_synth_file(synth::SynthArch::kLlama, config, type,
+                         q4_k ? "cuda_llama_wide_q4_k.gguf" : "cuda_llama_wide_q4_0.gguf", 12);
+    auto cpu = load_model(path);
+    for (const char* span : {"", "1"}) {
+      if (*span != 0) setenv("QFORGE_PERSISTENT_SPAN", span, 1);
+      auto gpu = cuda_model(path, /*gemm=*/false);
+      unsetenv("QFORGE_PERSISTENT_SPAN");
+      auto probe = gpu->new_cache(8, KvType::F32);
+      const std::string why = gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*probe));
+      if (why.rfind("needs compute capability", 0) == 0) GTEST_SKIP() << why;
+      ASSERT_EQ(why, "") << "the wide Llama should take the persistent decode step";
+      expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(12, 5, 37, 600), 6, KvType::F32,
+                             std::string("wide Llama ") + (q4_k ? "Q4_K" : "Q4_0") +
+                                 ", persistent decode, span " + (*span != 0 ? span : "default"));
+    }
   }
 }
 

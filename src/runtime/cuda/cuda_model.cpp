@@ -643,6 +643,8 @@ std::string CudaModel::persistent_unsupported(const CudaKvCache& cache) const {
     return "the architecture has more than Llama's layers";
   }
   if (c.n_layer_kv > 0) return "layers share KV";
+  if (weights_.layers.empty()) return "the model has no layers";
+  const std::optional<PlaneWeights> form = plane_weights(weights_.layers.front().qkv);
   for (int il = 0; il < c.n_layer; ++il) {
     const LayerPlan& g = layers_[sz(il)];
     const DeviceLayer& l = weights_.layers[sz(il)];
@@ -651,8 +653,8 @@ std::string CudaModel::persistent_unsupported(const CudaKvCache& cache) const {
       return fmt::format("layer {} differs from the others", il);
     }
     for (const DeviceMatrix* m : {&l.qkv, &l.wo, &l.gate_up, &l.down}) {
-      if (m->empty() || m->layout != WeightLayout::kQ4_0x8) {
-        return fmt::format("layer {}: a matrix is not in the Q4_0x8 layout", il);
+      if (!form || plane_weights(*m) != form) {
+        return fmt::format("layer {}: the matrices are not all Q4_0x8 or all Q4_K", il);
       }
     }
   }
@@ -672,6 +674,9 @@ PersistentShape CudaModel::persistent_shape(const CudaKvCache& cache) const {
   shape.attn_scale = c.attn_scale;
   shape.rope_style = c.rope_style;
   shape.cache_bf16 = cache.layout().bf16;
+  if (!weights_.layers.empty()) {
+    shape.weights = plane_weights(weights_.layers.front().qkv).value_or(PlaneWeights::kQ4_0x8);
+  }
   return shape;
 }
 

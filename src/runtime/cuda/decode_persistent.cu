@@ -23,6 +23,10 @@
 // reads what the step before wrote through L2 (ld.global.cg), never through the non-coherent L1
 // paths.
 //
+// The matrices are Q4_0x8 or GGUF Q4_K (a kernel template parameter): both are 576 bytes per 1024
+// columns, so the ring and its copies serve either, and lane l's block of a 32-block step covers
+// the same 32 columns (Q4_K: sub-block l & 7 of super-block l >> 3, q4_0x8_planes.cuh).
+//
 // Measured on an H200 (docs/benchmarks.md, sixteenth pass): Llama-3-8B tg128 535-538 tokens/s
 // against 479-480 with the ordinary kernels (one block per lane and stage: 491-493). Where a
 // layer's ~54 us go (roofline 29 us) is in docs/cuda.md ("The persistent decode step").
@@ -573,8 +577,10 @@ __device__ void merge_splits(const Params& p, int h, int n_splits, float* attn) 
 // ---- the kernel --------------------------------------------------------------------------------
 
 // kPlanes: the planes of x the products take, 3 or with DecodeX::kInt8 (cuda_device.h) 1 (a
-// separate instantiation: a branch in the loop cost registers and ~1.5% of tg128).
-template <typename T, int kSpan, int kStages, int kPlanes>
+// separate instantiation: a branch in the loop cost registers and ~1.5% of tg128). kW: the form of
+// every matrix (a separate instantiation too: a per-matrix branch, both forms in one kernel, raised
+// its spills).
+template <typename T, int kSpan, int kStages, int kPlanes, PlaneWeights kW>
 __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p) {
   constexpr int kSlot = slot_bytes(kSpan), kSpanBytes = kSpan * kStepBytes;
   extern __shared__ uint4 smem_words[];
@@ -655,9 +661,19 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
 #pragma unroll
             for (int r = 0; r < kRows; ++r) {
               const std::uint8_t* part = stage + r * kSpanBytes + h * kStepBytes;
-              const uint4 codes = *reinterpret_cast<const uint4*>(part + lane_codes);
-              const float d = __half2float(*reinterpret_cast<const __half*>(part + lane_scale));
-              acc[r] = fmaf(d, q4_0x8::block_dot<kPlanes>(codes, pl, xb), acc[r]);
+              if constexpr (kW == PlaneWeights::kQ4_K) {
+                const float2 f = q4_0x8::q4_k_factors(
+                    *reinterpret_cast<const uint4*>(part + q4_0x8::q4_k_header_at(lane)), lane);
+                const auto* codes =
+                    reinterpret_cast<const uint4*>(part + q4_0x8::q4_k_codes_at(lane));
+                const std::uint32_t mask = (lane & 1) != 0 ? 0xf0f0f0f0u : 0x0f0f0f0fu;
+                const float dot = q4_0x8::q4_k_dot<kPlanes>(codes[0], codes[1], mask, pl);
+                acc[r] = fmaf(f.x, dot * xb.x, fmaf(-f.y, xb.y, acc[r]));
+              } else {
+                const uint4 codes = *reinterpret_cast<const uint4*>(part + lane_codes);
+                const float d = __half2float(*reinterpret_cast<const __half*>(part + lane_scale));
+                acc[r] = fmaf(d, q4_0x8::block_dot<kPlanes>(codes, pl, xb), acc[r]);
+              }
             }
           }
         }
@@ -805,11 +821,11 @@ std::atomic<PersistentMode>& persistent_choice() {
   return mode;
 }
 
-template <typename T, int kSpan, int kStages, int kPlanes>
+template <typename T, int kSpan, int kStages, int kPlanes, PlaneWeights kW>
 void launch(const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   static std::atomic<bool> configured{false};
   if (!configured.exchange(true)) {
-    QFORGE_CUDA_CHECK(cudaFuncSetAttribute(decode_persistent_kernel<T, kSpan, kStages, kPlanes>,
+    QFORGE_CUDA_CHECK(cudaFuncSetAttribute(decode_persistent_kernel<T, kSpan, kStages, kPlanes, kW>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(current_max_smem_per_block())));
   }
@@ -824,18 +840,27 @@ void launch(const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   config.attrs = &attribute;
   config.numAttrs = 1;
   QFORGE_CUDA_CHECK(
-      cudaLaunchKernelEx(&config, decode_persistent_kernel<T, kSpan, kStages, kPlanes>, p));
+      cudaLaunchKernelEx(&config, decode_persistent_kernel<T, kSpan, kStages, kPlanes, kW>, p));
 }
 
-template <typename T>
+template <typename T, PlaneWeights kW>
 void launch_ring(RingShape ring, const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   const bool int8 = decode_x() == DecodeX::kInt8;
   if (ring.span == 1) {
-    if (int8) return launch<T, 1, 6, 1>(p, grid, smem, stream);
-    return launch<T, 1, 6, 3>(p, grid, smem, stream);
+    if (int8) return launch<T, 1, 6, 1, kW>(p, grid, smem, stream);
+    return launch<T, 1, 6, 3, kW>(p, grid, smem, stream);
   }
-  if (int8) return launch<T, 2, 3, 1>(p, grid, smem, stream);
-  return launch<T, 2, 3, 3>(p, grid, smem, stream);
+  if (int8) return launch<T, 2, 3, 1, kW>(p, grid, smem, stream);
+  return launch<T, 2, 3, 3, kW>(p, grid, smem, stream);
+}
+
+template <typename T>
+void launch_weights(PlaneWeights weights, RingShape ring, const Params& p, int grid,
+                    std::size_t smem, StreamHandle stream) {
+  if (weights == PlaneWeights::kQ4_K) {
+    return launch_ring<T, PlaneWeights::kQ4_K>(ring, p, grid, smem, stream);
+  }
+  return launch_ring<T, PlaneWeights::kQ4_0x8>(ring, p, grid, smem, stream);
 }
 
 // The preferred ring shape that fits, or none (stages 0).
@@ -863,7 +888,7 @@ std::string PersistentDecode::unsupported(const PersistentShape& s) {
   }
   if (s.head_dim % 32 != 0 || s.head_dim > kMaxHeadDim) return "needs a head size of 32..128 (x32)";
   if (s.n_embd % 256 != 0 || s.n_ff % 256 != 0 || (s.n_head * s.head_dim) % 256 != 0) {
-    return "needs widths that are multiples of 256 (Q4_0x8)";
+    return "needs widths that are multiples of 256 (Q4_0x8, Q4_K)";
   }
   if (s.n_embd > kMaxNormedWidth) return "needs an embedding of at most 8192";
   if (fitting_ring(s).stages == 0) return "needs more shared memory";
@@ -961,9 +986,9 @@ float* PersistentDecode::record(const float* x, const int* pos, const float* cos
   p.trace = trace_.empty() ? nullptr : trace_.data();
   counters_.fill_bytes(0, stream);
   if (s.cache_bf16) {
-    launch_ring<std::uint16_t>(ring_, p, grid_, smem_bytes_, stream);
+    launch_weights<std::uint16_t>(s.weights, ring_, p, grid_, smem_bytes_, stream);
   } else {
-    launch_ring<float>(ring_, p, grid_, smem_bytes_, stream);
+    launch_weights<float>(s.weights, ring_, p, grid_, smem_bytes_, stream);
   }
   return acts_.data() + layer_floats_ * static_cast<std::size_t>(s.n_layer - 1) +
          static_cast<std::size_t>(p.qkv_dim + p.q_dim + s.n_embd + s.n_ff);

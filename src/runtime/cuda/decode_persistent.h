@@ -10,8 +10,9 @@
 // meet at counters in global memory instead of kernel ends.
 //
 // Scope: dense layers without QK-norm, post norms, sliding windows, soft-capping or per-layer
-// inputs (Llama and its relatives), every matrix in the Q4_0x8 layout, one token, rotary embedding
-// over the whole head. PersistentDecode::unsupported says why a model does not qualify.
+// inputs (Llama and its relatives), every matrix in one form of the integer-plane GEMV (all
+// Q4_0x8, or all GGUF Q4_K as stored; q4_0x8.h), one token, rotary embedding over the whole head.
+// PersistentDecode::unsupported says why a model does not qualify.
 #pragma once
 
 #include <cstddef>
@@ -21,11 +22,12 @@
 
 #include "model/config.h"
 #include "runtime/cuda/buffer.h"
+#include "runtime/cuda/q4_0x8.h"
 #include "runtime/cuda/stream.h"
 
 namespace qforge::cuda {
 
-// One layer's weights (all Q4_0x8, q4_0x8.h) and cache.
+// One layer's weights (all in PersistentShape::weights' form, q4_0x8.h) and cache.
 struct PersistentLayer {
   const std::uint8_t* qkv = nullptr;      // [q_dim + 2 * kv_dim x n_embd]: Q, K, V rows
   const std::uint8_t* wo = nullptr;       // [n_embd x q_dim]
@@ -42,6 +44,8 @@ struct PersistentShape {
   float eps = 0.0f, attn_scale = 1.0f;
   RopeStyle rope_style = RopeStyle::kAdjacentPairs;
   bool cache_bf16 = true;
+  // Every matrix's rows: Q4_0x8, or Q4_K as stored (576 bytes per 1024 columns either way).
+  PlaneWeights weights = PlaneWeights::kQ4_0x8;
 };
 
 // The weight ring of each warp: steps of 32 blocks per row per stage, and stages.
