@@ -3,8 +3,9 @@
 // |w_k x_k| < 1e-5. Rows of an odd number of blocks (256, 2816, 5376 columns) start 2 bytes into a
 // word every other row; weights placed 2..14 bytes past a 16-byte boundary, and matrices that do
 // not end on one, take the copies at the matrix's edges; more rows than resident warps make each
-// warp loop over its rows. Outputs start as NaN so that an unwritten row fails. Skips without a
-// GPU.
+// warp loop over its rows; rows too wide for whole-row slots (7680, 14336, 21504 columns) stream
+// in chunks of 8 blocks, the last one partial (7680: 8 + 8 + 8 + 6; 21504: 10 x 8 + 4). Outputs
+// start as NaN so that an unwritten row fails. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include "runtime/cuda_device.h"
@@ -108,6 +109,22 @@ TEST(CudaGemvQ6K, MatchesExactSumForOddAndEvenBlockCounts) {
   }
 }
 
+// Rows streamed in chunks (too wide for a whole-row slot beside x): the FFN down projections of
+// Llama-3-8B (14336 columns) and Gemma 4 31B (21504) in Q4_K_M files, and 7680 columns (three whole
+// chunks and a partial one), odd row counts so that a two-row task is left with one row.
+TEST(CudaGemvQ6K, WideRowsStreamInChunks) {
+  SKIP_WITHOUT_GPU();
+  std::uint32_t seed = 6200;
+  for (const std::size_t cols : {std::size_t{7680}, std::size_t{14336}, std::size_t{21504}}) {
+    ASSERT_TRUE(cuda::detail::gemv_q6_k_applies(cols)) << cols;
+    for (const std::size_t rows : {std::size_t{3}, std::size_t{1101}}) {
+      const Quantized q = make_weights(GgmlType::Q6_K, rows, cols, ++seed);
+      cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+      expect_exact(q, dw.data(), rows, cols, ++seed);
+    }
+  }
+}
+
 // More rows than 16 warps x SMs (and than 8 x SMs for two-row tasks): every warp loops, and the
 // last round leaves some warps without a row.
 TEST(CudaGemvQ6K, WarpsLoopOverManyRows) {
@@ -129,7 +146,8 @@ TEST(CudaGemvQ6K, UnalignedWeightsAndTails) {
   SKIP_WITHOUT_GPU();
   for (const auto& [rows, cols] :
        {std::pair{std::size_t{5}, std::size_t{2816}}, std::pair{std::size_t{3}, std::size_t{256}},
-        std::pair{std::size_t{67}, std::size_t{5376}}}) {
+        std::pair{std::size_t{67}, std::size_t{5376}},
+        std::pair{std::size_t{5}, std::size_t{14336}}}) {
     const Quantized q = make_weights(GgmlType::Q6_K, rows, cols, 31);
     for (const std::size_t offset : {std::size_t{2}, std::size_t{6}, std::size_t{14}}) {
       SCOPED_TRACE(testing::Message() << "weights at byte " << offset);
@@ -233,17 +251,19 @@ TEST(CudaGemvQ6K, Int8XMatchesRoundedReference) {
   }
 }
 
-// Column counts the kernel does not take: not whole blocks, or an x and row slots too large for
-// shared memory (cuda::gemv then keeps the first kernel); bad arguments to the direct call.
+// Column counts the kernel does not take: not whole blocks, or an x too large for shared memory
+// beside two stages of chunks (cuda::gemv then keeps the first kernel); bad arguments to the
+// direct call.
 TEST(CudaGemvQ6K, AppliesOnlyToWholeBlocksThatFit) {
   EXPECT_FALSE(cuda::detail::gemv_q6_k_applies(0));
   EXPECT_FALSE(cuda::detail::gemv_q6_k_applies(300));
   SKIP_WITHOUT_GPU();
   EXPECT_TRUE(cuda::detail::gemv_q6_k_applies(256));
   EXPECT_TRUE(cuda::detail::gemv_q6_k_applies(5376));
-  EXPECT_FALSE(cuda::detail::gemv_q6_k_applies(7680));  // 30 KiB of x + 2 x 16 slots of 6.2 KiB
+  EXPECT_TRUE(cuda::detail::gemv_q6_k_applies(7680));    // in chunks
+  EXPECT_FALSE(cuda::detail::gemv_q6_k_applies(65536));  // 264 KiB of x
 
-  const std::size_t rows = 3, cols = 7680;
+  const std::size_t rows = 3, cols = 65536;
   const Quantized q = make_weights(GgmlType::Q6_K, rows, cols, 51);
   cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
   const std::vector<float> x = random_floats(cols, 52);

@@ -29,7 +29,13 @@
 // DecodeX::kInt8 (cuda_device.h) the integer form builds and reads plane 0 alone: x rounded to
 // int8 per 32-element block, as llama.cpp's q8_1 (a separate instantiation).
 //
-// The first S - 1 rows are requested before waiting for the previous kernel (pdl.cuh): weights
+// Rows too wide for whole-row slots beside x (from 7680 columns on sm_90: the 14336- and
+// 21504-column FFN down projections that llama-quantize's Q4_K_M mixes make Q6_K) stream in ring
+// items of 8 blocks of each of the task's rows instead (one aligned span per row, kChunked), the
+// sums carried across a task's items. Until then they took the row-tiled F32 kernel: H200 tg128 of
+// a Q4_K_M Llama-3-8B 362.5 -> 377.4 tokens/s (docs/benchmarks.md, nineteenth pass).
+//
+// The first S - 1 items are requested before waiting for the previous kernel (pdl.cuh): weights
 // never depend on it; x is read after the wait.
 //
 // Shared-memory traffic per 1024 weights of one row: 32 wavefronts of x (4 bytes per weight), 25
@@ -75,14 +81,28 @@ constexpr int warps_for(int rows) {
   return rows == 1 ? warps_per_cta<1>() : warps_per_cta<2>();
 }
 
+// Rows too wide for whole-row slots stream in chunks of kChunkBlocks blocks (2048 columns, 1680
+// bytes; a multiple of the 4 blocks of a warp step): Llama-3-8B's 14336-column and Gemma 4 31B's
+// 21504-column FFN down projections, Q6_K in llama-quantize's Q4_K_M mixes.
+constexpr int kChunkBlocks = 8;
+
 // Shared memory: x with 4 floats of padding after every 128 (a multiple of 32 bytes), then per
 // warp S slots. A slot holds the aligned span of R rows (up to 14 bytes before their start and 15
-// after their end) and 16 more bytes, which shift consecutive slots by 16 bytes over the banks.
+// after their end), or in the chunked form R aligned spans of one chunk of each row, and 16 more
+// bytes, which shift consecutive slots by 16 bytes over the banks.
 constexpr std::size_t x_bytes(std::size_t n_cols) {
   return (n_cols + n_cols / 32) * sizeof(float);
 }
-constexpr std::size_t slot_bytes(int rows, std::size_t n_cols) {
-  return (static_cast<std::size_t>(rows) * (n_cols / 256) * kBlockBytes + 14 + 15) / 16 * 16 + 16;
+// One row's chunk of `chunk` blocks in a chunked slot, with its alignment slack.
+constexpr int chunk_span_bytes(int chunk) {
+  return (chunk * kBlockBytes + 14 + 15) / 16 * 16;
+}
+// chunk: blocks per ring item, n_cols / 256 (whole rows) or kChunkBlocks.
+constexpr std::size_t slot_bytes(int rows, std::size_t n_cols, int chunk) {
+  if (static_cast<std::size_t>(chunk) * 256 >= n_cols) {
+    return (static_cast<std::size_t>(rows) * (n_cols / 256) * kBlockBytes + 14 + 15) / 16 * 16 + 16;
+  }
+  return static_cast<std::size_t>(rows) * chunk_span_bytes(chunk) + 16;
 }
 // The integer form's x (see build_planes): three int8 planes of n_cols bytes with 32 bytes of
 // padding after every 128, then per 8-element chunk a float2 with 4 float2 of padding after every
@@ -93,9 +113,9 @@ constexpr std::size_t plane_bytes(std::size_t n_cols) {
 constexpr std::size_t x_bytes(std::size_t n_cols, bool planes) {
   return planes ? 4 * plane_bytes(n_cols) : x_bytes(n_cols);
 }
-constexpr std::size_t smem_bytes(int rows, int stages, std::size_t n_cols, bool planes) {
+constexpr std::size_t smem_bytes(int rows, int stages, std::size_t n_cols, bool planes, int chunk) {
   return x_bytes(n_cols, planes) +
-         static_cast<std::size_t>(warps_for(rows)) * stages * slot_bytes(rows, n_cols);
+         static_cast<std::size_t>(warps_for(rows)) * stages * slot_bytes(rows, n_cols, chunk);
 }
 
 // Copies the 16-byte chunk at `chunk` (16-byte aligned) to `dst`, where it straddles the edge of
@@ -259,54 +279,77 @@ struct RowCursor {
 };
 
 // Warp task t covers rows [R t, R t + R) (fewer in the last one); warp `first` of the grid takes
-// tasks first, first + stride, ... Task k of the warp lands in slot k % S.
+// tasks first, first + stride, ... A ring item is a task's rows whole (chunk >= n_blocks), or
+// chunk blocks of each of them (the task's items in order); item k of the warp lands in slot
+// k % S.
 // kPlanes: 0 for the F32 form, else the integer form's planes of x (3, or 1 for DecodeX::kInt8).
-template <int R, int S, int kPlanes>
+// kChunked: chunk < n_blocks (a separate instantiation, so that the whole-row form, the LM heads',
+// compiles as it did before chunks).
+template <int R, int S, int kPlanes, bool kChunked>
 __global__ void __launch_bounds__(32 * warps_per_cta<R>(), 1)
     gemv_q6_k_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols, int slot_size,
-                     const float* __restrict__ x, float* __restrict__ y) {
+                     int chunk, const float* __restrict__ x, float* __restrict__ y) {
   constexpr int kWarps = warps_per_cta<R>();
   extern __shared__ uint4 smem_words[];
   auto* smem = reinterpret_cast<std::uint8_t*>(smem_words);
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
   const int n_blocks = n_cols / 256, row_size = n_blocks * kBlockBytes;
+  constexpr bool whole = !kChunked;
+  const int n_chunks = whole ? 1 : (n_blocks + chunk - 1) / chunk;
+  const int span = chunk_span_bytes(chunk);  // a row's room in a chunked slot
   const std::uint8_t* w_end = w + static_cast<std::size_t>(n_rows) * row_size;
   const int n_tasks = (n_rows + R - 1) / R;
   const int first_task = static_cast<int>(blockIdx.x) * kWarps + warp;
   const int task_stride = static_cast<int>(gridDim.x) * kWarps;
   const int my_tasks = first_task < n_tasks ? (n_tasks - 1 - first_task) / task_stride + 1 : 0;
+  const int my_items = my_tasks * n_chunks;
   auto* xs = reinterpret_cast<float4*>(smem);
   constexpr bool kInt = kPlanes > 0;
   std::uint8_t* ring = smem + x_bytes(static_cast<std::size_t>(n_cols), kInt) +
                        static_cast<std::size_t>(warp) * S * slot_size;
 
-  // Issue side: the next task's rows into the next slot, one commit group per task (an empty one
-  // past the warp's last task, so that the wait below always counts S - 1 newer groups).
-  int issued = 0, issue_task = first_task, issue_slot = 0;
+  // The 16-byte aligned span around [begin, end) into dst, 16 bytes per lane and copy (the chunks
+  // that straddle the matrix's edges 2 bytes at a time).
+  auto copy_span = [&](std::uint8_t* dst, const std::uint8_t* begin, const std::uint8_t* end) {
+    const auto a = reinterpret_cast<std::uintptr_t>(begin) & ~std::uintptr_t{15};
+    const auto e = (reinterpret_cast<std::uintptr_t>(end) + 15) & ~std::uintptr_t{15};
+    const int n16 = static_cast<int>((e - a) >> 4);
+    const auto* src = reinterpret_cast<const std::uint8_t*>(a);
+    if (src >= w && src + 16 * n16 <= w_end) {  // all but the matrix's first and last rows
+      for (int i = lane; i < n16; i += 32) cp_async16(dst + 16 * i, src + 16 * i);
+    } else {
+      for (int i = lane; i < n16; i += 32) {
+        const std::uint8_t* piece = src + 16 * i;
+        if (piece >= w && piece + 16 <= w_end) {
+          cp_async16(dst + 16 * i, piece);
+        } else {
+          copy_edge(dst + 16 * i, piece, w, w_end);
+        }
+      }
+    }
+  };
+
+  // Issue side: the next item into the next slot, one commit group per item (an empty one past
+  // the warp's last item, so that the wait below always counts S - 1 newer groups).
+  int issued = 0, issue_task = first_task, issue_chunk = 0, issue_slot = 0;
   auto issue = [&] {
-    if (issued < my_tasks) {
-      const std::uint8_t* begin = w + static_cast<std::size_t>(issue_task) * R * row_size;
-      const std::uint8_t* end = begin + static_cast<std::size_t>(R) * row_size;
-      if (end > w_end) end = w_end;
-      const auto a = reinterpret_cast<std::uintptr_t>(begin) & ~std::uintptr_t{15};
-      const auto e = (reinterpret_cast<std::uintptr_t>(end) + 15) & ~std::uintptr_t{15};
-      const int n_chunks = static_cast<int>((e - a) >> 4);
+    if (issued < my_items) {
+      const std::uint8_t* rows = w + static_cast<std::size_t>(issue_task) * R * row_size;
       std::uint8_t* dst = ring + issue_slot * slot_size;
-      const auto* src = reinterpret_cast<const std::uint8_t*>(a);
-      if (src >= w && src + 16 * n_chunks <= w_end) {  // all but the matrix's first and last rows
-        for (int i = lane; i < n_chunks; i += 32) cp_async16(dst + 16 * i, src + 16 * i);
+      if constexpr (whole) {
+        const std::uint8_t* end = rows + static_cast<std::size_t>(R) * row_size;
+        copy_span(dst, rows, end > w_end ? w_end : end);
       } else {
-        for (int i = lane; i < n_chunks; i += 32) {
-          const std::uint8_t* chunk = src + 16 * i;
-          if (chunk >= w && chunk + 16 <= w_end) {
-            cp_async16(dst + 16 * i, chunk);
-          } else {
-            copy_edge(dst + 16 * i, chunk, w, w_end);
-          }
+        const int b0 = issue_chunk * chunk, nb = min(chunk, n_blocks - b0);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const std::uint8_t* begin =
+              rows + static_cast<std::size_t>(r) * row_size + b0 * kBlockBytes;
+          if (begin < w_end) copy_span(dst + r * span, begin, begin + nb * kBlockBytes);
         }
       }
       ++issued;
-      issue_task += task_stride;
+      if (++issue_chunk == n_chunks) issue_chunk = 0, issue_task += task_stride;
     }
     cp_async_commit();
     if (++issue_slot == S) issue_slot = 0;
@@ -340,33 +383,40 @@ __global__ void __launch_bounds__(32 * warps_per_cta<R>(), 1)
   __syncthreads();
 
   const int group = lane >> 3, h = (lane >> 2) & 1, c = lane & 3;
-  // x of the lane's unit in its first block (block `group`): element 256b + 128h + 8c lies in
-  // padded float4 (64b + 32h + 2c) + (2b + h); a step of 4 blocks is 4 * 66 float4s further.
-  const float4* x_first = xs + 66 * group + 33 * h + 2 * c;
-  int task = first_task, slot = 0;
-  for (int k = 0; k < my_tasks; ++k) {
+  const std::size_t pb = plane_bytes(static_cast<std::size_t>(n_cols));
+  int task = first_task, chunk_at = 0, slot = 0;
+  float acc[R] = {};
+  for (int k = 0; k < my_items; ++k) {
     issue();
-    cp_async_wait<S - 1>();  // task k has landed (this lane's copies) ...
+    cp_async_wait<S - 1>();  // item k has landed (this lane's copies) ...
     __syncwarp();            // ... and so have the other lanes'
     const std::uint8_t* slot_ptr = ring + slot * slot_size;
-    const int row0 = task * R;
-    const int off = static_cast<int>(
-        reinterpret_cast<std::uintptr_t>(w + static_cast<std::size_t>(row0) * row_size) & 15);
+    const int row0 = task * R, b0 = chunk_at * chunk;
+    const int b_end = whole ? n_blocks : min(n_blocks, b0 + chunk);
+    const std::uint8_t* first = w + static_cast<std::size_t>(row0) * row_size + b0 * kBlockBytes;
     RowCursor rows[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      rows[r] = RowCursor(slot_ptr, off + r * row_size + group * kBlockBytes, h, c);
+      // Where row r's first block of the item lies in the slot: after its span's alignment slack,
+      // and in the whole form after the rows before it.
+      const int off = static_cast<int>(
+          reinterpret_cast<std::uintptr_t>(first + static_cast<std::size_t>(r) * row_size) & 15);
+      const int at =
+          whole ? static_cast<int>(reinterpret_cast<std::uintptr_t>(first) & 15) + r * row_size
+                : r * span + off;
+      rows[r] = RowCursor(slot_ptr, at + group * kBlockBytes, h, c);
     }
-    float acc[R];
+    if (chunk_at == 0) {
 #pragma unroll
-    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+      for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+    }
     if constexpr (kInt) {
       // The lane's chunk s of block b is chunk 32b + 16h + 4s + c (build_planes' layout); a
       // step of 4 blocks is 1280 plane bytes and 160 float2 further.
-      const std::size_t pb = plane_bytes(static_cast<std::size_t>(n_cols));
-      const std::uint8_t* pl = smem + 320 * group + 160 * h + 8 * c;
-      const float2* info = reinterpret_cast<const float2*>(smem + 3 * pb) + 40 * group + 20 * h + c;
-      for (int b = group; b < n_blocks; b += 4) {
+      const std::uint8_t* pl = smem + 320 * group + 160 * h + 8 * c + 320 * b0;
+      const float2* info =
+          reinterpret_cast<const float2*>(smem + 3 * pb) + 40 * group + 20 * h + c + 40 * b0;
+      for (int b = b0 + group; b < b_end; b += 4) {
         uint2 pw[4][3];
         float2 ci[4];
 #pragma unroll
@@ -385,8 +435,10 @@ __global__ void __launch_bounds__(32 * warps_per_cta<R>(), 1)
         info += 160;
       }
     } else {
-      const float4* xp = x_first;
-      for (int b = group; b < n_blocks; b += 4) {
+      // x of the lane's unit in block b: element 256b + 128h + 8c lies in padded float4
+      // (64b + 32h + 2c) + (2b + h); a step of 4 blocks is 4 * 66 float4s further.
+      const float4* xp = xs + 66 * (b0 + group) + 33 * h + 2 * c;
+      for (int b = b0 + group; b < b_end; b += 4) {
         float4 xv[4][2];
 #pragma unroll
         for (int s = 0; s < 4; ++s) {
@@ -401,12 +453,15 @@ __global__ void __launch_bounds__(32 * warps_per_cta<R>(), 1)
         xp += 4 * 66;
       }
     }
+    if (++chunk_at == n_chunks) {
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float v = warp_sum(acc[r]);
-      if (lane == 0 && row0 + r < n_rows) y[row0 + r] = v;
+      for (int r = 0; r < R; ++r) {
+        const float v = warp_sum(acc[r]);
+        if (lane == 0 && row0 + r < n_rows) y[row0 + r] = v;
+      }
+      chunk_at = 0;
+      task += task_stride;
     }
-    task += task_stride;
     if (++slot == S) slot = 0;
     __syncwarp();  // every lane has read this slot before the next issue() refills it
   }
@@ -441,22 +496,42 @@ bool integer_form() {
   return forced != 0 ? forced == 2 : env_on;
 }
 
-// The most stages (2..4) whose slots fit next to x, or 0 when not even two do.
-int pick_stages(int rows, std::size_t n_cols, bool planes) {
-  for (int stages = 4; stages >= 2; --stages) {
-    if (smem_bytes(rows, stages, n_cols, planes) <= current_max_smem_per_block()) return stages;
+// The ring of a launch: stages (2..4) and blocks per item (n_cols / 256: whole rows).
+struct Ring {
+  int stages = 0, chunk = 0;
+};
+
+// Whole rows in the most stages (2..4) whose slots fit next to x; else chunks of kChunkBlocks
+// the same way (unless QFORGE_Q6K_CHUNKS=0, for comparisons: such rows then take the row-tiled
+// kernel); stages 0 when not even two of those fit.
+Ring pick_ring(int rows, std::size_t n_cols, bool planes) {
+  static const bool chunks = switch_on("QFORGE_Q6K_CHUNKS");
+  const int whole = static_cast<int>(n_cols / 256);
+  for (const int chunk : {whole, kChunkBlocks}) {
+    if (chunk != whole && !chunks) break;
+    for (int stages = 4; stages >= 2; --stages) {
+      if (smem_bytes(rows, stages, n_cols, planes, chunk) <= current_max_smem_per_block()) {
+        return {stages, chunk};
+      }
+    }
   }
-  return 0;
+  return {};
+}
+
+int pick_stages(int rows, std::size_t n_cols, bool planes) {
+  return pick_ring(rows, n_cols, planes).stages;
 }
 
 template <int R, int S, int kPlanes>
 void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, StreamHandle stream) {
   constexpr int kWarps = warps_per_cta<R>();
   constexpr bool kInt = kPlanes > 0;
-  auto* kernel = gemv_q6_k_kernel<R, S, kPlanes>;
+  const int chunk = pick_ring(R, static_cast<std::size_t>(n_cols), kInt).chunk;
+  auto* kernel = chunk * 256 < n_cols ? gemv_q6_k_kernel<R, S, kPlanes, true>
+                                      : gemv_q6_k_kernel<R, S, kPlanes, false>;
   // Each CTA owns a fixed stride of the rows.
   const std::size_t smem =
-      one_cta_per_sm_smem(smem_bytes(R, S, static_cast<std::size_t>(n_cols), kInt));
+      one_cta_per_sm_smem(smem_bytes(R, S, static_cast<std::size_t>(n_cols), kInt, chunk));
   if (smem > 48 * 1024) {  // per device and kernel; a host-side call, also during graph capture
     QFORGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem)));
@@ -464,9 +539,9 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, Str
   const long long n_tasks = (static_cast<long long>(n_rows) + R - 1) / R;
   const auto grid = static_cast<unsigned>(std::min<long long>(
       (n_tasks + kWarps - 1) / kWarps, static_cast<long long>(current_sm_count())));
-  const auto slot_size = static_cast<int>(slot_bytes(R, static_cast<std::size_t>(n_cols)));
+  const auto slot_size = static_cast<int>(slot_bytes(R, static_cast<std::size_t>(n_cols), chunk));
   launch_pdl("gemv_q6_k_kernel", kernel, grid, 32 * kWarps, smem, stream,
-             static_cast<const std::uint8_t*>(w), n_rows, n_cols, slot_size, x, y);
+             static_cast<const std::uint8_t*>(w), n_rows, n_cols, slot_size, chunk, x, y);
   QFORGE_CUDA_CHECK_LAUNCH("gemv_q6_k_kernel");
 }
 

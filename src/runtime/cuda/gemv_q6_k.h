@@ -11,8 +11,9 @@ namespace qforge::cuda::detail {
 // Largest row count gemv_q6_k takes (its row and task indices are int).
 inline constexpr std::size_t kGemvQ6KMaxRows = std::size_t{1} << 30;
 
-// True when gemv_q6_k takes rows of n_cols columns: a positive multiple of 256 whose x and two
-// row slots per warp fit the device's shared memory (up to 7424 columns on sm_90).
+// True when gemv_q6_k takes rows of n_cols columns: a positive multiple of 256 whose x fits the
+// device's shared memory beside two whole-row slots per warp (up to 7424 columns on sm_90) or
+// two slots of 8-block chunks of the rows (wider rows: up to ~49k columns).
 bool gemv_q6_k_applies(std::size_t n_cols);
 
 // One token: y[r] = sum_k W[r, k] * x[k] for Q6_K weights W (n_rows rows of n_cols / 256 blocks
