@@ -296,12 +296,14 @@ nlohmann::json small_moe_config() {
 
 // A random-weight model of `config` (an HF config.json) in `type` under the test directory.
 fs::path write_synth_file(synth::SynthArch arch, const nlohmann::json& config, GgmlType type,
-                          const std::string& file_name, std::uint32_t seed) {
+                          const std::string& file_name, std::uint32_t seed,
+                          TypePreset preset = TypePreset::kNone) {
   const fs::path tmp = env_or("QFORGE_TEST_TMP", QFORGE_TEST_TMP);
   fs::create_directories(tmp);
   const fs::path path = tmp / file_name;
   synth::SynthTypeOptions types;
   types.type = type;
+  types.preset = preset;
   const synth::SynthPlan plan = synth::plan_synth_model(
       arch, synth::synth_config_from_json(config, file_name), types, file_name);
   synth::write_synth_model(plan, path, seed);
@@ -542,6 +544,41 @@ TEST(CudaLlamaPersistent, DecodeMatchesCpu) {
           *cpu, *gpu, prompt_ids(24, 5, 37, 600), 8, kv,
           std::string(name) + ", persistent decode, cache " + (kv == KvType::F32 ? "F32" : "BF16"));
     }
+  }
+}
+
+// A Q4_K_M mix by llama-quantize's rule (Q6_K attn_v and ffn_down in layer 2 of 3, Q4_K elsewhere):
+// decode steps through the persistent step's mixed form (that layer's Q, K and V as three
+// matrices, its Q6_K stages of 1680 bytes) against the CPU, with F32 and BF16 caches.
+TEST(CudaLlamaPersistent, Q4KMMixMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const nlohmann::json config = {{"hidden_size", 2048},       {"num_hidden_layers", 3},
+                                 {"num_attention_heads", 16}, {"num_key_value_heads", 4},
+                                 {"intermediate_size", 4096}, {"vocab_size", 700},
+                                 {"rms_norm_eps", 1e-5},      {"tie_word_embeddings", false}};
+  const fs::path path = write_synth_file(synth::SynthArch::kLlama, config, GgmlType::Q4_K,
+                                         "cuda_llama_q4_k_m.gguf", 14, TypePreset::kQ4_K_M);
+  {
+    const GgufReader gguf = GgufReader::open(path);
+    for (const char* name : {"blk.2.attn_v.weight", "blk.2.ffn_down.weight"}) {
+      const GgufTensorInfo* t = gguf.find_tensor(name);
+      ASSERT_NE(t, nullptr) << name;
+      ASSERT_EQ(t->type, GgmlType::Q6_K) << name << ": the mix this test needs";
+    }
+    ASSERT_EQ(gguf.find_tensor("blk.0.attn_v.weight")->type, GgmlType::Q4_K);
+  }
+  const CpuF32Activations f32;
+  auto cpu = load_model(path);
+  auto gpu = cuda_model(path, /*gemm=*/false);
+  const ForcedPersistentDecode on(true);
+  for (const KvType kv : {KvType::F32, KvType::BF16}) {
+    auto probe = gpu->new_cache(8, kv);
+    const std::string why = gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*probe));
+    if (why.rfind("needs compute capability", 0) == 0) GTEST_SKIP() << why;
+    ASSERT_EQ(why, "") << "the Q4_K_M mix should take the persistent decode step";
+    expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(16, 5, 37, 600), 6, kv,
+                           std::string("Llama Q4_K_M mix, persistent decode, cache ") +
+                               (kv == KvType::F32 ? "F32" : "BF16"));
   }
 }
 

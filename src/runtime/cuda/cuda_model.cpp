@@ -35,6 +35,43 @@ std::optional<PlaneWeights> plane_weights(const DeviceMatrix& m) {
   return std::nullopt;
 }
 
+// The form in which the persistent decode step (decode_persistent.h) takes every layer's
+// matrices, if it takes them: all Q4_0x8 or all Q4_K with Q/K/V and gate/up stacked, or each Q4_K
+// or Q6_K of whole 2048-column groups (llama-quantize's Q4_K_M) with gate/up stacked.
+std::optional<PersistentWeights> persistent_form(const std::vector<DeviceLayer>& layers) {
+  if (layers.empty()) return std::nullopt;
+  bool x8 = true, k = true, mixed = true;
+  for (const DeviceLayer& l : layers) {
+    if (l.gate_up.empty()) return std::nullopt;
+    x8 = x8 && !l.qkv.empty();
+    k = k && !l.qkv.empty();
+    for (const DeviceMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate_up, &l.down}) {
+      const std::optional<PlaneWeights> form = plane_weights(*m);
+      const bool q6_k = !m->empty() && m->layout == WeightLayout::kGguf &&
+                        m->type == GgmlType::Q6_K && m->cols % 2048 == 0;
+      x8 = x8 && form == PlaneWeights::kQ4_0x8;
+      k = k && form == PlaneWeights::kQ4_K;
+      mixed = mixed && (form == PlaneWeights::kQ4_K || q6_k);
+    }
+  }
+  if (x8) return PersistentWeights::kQ4_0x8;
+  if (k) return PersistentWeights::kQ4_K;
+  if (mixed) return PersistentWeights::kMixed;
+  return std::nullopt;
+}
+
+// PersistentLayer::q6_k of a layer in the mixed form.
+unsigned persistent_q6_k(const DeviceLayer& l) {
+  const std::pair<const DeviceMatrix*, unsigned> bits[] = {
+      {&l.wq, kPersistentQ}, {&l.wk, kPersistentK},           {&l.wv, kPersistentV},
+      {&l.wo, kPersistentO}, {&l.gate_up, kPersistentGateUp}, {&l.down, kPersistentDown}};
+  unsigned q6_k = 0;
+  for (const auto& [m, bit] : bits) {
+    if (m->type == GgmlType::Q6_K) q6_k |= bit;
+  }
+  return q6_k;
+}
+
 std::size_t sz(int v) {
   return static_cast<std::size_t>(v);
 }
@@ -643,19 +680,15 @@ std::string CudaModel::persistent_unsupported(const CudaKvCache& cache) const {
     return "the architecture has more than Llama's layers";
   }
   if (c.n_layer_kv > 0) return "layers share KV";
-  if (weights_.layers.empty()) return "the model has no layers";
-  const std::optional<PlaneWeights> form = plane_weights(weights_.layers.front().qkv);
+  if (!persistent_form(weights_.layers)) {
+    return "the layers' matrices are not all Q4_0x8, all Q4_K, or each Q4_K or Q6_K";
+  }
   for (int il = 0; il < c.n_layer; ++il) {
     const LayerPlan& g = layers_[sz(il)];
     const DeviceLayer& l = weights_.layers[sz(il)];
     if (g.dk != c.head_dim_k || g.dv != g.dk || g.n_rot != g.dk || g.n_kv != c.n_head_kv ||
         g.ff != sz(c.n_ff) || g.v_from_k || l.output_scale != 1.0f) {
       return fmt::format("layer {} differs from the others", il);
-    }
-    for (const DeviceMatrix* m : {&l.qkv, &l.wo, &l.gate_up, &l.down}) {
-      if (!form || plane_weights(*m) != form) {
-        return fmt::format("layer {}: the matrices are not all Q4_0x8 or all Q4_K", il);
-      }
     }
   }
   return PersistentDecode::unsupported(persistent_shape(cache));
@@ -674,9 +707,7 @@ PersistentShape CudaModel::persistent_shape(const CudaKvCache& cache) const {
   shape.attn_scale = c.attn_scale;
   shape.rope_style = c.rope_style;
   shape.cache_bf16 = cache.layout().bf16;
-  if (!weights_.layers.empty()) {
-    shape.weights = plane_weights(weights_.layers.front().qkv).value_or(PlaneWeights::kQ4_0x8);
-  }
+  shape.weights = persistent_form(weights_.layers).value_or(PersistentWeights::kQ4_0x8);
   return shape;
 }
 
@@ -694,6 +725,10 @@ bool CudaModel::persistent_step(CudaKvCache& cache, int pos) {
       const DeviceLayer& l = weights_.layers[sz(il)];
       PersistentLayer& t = table[sz(il)];
       t.qkv = static_cast<const std::uint8_t*>(l.qkv.data);
+      t.wq = static_cast<const std::uint8_t*>(l.wq.data);
+      t.wk = static_cast<const std::uint8_t*>(l.wk.data);
+      t.wv = static_cast<const std::uint8_t*>(l.wv.data);
+      t.q6_k = persistent_q6_k(l);
       t.wo = static_cast<const std::uint8_t*>(l.wo.data);
       t.gate_up = static_cast<const std::uint8_t*>(l.gate_up.data);
       t.down = static_cast<const std::uint8_t*>(l.down.data);

@@ -25,7 +25,12 @@
 //
 // The matrices are Q4_0x8 or GGUF Q4_K (a kernel template parameter): both are 576 bytes per 1024
 // columns, so the ring and its copies serve either, and lane l's block of a 32-block step covers
-// the same 32 columns (Q4_K: sub-block l & 7 of super-block l >> 3, q4_0x8_planes.cuh).
+// the same 32 columns (Q4_K: sub-block l & 7 of super-block l >> 3, q4_0x8_planes.cuh). In the
+// mixed form (PersistentWeights::kMixed, llama-quantize's Q4_K_M) a matrix may be GGUF Q6_K: 840
+// bytes per 1024 columns, so a stage of both rows of a task would not fit a slot; a Q6_K task
+// streams its rows one per ring item instead (2048 columns, 1680 bytes: row 0's stage k, then row
+// 1's), and lane l takes sub-block l & 7 of super-block l >> 3 as well. (Slots sized for two Q6_K
+// rows made the whole step 3.6% slower on an all-Q4_K Llama-3-8B.)
 //
 // Measured on an H200 (docs/benchmarks.md, sixteenth pass): Llama-3-8B tg128 535-538 tokens/s
 // against 479-480 with the ordinary kernels (one block per lane and stage: 491-493). Where a
@@ -36,6 +41,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -58,6 +64,7 @@ namespace {
 constexpr int kWarps = 16, kThreads = 32 * kWarps;
 constexpr int kRows = 2;                           // rows per task (one gate/up pair)
 constexpr int kStepBytes = 576;                    // 32 blocks of a row: 4 groups of 144 bytes
+constexpr int kQ6StepBytes = 840;                  // the same 1024 columns in Q6_K: 4 x 210 bytes
 // A ring stage holds kSpan steps (32 kSpan blocks) of each of a task's two rows: each lane takes
 // kSpan blocks of every row per stage, so the per-stage work (the copies' issue, the barrier wait,
 // the loop) is spread over kSpan times the weights.
@@ -189,48 +196,104 @@ struct MatStep {
   int n_tasks = 0, n_cols = 0, n_steps = 0, n_ff = 0;
   std::size_t row_bytes = 0;
   bool glu = false;
+  // The mixed form: which matrices are Q6_K, bits 1, 2, 4 for Q, K and V in the Q/K/V step (three
+  // matrices there: w is Q's), bit 1 for the matrix of any other step. (Only this: every register
+  // the cursor holds across the kernel costs spills in its loops.)
+  unsigned q6 = 0;
 };
 
-template <int kSpan>
+template <int kSpan, bool kMixed>
 __device__ __forceinline__ MatStep mat_step(const Params& p, int l, int step) {
   const PersistentLayer& L = p.layers[l];
   MatStep m;
+  unsigned q6 = 0;
   switch (step) {
     case kQkv:
-      m.w = L.qkv, m.n_tasks = p.qkv_dim / kRows, m.n_cols = p.n_embd;
+      m.w = kMixed ? L.wq : L.qkv, m.n_tasks = p.qkv_dim / kRows, m.n_cols = p.n_embd;
+      q6 = (L.q6_k & kPersistentQ ? 1u : 0u) | (L.q6_k & kPersistentK ? 2u : 0u) |
+           (L.q6_k & kPersistentV ? 4u : 0u);
       break;
     case kOut:
       m.w = L.wo, m.n_tasks = p.n_embd / kRows, m.n_cols = p.q_dim;
+      q6 = L.q6_k & kPersistentO ? 1u : 0u;
       break;
     case kGateUp:
       m.w = L.gate_up, m.n_tasks = p.n_ff, m.n_cols = p.n_embd, m.glu = true, m.n_ff = p.n_ff;
+      q6 = L.q6_k & kPersistentGateUp ? 1u : 0u;
       break;
     default:
       m.w = L.down, m.n_tasks = p.n_embd / kRows, m.n_cols = p.n_ff;
+      q6 = L.q6_k & kPersistentDown ? 1u : 0u;
       break;
   }
   m.n_steps = (m.n_cols / 32 + 32 * kSpan - 1) / (32 * kSpan);  // ring stages per task
   m.row_bytes = q4_0x8_row_bytes(static_cast<std::size_t>(m.n_cols));
+  if constexpr (kMixed) m.q6 = q6;
   return m;
 }
 
-__device__ __forceinline__ const std::uint8_t* task_row(const MatStep& m, int task, int r) {
-  const int row = m.glu ? (r == 0 ? task : m.n_ff + task) : kRows * task + r;
-  return m.w + static_cast<std::size_t>(row) * m.row_bytes;
+// Where task's rows lie: its matrix (one of Q, K, V in the mixed form's Q/K/V step), the task
+// within it, and whether that matrix is Q6_K.
+struct TaskRows {
+  const std::uint8_t* w;
+  int task;
+  bool q6;
+};
+
+// The mixed form's Q/K/V step: its first K task and first V task.
+__device__ __forceinline__ int k_task(const Params& p) {
+  return p.q_dim / kRows;
+}
+__device__ __forceinline__ int v_task(const Params& p) {
+  return (p.q_dim + p.qkv_dim) / (2 * kRows);
 }
 
-// Position of a warp's weight stream: (layer, step, task, ring stage of the task's rows).
+// Whether task's matrix in step (layer l) is Q6_K.
+template <bool kMixed>
+__device__ __forceinline__ bool task_q6(const Params& p, int step, const MatStep& m, int task) {
+  if constexpr (!kMixed) {
+    return false;
+  } else {
+    if (step != kQkv) return m.q6 != 0;
+    const unsigned bit = task < k_task(p) ? 1u : task < v_task(p) ? 2u : 4u;
+    return (m.q6 & bit) != 0;
+  }
+}
+
+template <bool kMixed>
+__device__ __forceinline__ TaskRows task_rows(const Params& p, int l, int step, const MatStep& m,
+                                              int task) {
+  const bool q6 = task_q6<kMixed>(p, step, m, task);
+  if constexpr (kMixed) {
+    if (step == kQkv && task >= k_task(p)) {  // K or V: its own matrix
+      const PersistentLayer& L = p.layers[l];
+      if (task < v_task(p)) return {L.wk, task - k_task(p), q6};
+      return {L.wv, task - v_task(p), q6};
+    }
+  }
+  return {m.w, task, q6};
+}
+
+__device__ __forceinline__ const std::uint8_t* task_row(const MatStep& m, const TaskRows& t,
+                                                        int r) {
+  const int row = m.glu ? (r == 0 ? t.task : m.n_ff + t.task) : kRows * t.task + r;
+  const std::size_t row_bytes = t.q6 ? static_cast<std::size_t>(m.n_cols / 256) * 210 : m.row_bytes;
+  return t.w + static_cast<std::size_t>(row) * row_bytes;
+}
+
+// Position of a warp's weight stream: (layer, step, task, ring item of the task: its rows' stage
+// k, or for a Q6_K task (q6) row k & 1's stage k >> 1).
 struct Cursor {
   int l = 0, step = kQkv, task = 0, k = 0;
   MatStep m;
 };
 
 // From (l, step) on, the first matrix step with a task for warp g.
-template <int kSpan>
+template <int kSpan, bool kMixed>
 __device__ __forceinline__ void enter(Cursor& c, const Params& p, int g) {
   while (c.l < p.n_layer) {
     if (c.step != kAttn) {
-      c.m = mat_step<kSpan>(p, c.l, c.step);
+      c.m = mat_step<kSpan, kMixed>(p, c.l, c.step);
       if (g < c.m.n_tasks) {
         c.task = g, c.k = 0;
         return;
@@ -240,14 +303,15 @@ __device__ __forceinline__ void enter(Cursor& c, const Params& p, int g) {
   }
 }
 
-template <int kSpan>
+template <int kSpan, bool kMixed>
 __device__ __forceinline__ void advance(Cursor& c, const Params& p, int g, int n_warps) {
-  if (++c.k < c.m.n_steps) return;
+  const bool q6 = task_q6<kMixed>(p, c.step, c.m, c.task);
+  if (++c.k < (q6 ? 2 * c.m.n_steps : c.m.n_steps)) return;
   c.k = 0;
   c.task += n_warps;
   if (c.task < c.m.n_tasks) return;
   if (++c.step == kNumSteps) c.step = kQkv, ++c.l;
-  enter<kSpan>(c, p, g);
+  enter<kSpan, kMixed>(c, p, g);
 }
 
 // ---- x as planes -------------------------------------------------------------------------------
@@ -579,10 +643,14 @@ __device__ void merge_splits(const Params& p, int h, int n_splits, float* attn) 
 // kPlanes: the planes of x the products take, 3 or with DecodeX::kInt8 (cuda_device.h) 1 (a
 // separate instantiation: a branch in the loop cost registers and ~1.5% of tg128). kW: the form of
 // every matrix (a separate instantiation too: a per-matrix branch, both forms in one kernel, raised
-// its spills).
-template <typename T, int kSpan, int kStages, int kPlanes, PlaneWeights kW>
+// its spills), or kMixed: each matrix Q4_K or Q6_K (the branch per task, in this instantiation
+// only; kSpan 2, so that a Q6_K stage, 1680 bytes, stays 16-byte aligned).
+template <typename T, int kSpan, int kStages, int kPlanes, PersistentWeights kW>
 __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p) {
+  constexpr bool kMixed = kW == PersistentWeights::kMixed;
+  static_assert(!kMixed || kSpan == 2);
   constexpr int kSlot = slot_bytes(kSpan), kSpanBytes = kSpan * kStepBytes;
+  constexpr int kQ6SpanBytes = kSpan * kQ6StepBytes;  // <= kSlot: one row per ring item
   extern __shared__ uint4 smem_words[];
   auto* smem = reinterpret_cast<std::uint8_t*>(smem_words);
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
@@ -602,24 +670,34 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
 
   const unsigned long long policy = l2_stream_policy(true);
   Cursor issue_at;
-  enter<kSpan>(issue_at, p, g);
+  enter<kSpan, kMixed>(issue_at, p, g);
   int issue_slot = 0;
   auto issue = [&] {
     if (issue_at.l < p.n_layer) {
       if (lane == 0) {
         const MatStep& m = issue_at.m;
-        const std::size_t off = static_cast<std::size_t>(issue_at.k) * kSpanBytes;
-        const auto bytes =
-            static_cast<std::uint32_t>(min(std::size_t{kSpanBytes}, m.row_bytes - off));
+        const TaskRows t = task_rows<kMixed>(p, issue_at.l, issue_at.step, m, issue_at.task);
         std::uint8_t* stage = ring + issue_slot * kSlot;
-        mbar_expect(bars + issue_slot, kRows * bytes);
+        if (t.q6) {  // row k & 1's stage k >> 1
+          const std::size_t off = static_cast<std::size_t>(issue_at.k >> 1) * kQ6SpanBytes;
+          const std::size_t row_bytes = static_cast<std::size_t>(m.n_cols / 256) * 210;
+          const auto bytes =
+              static_cast<std::uint32_t>(min(std::size_t{kQ6SpanBytes}, row_bytes - off));
+          mbar_expect(bars + issue_slot, bytes);
+          bulk_copy(stage, task_row(m, t, issue_at.k & 1) + off, bytes, bars + issue_slot, policy);
+        } else {
+          const std::size_t off = static_cast<std::size_t>(issue_at.k) * kSpanBytes;
+          const auto bytes =
+              static_cast<std::uint32_t>(min(std::size_t{kSpanBytes}, m.row_bytes - off));
+          mbar_expect(bars + issue_slot, kRows * bytes);
 #pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-          bulk_copy(stage + r * kSpanBytes, task_row(m, issue_at.task, r) + off, bytes,
-                    bars + issue_slot, policy);
+          for (int r = 0; r < kRows; ++r) {
+            bulk_copy(stage + r * kSpanBytes, task_row(m, t, r) + off, bytes, bars + issue_slot,
+                      policy);
+          }
         }
       }
-      advance<kSpan>(issue_at, p, g, n_warps);
+      advance<kSpan, kMixed>(issue_at, p, g, n_warps);
     }
     if (++issue_slot == kStages) issue_slot = 0;
   };
@@ -641,27 +719,37 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     if (threadIdx.x == 0 && p.trace != nullptr) stamps(l, step)[2] = global_ns();
   };
 
-  // The warp's tasks of matrix step m; epilogue(task, v0, v1) takes each task's two sums.
-  auto run_matrix = [&](const MatStep& m, auto&& epilogue) {
+  // One task's ring items: its two row sums into acc. A Q6_K task (kQ6, the mixed form) streams
+  // its rows one per item (row k & 1 of stage k >> 1), each item against the planes of its stage.
+  auto stream_task = [&](auto q6_tag, const MatStep& m, float(&acc)[kRows]) {
+    constexpr bool kQ6 = decltype(q6_tag)::value;
     const int n_blocks = m.n_cols / 32;
     const uint4* tok = reinterpret_cast<const uint4*>(planes);
-    int done = 0;
-    for (int task = g; task < m.n_tasks; task += n_warps, ++done) {
-      float acc[kRows] = {0.0f, 0.0f};
-      for (int k = 0; k < m.n_steps; ++k) {
-        issue();
-        mbar_wait(bars + slot, phase);
-        const std::uint8_t* stage = ring + slot * kSlot;
+    const int n_items = kQ6 ? 2 * m.n_steps : m.n_steps;
+    for (int k = 0; k < n_items; ++k) {
+      issue();
+      mbar_wait(bars + slot, phase);
+      const std::uint8_t* stage = ring + slot * kSlot;
+      const int stage_k = kQ6 ? k >> 1 : k;
 #pragma unroll
-        for (int h = 0; h < kSpan; ++h) {
-          const int b = 32 * (kSpan * k + h) + lane;
-          if (b < n_blocks) {
+      for (int h = 0; h < kSpan; ++h) {
+        const int b = 32 * (kSpan * stage_k + h) + lane;
+        if (b < n_blocks) {
+          if constexpr (kQ6) {
+            const float v = q4_0x8::q6_k_dot<kPlanes>(stage + h * kQ6StepBytes + 210 * (lane >> 3),
+                                                      lane & 7, tok, n_blocks, b);
+            if ((k & 1) == 0) {
+              acc[0] += v;
+            } else {
+              acc[1] += v;
+            }
+          } else {
             uint4 pl[6];
             const float2 xb = q4_0x8::block_planes<kPlanes>(tok, n_blocks, b, pl);
 #pragma unroll
             for (int r = 0; r < kRows; ++r) {
               const std::uint8_t* part = stage + r * kSpanBytes + h * kStepBytes;
-              if constexpr (kW == PlaneWeights::kQ4_K) {
+              if constexpr (kW != PersistentWeights::kQ4_0x8) {
                 const float2 f = q4_0x8::q4_k_factors(
                     *reinterpret_cast<const uint4*>(part + q4_0x8::q4_k_header_at(lane)), lane);
                 const auto* codes =
@@ -677,8 +765,21 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
             }
           }
         }
-        if (++slot == kStages) slot = 0, phase ^= 1u;
-        __syncwarp();  // every lane has read the stage before the next issue() refills it
+      }
+      if (++slot == kStages) slot = 0, phase ^= 1u;
+      __syncwarp();  // every lane has read the stage before the next issue() refills it
+    }
+  };
+
+  // The warp's tasks of matrix step m; epilogue(task, v0, v1) takes each task's two sums.
+  auto run_matrix = [&](int step, const MatStep& m, auto&& epilogue) {
+    int done = 0;
+    for (int task = g; task < m.n_tasks; task += n_warps, ++done) {
+      float acc[kRows] = {0.0f, 0.0f};
+      if (task_q6<kMixed>(p, step, m, task)) {  // uniform per task; false unless kMixed
+        stream_task(std::true_type{}, m, acc);
+      } else {
+        stream_task(std::false_type{}, m, acc);
       }
       epilogue(task, warp_sum(acc[0]), warp_sum(acc[1]));
     }
@@ -726,10 +827,11 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
                stamps(l, kQkv));
     build_planes_normed<kPlanes>(x_in, norm, p.n_embd, p.eps, planes, scratch);
     planes_done(l, kQkv);
-    int done = run_matrix(mat_step<kSpan>(p, l, kQkv), [&](int task, float v0, float v1) {
-      const int row = kRows * task;
-      if (lane == 0) a.qkv[row] = v0, a.qkv[row + 1] = v1;
-    });
+    int done =
+        run_matrix(kQkv, mat_step<kSpan, kMixed>(p, l, kQkv), [&](int task, float v0, float v1) {
+          const int row = kRows * task;
+          if (lane == 0) a.qkv[row] = v0, a.qkv[row + 1] = v1;
+        });
     if (done > 0) signal(done_counter(p, l, kQkvDone), done);
 
     // attn: the planes' room holds the warps' slices (free until the output projection's planes)
@@ -781,7 +883,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     wait_count(p, done_counter(p, l, kAttnReady), p.n_head, stamps(l, kOut));
     build_planes<kPlanes>(a.attn, p.q_dim, planes);
     planes_done(l, kOut);
-    done = run_matrix(mat_step<kSpan>(p, l, kOut), residual_rows(a.x_mid, x_in));
+    done = run_matrix(kOut, mat_step<kSpan, kMixed>(p, l, kOut), residual_rows(a.x_mid, x_in));
     if (done > 0) signal(done_counter(p, l, kOutDone), done);
 
     // gateup
@@ -789,16 +891,17 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     wait_count(p, done_counter(p, l, kOutDone), p.n_embd / kRows, stamps(l, kGateUp));
     build_planes_normed<kPlanes>(a.x_mid, norm, p.n_embd, p.eps, planes, scratch);
     planes_done(l, kGateUp);
-    done = run_matrix(mat_step<kSpan>(p, l, kGateUp), [&](int task, float gate, float up) {
-      if (lane == 0) a.act[task] = silu(gate) * up;
-    });
+    done = run_matrix(kGateUp, mat_step<kSpan, kMixed>(p, l, kGateUp),
+                      [&](int task, float gate, float up) {
+                        if (lane == 0) a.act[task] = silu(gate) * up;
+                      });
     if (done > 0) signal(done_counter(p, l, kGateUpDone), done);
 
     // down
     wait_count(p, done_counter(p, l, kGateUpDone), p.n_ff, stamps(l, kDown));
     build_planes<kPlanes>(a.act, p.n_ff, planes);
     planes_done(l, kDown);
-    done = run_matrix(mat_step<kSpan>(p, l, kDown), residual_rows(a.x_out, a.x_mid));
+    done = run_matrix(kDown, mat_step<kSpan, kMixed>(p, l, kDown), residual_rows(a.x_out, a.x_mid));
     if (done > 0) signal(done_counter(p, l, kDownDone), done);
   }
 }
@@ -821,7 +924,7 @@ std::atomic<PersistentMode>& persistent_choice() {
   return mode;
 }
 
-template <typename T, int kSpan, int kStages, int kPlanes, PlaneWeights kW>
+template <typename T, int kSpan, int kStages, int kPlanes, PersistentWeights kW>
 void launch(const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   static std::atomic<bool> configured{false};
   if (!configured.exchange(true)) {
@@ -843,30 +946,42 @@ void launch(const Params& p, int grid, std::size_t smem, StreamHandle stream) {
       cudaLaunchKernelEx(&config, decode_persistent_kernel<T, kSpan, kStages, kPlanes, kW>, p));
 }
 
-template <typename T, PlaneWeights kW>
+template <typename T, PersistentWeights kW>
 void launch_ring(RingShape ring, const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   const bool int8 = decode_x() == DecodeX::kInt8;
-  if (ring.span == 1) {
-    if (int8) return launch<T, 1, 6, 1, kW>(p, grid, smem, stream);
-    return launch<T, 1, 6, 3, kW>(p, grid, smem, stream);
+  if constexpr (kW != PersistentWeights::kMixed) {  // the mixed form: span 2 only (ring_fits)
+    if (ring.span == 1) {
+      if (int8) return launch<T, 1, 6, 1, kW>(p, grid, smem, stream);
+      return launch<T, 1, 6, 3, kW>(p, grid, smem, stream);
+    }
   }
   if (int8) return launch<T, 2, 3, 1, kW>(p, grid, smem, stream);
   return launch<T, 2, 3, 3, kW>(p, grid, smem, stream);
 }
 
 template <typename T>
-void launch_weights(PlaneWeights weights, RingShape ring, const Params& p, int grid,
+void launch_weights(PersistentWeights weights, RingShape ring, const Params& p, int grid,
                     std::size_t smem, StreamHandle stream) {
-  if (weights == PlaneWeights::kQ4_K) {
-    return launch_ring<T, PlaneWeights::kQ4_K>(ring, p, grid, smem, stream);
+  switch (weights) {
+    case PersistentWeights::kQ4_K:
+      return launch_ring<T, PersistentWeights::kQ4_K>(ring, p, grid, smem, stream);
+    case PersistentWeights::kMixed:
+      return launch_ring<T, PersistentWeights::kMixed>(ring, p, grid, smem, stream);
+    default:
+      return launch_ring<T, PersistentWeights::kQ4_0x8>(ring, p, grid, smem, stream);
   }
-  return launch_ring<T, PlaneWeights::kQ4_0x8>(ring, p, grid, smem, stream);
+}
+
+// Whether ring shape r serves s (the mixed form's Q6_K stages need span 2) and fits.
+bool ring_fits(const PersistentShape& s, RingShape r) {
+  if (s.weights == PersistentWeights::kMixed && r.span != 2) return false;
+  return smem_bytes_for(s, r) <= current_max_smem_per_block();
 }
 
 // The preferred ring shape that fits, or none (stages 0).
 RingShape fitting_ring(const PersistentShape& s) {
   for (const RingShape r : kRingShapes) {
-    if (smem_bytes_for(s, r) <= current_max_smem_per_block()) return r;
+    if (ring_fits(s, r)) return r;
   }
   return {0, 0};
 }
@@ -910,7 +1025,7 @@ PersistentDecode::PersistentDecode(const PersistentShape& shape,
   ring_ = fitting_ring(shape);
   const long span = env_number("QFORGE_PERSISTENT_SPAN", ring_.span);
   for (const RingShape r : kRingShapes) {
-    if (r.span == span && smem_bytes_for(shape, r) <= current_max_smem_per_block()) {
+    if (r.span == span && ring_fits(shape, r)) {
       ring_ = r;
       break;
     }

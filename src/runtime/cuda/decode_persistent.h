@@ -10,9 +10,9 @@
 // meet at counters in global memory instead of kernel ends.
 //
 // Scope: dense layers without QK-norm, post norms, sliding windows, soft-capping or per-layer
-// inputs (Llama and its relatives), every matrix in one form of the integer-plane GEMV (all
-// Q4_0x8, or all GGUF Q4_K as stored; q4_0x8.h), one token, rotary embedding over the whole head.
-// PersistentDecode::unsupported says why a model does not qualify.
+// inputs (Llama and its relatives), every matrix Q4_0x8 (q4_0x8.h), or every matrix GGUF Q4_K as
+// stored, or each matrix Q4_K or Q6_K (llama-quantize's Q4_K_M mixes), one token, rotary embedding
+// over the whole head. PersistentDecode::unsupported says why a model does not qualify.
 #pragma once
 
 #include <cstddef>
@@ -22,14 +22,32 @@
 
 #include "model/config.h"
 #include "runtime/cuda/buffer.h"
-#include "runtime/cuda/q4_0x8.h"
 #include "runtime/cuda/stream.h"
 
 namespace qforge::cuda {
 
-// One layer's weights (all in PersistentShape::weights' form, q4_0x8.h) and cache.
+// The forms of a step's matrices (PersistentShape::weights).
+enum class PersistentWeights {
+  kQ4_0x8,  // all Q4_0x8
+  kQ4_K,    // all Q4_K
+  kMixed,   // each Q4_K or Q6_K (PersistentLayer::q6_k); Q6_K rows a multiple of 2048 columns
+};
+
+// Bits of PersistentLayer::q6_k: which matrices are Q6_K in a kMixed step.
+enum PersistentMatrix : unsigned {
+  kPersistentQ = 1,
+  kPersistentK = 2,
+  kPersistentV = 4,
+  kPersistentO = 8,
+  kPersistentGateUp = 16,
+  kPersistentDown = 32,
+};
+
+// One layer's weights (in PersistentShape::weights' forms) and cache.
 struct PersistentLayer {
   const std::uint8_t* qkv = nullptr;      // [q_dim + 2 * kv_dim x n_embd]: Q, K, V rows
+  // The same three matrices apart (kMixed: they may differ in form, so need not be stacked).
+  const std::uint8_t *wq = nullptr, *wk = nullptr, *wv = nullptr;
   const std::uint8_t* wo = nullptr;       // [n_embd x q_dim]
   const std::uint8_t* gate_up = nullptr;  // [2 * n_ff x n_embd]: gate rows, then up rows
   const std::uint8_t* down = nullptr;     // [n_embd x n_ff]
@@ -37,6 +55,7 @@ struct PersistentLayer {
   const float* ffn_norm = nullptr;        // [n_embd]
   void* k_cache = nullptr;                // [n_ctx x n_head_kv x head_dim], BF16 or F32
   void* v_cache = nullptr;
+  unsigned q6_k = 0;  // kMixed: PersistentMatrix bits of the Q6_K matrices
 };
 
 struct PersistentShape {
@@ -44,8 +63,8 @@ struct PersistentShape {
   float eps = 0.0f, attn_scale = 1.0f;
   RopeStyle rope_style = RopeStyle::kAdjacentPairs;
   bool cache_bf16 = true;
-  // Every matrix's rows: Q4_0x8, or Q4_K as stored (576 bytes per 1024 columns either way).
-  PlaneWeights weights = PlaneWeights::kQ4_0x8;
+  // The matrices' forms: Q4_0x8 or Q4_K rows are 576 bytes per 1024 columns, Q6_K rows 840.
+  PersistentWeights weights = PersistentWeights::kQ4_0x8;
 };
 
 // The weight ring of each warp: steps of 32 blocks per row per stage, and stages.

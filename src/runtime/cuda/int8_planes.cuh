@@ -18,6 +18,13 @@ __device__ __forceinline__ int dp4a_us(std::uint32_t a, std::uint32_t b, int c) 
   return d;
 }
 
+// c + sum of the 4 byte products, both a's and b's bytes signed.
+__device__ __forceinline__ int dp4a_ss(std::uint32_t a, std::uint32_t b, int c) {
+  int d;
+  asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
 // Four int8 values (in int) as the bytes of a word, p[0] lowest.
 __device__ __forceinline__ std::uint32_t pack_bytes(const int* p) {
   return (static_cast<std::uint32_t>(p[0]) & 0xffu) |

@@ -179,4 +179,64 @@ __device__ __forceinline__ float q4_k_dot(const uint4& c0, const uint4& c1, std:
   return planes::combine(s[0], s[1], s[2]);
 }
 
+// ---- GGUF Q6_K blocks, read as they are (the persistent step's Q4_K_M mixes) -------------------
+// A Q6_K super-block (210 bytes, 256 columns, 2-byte aligned) is ql[128] (low 4 bits of the
+// codes), qh[64] (high 2 bits), 16 int8 scales (one per 16 columns), then an f16 d. Of 32-column
+// sub-block j (half n = j >> 2 of the super-block, s = j & 3 within it), element e has its low
+// bits in nibble s >> 1 of ql[64 n + 32 (s & 1) + e], its high bits at bit 2 s of qh[32 n + e],
+// and scale scales[8 n + 2 s + e / 16]; the weight is d scale (code - 32).
+
+// d sum_e scale_e (code_e - 32) x_e over sub-block j of the super-block at sb (2-byte aligned, in
+// shared memory), x as block b of one token's planes at tok (the layout of token_bytes). The codes
+// minus 32 are int8 (c + 96, then the top bit flipped), so they meet the planes in signed dp4a,
+// one sum per 16-column scale. Each half of the block loads its own planes (12 registers, not 24:
+// this runs beside the Q4_K products in the persistent step, whose registers it shares).
+template <int kPlanes = 3>
+__device__ __forceinline__ float q6_k_dot(const std::uint8_t* sb, int j, const uint4* tok,
+                                          int n_blocks, int b) {
+  static_assert(kPlanes == 1 || kPlanes == 3);
+  const int n = j >> 2, s = j & 3;
+  const auto addr = reinterpret_cast<std::uintptr_t>(sb);
+  const unsigned sh = static_cast<unsigned>(addr & 2) * 8;  // sb 2 bytes into a word: 16
+  const auto* ql =
+      reinterpret_cast<const std::uint32_t*>((addr & ~std::uintptr_t{3}) + 64 * n + 32 * (s & 1));
+  const auto* qh =
+      reinterpret_cast<const std::uint32_t*>((addr & ~std::uintptr_t{3}) + 128 + 32 * n);
+  const unsigned lo_shift = 4 * (s >> 1), hi_shift = 2 * s;
+  float f[2];
+  std::uint32_t l0 = ql[0], h0 = qh[0];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    uint4 pl[3];
+#pragma unroll
+    for (int plane = 0; plane < kPlanes; ++plane)
+      pl[plane] = tok[(2 * plane + half) * n_blocks + b];
+    int sum[3] = {0, 0, 0};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int i = 4 * half + k;
+      const std::uint32_t l1 = ql[i + 1], h1 = qh[i + 1];
+      const std::uint32_t lo = (__funnelshift_r(l0, l1, sh) >> lo_shift) & 0x0f0f0f0fu;
+      const std::uint32_t hi = ((__funnelshift_r(h0, h1, sh) >> hi_shift) & 0x03030303u) << 4;
+      l0 = l1, h0 = h1;
+      const std::uint32_t c = ((lo | hi) + 0x60606060u) ^ 0x80808080u;  // code - 32, int8
+#pragma unroll
+      for (int plane = 0; plane < kPlanes; ++plane) {
+        const uint4& a = pl[plane];
+        const std::uint32_t word = k == 0 ? a.x : k == 1 ? a.y : k == 2 ? a.z : a.w;
+        sum[plane] = planes::dp4a_ss(c, word, sum[plane]);
+      }
+    }
+    // |sum| <= 16 * 32 * 127 per plane: exact, as block_dot's.
+    f[half] = planes::combine(sum[0], sum[1], sum[2]);
+  }
+  // The two 16-column scales, d, and the planes' scale (16 x the sums is what it scales).
+  const std::uint32_t scales = *reinterpret_cast<const std::uint16_t*>(sb + 192 + 8 * n + 2 * s);
+  const float sc0 = static_cast<float>(static_cast<signed char>(scales & 0xffu));
+  const float sc1 = static_cast<float>(static_cast<signed char>(scales >> 8));
+  const float d = __half2float(*reinterpret_cast<const __half*>(sb + 208));
+  const float xs = reinterpret_cast<const float2*>(tok + 6 * n_blocks)[b].x;
+  return d * 16.0f * xs * fmaf(sc0, f[0], sc1 * f[1]);
+}
+
 }  // namespace qforge::cuda::q4_0x8
