@@ -41,10 +41,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <climits>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <type_traits>
 
 #include "runtime/cuda/bulk_copy.cuh"
 #include "runtime/cuda/cache_element.cuh"
@@ -282,7 +282,7 @@ __device__ __forceinline__ const std::uint8_t* task_row(const MatStep& m, const 
 }
 
 // Position of a warp's weight stream: (layer, step, task, ring item of the task: its rows' stage
-// k, or for a Q6_K task (q6) row k & 1's stage k >> 1).
+// k, or for a Q6_K task (task_q6) row k & 1's stage k >> 1).
 struct Cursor {
   int l = 0, step = kQkv, task = 0, k = 0;
   MatStep m;
