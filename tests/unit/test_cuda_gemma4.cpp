@@ -406,6 +406,13 @@ TEST(CudaGemma4Q4_0x8, DenseModelMatchesCpu) {
                          "small dense Q4_0 (Q4_0x8 on the GPU), GEMVs in CTA pairs");
 }
 
+// Why gpu's decode steps on a small cache of type kv cannot take the persistent kernel (empty: they
+// can; decode_persistent.h).
+std::string persistent_why(const cuda::CudaModel& gpu, KvType kv) {
+  auto probe = gpu.new_cache(8, kv);
+  return gpu.persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*probe));
+}
+
 // The small Llama of the Q4_0x8 and persistent-step tests.
 nlohmann::json small_llama_config() {
   return {{"hidden_size", 512},       {"num_hidden_layers", 3},      {"num_attention_heads", 8},
@@ -536,8 +543,7 @@ TEST(CudaLlamaPersistent, DecodeMatchesCpu) {
     auto cpu = load_model(path);
     auto gpu = cuda_model(path, /*gemm=*/false);
     for (const KvType kv : {KvType::F32, KvType::BF16}) {
-      auto probe = gpu->new_cache(8, kv);
-      const std::string why = gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*probe));
+      const std::string why = persistent_why(*gpu, kv);
       if (why.rfind("needs compute capability", 0) == 0) GTEST_SKIP() << why;
       ASSERT_EQ(why, "") << name << " should take the persistent decode step";
       expect_gpu_matches_cpu(
@@ -572,8 +578,7 @@ TEST(CudaLlamaPersistent, Q4KMMixMatchesCpu) {
   auto gpu = cuda_model(path, /*gemm=*/false);
   const ForcedPersistentDecode on(true);
   for (const KvType kv : {KvType::F32, KvType::BF16}) {
-    auto probe = gpu->new_cache(8, kv);
-    const std::string why = gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*probe));
+    const std::string why = persistent_why(*gpu, kv);
     if (why.rfind("needs compute capability", 0) == 0) GTEST_SKIP() << why;
     ASSERT_EQ(why, "") << "the Q4_K_M mix should take the persistent decode step";
     expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(16, 5, 37, 600), 6, kv,
@@ -604,8 +609,7 @@ TEST(CudaLlamaPersistent, WideRowsMatchCpu) {
       if (*span != 0) setenv("QFORGE_PERSISTENT_SPAN", span, 1);
       auto gpu = cuda_model(path, /*gemm=*/false);
       unsetenv("QFORGE_PERSISTENT_SPAN");
-      auto probe = gpu->new_cache(8, KvType::F32);
-      const std::string why = gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*probe));
+      const std::string why = persistent_why(*gpu, KvType::F32);
       if (why.rfind("needs compute capability", 0) == 0) GTEST_SKIP() << why;
       ASSERT_EQ(why, "") << "the wide Llama should take the persistent decode step";
       expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(12, 5, 37, 600), 6, KvType::F32,
@@ -670,10 +674,8 @@ TEST(CudaLlamaPersistent, SwitchAtDepthMatchesOrdinaryDecode) {
     cuda::set_decode_persistent_mode(before);
     return all;
   };
-  {
-    auto probe = gpu->new_cache(8, KvType::BF16);
-    const std::string why = gpu->persistent_unsupported(dynamic_cast<cuda::CudaKvCache&>(*probe));
-    if (!why.empty()) GTEST_SKIP() << why;
+  if (const std::string why = persistent_why(*gpu, KvType::BF16); !why.empty()) {
+    GTEST_SKIP() << why;
   }
   const std::vector<float> want = run(cuda::PersistentMode::kOff);
   const std::vector<float> got = run(cuda::PersistentMode::kShallowSteps);

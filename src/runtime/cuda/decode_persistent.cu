@@ -65,6 +65,11 @@ constexpr int kWarps = 16, kThreads = 32 * kWarps;
 constexpr int kRows = 2;                           // rows per task (one gate/up pair)
 constexpr int kStepBytes = 576;                    // 32 blocks of a row: 4 groups of 144 bytes
 constexpr int kQ6StepBytes = 840;                  // the same 1024 columns in Q6_K: 4 x 210 bytes
+
+// A Q6_K row of n_cols columns (a multiple of 256): 210-byte super-blocks.
+__host__ __device__ constexpr std::size_t q6_k_row_bytes(int n_cols) {
+  return static_cast<std::size_t>(n_cols / 256) * 210;
+}
 // A ring stage holds kSpan steps (32 kSpan blocks) of each of a task's two rows: each lane takes
 // kSpan blocks of every row per stage, so the per-stage work (the copies' issue, the barrier wait,
 // the loop) is spread over kSpan times the weights.
@@ -196,9 +201,9 @@ struct MatStep {
   int n_tasks = 0, n_cols = 0, n_steps = 0, n_ff = 0;
   std::size_t row_bytes = 0;
   bool glu = false;
-  // The mixed form: which matrices are Q6_K, bits 1, 2, 4 for Q, K and V in the Q/K/V step (three
-  // matrices there: w is Q's), bit 1 for the matrix of any other step. (Only this: every register
-  // the cursor holds across the kernel costs spills in its loops.)
+  // The mixed form: the PersistentLayer::q6_k bits of this step's matrices (Q, K and V in the Q/K/V
+  // step, three matrices there: w is Q's). (Only this: every register the cursor holds across the
+  // kernel costs spills in its loops.)
   unsigned q6 = 0;
 };
 
@@ -206,29 +211,28 @@ template <int kSpan, bool kMixed>
 __device__ __forceinline__ MatStep mat_step(const Params& p, int l, int step) {
   const PersistentLayer& L = p.layers[l];
   MatStep m;
-  unsigned q6 = 0;
+  unsigned matrices = 0;  // this step's PersistentMatrix bits
   switch (step) {
     case kQkv:
       m.w = kMixed ? L.wq : L.qkv, m.n_tasks = p.qkv_dim / kRows, m.n_cols = p.n_embd;
-      q6 = (L.q6_k & kPersistentQ ? 1u : 0u) | (L.q6_k & kPersistentK ? 2u : 0u) |
-           (L.q6_k & kPersistentV ? 4u : 0u);
+      matrices = kPersistentQ | kPersistentK | kPersistentV;
       break;
     case kOut:
       m.w = L.wo, m.n_tasks = p.n_embd / kRows, m.n_cols = p.q_dim;
-      q6 = L.q6_k & kPersistentO ? 1u : 0u;
+      matrices = kPersistentO;
       break;
     case kGateUp:
       m.w = L.gate_up, m.n_tasks = p.n_ff, m.n_cols = p.n_embd, m.glu = true, m.n_ff = p.n_ff;
-      q6 = L.q6_k & kPersistentGateUp ? 1u : 0u;
+      matrices = kPersistentGateUp;
       break;
     default:
       m.w = L.down, m.n_tasks = p.n_embd / kRows, m.n_cols = p.n_ff;
-      q6 = L.q6_k & kPersistentDown ? 1u : 0u;
+      matrices = kPersistentDown;
       break;
   }
   m.n_steps = (m.n_cols / 32 + 32 * kSpan - 1) / (32 * kSpan);  // ring stages per task
   m.row_bytes = q4_0x8_row_bytes(static_cast<std::size_t>(m.n_cols));
-  if constexpr (kMixed) m.q6 = q6;
+  if constexpr (kMixed) m.q6 = L.q6_k & matrices;
   return m;
 }
 
@@ -255,8 +259,10 @@ __device__ __forceinline__ bool task_q6(const Params& p, int step, const MatStep
     return false;
   } else {
     if (step != kQkv) return m.q6 != 0;
-    const unsigned bit = task < k_task(p) ? 1u : task < v_task(p) ? 2u : 4u;
-    return (m.q6 & bit) != 0;
+    const unsigned matrix = task < k_task(p)   ? kPersistentQ
+                            : task < v_task(p) ? kPersistentK
+                                               : kPersistentV;
+    return (m.q6 & matrix) != 0;
   }
 }
 
@@ -277,7 +283,7 @@ __device__ __forceinline__ TaskRows task_rows(const Params& p, int l, int step, 
 __device__ __forceinline__ const std::uint8_t* task_row(const MatStep& m, const TaskRows& t,
                                                         int r) {
   const int row = m.glu ? (r == 0 ? t.task : m.n_ff + t.task) : kRows * t.task + r;
-  const std::size_t row_bytes = t.q6 ? static_cast<std::size_t>(m.n_cols / 256) * 210 : m.row_bytes;
+  const std::size_t row_bytes = t.q6 ? q6_k_row_bytes(m.n_cols) : m.row_bytes;
   return t.w + static_cast<std::size_t>(row) * row_bytes;
 }
 
@@ -680,9 +686,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
         std::uint8_t* stage = ring + issue_slot * kSlot;
         if (t.q6) {  // row k & 1's stage k >> 1
           const std::size_t off = static_cast<std::size_t>(issue_at.k >> 1) * kQ6SpanBytes;
-          const std::size_t row_bytes = static_cast<std::size_t>(m.n_cols / 256) * 210;
-          const auto bytes =
-              static_cast<std::uint32_t>(min(std::size_t{kQ6SpanBytes}, row_bytes - off));
+          const auto bytes = static_cast<std::uint32_t>(
+              min(std::size_t{kQ6SpanBytes}, q6_k_row_bytes(m.n_cols) - off));
           mbar_expect(bars + issue_slot, bytes);
           bulk_copy(stage, task_row(m, t, issue_at.k & 1) + off, bytes, bars + issue_slot, policy);
         } else {

@@ -522,11 +522,12 @@ int pick_stages(int rows, std::size_t n_cols, bool planes) {
   return pick_ring(rows, n_cols, planes).stages;
 }
 
+// chunk: pick_ring's blocks per item for this R and form.
 template <int R, int S, int kPlanes>
-void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, StreamHandle stream) {
+void launch(const void* w, int n_rows, int n_cols, int chunk, const float* x, float* y,
+            StreamHandle stream) {
   constexpr int kWarps = warps_per_cta<R>();
   constexpr bool kInt = kPlanes > 0;
-  const int chunk = pick_ring(R, static_cast<std::size_t>(n_cols), kInt).chunk;
   auto* kernel = chunk * 256 < n_cols ? gemv_q6_k_kernel<R, S, kPlanes, true>
                                       : gemv_q6_k_kernel<R, S, kPlanes, false>;
   // Each CTA owns a fixed stride of the rows.
@@ -548,13 +549,14 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, Str
 template <int R, int kPlanes>
 void launch_stages(const void* w, int n_rows, int n_cols, const float* x, float* y,
                    StreamHandle stream) {
-  switch (pick_stages(R, static_cast<std::size_t>(n_cols), kPlanes > 0)) {
+  const Ring ring = pick_ring(R, static_cast<std::size_t>(n_cols), kPlanes > 0);
+  switch (ring.stages) {
     case 4:
-      return launch<R, 4, kPlanes>(w, n_rows, n_cols, x, y, stream);
+      return launch<R, 4, kPlanes>(w, n_rows, n_cols, ring.chunk, x, y, stream);
     case 3:
-      return launch<R, 3, kPlanes>(w, n_rows, n_cols, x, y, stream);
+      return launch<R, 3, kPlanes>(w, n_rows, n_cols, ring.chunk, x, y, stream);
     default:
-      return launch<R, 2, kPlanes>(w, n_rows, n_cols, x, y, stream);
+      return launch<R, 2, kPlanes>(w, n_rows, n_cols, ring.chunk, x, y, stream);
   }
 }
 
