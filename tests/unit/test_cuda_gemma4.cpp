@@ -26,6 +26,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -477,6 +478,45 @@ TEST(CudaQ4K, SmallModelsDecodeMatchCpu) {
     const ForcedGemvPairs pairs;
     expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(24, 5, 37, 500), 8, KvType::F32,
                            std::string(name) + ", GEMVs in CTA pairs");
+  }
+}
+
+// The same small Llama and small dense Gemma 4 in Q8_0 and in Q5_K: decode runs the integer-plane
+// GEMVs on those bytes as stored (PlaneWeights::kQ8_0 / kQ5_K; the LM head too where it is Q8_0),
+// with the norms inside the GEMVs and apart, and in CTA pairs (prompts through the same GEMVs).
+TEST(CudaPlaneForms, SmallModelsDecodeMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const CpuF32Activations f32;
+  nlohmann::json gemma_config = small_moe_config();
+  gemma_config["enable_moe_block"] = false;
+  gemma_config["intermediate_size"] = 1024;
+  // The ordinary decode kernels (the Llama could take the persistent step).
+  const ForcedPersistentDecode ordinary(false);
+  for (const auto& [type, weights, suffix] :
+       {std::tuple{GgmlType::Q8_0, cuda::PlaneWeights::kQ8_0, "q8_0"},
+        std::tuple{GgmlType::Q5_K, cuda::PlaneWeights::kQ5_K, "q5_k"}}) {
+    ASSERT_TRUE(cuda::gguf_plane_weights(type, 256) == weights) << type_name(type);
+    const fs::path llama =
+        write_synth_file(synth::SynthArch::kLlama, small_llama_config(), type,
+                         std::string("cuda_llama_small_") + suffix + ".gguf", 12);
+    const fs::path gemma =
+        write_synth_file(synth::SynthArch::kGemma4, gemma_config, type,
+                         std::string("cuda_gemma4_small_dense_") + suffix + ".gguf", 13);
+    for (const auto& [path, model] :
+         {std::pair{llama, "small Llama "}, std::pair{gemma, "small dense Gemma 4 "}}) {
+      const std::string name = model + std::string(type_name(type));
+      auto cpu = load_model(path);
+      auto gpu = cuda_model(path, /*gemm=*/false);  // F32-grade products for prompts too
+      for (const cuda::GemvNorms mode : {cuda::GemvNorms::kAll, cuda::GemvNorms::kPostNorm}) {
+        gpu->set_gemv_norms(mode);
+        expect_gpu_matches_cpu(
+            *cpu, *gpu, prompt_ids(24, 5, 37, 500), 8, KvType::F32,
+            name + ", norms in GEMVs: " + (mode == cuda::GemvNorms::kAll ? "all" : "post norms"));
+      }
+      const ForcedGemvPairs pairs;
+      expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(24, 5, 37, 500), 8, KvType::F32,
+                             name + ", GEMVs in CTA pairs");
+    }
   }
 }
 

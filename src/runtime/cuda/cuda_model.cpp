@@ -25,22 +25,24 @@ namespace qforge::cuda {
 namespace {
 
 // The weight form in which the integer-plane decode GEMVs (q4_0x8.h) take m, if they take it:
-// Q4_0 regrouped at load, or Q4_K as stored.
+// Q4_0 regrouped at load, or Q4_K, Q8_0 or Q5_K as stored.
 std::optional<PlaneWeights> plane_weights(const DeviceMatrix& m) {
   if (m.empty()) return std::nullopt;
   if (m.layout == WeightLayout::kQ4_0x8) return PlaneWeights::kQ4_0x8;
-  if (m.layout == WeightLayout::kGguf && q4_k_planes_applies(m.type, m.cols)) {
-    return PlaneWeights::kQ4_K;
-  }
+  if (m.layout == WeightLayout::kGguf) return gguf_plane_weights(m.type, m.cols);
   return std::nullopt;
 }
 
 // The form in which the persistent decode step (decode_persistent.h) takes every layer's
 // matrices, if it takes them: all Q4_0x8 or all Q4_K with Q/K/V and gate/up stacked, or each Q4_K
-// or Q6_K of whole 2048-column groups (llama-quantize's Q4_K_M) with gate/up stacked.
+// or Q6_K of whole 2048-column groups (llama-quantize's Q4_K_M) with gate/up stacked, where most
+// of the bytes are Q4_K. The step streams a Q6_K task's rows one per ring item, half the bytes
+// per item of the ordinary Q6_K GEMV: H200 tg128 of Llama-3-8B Q4_K_M 377 -> 415 tokens/s with
+// the step, of an all-Q6_K file 333 -> 296 (docs/benchmarks.md, twentieth pass).
 std::optional<PersistentWeights> persistent_form(const std::vector<DeviceLayer>& layers) {
   if (layers.empty()) return std::nullopt;
   bool x8 = true, k = true, mixed = true;
+  std::size_t q4_k_bytes = 0, q6_k_bytes = 0;
   for (const DeviceLayer& l : layers) {
     if (l.gate_up.empty()) return std::nullopt;
     x8 = x8 && !l.qkv.empty();
@@ -52,11 +54,12 @@ std::optional<PersistentWeights> persistent_form(const std::vector<DeviceLayer>&
       x8 = x8 && form == PlaneWeights::kQ4_0x8;
       k = k && form == PlaneWeights::kQ4_K;
       mixed = mixed && (form == PlaneWeights::kQ4_K || q6_k);
+      if (!m->empty()) (q6_k ? q6_k_bytes : q4_k_bytes) += m->rows * row_bytes(m->type, m->cols);
     }
   }
   if (x8) return PersistentWeights::kQ4_0x8;
   if (k) return PersistentWeights::kQ4_K;
-  if (mixed) return PersistentWeights::kMixed;
+  if (mixed && q6_k_bytes < q4_k_bytes) return PersistentWeights::kMixed;
   return std::nullopt;
 }
 
@@ -544,8 +547,9 @@ bool CudaModel::norm_in_gemv(const float* o_norm) const {
 }
 
 bool CudaModel::normed_product(const DeviceMatrix& m, int n, const float* o_norm) const {
-  return norm_in_gemv(o_norm) && n == 1 && plane_weights(m).has_value() &&
-         gemv_q4_0x8_normed_applies(m.cols);
+  const std::optional<PlaneWeights> planes = plane_weights(m);
+  return norm_in_gemv(o_norm) && n == 1 && planes.has_value() &&
+         gemv_q4_0x8_normed_applies(m.cols, *planes);
 }
 
 bool CudaModel::normed_qkv(int il, int n, const float* o_norm) const {

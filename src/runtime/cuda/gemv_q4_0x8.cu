@@ -32,6 +32,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <optional>
+#include <type_traits>
 
 #include "runtime/cuda/block_decode.cuh"
 #include "runtime/cuda/buffer.h"
@@ -236,11 +238,32 @@ __device__ void build_planes_normed(const ResidualNormInput& in, const float* ro
   }
 }
 
-// One pipeline stage of a warp: per row, the 32 lanes' code arrays (512 bytes) and the 4 group
-// headers (8 scales each) of the 32 blocks.
-template <int R>
+// What one step of a row is in each weight form: kBlocks 32-column blocks, kBytes contiguous
+// bytes of the row (all multiples of 16). Q4_0x8: the 32 lanes' code arrays (512 bytes) and the 4
+// group headers (8 scales each) of 32 blocks; Q4_K: 4 super-blocks of 144 bytes, a lane per
+// sub-block; Q5_K: 4 super-blocks of 176 bytes, a lane per sub-block; Q8_0: 16 blocks of 34 bytes,
+// a lane per half block (16 codes), so that a step carries about as many bytes as Q4's.
+template <PlaneWeights kW>
+struct Form {
+  static constexpr int kBlocks = kW == PlaneWeights::kQ8_0 ? 16 : 32;
+  static constexpr int kBytes = kW == PlaneWeights::kQ8_0   ? 16 * 34
+                                : kW == PlaneWeights::kQ5_K ? 4 * 176
+                                                            : 576;
+  // Bytes of a row of n_cols columns (a multiple of 256, or of 32 for Q4_0x8: q4_0x8.h).
+  static __host__ __device__ constexpr std::size_t row_bytes(std::size_t n_cols) {
+    return kW == PlaneWeights::kQ8_0   ? n_cols / 32 * 34
+           : kW == PlaneWeights::kQ5_K ? n_cols / 256 * 176
+                                       : q4_0x8_row_bytes(n_cols);
+  }
+  static __host__ __device__ constexpr int steps(int n_blocks) {
+    return (n_blocks + kBlocks - 1) / kBlocks;
+  }
+};
+
+// One pipeline stage of a warp: one step of each of its R rows.
+template <int R, PlaneWeights kW = PlaneWeights::kQ4_0x8>
 struct Stage {
-  static constexpr int kRowBytes = 512 + 64;
+  static constexpr int kRowBytes = Form<kW>::kBytes;
   static constexpr int kBytes = R * kRowBytes;
 };
 
@@ -252,9 +275,9 @@ constexpr int stages() {
   return R == 1 ? 8 : R == 2 ? 5 : 3;
 }
 
-template <int R, int kTokens>
+template <int R, int kTokens, PlaneWeights kW = PlaneWeights::kQ4_0x8>
 __host__ __device__ constexpr std::size_t ring_bytes() {
-  return static_cast<std::size_t>(kWarps) * stages<R, kTokens>() * Stage<R>::kBytes;
+  return static_cast<std::size_t>(kWarps) * stages<R, kTokens>() * Stage<R, kW>::kBytes;
 }
 
 // What a task's sums become: one output per row, or (a gated FFN's gate/up matrix, gate rows
@@ -327,6 +350,8 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
   constexpr int S = stages<R, kTokens>();
   constexpr bool kGlu = kOut != kRows;
   constexpr bool kQ4K = kW == PlaneWeights::kQ4_K;
+  using F = Form<kW>;
+  using St = Stage<R, kW>;
   constexpr int kPairs = R / 2;
   static_assert(!kGlu || R % 2 == 0);
   static_assert(kWarps % P == 0);
@@ -336,8 +361,8 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
   extern __shared__ uint4 smem_words[];
   auto* smem = reinterpret_cast<std::uint8_t*>(smem_words);
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
-  const int n_blocks = n_cols / 32, n_steps = (n_blocks + 31) / 32;
-  const std::size_t row_bytes = q4_0x8_row_bytes(static_cast<std::size_t>(n_cols));
+  const int n_blocks = n_cols / 32, n_steps = F::steps(n_blocks);
+  const std::size_t row_bytes = F::row_bytes(static_cast<std::size_t>(n_cols));
   const int slot_tasks = task_count<R, kOut>(n_rows), n_pairs = n_rows / 2;
   const int n_tasks = slot_tasks * ex.n_slots * P;
   const int first_task = static_cast<int>(blockIdx.x) * kWarps + warp;
@@ -347,8 +372,8 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
   const int part = warp % P;
   const int step_begin = part * n_steps / P, step_end = (part + 1) * n_steps / P;
   const int n_items = my_tasks * (step_end - step_begin);
-  std::uint8_t* ring = smem + ring_bytes<R, kTokens>() / kWarps * warp;
-  std::uint8_t* planes = smem + ring_bytes<R, kTokens>();
+  std::uint8_t* ring = smem + ring_bytes<R, kTokens, kW>() / kWarps * warp;
+  std::uint8_t* planes = smem + ring_bytes<R, kTokens, kW>();
   auto* partials = reinterpret_cast<float*>(planes + x_rows<kTokens>(ex) * token_bytes(n_blocks));
   // Bulk form: stage k of the warp is complete when its barrier's phase (k / S) & 1 is.
   auto* bars = reinterpret_cast<std::uint64_t*>(reinterpret_cast<std::uint8_t*>(partials) +
@@ -398,24 +423,24 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
   const std::uint8_t* issue_rows[R];
   auto issue = [&] {
     if (issued < n_items) {
-      std::uint8_t* stage = ring + issue_slot * Stage<R>::kBytes;
-      const std::size_t step_off = static_cast<std::size_t>(issue_step) * 576;
+      std::uint8_t* stage = ring + issue_slot * St::kBytes;
+      const std::size_t step_off = static_cast<std::size_t>(issue_step) * F::kBytes;
+      const std::size_t step_bytes = min(std::size_t{F::kBytes}, row_bytes - step_off);
       if constexpr (kBulk) {  // a row's step is contiguous: one copy per row, issued by lane 0
         if (lane == 0) {
-          const auto bytes =
-              static_cast<std::uint32_t>(min(std::size_t{576}, row_bytes - step_off));
+          const auto bytes = static_cast<std::uint32_t>(step_bytes);
           mbar_expect(bars + issue_slot, R * bytes);
 #pragma unroll
           for (int r = 0; r < R; ++r) {
-            bulk_copy(stage + r * Stage<R>::kRowBytes, issue_rows[r] + step_off, bytes,
-                      bars + issue_slot, policy);
+            bulk_copy(stage + r * St::kRowBytes, issue_rows[r] + step_off, bytes, bars + issue_slot,
+                      policy);
           }
         }
-      } else if constexpr (kQ4K) {  // the row's bytes as they are, 16 per lane
-        const auto bytes = static_cast<int>(min(std::size_t{576}, row_bytes - step_off));
+      } else if constexpr (kW != PlaneWeights::kQ4_0x8) {  // the row's bytes as they are
+        const auto bytes = static_cast<int>(step_bytes);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-          std::uint8_t* dst = stage + r * Stage<R>::kRowBytes;
+          std::uint8_t* dst = stage + r * St::kRowBytes;
           const std::uint8_t* src = issue_rows[r] + step_off;
           for (int c = lane; 16 * c < bytes; c += 32) {
             if constexpr (kNormed) {  // no L2 policy: as below
@@ -428,7 +453,7 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
       } else if (issue_step * 32 + lane < n_blocks) {
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-          std::uint8_t* dst = stage + r * Stage<R>::kRowBytes;
+          std::uint8_t* dst = stage + r * St::kRowBytes;
           const std::uint8_t* src = issue_rows[r] + step_off;
           if constexpr (kNormed) {
             // No L2 policy here: ptxas 13.0 gave these copies of the normed one-row variants a
@@ -470,12 +495,12 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
   // (except in the expert form where the previous kernel writes the expert ids).
   if (ex.ids != nullptr && !ex.ids_settled) pdl_wait();
   {  // the rows of the warp's first prefetch_tasks tasks into L2 (none by default)
-    const std::size_t end = min(row_bytes, static_cast<std::size_t>(step_end) * 576);
+    const std::size_t end = min(row_bytes, static_cast<std::size_t>(step_end) * F::kBytes);
     for (int k = 0, t = first_task; k < prefetch_tasks && t < n_tasks; ++k, t += task_stride) {
       task_rows(t, issue_rows);
       for (int r = 0; r < R; ++r) {
-        for (std::size_t off = static_cast<std::size_t>(step_begin) * 576 + 128 * lane; off < end;
-             off += 32 * 128) {
+        for (std::size_t off = static_cast<std::size_t>(step_begin) * F::kBytes + 128 * lane;
+             off < end; off += 32 * 128) {
           prefetch_l2(issue_rows[r] + off);
         }
       }
@@ -530,6 +555,8 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
   // The same for a Q4_K row (the stage holds its bytes as they are in both copy forms).
   const int k_header_at = q4_0x8::q4_k_header_at(lane), k_codes_at = q4_0x8::q4_k_codes_at(lane);
   const std::uint32_t k_mask = (lane & 1) != 0 ? 0xf0f0f0f0u : 0x0f0f0f0fu;
+  // A Q5_K row: lane's super-block header (then its 32 qh bytes) and its sub-block's code bytes.
+  const int q5_header_at = 176 * (lane >> 3), q5_codes_off = 48 + 32 * ((lane & 7) >> 1);
   for (int k = 0; k < n_items; ++k) {
     issue();
     if constexpr (kBulk) {
@@ -539,7 +566,7 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
       __syncwarp();            // ... and so have the headers other lanes copied
     }
     const int b = step * 32 + lane;
-    const std::uint8_t* stage = ring + slot * Stage<R>::kBytes;
+    const std::uint8_t* stage = ring + slot * St::kBytes;
     if constexpr (kQ4K) {
       if (b < n_blocks) {
         // Both copy forms keep the row's bytes (q4_0x8_planes.cuh: lane = sub-block lane & 7
@@ -548,7 +575,7 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           f[r] = q4_0x8::q4_k_factors(
-              *reinterpret_cast<const uint4*>(stage + r * Stage<R>::kRowBytes + k_header_at), lane);
+              *reinterpret_cast<const uint4*>(stage + r * St::kRowBytes + k_header_at), lane);
         }
 #pragma unroll
         for (int t = 0; t < kTokens; ++t) {
@@ -559,9 +586,61 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
 #pragma unroll
           for (int r = 0; r < R; ++r) {
             const auto* codes =
-                reinterpret_cast<const uint4*>(stage + r * Stage<R>::kRowBytes + k_codes_at);
+                reinterpret_cast<const uint4*>(stage + r * St::kRowBytes + k_codes_at);
             const float dot = q4_0x8::q4_k_dot<kPlanes>(codes[0], codes[1], k_mask, pl);
             acc[r][t] = fmaf(f[r].x, dot * xb.x, fmaf(-f[r].y, xb.y, acc[r][t]));
+          }
+        }
+      }
+    } else if constexpr (kW == PlaneWeights::kQ5_K) {
+      if (b < n_blocks) {  // lane = sub-block lane & 7 of super-block lane >> 3, as for Q4_K
+        float2 f[R];
+        uint4 qs[R][2], qh[R][2];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const std::uint8_t* sb = stage + r * St::kRowBytes + q5_header_at;
+          f[r] = q4_0x8::q4_k_factors<true>(*reinterpret_cast<const uint4*>(sb), lane);
+          const auto* h = reinterpret_cast<const uint4*>(sb + 16);
+          const auto* c = reinterpret_cast<const uint4*>(sb + q5_codes_off);
+          qh[r][0] = h[0], qh[r][1] = h[1], qs[r][0] = c[0], qs[r][1] = c[1];
+        }
+#pragma unroll
+        for (int t = 0; t < kTokens; ++t) {
+          const uint4* tok =
+              reinterpret_cast<const uint4*>(x_planes + static_cast<std::size_t>(t) * tb);
+          uint4 pl[6];
+          const float2 xb = q4_0x8::block_planes<kPlanes>(tok, n_blocks, b, pl);
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            const float dot = q4_0x8::q5_k_dot<kPlanes>(qs[r], qh[r], lane & 7, pl);
+            acc[r][t] = fmaf(f[r].x, dot * xb.x, fmaf(-f[r].y, xb.y, acc[r][t]));
+          }
+        }
+      }
+    } else if constexpr (kW == PlaneWeights::kQ8_0) {
+      const int half = lane & 1, b8 = step * 16 + (lane >> 1);
+      if (b8 < n_blocks) {  // lane = half (lane & 1) of block lane >> 1
+        std::uint32_t codes[R][4];
+        float d[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const std::uint8_t* blk = stage + r * St::kRowBytes + 34 * (lane >> 1);
+          d[r] = __half2float(*reinterpret_cast<const __half*>(blk));
+          q4_0x8::load16_at2(blk + 2 + 16 * half, codes[r]);
+        }
+#pragma unroll
+        for (int t = 0; t < kTokens; ++t) {
+          const uint4* tok =
+              reinterpret_cast<const uint4*>(x_planes + static_cast<std::size_t>(t) * tb);
+          uint4 pl[3];
+#pragma unroll
+          for (int plane = 0; plane < kPlanes; ++plane) {
+            pl[plane] = tok[(2 * plane + half) * n_blocks + b8];
+          }
+          const float xs = reinterpret_cast<const float2*>(tok + 6 * n_blocks)[b8].x;
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            acc[r][t] = fmaf(d[r] * xs, q4_0x8::q8_0_dot<kPlanes>(codes[r], pl), acc[r][t]);
           }
         }
       }
@@ -570,9 +649,8 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
       float d[R];
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        codes[r] = *reinterpret_cast<const uint4*>(stage + r * Stage<R>::kRowBytes + code_at);
-        d[r] = __half2float(
-            *reinterpret_cast<const __half*>(stage + r * Stage<R>::kRowBytes + scale_at));
+        codes[r] = *reinterpret_cast<const uint4*>(stage + r * St::kRowBytes + code_at);
+        d[r] = __half2float(*reinterpret_cast<const __half*>(stage + r * St::kRowBytes + scale_at));
       }
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
@@ -760,7 +838,7 @@ template <int R, int kTokens, int kOut, int P, bool kNormed, int kPlanes, PlaneW
 void launch_planes(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
                    StreamHandle stream, Experts ex, const ResidualNormInput& norm_in) {
   auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, false, kNormed, false, kPlanes, kW>;
-  std::size_t smem = ring_bytes<R, kTokens>() + x_rows<kTokens>(ex) * token_bytes(n_cols / 32) +
+  std::size_t smem = ring_bytes<R, kTokens, kW>() + x_rows<kTokens>(ex) * token_bytes(n_cols / 32) +
                      partial_bytes<R, kTokens, P>();
   if (bulk_copies()) {
     kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, true, kNormed, false, kPlanes, kW>;
@@ -863,7 +941,7 @@ int pick_parts(int n_steps, long long row_tasks) {
 template <int R, int kTokens, int kOut, bool kNormed, PlaneWeights kW>
 void launch_parts(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
                   StreamHandle stream, const ResidualNormInput& norm_in) {
-  switch (pick_parts((n_cols / 32 + 31) / 32, task_count<R, kOut>(n_rows))) {
+  switch (pick_parts(Form<kW>::steps(n_cols / 32), task_count<R, kOut>(n_rows))) {
     case 4:
       return launch<R, kTokens, kOut, 4, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream, {},
                                                       norm_in);
@@ -930,8 +1008,8 @@ void check_gated(std::size_t n_rows) {
   }
 }
 
-void check_normed(const ResidualNormInput& in, std::size_t n_cols) {
-  if (!gemv_q4_0x8_normed_applies(n_cols)) {
+void check_normed(const ResidualNormInput& in, std::size_t n_cols, PlaneWeights weights) {
+  if (!gemv_q4_0x8_normed_applies(n_cols, weights)) {
     cuda_fail("CUDA gemv (Q4_0x8, normed input): ", n_cols,
               " columns (need a multiple of 256 up to ", kMaxNormedCols, ")");
   }
@@ -950,8 +1028,8 @@ template <int kOut, PlaneWeights kW>
 void run_tokens(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
                 std::size_t ldy, int n_tokens, StreamHandle stream) {
   const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
-  const bool pairs = ring_bytes<2, 2>() + 2 * token_bytes(cols / 32) + partial_bytes<2, 2, 4>() +
-                         barrier_bytes<2, 2, true>() <=
+  const bool pairs = ring_bytes<2, 2, kW>() + 2 * token_bytes(cols / 32) +
+                         partial_bytes<2, 2, 4>() + barrier_bytes<2, 2, true>() <=
                      max_smem();
   for (int t = 0; t < n_tokens;) {
     const float* xt = x + static_cast<std::size_t>(t) * n_cols;
@@ -966,6 +1044,23 @@ void run_tokens(const void* w, std::size_t n_rows, std::size_t n_cols, const flo
   }
 }
 
+// Calls fn with std::integral_constant<PlaneWeights, weights>: one instantiation per form.
+template <typename Fn>
+void with_form(PlaneWeights weights, Fn&& fn) {
+  using W = PlaneWeights;
+  switch (weights) {
+    case W::kQ4_K:
+      return fn(std::integral_constant<W, W::kQ4_K>{});
+    case W::kQ8_0:
+      return fn(std::integral_constant<W, W::kQ8_0>{});
+    case W::kQ5_K:
+      return fn(std::integral_constant<W, W::kQ5_K>{});
+    case W::kQ4_0x8:
+      break;
+  }
+  return fn(std::integral_constant<W, W::kQ4_0x8>{});
+}
+
 // The trace buffer of this file's kernels (kernel_trace.cuh); empty when not tracing.
 DeviceBuffer<TraceRecord>& trace_buffer() {
   static DeviceBuffer<TraceRecord> buffer;
@@ -974,13 +1069,15 @@ DeviceBuffer<TraceRecord>& trace_buffer() {
 
 }  // namespace
 
-bool gemv_q4_0x8_normed_applies(std::size_t n_cols) {
+bool gemv_q4_0x8_normed_applies(std::size_t n_cols, PlaneWeights weights) {
   if (n_cols == 0 || n_cols % 256 != 0 || n_cols > kMaxNormedCols) return false;
   // The largest launch shape (four-row tasks, four parts) fits in shared memory, as launch()
   // would check (the row arrays make 8192 columns too many for devices before sm_90).
   const int cols = static_cast<int>(n_cols);
-  return ring_bytes<4, 1>() + token_bytes(cols / 32) + partial_bytes<4, 1, 4>() +
-             barrier_bytes<4, 1, true>() + norm_row_bytes(cols) <=
+  std::size_t ring = 0;
+  with_form(weights, [&](auto form) { ring = ring_bytes<4, 1, decltype(form)::value>(); });
+  return ring + token_bytes(cols / 32) + partial_bytes<4, 1, 4>() + barrier_bytes<4, 1, true>() +
+             norm_row_bytes(cols) <=
          max_smem();
 }
 
@@ -988,6 +1085,15 @@ bool q4_k_planes_applies(GgmlType type, std::size_t n_cols) {
   static const bool on = switch_on("QFORGE_Q4_K_PLANES");
   return on && type == GgmlType::Q4_K && n_cols > 0 && n_cols % 256 == 0 &&
          n_cols <= kMaxQ4_0x8Cols;
+}
+
+std::optional<PlaneWeights> gguf_plane_weights(GgmlType type, std::size_t n_cols) {
+  static const bool q8_0 = switch_on("QFORGE_Q8_0_PLANES"), q5_k = switch_on("QFORGE_Q5_K_PLANES");
+  if (q4_k_planes_applies(type, n_cols)) return PlaneWeights::kQ4_K;
+  if (n_cols == 0 || n_cols % 256 != 0 || n_cols > kMaxQ4_0x8Cols) return std::nullopt;
+  if (type == GgmlType::Q8_0 && q8_0) return PlaneWeights::kQ8_0;
+  if (type == GgmlType::Q5_K && q5_k) return PlaneWeights::kQ5_K;
+  return std::nullopt;
 }
 
 bool gemv_trace_built() {
@@ -1053,11 +1159,9 @@ void set_gemv_q4_0x8_parts(int parts) {
 void gemv_q4_0x8(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
                  std::size_t ldy, int n_tokens, StreamHandle stream, PlaneWeights weights) {
   check(w, n_rows, n_cols, x, y, ldy, n_tokens);
-  if (weights == PlaneWeights::kQ4_K) {
-    run_tokens<kRows, PlaneWeights::kQ4_K>(w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
-  } else {
-    run_tokens<kRows, PlaneWeights::kQ4_0x8>(w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
-  }
+  with_form(weights, [&](auto form) {
+    run_tokens<kRows, decltype(form)::value>(w, n_rows, n_cols, x, y, ldy, n_tokens, stream);
+  });
 }
 
 void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::size_t n_cols,
@@ -1066,28 +1170,23 @@ void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::
   check_gated(n_rows);
   check(w, n_rows, n_cols, x, y, ldy * 2, n_tokens);  // ldy >= n_rows / 2
   const bool silu = act == FfnActivation::kSiluGlu;
-  if (weights == PlaneWeights::kQ4_K) {
-    (silu ? run_tokens<kSiluGlu, PlaneWeights::kQ4_K>
-          : run_tokens<kGeluGlu, PlaneWeights::kQ4_K>)(w, n_rows, n_cols, x, y, ldy, n_tokens,
-                                                       stream);
-  } else {
-    (silu ? run_tokens<kSiluGlu, PlaneWeights::kQ4_0x8>
-          : run_tokens<kGeluGlu, PlaneWeights::kQ4_0x8>)(w, n_rows, n_cols, x, y, ldy, n_tokens,
-                                                         stream);
-  }
+  with_form(weights, [&](auto form) {
+    constexpr PlaneWeights kW = decltype(form)::value;
+    (silu ? run_tokens<kSiluGlu, kW> : run_tokens<kGeluGlu, kW>)(w, n_rows, n_cols, x, y, ldy,
+                                                                 n_tokens, stream);
+  });
 }
 
 void gemv_q4_0x8_normed(const void* w, std::size_t n_rows, std::size_t n_cols,
                         const ResidualNormInput& in, float* y, StreamHandle stream,
                         PlaneWeights weights) {
   check(w, n_rows, n_cols, in.x, y, n_rows, 1);
-  check_normed(in, n_cols);
+  check_normed(in, n_cols, weights);
   const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
-  if (weights == PlaneWeights::kQ4_K) {
-    launch_tokens<1, kRows, true, PlaneWeights::kQ4_K>(w, rows, cols, in.x, y, n_rows, stream, in);
-  } else {
-    launch_tokens<1, kRows, true>(w, rows, cols, in.x, y, n_rows, stream, in);
-  }
+  with_form(weights, [&](auto form) {
+    launch_tokens<1, kRows, true, decltype(form)::value>(w, rows, cols, in.x, y, n_rows, stream,
+                                                         in);
+  });
 }
 
 void gemv_q4_0x8_glu_normed(FfnActivation act, const void* w, std::size_t n_rows,
@@ -1095,17 +1194,14 @@ void gemv_q4_0x8_glu_normed(FfnActivation act, const void* w, std::size_t n_rows
                             StreamHandle stream, PlaneWeights weights) {
   check_gated(n_rows);
   check(w, n_rows, n_cols, in.x, y, n_rows, 1);
-  check_normed(in, n_cols);
+  check_normed(in, n_cols, weights);
   const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
   const bool silu = act == FfnActivation::kSiluGlu;
-  if (weights == PlaneWeights::kQ4_K) {
-    (silu ? launch_tokens<1, kSiluGlu, true, PlaneWeights::kQ4_K>
-          : launch_tokens<1, kGeluGlu, true, PlaneWeights::kQ4_K>)(w, rows, cols, in.x, y,
-                                                                   n_rows / 2, stream, in);
-  } else {
-    (silu ? launch_tokens<1, kSiluGlu, true>
-          : launch_tokens<1, kGeluGlu, true>)(w, rows, cols, in.x, y, n_rows / 2, stream, in);
-  }
+  with_form(weights, [&](auto form) {
+    constexpr PlaneWeights kW = decltype(form)::value;
+    (silu ? launch_tokens<1, kSiluGlu, true, kW>
+          : launch_tokens<1, kGeluGlu, true, kW>)(w, rows, cols, in.x, y, n_rows / 2, stream, in);
+  });
 }
 
 void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids, int n_slots,

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstddef>
+#include <optional>
 
 #include "model/config.h"
 #include "quant/ggml_type.h"
@@ -25,9 +26,9 @@
 namespace qforge::cuda {
 
 // The weights of the integer-plane decode GEMVs (gemv_q4_0x8 and its forms below): Q4_0 regrouped
-// at load (WeightLayout::kQ4_0x8), or GGUF's Q4_K as stored (144-byte super-blocks of 256
-// columns, already 16-byte aligned, and like Q4_0x8 576 bytes per 1024 columns).
-enum class PlaneWeights { kQ4_0x8, kQ4_K };
+// at load (WeightLayout::kQ4_0x8), or GGUF's Q4_K, Q8_0 or Q5_K as stored (rows of n_cols / 256
+// x 144, 272 or 176 bytes: 16-byte aligned where n_cols is a multiple of 256).
+enum class PlaneWeights { kQ4_0x8, kQ4_K, kQ8_0, kQ5_K };
 
 // The widest rows the GEMV takes (its x planes and weight pipeline share one SM's shared memory).
 constexpr std::size_t kMaxQ4_0x8Cols = 32768;
@@ -47,6 +48,12 @@ void repack_q4_0x8(void* w, std::size_t n_rows, std::size_t n_cols,
 // QFORGE_Q4_K_PLANES=0 is set (for comparisons with the row-tiled F32 kernel): such matrices take
 // the integer-plane GEMVs with PlaneWeights::kQ4_K.
 bool q4_k_planes_applies(GgmlType type, std::size_t n_cols);
+
+// The form in which the integer-plane GEMVs take a GGUF-layout matrix of `type` and n_cols
+// columns, if they take it: Q4_K (q4_k_planes_applies), Q8_0 or Q5_K with n_cols a positive
+// multiple of 256 up to kMaxQ4_0x8Cols, unless QFORGE_Q8_0_PLANES=0 / QFORGE_Q5_K_PLANES=0 is set
+// (for comparisons with the row-tiled F32 kernel).
+std::optional<PlaneWeights> gguf_plane_weights(GgmlType type, std::size_t n_cols);
 
 // True for Q4_0 with n_cols a positive multiple of 32 up to kMaxQ4_0x8Cols, unless QFORGE_Q4_0X8=0.
 bool q4_0x8_widened_applies(GgmlType type, std::size_t n_cols);
@@ -69,7 +76,8 @@ void repack_q4_0x8_widening(void* w, std::size_t n_rows, std::size_t n_cols,
 // the int8 activations of llama.cpp's quantized GEMV). Non-finite x gives a non-finite result.
 // QFORGE_Q4_0X8=0 keeps GGUF order and the F32 kernels.
 // With PlaneWeights::kQ4_K, W is GGUF Q4_K (n_cols a multiple of 256, q4_k_planes_applies) and a
-// sub-block's product is d sc (codes . x) - dmin m (sum x), the same planes and bound.
+// sub-block's product is d sc (codes . x) - dmin m (sum x), the same planes and bound; likewise
+// kQ5_K (5-bit codes) and kQ8_0 (d (codes . x), int8 codes), gguf_plane_weights.
 void gemv_q4_0x8(const void* w, std::size_t n_rows, std::size_t n_cols, const float* x, float* y,
                  std::size_t ldy, int n_tokens, StreamHandle stream = nullptr,
                  PlaneWeights weights = PlaneWeights::kQ4_0x8);
@@ -104,9 +112,9 @@ struct ResidualNormInput {
 
 // The widest input the normed GEMVs take (each thread of a CTA holds two 8-element chunks).
 constexpr std::size_t kMaxNormedCols = 8192;
-// n_cols a positive multiple of 256 up to kMaxNormedCols, whose launches fit in the current
-// device's shared memory.
-bool gemv_q4_0x8_normed_applies(std::size_t n_cols);
+// n_cols a positive multiple of 256 up to kMaxNormedCols, whose launches with `weights` fit in the
+// current device's shared memory.
+bool gemv_q4_0x8_normed_applies(std::size_t n_cols, PlaneWeights weights = PlaneWeights::kQ4_0x8);
 
 // gemv_q4_0x8 for one token whose x is the ResidualNormInput's GEMV input (y of n_rows floats).
 void gemv_q4_0x8_normed(const void* w, std::size_t n_rows, std::size_t n_cols,

@@ -140,7 +140,9 @@ __device__ __forceinline__ int q4_k_codes_at(int lane) {
 
 // The factors of sub-block j = lane & 7 from its super-block's 16-byte header: d sc_j times 16 for
 // an even sub-block (its low-nibble codes are summed as they are, where block_dot's plane scale
-// expects 16 x code) and dmin m_j / 8 (the plane header holds 8 sum x).
+// expects 16 x code) and dmin m_j / 8 (the plane header holds 8 sum x). kPlainCodes: every
+// sub-block's codes are summed as they are (Q5_K, whose header has the same 12 scale bytes).
+template <bool kPlainCodes = false>
 __device__ __forceinline__ float2 q4_k_factors(const uint4& header, int lane) {
   const int j = lane & 7, shift = 8 * (j & 3);
   const unsigned yb = (header.y >> shift) & 0xffu;  // scales[j] (j < 4) or scales[j - 4]
@@ -150,7 +152,7 @@ __device__ __forceinline__ float2 q4_k_factors(const uint4& header, int lane) {
   const unsigned m = j < 4 ? zb & 63u : (wb >> 4) | (zb >> 6) << 4;
   const float d = __half2float(__ushort_as_half(static_cast<unsigned short>(header.x & 0xffffu)));
   const float dmin = __half2float(__ushort_as_half(static_cast<unsigned short>(header.x >> 16)));
-  return make_float2(d * static_cast<float>(sc) * ((j & 1) != 0 ? 1.0f : 16.0f),
+  return make_float2(d * static_cast<float>(sc) * ((j & 1) != 0 && !kPlainCodes ? 1.0f : 16.0f),
                      dmin * static_cast<float>(m) * 0.125f);
 }
 
@@ -177,6 +179,81 @@ __device__ __forceinline__ float q4_k_dot(const uint4& c0, const uint4& c1, std:
   }
   // |s_i| <= 16 * 32 * 15 * 127 < 2^20, as block_dot's 16 * Pi.
   return planes::combine(s[0], s[1], s[2]);
+}
+
+// ---- GGUF Q5_K blocks, read as they are (PlaneWeights::kQ5_K) ---------------------------------
+// A Q5_K super-block (176 bytes, 256 columns) is Q4_K's 16-byte header (d, dmin, the 6-bit scales
+// and mins), then qh[32], then qs[128] laid out as Q4_K's codes: element e of sub-block j has its
+// low 4 bits in the low (even j) or high (odd j) nibble of qs[32 (j >> 1) + e] and its fifth bit
+// at bit j of qh[e]. A weight is d sc_j code - dmin m_j with 5-bit codes, so the product is
+// Q4_K's with q4_k_factors<true>. A row is 704 bytes per 1024 columns: the GEMV's stage for this
+// form is that wide, lane l again taking sub-block l & 7 of super-block l >> 3.
+
+// sum_k code_k x_k of sub-block j times 16 / the plane scale (as q4_k_dot), from its code bytes
+// qs (32, at qs[32 (j >> 1)]) and the super-block's qh.
+template <int kPlanes = 3>
+__device__ __forceinline__ float q5_k_dot(const uint4 (&qs)[2], const uint4 (&qh)[2], int j,
+                                          const uint4 (&pl)[6]) {
+  static_assert(kPlanes == 1 || kPlanes == 3);
+  const std::uint32_t cw[8] = {qs[0].x, qs[0].y, qs[0].z, qs[0].w,
+                               qs[1].x, qs[1].y, qs[1].z, qs[1].w};
+  const std::uint32_t hw[8] = {qh[0].x, qh[0].y, qh[0].z, qh[0].w,
+                               qh[1].x, qh[1].y, qh[1].z, qh[1].w};
+  const unsigned lo_shift = 4 * (j & 1);
+  int s[3] = {0, 0, 0};
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const std::uint32_t c =
+        ((cw[i] >> lo_shift) & 0x0f0f0f0fu) | (((hw[i] >> j) & 0x01010101u) << 4);  // 0..31
+#pragma unroll
+    for (int plane = 0; plane < kPlanes; ++plane) {
+      const uint4& a = pl[2 * plane + (i >> 2)];
+      const int k = i & 3;
+      const std::uint32_t word = k == 0 ? a.x : k == 1 ? a.y : k == 2 ? a.z : a.w;
+      s[plane] = dp4a_us(c, word, s[plane]);
+    }
+  }
+  // |s_i| <= 32 * 31 * 127 < 2^17: exact integer sums, combined as block_dot's.
+  return planes::combine(s[0], s[1], s[2]);
+}
+
+// ---- GGUF Q8_0 blocks, read as they are (PlaneWeights::kQ8_0) ---------------------------------
+// A Q8_0 block is an f16 scale d and 32 int8 codes (34 bytes), a weight d code. Blocks of a row
+// sit at 2-byte boundaries, so a lane that takes half a block (16 codes) reads the words around
+// them and shifts. The GEMV's step is 16 blocks (544 bytes), lane l taking half l & 1 of block
+// l >> 1 with the matching half of the block's planes.
+
+// The 16 bytes at p (2-byte aligned, shared memory) as four words.
+__device__ __forceinline__ void load16_at2(const std::uint8_t* p, std::uint32_t (&w)[4]) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  const auto* words = reinterpret_cast<const std::uint32_t*>(addr & ~std::uintptr_t{3});
+  const unsigned sh = static_cast<unsigned>(addr & 2) * 8;
+  std::uint32_t v[5];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) v[i] = words[i];
+  v[4] = sh != 0 ? words[4] : 0u;  // aligned: the word after the 16 bytes is not needed
+#pragma unroll
+  for (int i = 0; i < 4; ++i) w[i] = __funnelshift_r(v[i], v[i + 1], sh);
+}
+
+// sum_k code_k x_k over 16 codes (int8, four per word) against the matching half-block planes
+// pl[0..kPlanes), in units of the planes' header scale (s / (254^2 16), token_bytes).
+template <int kPlanes = 3>
+__device__ __forceinline__ float q8_0_dot(const std::uint32_t (&codes)[4], const uint4 (&pl)[3]) {
+  static_assert(kPlanes == 1 || kPlanes == 3);
+  int s[3] = {0, 0, 0};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+#pragma unroll
+    for (int plane = 0; plane < kPlanes; ++plane) {
+      const uint4& a = pl[plane];
+      const std::uint32_t word = k == 0 ? a.x : k == 1 ? a.y : k == 2 ? a.z : a.w;
+      s[plane] = planes::dp4a_ss(codes[k], word, s[plane]);
+    }
+  }
+  // |s_i| <= 16 * 128 * 127 < 2^18: the integer sums are exact; 254 s1 + s2 may exceed 2^24, and
+  // its F32 rounding (2^-24 relative) is 254^-2 below s0's share: F32-grade, as block_dot.
+  return 16.0f * planes::combine(s[0], s[1], s[2]);
 }
 
 // ---- GGUF Q6_K blocks, read as they are (the persistent step's Q4_K_M mixes) -------------------
