@@ -130,7 +130,7 @@ constexpr double kExactTolerance = 8e-3;
 
 const GgmlType kTypes[] = {GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K,
                            GgmlType::BF16, GgmlType::F16,  GgmlType::F32,  GgmlType::Q4_1,
-                           GgmlType::Q5_0, GgmlType::Q5_K, GgmlType::IQ4_NL};
+                           GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q5_K, GgmlType::IQ4_NL};
 
 bool is_float(GgmlType type) {
   return type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16;
@@ -189,6 +189,10 @@ TEST(CudaGemm, Q4_1) { SKIP_WITHOUT_GPU(); check_type(GgmlType::Q4_1, 800); }
 TEST(CudaGemm, Q5_0) { SKIP_WITHOUT_GPU(); check_type(GgmlType::Q5_0, 900); }
 TEST(CudaGemm, Q5_K) { SKIP_WITHOUT_GPU(); check_type(GgmlType::Q5_K, 1000); }
 TEST(CudaGemm, IQ4_NL) { SKIP_WITHOUT_GPU(); check_type(GgmlType::IQ4_NL, 1100); }
+TEST(CudaGemm, Q5_1) {
+  SKIP_WITHOUT_GPU();
+  check_type(GgmlType::Q5_1, 1200);
+}
 
 TEST(CudaGemm, SupportedTypes) {
   for (const GgmlType type : kTypes) EXPECT_TRUE(cuda::gemm_supported(type)) << type_name(type);

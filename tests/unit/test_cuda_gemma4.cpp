@@ -346,7 +346,8 @@ TEST_P(CudaGemma4SmallMoe, PrefillAndDecodeMatchCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(CudaGemma4Types, CudaGemma4SmallMoe,
-                         ::testing::Values(GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q4_0),
+                         ::testing::Values(GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q4_0,
+                                           GgmlType::Q5_K),
                          [](const ::testing::TestParamInfo<GgmlType>& param_info) {
                            return std::string(type_name(param_info.param));
                          });

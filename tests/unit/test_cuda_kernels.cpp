@@ -73,9 +73,9 @@ GemvError gemv_error(GgmlType type, const Quantized& q, std::size_t rows, std::s
 
 constexpr double kGemvTolerance = 1e-5;
 
-const GgmlType kGemvTypes[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, GgmlType::Q4_0,
-                               GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::IQ4_NL,
-                               GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+const GgmlType kGemvTypes[] = {GgmlType::F32,    GgmlType::F16,  GgmlType::BF16, GgmlType::Q4_0,
+                               GgmlType::Q4_1,   GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0,
+                               GgmlType::IQ4_NL, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
 
 TEST(CudaGemv, MatchesCpuReferenceForEveryTypeAndShape) {
   SKIP_WITHOUT_GPU();

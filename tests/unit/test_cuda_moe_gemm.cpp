@@ -344,8 +344,8 @@ TEST(CudaMoeGemm, F32) {
 }
 TEST(CudaMoeGemm, OtherTypes) {
   SKIP_WITHOUT_GPU();
-  for (const GgmlType type :
-       {GgmlType::F16, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_K, GgmlType::IQ4_NL}) {
+  for (const GgmlType type : {GgmlType::F16, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1,
+                              GgmlType::Q5_K, GgmlType::IQ4_NL}) {
     cuda::MoeGemmScratch scratch = cuda::make_moe_gemm_scratch(64, 256, 8);
     SCOPED_TRACE(type_name(type));
     run_case(type, {5, 37, odd_cols(type), 7, 3, 3, true}, 700 + static_cast<int>(type), scratch);

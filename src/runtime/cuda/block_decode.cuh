@@ -121,6 +121,27 @@ struct Q5_0 {
   }
 };
 
+// Q5_1: d:f16, m:f16, qh:u32 (bit j = fifth bit of element j), qs[16]; x = d * code + m. Blocks
+// are 24 bytes, so 4-byte aligned (llama-quantize's Q5_K where rows are not whole 256-column
+// super-blocks: Gemma 4 26B-A4B's 704- and 2112-column FFN down projections).
+struct Q5_1 {
+  static constexpr int kBlockElems = 32, kBlockBytes = 24, kUnitsPerBlock = 2, kRuns = 4;
+  static constexpr int kAlign = 4;
+  __device__ __forceinline__ static void decode(const std::uint8_t* blk, int h, float* w,
+                                                int* start, const float*) {
+    const std::uint32_t dm = ld_u32(blk);
+    const float d = f16_bits(dm), m = f16_bits(dm >> 16);
+    const std::uint32_t qh = ld_u32(blk + 4);
+    const std::uint32_t q0 = ld_u32(blk + 8 + 8 * h), q1 = ld_u32(blk + 12 + 8 * h);
+    const int e = 8 * h;
+    run4<0>((q0 & kLowNibbles) | bits_to_byte_bit4(qh >> e), d, m, w + 0);
+    run4<0>((q1 & kLowNibbles) | bits_to_byte_bit4(qh >> (e + 4)), d, m, w + 4);
+    run4<0>(((q0 >> 4) & kLowNibbles) | bits_to_byte_bit4(qh >> (e + 16)), d, m, w + 8);
+    run4<0>(((q1 >> 4) & kLowNibbles) | bits_to_byte_bit4(qh >> (e + 20)), d, m, w + 12);
+    start[0] = e, start[1] = e + 4, start[2] = 16 + e, start[3] = 20 + e;
+  }
+};
+
 // Q8_0: d:f16, qs[32] int8. Unit h takes qs[16h .. 16h+16). Signed bytes become unsigned by
 // flipping the top bit (q + 128).
 struct Q8_0 {
@@ -346,6 +367,9 @@ bool with_format(GgmlType type, Fn&& fn) {
       return true;
     case GgmlType::Q5_0:
       fn(Q5_0{});
+      return true;
+    case GgmlType::Q5_1:
+      fn(Q5_1{});
       return true;
     case GgmlType::Q8_0:
       fn(Q8_0{});

@@ -641,7 +641,7 @@ void CudaModel::moe_experts(int il, int n) {
                        m.down.cols % 8 == 0;
   const bool gate_up_x8 = !grouped && (m.gate_up.layout == WeightLayout::kQ4_0x8 ||
                                        (m.gate_up.layout == WeightLayout::kGguf &&
-                                        q4_k_planes_applies(m.gate_up.type, m.gate_up.cols) &&
+                                        gguf_plane_weights(m.gate_up.type, m.gate_up.cols) &&
                                         m.gate_up.expert_bytes % 16 == 0));
   if (gate_up_x8) {
     // Per token, its k experts' gate and up rows in one launch, the activation applied on the

@@ -88,7 +88,7 @@ void require_kernel(const WeightMatrix& m) {
   if (m.present() && !gemv_supported(m.type)) {
     fail(
         "CUDA backend: tensor '{}' has type {}, which has no GPU kernel (supported: F32, F16, "
-        "BF16, Q4_0, Q4_1, Q5_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K)",
+        "BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K)",
         m.name, type_name(m.type));
   }
 }
@@ -153,7 +153,7 @@ DeviceWeights::DeviceWeights(const ModelWeights& host, const ModelConfig& config
         if (!moe_gemv_supported(stack->front().type)) {
           fail(
               "CUDA backend: tensor '{}' has type {}, which has no GPU kernel (supported: F32, "
-              "F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K)",
+              "F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K)",
               stack->front().name, type_name(stack->front().type));
         }
       }

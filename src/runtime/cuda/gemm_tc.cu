@@ -53,6 +53,7 @@ bool needs_of(GgmlType type, FormatNeeds& needs) {
       needs = {32, 2};
       return true;
     case GgmlType::Q4_1:
+    case GgmlType::Q5_1:
       needs = {32, 4};
       return true;
     case GgmlType::Q4_K:

@@ -21,7 +21,7 @@
 
 namespace qforge::cuda {
 
-// Types with a GEMM kernel: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K.
+// Types with a GEMM kernel: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K.
 bool gemm_supported(GgmlType type);
 
 // Fails (qforge::Error) for an unsupported type; n_cols not a positive multiple of the type's

@@ -181,6 +181,9 @@ bool with_legacy_decoder(GgmlType type, bool split_q4_0, Fn&& fn) {
     case GgmlType::Q5_0:
       fn(SmallBlocks<blocks::Q5_0>{});
       return true;
+    case GgmlType::Q5_1:
+      fn(SmallBlocks<blocks::Q5_1>{});
+      return true;
     case GgmlType::Q8_0:
       fn(SmallBlocks<blocks::Q8_0>{});
       return true;

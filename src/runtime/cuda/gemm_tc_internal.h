@@ -26,7 +26,7 @@ struct Args {
 
 // Shapes, alignment and type already checked by the caller; each returns false for a type that
 // is not in its family.
-bool run_legacy(GgmlType type, const Args& args);  // Q4_0, Q4_1, Q5_0, Q8_0, IQ4_NL
+bool run_legacy(GgmlType type, const Args& args);  // Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL
 bool run_kquant(GgmlType type, const Args& args);  // Q4_K, Q5_K, Q6_K
 bool run_float(GgmlType type, const Args& args);   // F32, F16, BF16
 

@@ -1209,11 +1209,13 @@ void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids
                          bool x_settled) {
   if (n_slots <= 0) return;
   check_expert_stack(w, "moe_gemv_q4_0x8_glu weights");
-  const bool q4_k = w.layout == WeightLayout::kGguf && q4_k_planes_applies(w.type, w.cols);
-  if ((w.layout != WeightLayout::kQ4_0x8 && !q4_k) || w.rows % 2 != 0 || ids == nullptr ||
+  const std::optional<PlaneWeights> form = w.layout == WeightLayout::kQ4_0x8
+                                               ? PlaneWeights::kQ4_0x8
+                                               : gguf_plane_weights(w.type, w.cols);
+  if (!form || w.rows % 2 != 0 || ids == nullptr ||
       w.expert_bytes < w.rows * row_bytes(w.type, w.cols) || w.expert_bytes % 16 != 0) {
-    cuda_fail("CUDA MoE gemv (Q4_0x8, gated): needs Q4_0x8 or Q4_K experts of gate rows + as many",
-              " up rows (", w.rows, " rows of ", w.expert_bytes,
+    cuda_fail("CUDA MoE gemv (Q4_0x8, gated): needs Q4_0x8, Q4_K, Q8_0 or Q5_K experts of gate ",
+              "rows + as many up rows (", w.rows, " rows of ", w.expert_bytes,
               " bytes per expert, a multiple of 16) and expert ids");
   }
   // Tasks are counted in int: slots x rows stays far below 2^31 for any real MoE.
@@ -1224,14 +1226,11 @@ void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids
   const Experts ex{ids, w.expert_bytes, w.n_experts, n_slots, false, false, x_settled};
   const int rows = static_cast<int>(w.rows), cols = static_cast<int>(w.cols);
   const bool silu = act == FfnActivation::kSiluGlu;
-  if (q4_k) {
-    (silu ? launch<2, 1, kSiluGlu, 1, false, PlaneWeights::kQ4_K>
-          : launch<2, 1, kGeluGlu, 1, false, PlaneWeights::kQ4_K>)(w.data, rows, cols, x, y, ldy,
-                                                                   stream, ex, {});
-  } else {
-    (silu ? launch<2, 1, kSiluGlu> : launch<2, 1, kGeluGlu>)(w.data, rows, cols, x, y, ldy, stream,
-                                                             ex, {});
-  }
+  with_form(*form, [&](auto f) {
+    constexpr PlaneWeights kW = decltype(f)::value;
+    (silu ? launch<2, 1, kSiluGlu, 1, false, kW>
+          : launch<2, 1, kGeluGlu, 1, false, kW>)(w.data, rows, cols, x, y, ldy, stream, ex, {});
+  });
 }
 
 // Rows per warp task of the expert down form: its rows are short (704 columns in Gemma 4 26B-A4B,

@@ -307,7 +307,7 @@ void check_expert_stack(const ExpertStack& w, const char* what) {
   });
   if (!ok) {
     cuda_fail("CUDA MoE: ", what, " has type ", type_name(w.type),
-              ", which has no GPU kernel (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, "
+              ", which has no GPU kernel (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
               "IQ4_NL, Q4_K, Q5_K, Q6_K)");
   }
   if (w.rows == 0 || w.rows > 0x7fffffffu || w.n_experts <= 0) {

@@ -49,7 +49,7 @@ struct MoeGemmScratch {
 // n_experts outside [1, 4096].
 MoeGemmScratch make_moe_gemm_scratch(int max_slots, std::size_t max_cols, int n_experts);
 
-// Types with a kernel: those of gemm_supported() (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0,
+// Types with a kernel: those of gemm_supported() (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 // IQ4_NL, Q4_K, Q5_K, Q6_K).
 bool moe_gemm_supported(GgmlType type);
 

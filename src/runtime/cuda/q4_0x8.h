@@ -52,7 +52,7 @@ bool q4_k_planes_applies(GgmlType type, std::size_t n_cols);
 // The form in which the integer-plane GEMVs take a GGUF-layout matrix of `type` and n_cols
 // columns, if they take it: Q4_K (q4_k_planes_applies), Q8_0 or Q5_K with n_cols a positive
 // multiple of 256 up to kMaxQ4_0x8Cols, unless QFORGE_Q8_0_PLANES=0 / QFORGE_Q5_K_PLANES=0 is set
-// (for comparisons with the row-tiled F32 kernel).
+// (for comparisons with the F32 GEMVs).
 std::optional<PlaneWeights> gguf_plane_weights(GgmlType type, std::size_t n_cols);
 
 // True for Q4_0 with n_cols a positive multiple of 32 up to kMaxQ4_0x8Cols, unless QFORGE_Q4_0X8=0.
@@ -129,9 +129,9 @@ void gemv_q4_0x8_glu_normed(FfnActivation act, const void* w, std::size_t n_rows
 // Expert form of gemv_q4_0x8_glu for one token (moe.h): for s < n_slots,
 //   y[s * ldy + j] = act(gate_j . x) * (up_j . x),   j < w.rows / 2,
 // with gate_j and up_j rows j and w.rows / 2 + j of expert ids[s] (each expert w.rows = 2 n_ff
-// rows in Q4_0x8, w.layout kQ4_0x8, or GGUF Q4_K where q4_k_planes_applies), zeros for ids
-// outside [0, w.n_experts). The slots share x,
-// as a token's k slots share their gate/up input; the ids may be written by the previous kernel.
+// rows in Q4_0x8, w.layout kQ4_0x8, or GGUF Q4_K, Q8_0 or Q5_K where gguf_plane_weights takes
+// them), zeros for ids outside [0, w.n_experts). The slots share x, as a token's k slots share
+// their gate/up input; the ids may be written by the previous kernel.
 // x_settled: a kernel two or more launches back wrote x and the previous one triggers after its
 // PDL wait (pdl.cuh; the routing between the norm and this product), so the planes of x are
 // built before the wait.
