@@ -900,10 +900,15 @@ void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std
 // 14.3 / 16.3, 4096 x 14336 19.2 / 18.9 / 21.4, 6144 x 4096 10.4 / 8.0 / 8.1, 5376 x 5376 12.3 /
 // 9.7 / 10.0, 4096 x 4096 6.7 / 6.8 / 6.5: two rows share each plane load from shared memory,
 // four leave too few tasks for an even last round.
-int pick_rows(int n_rows, int n_tokens, bool glu) {
+int pick_rows(int n_rows, int n_tokens, bool glu, PlaneWeights weights) {
   if (const int forced = rows_choice().load(); forced != 0) {
     return n_tokens == 2 ? std::min(forced, 2) : forced;
   }
+  // One-token Q8_0 tasks take four rows wherever two would do: a Q8_0 row is twice the steps of a
+  // Q4 row, so an emptier last round weighs less against what four rows share (each step's plane
+  // loads, barrier wait and copy issue). H200 tg128 Llama-3-8B Q8_0 (twentieth pass,
+  // docs/benchmarks.md), 1 / 2 / 4 rows everywhere: 265.9 / 313.1 / 324.1.
+  if (weights == PlaneWeights::kQ8_0 && n_tokens == 1 && n_rows >= resident_warps()) return 4;
   // Gated matrices with at least 8 rounds of one-pair tasks take two pairs per task: the planes
   // loaded from shared memory then serve four rows, and with that many rounds the emptier last
   // round costs less than they save. H200 tg128 (eleventh pass, docs/benchmarks.md), Gemma 4 31B
@@ -960,7 +965,7 @@ template <int kTokens, int kOut, bool kNormed = false, PlaneWeights kW = PlaneWe
 void launch_tokens(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
                    StreamHandle stream, const ResidualNormInput& norm_in = {}) {
   static_assert(kTokens == 1 || !kNormed);
-  switch (pick_rows(n_rows, kTokens, kOut != kRows)) {
+  switch (pick_rows(n_rows, kTokens, kOut != kRows, kW)) {
     case 4:
       if constexpr (kTokens == 1) {
         return launch_parts<4, kTokens, kOut, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream,
