@@ -1,13 +1,18 @@
-// Helpers of the integer-plane GEMV tests (q4_0x8.h: the Q4_0x8 and Q4_K weight forms), shared by
-// test_cuda_kernels.cpp and test_cuda_gemv_q4_k.cpp.
+// Helpers of the integer-plane GEMV tests (q4_0x8.h: the Q4_0x8, Q4_K, Q8_0 and Q5_K weight
+// forms), shared by test_cuda_kernels.cpp, test_cuda_gemv_q4_k.cpp and
+// test_cuda_gemv_q8_0_q5_k.cpp.
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <span>
 #include <vector>
 
+#include "cuda_test_util.h"
 #include "runtime/cuda/buffer.h"
 #include "runtime/cuda/q4_0x8.h"
 
@@ -41,6 +46,35 @@ void expect_bulk_equals_cp_async(Run&& run, std::size_t n_out) {
     out[bulk ? 1 : 0] = dy.to_host();
   }
   ASSERT_EQ(std::memcmp(out[0].data(), out[1].data(), n_out * sizeof(float)), 0);
+}
+
+// Largest |got - exact| / sum |w x| over rows and tokens (got: token-major, stride rows), exact
+// being the float64 sum of q's weights as the CPU decoder reads them.
+inline double error_vs_exact(const Quantized& q, std::size_t rows, std::size_t cols,
+                             const std::vector<float>& x, const std::vector<float>& got,
+                             int n_tokens) {
+  double worst = 0.0;
+  for (int t = 0; t < n_tokens; ++t) {
+    const std::span<const float> xt(x.data() + static_cast<std::size_t>(t) * cols, cols);
+    for (std::size_t r = 0; r < rows; ++r) {
+      const ExactDot exact = exact_dot(q.dequantized.data() + r * cols, xt);
+      const double g = got[static_cast<std::size_t>(t) * rows + r];
+      if (!std::isfinite(g)) return INFINITY;
+      worst = std::max(worst, std::fabs(g - exact.value) / std::max(exact.magnitude, 1e-30));
+    }
+  }
+  return worst;
+}
+
+// gemv_q4_0x8 of n_tokens rows of x against w in `weights`, token-major (stride rows).
+inline std::vector<float> run_gemv(const cuda::DeviceBuffer<std::byte>& w, std::size_t rows,
+                                   std::size_t cols, const std::vector<float>& x, int n_tokens,
+                                   cuda::PlaneWeights weights) {
+  cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
+  cuda::DeviceBuffer<float> dy(rows * n_tokens);
+  dy.fill_bytes(0xff);  // NaN: an unwritten output fails the check
+  cuda::gemv_q4_0x8(w.data(), rows, cols, dx.data(), dy.data(), rows, n_tokens, nullptr, weights);
+  return dy.to_host();
 }
 
 }  // namespace qforge

@@ -26,31 +26,6 @@ namespace {
 
 constexpr auto kQ4K = cuda::PlaneWeights::kQ4_K;
 
-// Largest |got - exact| / sum |w x| over rows and tokens (got: token-major, stride rows).
-double error_vs_exact(const Quantized& q, std::size_t rows, std::size_t cols,
-                      const std::vector<float>& x, const std::vector<float>& got, int n_tokens) {
-  double worst = 0.0;
-  for (int t = 0; t < n_tokens; ++t) {
-    const std::span<const float> xt(x.data() + static_cast<std::size_t>(t) * cols, cols);
-    for (std::size_t r = 0; r < rows; ++r) {
-      const ExactDot exact = exact_dot(q.dequantized.data() + r * cols, xt);
-      const double g = got[static_cast<std::size_t>(t) * rows + r];
-      if (!std::isfinite(g)) return INFINITY;
-      worst = std::max(worst, std::fabs(g - exact.value) / std::max(exact.magnitude, 1e-30));
-    }
-  }
-  return worst;
-}
-
-std::vector<float> run_gemv(const cuda::DeviceBuffer<std::byte>& w, std::size_t rows,
-                            std::size_t cols, const std::vector<float>& x, int n_tokens) {
-  cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
-  cuda::DeviceBuffer<float> dy(rows * n_tokens);
-  dy.fill_bytes(0xff);  // NaN: an unwritten output fails the check
-  cuda::gemv_q4_0x8(w.data(), rows, cols, dx.data(), dy.data(), rows, n_tokens, nullptr, kQ4K);
-  return dy.to_host();
-}
-
 TEST(CudaGemvQ4K, AppliesToWholeSuperBlocks) {
   EXPECT_TRUE(cuda::q4_k_planes_applies(GgmlType::Q4_K, 256));
   EXPECT_TRUE(cuda::q4_k_planes_applies(GgmlType::Q4_K, 5376));
@@ -81,9 +56,9 @@ TEST(CudaGemvQ4K, MatchesExactSum) {
             SCOPED_TRACE(testing::Message() << rows << "x" << cols << " task rows " << task_rows
                                             << " parts " << parts << " tokens " << n_tokens);
             const std::vector<float> x = random_floats(cols * n_tokens, ++seed, 2.0f);
-            EXPECT_LT(
-                error_vs_exact(q, rows, cols, x, run_gemv(dw, rows, cols, x, n_tokens), n_tokens),
-                1e-5);
+            EXPECT_LT(error_vs_exact(q, rows, cols, x, run_gemv(dw, rows, cols, x, n_tokens, kQ4K),
+                                     n_tokens),
+                      1e-5);
           }
         }
       }
@@ -228,10 +203,11 @@ TEST(CudaGemvQ4K, Int8XExactOnInt8Inputs) {
     }
     const std::vector<float> ordinary = random_floats(cols * n_tokens, 13700 + n_tokens, 2.0f);
     const ForcedDecodeX int8(cuda::DecodeX::kInt8);
-    EXPECT_LT(error_vs_exact(q, rows, cols, x, run_gemv(dw, rows, cols, x, n_tokens), n_tokens),
-              1e-5);
-    const double rounded = error_vs_exact(q, rows, cols, ordinary,
-                                          run_gemv(dw, rows, cols, ordinary, n_tokens), n_tokens);
+    EXPECT_LT(
+        error_vs_exact(q, rows, cols, x, run_gemv(dw, rows, cols, x, n_tokens, kQ4K), n_tokens),
+        1e-5);
+    const double rounded = error_vs_exact(
+        q, rows, cols, ordinary, run_gemv(dw, rows, cols, ordinary, n_tokens, kQ4K), n_tokens);
     EXPECT_GT(rounded, 1e-4);
     EXPECT_LT(rounded, 5e-2);
   }

@@ -41,32 +41,6 @@ struct Form {
   cuda::PlaneWeights weights;
 };
 
-// Largest |got - exact| / sum |w x| over rows and tokens (got: token-major, stride rows).
-double error_vs_exact(const Quantized& q, std::size_t rows, std::size_t cols,
-                      const std::vector<float>& x, const std::vector<float>& got, int n_tokens) {
-  double worst = 0.0;
-  for (int t = 0; t < n_tokens; ++t) {
-    const std::span<const float> xt(x.data() + static_cast<std::size_t>(t) * cols, cols);
-    for (std::size_t r = 0; r < rows; ++r) {
-      const ExactDot exact = exact_dot(q.dequantized.data() + r * cols, xt);
-      const double g = got[static_cast<std::size_t>(t) * rows + r];
-      if (!std::isfinite(g)) return INFINITY;
-      worst = std::max(worst, std::fabs(g - exact.value) / std::max(exact.magnitude, 1e-30));
-    }
-  }
-  return worst;
-}
-
-std::vector<float> run_gemv(const cuda::DeviceBuffer<std::byte>& w, std::size_t rows,
-                            std::size_t cols, const std::vector<float>& x, int n_tokens,
-                            cuda::PlaneWeights weights) {
-  cuda::DeviceBuffer<float> dx{std::span<const float>(x)};
-  cuda::DeviceBuffer<float> dy(rows * n_tokens);
-  dy.fill_bytes(0xff);  // NaN: an unwritten output fails the check
-  cuda::gemv_q4_0x8(w.data(), rows, cols, dx.data(), dy.data(), rows, n_tokens, nullptr, weights);
-  return dy.to_host();
-}
-
 // rows x cols weights of `type` (Q8_0 or Q5_K) from random bytes, so that every code, high bit
 // and packed 6-bit scale and min occurs in any combination, including what ggml's rounding never
 // writes (Q8_0 codes of -128, Q5_K sub-blocks of scale 0 or of large mins): a GGUF file may hold

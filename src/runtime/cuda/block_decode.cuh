@@ -103,6 +103,20 @@ struct Q4_1 {
   }
 };
 
+// Unit h of a 32-element block with 5-bit codes (Q5_0, Q5_1): qs words q0, q1 (qs[8h .. 8h+8)),
+// the block's fifth bits qh (bit j: element j); weight = d * (code - kBias) + m.
+template <int kBias>
+__device__ __forceinline__ void decode_5bit_unit(std::uint32_t q0, std::uint32_t q1,
+                                                 std::uint32_t qh, int h, float d, float m,
+                                                 float* w, int* start) {
+  const int e = 8 * h;
+  run4<kBias>((q0 & kLowNibbles) | bits_to_byte_bit4(qh >> e), d, m, w + 0);
+  run4<kBias>((q1 & kLowNibbles) | bits_to_byte_bit4(qh >> (e + 4)), d, m, w + 4);
+  run4<kBias>(((q0 >> 4) & kLowNibbles) | bits_to_byte_bit4(qh >> (e + 16)), d, m, w + 8);
+  run4<kBias>(((q1 >> 4) & kLowNibbles) | bits_to_byte_bit4(qh >> (e + 20)), d, m, w + 12);
+  start[0] = e, start[1] = e + 4, start[2] = 16 + e, start[3] = 20 + e;
+}
+
 // Q5_0: d:f16, qh:u32 (bit j = fifth bit of element j), qs[16]; x = d * (code - 16).
 struct Q5_0 {
   static constexpr int kBlockElems = 32, kBlockBytes = 22, kUnitsPerBlock = 2, kRuns = 4;
@@ -112,12 +126,7 @@ struct Q5_0 {
     const float d = ld_f16(blk);
     const std::uint32_t qh = ld_u32_a2(blk + 2);
     const std::uint32_t q0 = ld_u32_a2(blk + 6 + 8 * h), q1 = ld_u32_a2(blk + 10 + 8 * h);
-    const int e = 8 * h;
-    run4<16>((q0 & kLowNibbles) | bits_to_byte_bit4(qh >> e), d, 0.0f, w + 0);
-    run4<16>((q1 & kLowNibbles) | bits_to_byte_bit4(qh >> (e + 4)), d, 0.0f, w + 4);
-    run4<16>(((q0 >> 4) & kLowNibbles) | bits_to_byte_bit4(qh >> (e + 16)), d, 0.0f, w + 8);
-    run4<16>(((q1 >> 4) & kLowNibbles) | bits_to_byte_bit4(qh >> (e + 20)), d, 0.0f, w + 12);
-    start[0] = e, start[1] = e + 4, start[2] = 16 + e, start[3] = 20 + e;
+    decode_5bit_unit<16>(q0, q1, qh, h, d, 0.0f, w, start);
   }
 };
 
@@ -133,12 +142,7 @@ struct Q5_1 {
     const float d = f16_bits(dm), m = f16_bits(dm >> 16);
     const std::uint32_t qh = ld_u32(blk + 4);
     const std::uint32_t q0 = ld_u32(blk + 8 + 8 * h), q1 = ld_u32(blk + 12 + 8 * h);
-    const int e = 8 * h;
-    run4<0>((q0 & kLowNibbles) | bits_to_byte_bit4(qh >> e), d, m, w + 0);
-    run4<0>((q1 & kLowNibbles) | bits_to_byte_bit4(qh >> (e + 4)), d, m, w + 4);
-    run4<0>(((q0 >> 4) & kLowNibbles) | bits_to_byte_bit4(qh >> (e + 16)), d, m, w + 8);
-    run4<0>(((q1 >> 4) & kLowNibbles) | bits_to_byte_bit4(qh >> (e + 20)), d, m, w + 12);
-    start[0] = e, start[1] = e + 4, start[2] = 16 + e, start[3] = 20 + e;
+    decode_5bit_unit<0>(q0, q1, qh, h, d, m, w, start);
   }
 };
 

@@ -18,6 +18,7 @@
 #include "runtime/cuda/moe_gemm.h"
 #include "runtime/cuda/ops.h"
 #include "runtime/cuda/q4_0x8.h"
+#include "runtime/cuda/weight_layout.h"
 #include "runtime/cuda_device.h"
 #include "runtime/cuda_model.h"
 
@@ -54,7 +55,9 @@ std::optional<PersistentWeights> persistent_form(const std::vector<DeviceLayer>&
       x8 = x8 && form == PlaneWeights::kQ4_0x8;
       k = k && form == PlaneWeights::kQ4_K;
       mixed = mixed && (form == PlaneWeights::kQ4_K || q6_k);
-      if (!m->empty()) (q6_k ? q6_k_bytes : q4_k_bytes) += m->rows * row_bytes(m->type, m->cols);
+      if (!m->empty()) {
+        (q6_k ? q6_k_bytes : q4_k_bytes) += m->rows * stored_row_bytes(m->type, m->cols, m->layout);
+      }
     }
   }
   if (x8) return PersistentWeights::kQ4_0x8;

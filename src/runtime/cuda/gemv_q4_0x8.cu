@@ -986,6 +986,11 @@ void launch_tokens(const void* w, int n_rows, int n_cols, const float* x, float*
   }
 }
 
+// Rows of whole 256-column groups the GEMV takes (the GGUF forms' rows are then 16-byte multiples).
+bool whole_groups(std::size_t n_cols) {
+  return n_cols > 0 && n_cols % 256 == 0 && n_cols <= kMaxQ4_0x8Cols;
+}
+
 bool aligned16(const void* p) {
   return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
 }
@@ -1088,14 +1093,13 @@ bool gemv_q4_0x8_normed_applies(std::size_t n_cols, PlaneWeights weights) {
 
 bool q4_k_planes_applies(GgmlType type, std::size_t n_cols) {
   static const bool on = switch_on("QFORGE_Q4_K_PLANES");
-  return on && type == GgmlType::Q4_K && n_cols > 0 && n_cols % 256 == 0 &&
-         n_cols <= kMaxQ4_0x8Cols;
+  return on && type == GgmlType::Q4_K && whole_groups(n_cols);
 }
 
 std::optional<PlaneWeights> gguf_plane_weights(GgmlType type, std::size_t n_cols) {
   static const bool q8_0 = switch_on("QFORGE_Q8_0_PLANES"), q5_k = switch_on("QFORGE_Q5_K_PLANES");
   if (q4_k_planes_applies(type, n_cols)) return PlaneWeights::kQ4_K;
-  if (n_cols == 0 || n_cols % 256 != 0 || n_cols > kMaxQ4_0x8Cols) return std::nullopt;
+  if (!whole_groups(n_cols)) return std::nullopt;
   if (type == GgmlType::Q8_0 && q8_0) return PlaneWeights::kQ8_0;
   if (type == GgmlType::Q5_K && q5_k) return PlaneWeights::kQ5_K;
   return std::nullopt;

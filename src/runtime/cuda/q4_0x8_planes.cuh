@@ -156,19 +156,16 @@ __device__ __forceinline__ float2 q4_k_factors(const uint4& header, int lane) {
                      dmin * static_cast<float>(m) * 0.125f);
 }
 
-// The plane sums of one sub-block combined as in block_dot: times the plane header's scale (and
-// q4_k_factors' 16 for an even sub-block) it is sum_k code_k x_k. c0, c1: the 32 code bytes; mask
-// 0x0f0f0f0f (even sub-block) or 0xf0f0f0f0 (odd: the codes in place, 16 x code, as block_dot
-// takes its high nibbles).
-template <int kPlanes = 3>
-__device__ __forceinline__ float q4_k_dot(const uint4& c0, const uint4& c1, std::uint32_t mask,
-                                          const uint4 (&pl)[6]) {
+// The plane sums of a 32-column sub-block whose codes are unsigned bytes, code_word(i) giving
+// elements 4i..4i+3 (i < 8; the first four words meet the first half of the block's planes),
+// combined as in block_dot. The callers bound the sums.
+template <int kPlanes, typename CodeWord>
+__device__ __forceinline__ float sub_block_dot(CodeWord&& code_word, const uint4 (&pl)[6]) {
   static_assert(kPlanes == 1 || kPlanes == 3);
-  const std::uint32_t cw[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
   int s[3] = {0, 0, 0};
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
-    const std::uint32_t c = cw[i] & mask;
+    const std::uint32_t c = code_word(i);
 #pragma unroll
     for (int plane = 0; plane < kPlanes; ++plane) {
       const uint4& a = pl[2 * plane + (i >> 2)];
@@ -177,8 +174,19 @@ __device__ __forceinline__ float q4_k_dot(const uint4& c0, const uint4& c1, std:
       s[plane] = dp4a_us(c, word, s[plane]);
     }
   }
-  // |s_i| <= 16 * 32 * 15 * 127 < 2^20, as block_dot's 16 * Pi.
   return planes::combine(s[0], s[1], s[2]);
+}
+
+// The plane sums of one sub-block combined as in block_dot: times the plane header's scale (and
+// q4_k_factors' 16 for an even sub-block) it is sum_k code_k x_k. c0, c1: the 32 code bytes; mask
+// 0x0f0f0f0f (even sub-block) or 0xf0f0f0f0 (odd: the codes in place, 16 x code, as block_dot
+// takes its high nibbles).
+template <int kPlanes = 3>
+__device__ __forceinline__ float q4_k_dot(const uint4& c0, const uint4& c1, std::uint32_t mask,
+                                          const uint4 (&pl)[6]) {
+  const std::uint32_t cw[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+  // |s_i| <= 16 * 32 * 15 * 127 < 2^20, as block_dot's 16 * Pi.
+  return sub_block_dot<kPlanes>([&](int i) { return cw[i] & mask; }, pl);
 }
 
 // ---- GGUF Q5_K blocks, read as they are (PlaneWeights::kQ5_K) ---------------------------------
@@ -194,27 +202,17 @@ __device__ __forceinline__ float q4_k_dot(const uint4& c0, const uint4& c1, std:
 template <int kPlanes = 3>
 __device__ __forceinline__ float q5_k_dot(const uint4 (&qs)[2], const uint4 (&qh)[2], int j,
                                           const uint4 (&pl)[6]) {
-  static_assert(kPlanes == 1 || kPlanes == 3);
   const std::uint32_t cw[8] = {qs[0].x, qs[0].y, qs[0].z, qs[0].w,
                                qs[1].x, qs[1].y, qs[1].z, qs[1].w};
   const std::uint32_t hw[8] = {qh[0].x, qh[0].y, qh[0].z, qh[0].w,
                                qh[1].x, qh[1].y, qh[1].z, qh[1].w};
   const unsigned lo_shift = 4 * (j & 1);
-  int s[3] = {0, 0, 0};
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const std::uint32_t c =
-        ((cw[i] >> lo_shift) & 0x0f0f0f0fu) | (((hw[i] >> j) & 0x01010101u) << 4);  // 0..31
-#pragma unroll
-    for (int plane = 0; plane < kPlanes; ++plane) {
-      const uint4& a = pl[2 * plane + (i >> 2)];
-      const int k = i & 3;
-      const std::uint32_t word = k == 0 ? a.x : k == 1 ? a.y : k == 2 ? a.z : a.w;
-      s[plane] = dp4a_us(c, word, s[plane]);
-    }
-  }
-  // |s_i| <= 32 * 31 * 127 < 2^17: exact integer sums, combined as block_dot's.
-  return planes::combine(s[0], s[1], s[2]);
+  // Codes 0..31: |s_i| <= 32 * 31 * 127 < 2^17, exact integer sums.
+  return sub_block_dot<kPlanes>(
+      [&](int i) {
+        return ((cw[i] >> lo_shift) & 0x0f0f0f0fu) | (((hw[i] >> j) & 0x01010101u) << 4);
+      },
+      pl);
 }
 
 // ---- GGUF Q8_0 blocks, read as they are (PlaneWeights::kQ8_0) ---------------------------------
