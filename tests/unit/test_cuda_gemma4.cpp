@@ -352,6 +352,50 @@ INSTANTIATE_TEST_SUITE_P(CudaGemma4Types, CudaGemma4SmallMoe,
                            return std::string(type_name(param_info.param));
                          });
 
+// llama-quantize's Q4_K_M mix on the small MoE: Q6_K attn_v in some layers beside Q4_K attn_q and
+// attn_k (Q and K then one stacked launch, V its own), and the 704-column expert down stacks in
+// Q5_0 (Q4_K's fallback for rows that are not whole super-blocks) and Q8_0 (Q6_K's), which the
+// expert down GEMV takes as stored; prefill and decode against the CPU.
+TEST(CudaGemma4Mixes, SmallMoeQ4KMMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  // 8 layers, every fourth of full attention (K = V there): the mix then gives layer 0 a Q6_K V.
+  nlohmann::json config = small_moe_config();
+  const int n_layer = 8;
+  config["num_hidden_layers"] = n_layer;
+  config["layer_types"] = nlohmann::json::array();
+  for (int i = 0; i < n_layer; ++i) {
+    config["layer_types"].push_back(i % 4 == 3 ? "full_attention" : "sliding_attention");
+  }
+  const fs::path path =
+      write_synth_file(synth::SynthArch::kGemma4, config, GgmlType::Q4_K,
+                       "cuda_gemma4_small_moe_q4_k_m.gguf", 9, TypePreset::kQ4_K_M);
+  {
+    const GgufReader gguf = GgufReader::open(path);
+    bool mixed_qkv = false, down_q5_0 = false, down_q8_0 = false;
+    for (int il = 0; il < n_layer; ++il) {
+      const std::string blk = "blk." + std::to_string(il) + ".";
+      const GgufTensorInfo* q = gguf.find_tensor(blk + "attn_q.weight");
+      const GgufTensorInfo* k = gguf.find_tensor(blk + "attn_k.weight");
+      const GgufTensorInfo* v = gguf.find_tensor(blk + "attn_v.weight");
+      const GgufTensorInfo* down = gguf.find_tensor(blk + "ffn_down_exps.weight");
+      ASSERT_NE(q, nullptr);
+      ASSERT_NE(down, nullptr);
+      mixed_qkv = mixed_qkv || (k != nullptr && v != nullptr && q->type == GgmlType::Q4_K &&
+                                k->type == GgmlType::Q4_K && v->type == GgmlType::Q6_K);
+      down_q5_0 = down_q5_0 || down->type == GgmlType::Q5_0;
+      down_q8_0 = down_q8_0 || down->type == GgmlType::Q8_0;
+    }
+    ASSERT_TRUE(mixed_qkv) << "no layer with Q4_K Q and K and a Q6_K V";
+    ASSERT_TRUE(down_q5_0) << "no Q5_0 expert down stack";
+    ASSERT_TRUE(down_q8_0) << "no Q8_0 expert down stack";
+  }
+  const CpuF32Activations f32;
+  auto cpu = load_model(path);
+  auto gpu = cuda_model(path, /*gemm=*/false);
+  expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(40, 3, 37, 500), 6, KvType::F32,
+                         "small MoE Q4_K_M");
+}
+
 // The Q4_0x8 GEMVs' cluster choice forced for a test (every unnormed launch in CTA pairs, which
 // the shapes of these small models never pick by themselves), back to the choice before it.
 struct ForcedGemvPairs {

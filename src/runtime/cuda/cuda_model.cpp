@@ -395,6 +395,9 @@ void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits, i
                        *plane_weights(l.qkv));
   } else if (!l.qkv.empty()) {
     matmul(l.qkv, h_.data(), qkv, ld, n);
+  } else if (!l.qk.empty() && g.has_kv) {  // Q and K in one launch, V in its own type
+    matmul(l.qk, h_.data(), qkv, ld, n);
+    matmul(l.wv, h_.data(), qkv + g.q_dim + g.k_dim, ld, n);
   } else {
     matmul(l.wq, h_.data(), qkv, ld, n);
     if (g.has_kv) {
@@ -668,11 +671,12 @@ void CudaModel::moe_experts(int il, int n) {
   if (grouped) {
     moe_gemm(m.down, expert_ids_.data(), slots, 1, exp_act_.data(), exp_out_.data(), embd_,
              moe_scratch_, s);
-  } else if (m.down.layout == WeightLayout::kQ4_0x8) {
-    // Each slot's own activation row against its expert (q4_0x8.h). After the Q4_0x8 gate/up
-    // GEMV, which waits before it triggers, the routing that wrote the ids is two launches back:
-    // the down experts' weights stream while the gate/up GEMV runs. H200, Gemma 4 26B-A4B: see
-    // docs/benchmarks.md, ninth pass.
+  } else if (m.down.layout == WeightLayout::kQ4_0x8 || expert_down_plane_weights(m.down)) {
+    // Each slot's own activation row against its expert (q4_0x8.h): Q4_0x8, or the Q8_0 / Q5_0 /
+    // Q5_1 rows llama-quantize writes for K-quant down stacks of 704 columns. After the gate/up
+    // GEMV of the integer-plane form, which waits before it triggers, the routing that wrote the
+    // ids is two launches back: the down experts' weights stream while the gate/up GEMV runs.
+    // H200, Gemma 4 26B-A4B: see docs/benchmarks.md, ninth and twenty-first passes.
     moe_gemv_q4_0x8(m.down, expert_ids_.data(), slots, exp_act_.data(), exp_out_.data(), embd_, s,
                     gate_up_x8 && early_down_);
   } else {

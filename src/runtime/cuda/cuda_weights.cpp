@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "runtime/cuda/env_switch.h"
 #include "runtime/cuda/gemv.h"
 #include "runtime/cuda/graph.h"
 #include "runtime/cuda/moe.h"
@@ -171,7 +172,7 @@ DeviceWeights::DeviceWeights(const ModelWeights& host, const ModelConfig& config
   struct LayerOffsets {
     std::size_t attn_norm, q_norm, k_norm, post_attn_norm, ffn_norm, post_ffn_norm;
     std::size_t q, k, v, o, gate, up, down;
-    bool qkv_fused, gate_up_fused;
+    bool qkv_fused, qk_fused, gate_up_fused;
     MoeOffsets moe;
     std::size_t pl_gate, pl_proj, pl_norm;
   };
@@ -198,10 +199,18 @@ DeviceWeights::DeviceWeights(const ModelWeights& host, const ModelConfig& config
     o.post_ffn_norm = layout.add_vector(l.post_ffn_norm);
     const std::vector<const WeightMatrix*> qkv = present({&l.wq, &l.wk, &l.wv});
     o.qkv_fused = qkv.size() > 1 && same_type(qkv);
+    // QFORGE_QK_STACK=0: Q and K apart, as before (measurements).
+    static const bool stack_qk = switch_on("QFORGE_QK_STACK");
+    o.qk_fused =
+        stack_qk && !o.qkv_fused && l.wk.present() && l.wv.present() && same_type({&l.wq, &l.wk});
     if (o.qkv_fused) {
       o.q = layout.add_group({&l.wq, &l.wk, &l.wv});  // absent ones add no bytes
       o.k = o.q + l.wq.rows * l.wq.row_stride;
       o.v = o.k + l.wk.rows * l.wk.row_stride;
+    } else if (o.qk_fused) {
+      o.q = layout.add_group({&l.wq, &l.wk});
+      o.k = o.q + l.wq.rows * l.wq.row_stride;
+      o.v = layout.add_group({&l.wv});
     } else {
       o.q = layout.add_group({&l.wq});
       o.k = layout.add_group({&l.wk});
@@ -299,6 +308,9 @@ DeviceWeights::DeviceWeights(const ModelWeights& host, const ModelConfig& config
       d.qkv =
           stacked(l.wq, l.wq.rows + l.wk.rows + l.wv.rows, o.q, fmt::format("blk.{}.attn_qkv", il));
     }
+    if (o.qk_fused) {
+      d.qk = stacked(l.wq, l.wq.rows + l.wk.rows, o.q, fmt::format("blk.{}.attn_qk", il));
+    }
     if (o.gate_up_fused) {
       d.gate_up = stacked(l.ffn_gate, l.ffn_gate.rows + l.ffn_up.rows, o.gate,
                           fmt::format("blk.{}.ffn_gate_up", il));
@@ -342,6 +354,10 @@ void DeviceWeights::regroup_q4_0() {
     if (!d.qkv.empty()) {
       regroup(d.qkv);
       d.wq.layout = d.wk.layout = d.wv.layout = d.qkv.layout;
+    } else if (!d.qk.empty()) {
+      regroup(d.qk);
+      d.wq.layout = d.wk.layout = d.qk.layout;
+      regroup(d.wv);
     } else {
       for (DeviceMatrix* m : {&d.wq, &d.wk, &d.wv}) regroup(*m);
     }

@@ -58,6 +58,9 @@ struct DeviceLayer {
   // wq, wk, wv stacked (those present: KV-sharing layers have only wq, V = K layers no wv), when
   // they share a type; else empty.
   DeviceMatrix qkv;
+  // wq and wk stacked where they share a type and wv has another (llama-quantize's Q4_K_M gives
+  // some layers a Q6_K attn_v): two launches instead of three; else empty.
+  DeviceMatrix qk;
   DeviceMatrix wq, wk, wv, wo;
   DeviceMatrix gate_up;  // ffn_gate, ffn_up stacked, when they share a type; else empty
   DeviceMatrix gate, up, down;

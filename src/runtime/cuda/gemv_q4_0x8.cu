@@ -243,15 +243,28 @@ __device__ void build_planes_normed(const ResidualNormInput& in, const float* ro
 // group headers (8 scales each) of 32 blocks; Q4_K: 4 super-blocks of 144 bytes, a lane per
 // sub-block; Q5_K: 4 super-blocks of 176 bytes, a lane per sub-block; Q8_0: 16 blocks of 34 bytes,
 // a lane per half block (16 codes), so that a step carries about as many bytes as Q4's.
+// The expert down forms of rows at any 4-byte boundary (kAnyRow: Q8_0 as above, Q5_0 and Q5_1 a
+// lane per block) copy each row's step from the 16-byte boundary below it, so a stage's row has
+// 16 bytes of room for the lead, and a lane finds its block lead bytes into the row's stage.
 template <PlaneWeights kW>
 struct Form {
-  static constexpr int kBlocks = kW == PlaneWeights::kQ8_0 ? 16 : 32;
-  static constexpr int kBytes = kW == PlaneWeights::kQ8_0   ? 16 * 34
+  static constexpr bool kAnyRow = kW == PlaneWeights::kQ8_0Rows || kW == PlaneWeights::kQ5_0Rows ||
+                                  kW == PlaneWeights::kQ5_1Rows;
+  static constexpr bool kQ8 = kW == PlaneWeights::kQ8_0 || kW == PlaneWeights::kQ8_0Rows;
+  // Bytes of a 32-column block of the GGUF 32-column forms (0: the others).
+  static constexpr int kBlockBytes = kQ8                             ? 34
+                                     : kW == PlaneWeights::kQ5_0Rows ? 22
+                                     : kW == PlaneWeights::kQ5_1Rows ? 24
+                                                                     : 0;
+  static constexpr int kBlocks = kQ8 ? 16 : 32;
+  static constexpr int kBytes = kBlockBytes != 0            ? kBlocks * kBlockBytes
                                 : kW == PlaneWeights::kQ5_K ? 4 * 176
                                                             : 576;
-  // Bytes of a row of n_cols columns (a multiple of 256, or of 32 for Q4_0x8: q4_0x8.h).
+  static constexpr int kRowRoom = kAnyRow ? kBytes + 16 : kBytes;  // a stage's room per row
+  // Bytes of a row of n_cols columns (a multiple of 256, or of 32 for Q4_0x8 and kAnyRow:
+  // q4_0x8.h).
   static __host__ __device__ constexpr std::size_t row_bytes(std::size_t n_cols) {
-    return kW == PlaneWeights::kQ8_0   ? n_cols / 32 * 34
+    return kBlockBytes != 0            ? n_cols / 32 * kBlockBytes
            : kW == PlaneWeights::kQ5_K ? n_cols / 256 * 176
                                        : q4_0x8_row_bytes(n_cols);
   }
@@ -263,7 +276,7 @@ struct Form {
 // One pipeline stage of a warp: one step of each of its R rows.
 template <int R, PlaneWeights kW = PlaneWeights::kQ4_0x8>
 struct Stage {
-  static constexpr int kRowBytes = Form<kW>::kBytes;
+  static constexpr int kRowBytes = Form<kW>::kRowRoom;
   static constexpr int kBytes = R * kRowBytes;
 };
 
@@ -356,6 +369,7 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
   static_assert(!kGlu || R % 2 == 0);
   static_assert(kWarps % P == 0);
   static_assert(!kNormed || kTokens == 1);
+  static_assert(!F::kAnyRow || (!kNormed && !kGlu && kTokens == 1 && P == 1));
   TraceStamps trace;
   trace.begin();
   extern __shared__ uint4 smem_words[];
@@ -426,7 +440,35 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
       std::uint8_t* stage = ring + issue_slot * St::kBytes;
       const std::size_t step_off = static_cast<std::size_t>(issue_step) * F::kBytes;
       const std::size_t step_bytes = min(std::size_t{F::kBytes}, row_bytes - step_off);
-      if constexpr (kBulk) {  // a row's step is contiguous: one copy per row, issued by lane 0
+      if constexpr (F::kAnyRow) {  // from the 16-byte boundary below, in whole 16-byte words
+        std::uint32_t lead[R], bytes[R], total = 0;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          lead[r] = static_cast<std::uint32_t>(
+              reinterpret_cast<std::uintptr_t>(issue_rows[r] + step_off) & 15u);
+          bytes[r] = (lead[r] + static_cast<std::uint32_t>(step_bytes) + 15u) & ~15u;
+          total += bytes[r];
+        }
+        if constexpr (kBulk) {
+          if (lane == 0) {
+            mbar_expect(bars + issue_slot, total);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+              bulk_copy(stage + r * St::kRowBytes, issue_rows[r] + step_off - lead[r], bytes[r],
+                        bars + issue_slot, policy);
+            }
+          }
+        } else {
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            std::uint8_t* dst = stage + r * St::kRowBytes;
+            const std::uint8_t* src = issue_rows[r] + step_off - lead[r];
+            for (int c = lane; 16 * c < static_cast<int>(bytes[r]); c += 32) {
+              cp_async16(dst + 16 * c, src + 16 * c, policy);
+            }
+          }
+        }
+      } else if constexpr (kBulk) {  // a row's step is contiguous: one copy per row, by lane 0
         if (lane == 0) {
           const auto bytes = static_cast<std::uint32_t>(step_bytes);
           mbar_expect(bars + issue_slot, R * bytes);
@@ -547,6 +589,21 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
   }
   int step = step_begin, task = first_task, slot = 0, round = 0;
   std::uint32_t phase = 0;  // bulk form: parity of the current pass over the ring
+  // kAnyRow: where each row of the current task starts in its stage (issue() copies from the
+  // 16-byte boundary below it). The base and the expert stride are multiples of 16 bytes, so the
+  // row's index within its expert says: the task within its slot, kept as tasks advance.
+  int lead[R] = {}, slot_task = 0;
+  auto row_leads = [&] {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const auto row = static_cast<std::size_t>(min(slot_task * R + r, n_rows - 1));
+      lead[r] = static_cast<int>((row * row_bytes) & 15u);
+    }
+  };
+  if constexpr (F::kAnyRow) {
+    slot_task = task % slot_tasks;
+    row_leads();
+  }
   // Where a lane's codes and scale sit in a stage's row: the bulk form copies the global layout
   // (per group of 8 blocks, 8 scales then 8 code arrays), cp.async regroups codes then scales.
   const int code_at = kBulk ? lane_codes : 16 * lane;
@@ -617,14 +674,14 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
           }
         }
       }
-    } else if constexpr (kW == PlaneWeights::kQ8_0) {
+    } else if constexpr (F::kQ8) {
       const int half = lane & 1, b8 = step * 16 + (lane >> 1);
       if (b8 < n_blocks) {  // lane = half (lane & 1) of block lane >> 1
         std::uint32_t codes[R][4];
         float d[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-          const std::uint8_t* blk = stage + r * St::kRowBytes + 34 * (lane >> 1);
+          const std::uint8_t* blk = stage + r * St::kRowBytes + lead[r] + 34 * (lane >> 1);
           d[r] = __half2float(*reinterpret_cast<const __half*>(blk));
           q4_0x8::load16_at2(blk + 2 + 16 * half, codes[r]);
         }
@@ -641,6 +698,32 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
 #pragma unroll
           for (int r = 0; r < R; ++r) {
             acc[r][t] = fmaf(d[r] * xs, q4_0x8::q8_0_dot<kPlanes>(codes[r], pl), acc[r][t]);
+          }
+        }
+      }
+    } else if constexpr (kW == PlaneWeights::kQ5_0Rows || kW == PlaneWeights::kQ5_1Rows) {
+      if (b < n_blocks) {  // lane = block (one token)
+        const uint4* tok = reinterpret_cast<const uint4*>(x_planes);
+        uint4 pl[6];
+        const float2 xb = q4_0x8::block_planes<kPlanes>(tok, n_blocks, b, pl);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const std::uint8_t* blk = stage + r * St::kRowBytes + lead[r] + F::kBlockBytes * lane;
+          std::uint32_t qw[5];                            // qh, then the 16 code bytes
+          if constexpr (kW == PlaneWeights::kQ5_0Rows) {  // d, qh, qs: 2-byte aligned
+            const float d = __half2float(*reinterpret_cast<const __half*>(blk));
+            q4_0x8::load_words_at2<5>(blk + 2, qw);
+            const float dot = q4_0x8::q5_0_dot<kPlanes>(qw, pl);
+            acc[r][0] = fmaf(d, fmaf(16.0f * dot, xb.x, -2.0f * xb.y), acc[r][0]);
+          } else {  // d, m, qh, qs: 8-byte aligned (rows of 24-byte blocks, leads 0 or 8)
+            const auto* w2 = reinterpret_cast<const uint2*>(blk);
+            const uint2 head = w2[0], c0 = w2[1], c1 = w2[2];
+            qw[0] = head.y, qw[1] = c0.x, qw[2] = c0.y, qw[3] = c1.x, qw[4] = c1.y;
+            const float d = __half2float(__ushort_as_half(static_cast<unsigned short>(head.x)));
+            const float m =
+                __half2float(__ushort_as_half(static_cast<unsigned short>(head.x >> 16)));
+            const float dot = q4_0x8::q5_0_dot<kPlanes>(qw, pl);
+            acc[r][0] = fmaf(d * 16.0f * dot, xb.x, fmaf(m * 0.125f, xb.y, acc[r][0]));
           }
         }
       }
@@ -715,6 +798,10 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
       task += task_stride;
       x_planes = task_planes(task);
       ++round;
+      if constexpr (F::kAnyRow) {
+        for (slot_task += task_stride; slot_task >= slot_tasks;) slot_task -= slot_tasks;
+        row_leads();
+      }
     }
     if (++slot == S) slot = 0, phase ^= 1u;
     __syncwarp();  // every lane has read this stage before the next issue() refills it
@@ -1065,6 +1152,11 @@ void with_form(PlaneWeights weights, Fn&& fn) {
       return fn(std::integral_constant<W, W::kQ8_0>{});
     case W::kQ5_K:
       return fn(std::integral_constant<W, W::kQ5_K>{});
+    case W::kQ8_0Rows:
+    case W::kQ5_0Rows:
+    case W::kQ5_1Rows:
+      cuda_fail("CUDA gemv (Q4_0x8): the expert down forms (Q8_0, Q5_0, Q5_1 rows at any 4-byte ",
+                "boundary) have no other GEMV");
     case W::kQ4_0x8:
       break;
   }
@@ -1248,23 +1340,35 @@ void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids
 // 416.1).
 constexpr int kDownRows = 4;
 
-void moe_gemv_q4_0x8(const ExpertStack& w, const int* ids, int n_slots, const float* x, float* y,
-                     std::size_t ldy, StreamHandle stream, bool ids_settled) {
-  if (n_slots <= 0) return;
-  check_expert_stack(w, "moe_gemv_q4_0x8 weights");
-  if (w.layout != WeightLayout::kQ4_0x8 || ids == nullptr ||
-      w.expert_bytes < w.rows * q4_0x8_row_bytes(w.cols)) {
-    cuda_fail("CUDA MoE gemv (Q4_0x8): needs Q4_0x8 experts (", w.rows, " rows of ",
-              q4_0x8_row_bytes(w.cols), " bytes, ", w.expert_bytes, " bytes per expert) and ids");
+std::optional<PlaneWeights> expert_down_plane_weights(const ExpertStack& w) {
+  static const bool on = switch_on("QFORGE_DOWN_PLANES");
+  if (!on || w.layout != WeightLayout::kGguf || w.cols == 0 || w.cols % 32 != 0 ||
+      w.cols > kMaxQ4_0x8Cols || !aligned16(w.data) || w.expert_bytes % 16 != 0 ||
+      w.expert_bytes < w.rows * row_bytes(w.type, w.cols)) {
+    return std::nullopt;
   }
-  if (static_cast<long long>(n_slots) * static_cast<long long>(w.rows) > 0x3fffffffLL) {
-    cuda_fail("CUDA MoE gemv (Q4_0x8): ", n_slots, " slots of ", w.rows, " rows");
+  switch (w.type) {
+    case GgmlType::Q8_0:
+      return PlaneWeights::kQ8_0Rows;
+    case GgmlType::Q5_0:
+      return PlaneWeights::kQ5_0Rows;
+    case GgmlType::Q5_1:
+      return PlaneWeights::kQ5_1Rows;
+    default:
+      return std::nullopt;
   }
-  check(w.data, w.rows, w.cols, x, y, ldy, 1, 32);
-  // Launches of as many slots as shared memory holds the planes of (all k of a token for the
-  // 704-column experts of Gemma 4 26B-A4B).
+}
+
+namespace {
+
+// The expert down launches of one form: as many slots per launch as shared memory holds the
+// planes of (all k of a token for the 704-column experts of Gemma 4 26B-A4B).
+template <PlaneWeights kW>
+void launch_expert_down(const ExpertStack& w, const int* ids, int n_slots, const float* x, float* y,
+                        std::size_t ldy, StreamHandle stream, bool ids_settled) {
   const std::size_t per_slot = token_bytes(static_cast<int>(w.cols / 32));
-  constexpr std::size_t kRing = ring_bytes<kDownRows, 1>() + barrier_bytes<kDownRows, 1, true>();
+  constexpr std::size_t kRing =
+      ring_bytes<kDownRows, 1, kW>() + barrier_bytes<kDownRows, 1, true>();
   const std::size_t room = max_smem() > kRing ? max_smem() - kRing : 0;
   const int per_launch = static_cast<int>(std::min<std::size_t>(room / per_slot, 64));
   if (per_launch < 1) {
@@ -1276,8 +1380,44 @@ void moe_gemv_q4_0x8(const ExpertStack& w, const int* ids, int n_slots, const fl
     const Experts ex{ids + s0, w.expert_bytes, w.n_experts, n, true, ids_settled};
     const float* xs = x + static_cast<std::size_t>(s0) * w.cols;
     float* ys = y + static_cast<std::size_t>(s0) * ldy;
-    launch<kDownRows, 1, kRows>(w.data, static_cast<int>(w.rows), static_cast<int>(w.cols), xs, ys,
-                                ldy, stream, ex);
+    launch<kDownRows, 1, kRows, 1, false, kW>(w.data, static_cast<int>(w.rows),
+                                              static_cast<int>(w.cols), xs, ys, ldy, stream, ex);
+  }
+}
+
+}  // namespace
+
+void moe_gemv_q4_0x8(const ExpertStack& w, const int* ids, int n_slots, const float* x, float* y,
+                     std::size_t ldy, StreamHandle stream, bool ids_settled) {
+  if (n_slots <= 0) return;
+  check_expert_stack(w, "moe_gemv_q4_0x8 weights");
+  const std::optional<PlaneWeights> form = w.layout == WeightLayout::kQ4_0x8
+                                               ? std::optional(PlaneWeights::kQ4_0x8)
+                                               : expert_down_plane_weights(w);
+  if (!form || ids == nullptr ||
+      (*form == PlaneWeights::kQ4_0x8 && w.expert_bytes < w.rows * q4_0x8_row_bytes(w.cols))) {
+    cuda_fail("CUDA MoE gemv (Q4_0x8): needs Q4_0x8 experts (", w.rows, " rows of ",
+              q4_0x8_row_bytes(w.cols), " bytes), or GGUF Q8_0, Q5_0 or Q5_1 experts at 16-byte ",
+              "multiples (", type_name(w.type), ", ", w.expert_bytes,
+              " bytes per expert), and expert ids");
+  }
+  if (static_cast<long long>(n_slots) * static_cast<long long>(w.rows) > 0x3fffffffLL) {
+    cuda_fail("CUDA MoE gemv (Q4_0x8): ", n_slots, " slots of ", w.rows, " rows");
+  }
+  check(w.data, w.rows, w.cols, x, y, ldy, 1, 32);
+  switch (*form) {
+    case PlaneWeights::kQ8_0Rows:
+      return launch_expert_down<PlaneWeights::kQ8_0Rows>(w, ids, n_slots, x, y, ldy, stream,
+                                                         ids_settled);
+    case PlaneWeights::kQ5_0Rows:
+      return launch_expert_down<PlaneWeights::kQ5_0Rows>(w, ids, n_slots, x, y, ldy, stream,
+                                                         ids_settled);
+    case PlaneWeights::kQ5_1Rows:
+      return launch_expert_down<PlaneWeights::kQ5_1Rows>(w, ids, n_slots, x, y, ldy, stream,
+                                                         ids_settled);
+    default:
+      return launch_expert_down<PlaneWeights::kQ4_0x8>(w, ids, n_slots, x, y, ldy, stream,
+                                                       ids_settled);
   }
 }
 

@@ -28,7 +28,11 @@ namespace qforge::cuda {
 // The weights of the integer-plane decode GEMVs (gemv_q4_0x8 and its forms below): Q4_0 regrouped
 // at load (WeightLayout::kQ4_0x8), or GGUF's Q4_K, Q8_0 or Q5_K as stored (rows of n_cols / 256
 // x 144, 272 or 176 bytes: 16-byte aligned where n_cols is a multiple of 256).
-enum class PlaneWeights { kQ4_0x8, kQ4_K, kQ8_0, kQ5_K };
+// The expert down form (moe_gemv_q4_0x8) also takes GGUF Q8_0, Q5_0 and Q5_1 rows of any multiple
+// of 32 columns, each row at a 4-byte boundary (34, 22 and 24 bytes per block): llama-quantize
+// writes these for K-quant rows that are not whole 256-column super-blocks (Q6_K, Q4_K and Q5_K
+// down projections of 704 columns in Gemma 4 26B-A4B).
+enum class PlaneWeights { kQ4_0x8, kQ4_K, kQ8_0, kQ5_K, kQ8_0Rows, kQ5_0Rows, kQ5_1Rows };
 
 // The widest rows the GEMV takes (its x planes and weight pipeline share one SM's shared memory).
 constexpr std::size_t kMaxQ4_0x8Cols = 32768;
@@ -142,13 +146,20 @@ void moe_gemv_q4_0x8_glu(FfnActivation act, const ExpertStack& w, const int* ids
 // Expert form of gemv_q4_0x8 with an input per slot, as the down products of one token's k slots:
 //   y[s * ldy + r] = W_{ids[s]}[r, :] . x[s * w.cols + :],   r < w.rows, s < n_slots,
 // zeros for ids outside [0, w.n_experts). w in the Q4_0x8 layout, w.cols a multiple of 32 (rows of
-// q4_0x8_row_bytes(w.cols), widened where w.cols is not a multiple of 256); the numerics of
-// gemv_q4_0x8. The ids may be written by the previous kernel, unless ids_settled: then a kernel
-// two or more launches back wrote them and the previous one triggers after its PDL wait (pdl.cuh;
-// the gate/up GEMV between the routing and this product), so the experts' weights start
-// streaming before the wait for x.
+// q4_0x8_row_bytes(w.cols), widened where w.cols is not a multiple of 256), or GGUF Q8_0, Q5_0 or
+// Q5_1 as stored where expert_down_plane_weights takes the stack; the numerics of gemv_q4_0x8. The
+// ids may be written by the previous kernel, unless ids_settled: then a kernel two or more launches
+// back wrote them and the previous one triggers after its PDL wait (pdl.cuh; the gate/up GEMV
+// between the routing and this product), so the experts' weights start streaming before the wait
+// for x.
 void moe_gemv_q4_0x8(const ExpertStack& w, const int* ids, int n_slots, const float* x, float* y,
                      std::size_t ldy, StreamHandle stream = nullptr, bool ids_settled = false);
+
+// The form in which moe_gemv_q4_0x8 takes a GGUF-layout expert stack, if it takes it: Q8_0, Q5_0
+// or Q5_1 (kQ8_0Rows, kQ5_0Rows, kQ5_1Rows) with w.cols a positive multiple of 32 up to
+// kMaxQ4_0x8Cols, the base and expert stride multiples of 16 bytes (so each row's start is known
+// from its index alone), unless QFORGE_DOWN_PLANES=0 (for comparisons with the F32 GEMVs).
+std::optional<PlaneWeights> expert_down_plane_weights(const ExpertStack& w);
 
 // For measurements and tests: rows per warp task (1, 2 or 4; 0 = chosen from the shape).
 void set_gemv_q4_0x8_rows(int rows);

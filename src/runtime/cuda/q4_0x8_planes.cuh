@@ -221,17 +221,24 @@ __device__ __forceinline__ float q5_k_dot(const uint4 (&qs)[2], const uint4 (&qh
 // them and shifts. The GEMV's step is 16 blocks (544 bytes), lane l taking half l & 1 of block
 // l >> 1 with the matching half of the block's planes.
 
-// The 16 bytes at p (2-byte aligned, shared memory) as four words.
-__device__ __forceinline__ void load16_at2(const std::uint8_t* p, std::uint32_t (&w)[4]) {
+// The 4 N bytes at p (2-byte aligned, shared memory) as N words: the aligned words around them,
+// shifted.
+template <int N>
+__device__ __forceinline__ void load_words_at2(const std::uint8_t* p, std::uint32_t (&w)[N]) {
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
   const auto* words = reinterpret_cast<const std::uint32_t*>(addr & ~std::uintptr_t{3});
   const unsigned sh = static_cast<unsigned>(addr & 2) * 8;
-  std::uint32_t v[5];
+  std::uint32_t v[N + 1];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) v[i] = words[i];
-  v[4] = sh != 0 ? words[4] : 0u;  // aligned: the word after the 16 bytes is not needed
+  for (int i = 0; i < N; ++i) v[i] = words[i];
+  v[N] = sh != 0 ? words[N] : 0u;  // aligned: the word after the 4 N bytes is not needed
 #pragma unroll
-  for (int i = 0; i < 4; ++i) w[i] = __funnelshift_r(v[i], v[i + 1], sh);
+  for (int i = 0; i < N; ++i) w[i] = __funnelshift_r(v[i], v[i + 1], sh);
+}
+
+// The 16 bytes at p (2-byte aligned, shared memory) as four words.
+__device__ __forceinline__ void load16_at2(const std::uint8_t* p, std::uint32_t (&w)[4]) {
+  load_words_at2<4>(p, w);
 }
 
 // sum_k code_k x_k over 16 codes (int8, four per word) against the matching half-block planes
@@ -252,6 +259,28 @@ __device__ __forceinline__ float q8_0_dot(const std::uint32_t (&codes)[4], const
   // |s_i| <= 16 * 128 * 127 < 2^18: the integer sums are exact; 254 s1 + s2 may exceed 2^24, and
   // its F32 rounding (2^-24 relative) is 254^-2 below s0's share: F32-grade, as block_dot.
   return 16.0f * planes::combine(s[0], s[1], s[2]);
+}
+
+// ---- GGUF Q5_0 / Q5_1 blocks, read as they are (PlaneWeights::kQ5_0Rows, kQ5_1Rows) ----------
+// A Q5_0 block is an f16 scale d, a 32-bit qh and 16 code bytes qs (22 bytes); Q5_1 adds an f16
+// min m after d (24 bytes). Element e (< 32) has its low 4 bits in the low (e < 16) or high nibble
+// of qs[e % 16] and its fifth bit at bit e of qh; a weight is d (code - 16) (Q5_0) or d code + m
+// (Q5_1). The expert down GEMV takes a block per lane.
+
+// sum_k code_k x_k of one block times 16 / the plane scale (as q4_k_dot), from w = {qh, the four
+// words of qs}.
+template <int kPlanes = 3>
+__device__ __forceinline__ float q5_0_dot(const std::uint32_t (&w)[5], const uint4 (&pl)[6]) {
+  // Word i of codes is elements 4i..4i+3: low nibbles of qs word i (i < 4), high ones of word
+  // i - 4, and qh bits 4i..4i+3, each moved to bit 4 of its byte by one multiply (the four
+  // shifted copies of the 4 bits do not overlap). Codes 0..31: |s_i| < 2^17, exact.
+  return sub_block_dot<kPlanes>(
+      [&](int i) {
+        const std::uint32_t lo = i < 4 ? w[1 + i] : w[i - 3] >> 4;
+        const std::uint32_t hi = ((w[0] >> (4 * i)) & 0xfu) * 0x02040810u;
+        return (lo & 0x0f0f0f0fu) | (hi & 0x10101010u);
+      },
+      pl);
 }
 
 // ---- GGUF Q6_K blocks, read as they are (the persistent step's Q4_K_M mixes) -------------------
