@@ -1,6 +1,6 @@
 // Helpers of the integer-plane GEMV tests (q4_0x8.h: the Q4_0x8, Q4_K, Q8_0 and Q5_K weight
-// forms), shared by test_cuda_kernels.cpp, test_cuda_gemv_q4_k.cpp and
-// test_cuda_gemv_q8_0_q5_k.cpp.
+// forms, and the expert down forms of Q8_0, Q5_0 and Q5_1), shared by test_cuda_kernels.cpp,
+// test_cuda_gemv_q4_k.cpp, test_cuda_gemv_q8_0_q5_k.cpp and test_cuda_expert_down_forms.cpp.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -8,11 +8,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
+#include <random>
 #include <span>
 #include <vector>
 
+#include "core/half.h"
 #include "cuda_test_util.h"
+#include "quant/blocks.h"
+#include "quant/ggml_type.h"
 #include "runtime/cuda/buffer.h"
 #include "runtime/cuda/q4_0x8.h"
 
@@ -46,6 +51,30 @@ void expect_bulk_equals_cp_async(Run&& run, std::size_t n_out) {
     out[bulk ? 1 : 0] = dy.to_host();
   }
   ASSERT_EQ(std::memcmp(out[0].data(), out[1].data(), n_out * sizeof(float)), 0);
+}
+
+// rows x cols GGUF weights of `type` from random bytes, so that every code and high bit (and every
+// packed scale) occurs in any combination, including what ggml's rounding never writes: a GGUF
+// file may hold any of them. The n_scales f16 values at the start of each block or super-block
+// (its scale, then its min or min scale) are set to finite values of either sign, magnitude x
+// [0.25, 2), so that the weights stay of a size the bounds of the tests are made for.
+inline Quantized arbitrary_gguf_weights(GgmlType type, std::size_t rows, std::size_t cols,
+                                        std::uint32_t seed, int n_scales, float magnitude) {
+  std::mt19937 rng(seed);
+  Quantized q;
+  q.bytes.resize(rows * row_bytes(type, cols));
+  for (std::byte& b : q.bytes) b = static_cast<std::byte>(rng() & 0xff);
+  std::uniform_real_distribution<float> factor(0.25f, 2.0f);
+  for (std::size_t at = 0; at < q.bytes.size(); at += type_size(type)) {
+    for (int i = 0; i < n_scales; ++i) {
+      const float s = (rng() & 1 ? -magnitude : magnitude) * factor(rng);
+      const std::uint16_t h = f32_to_f16(s);
+      std::memcpy(q.bytes.data() + at + 2 * i, &h, sizeof h);
+    }
+  }
+  q.dequantized.resize(rows * cols);
+  dequantize_rows(type, q.bytes, cols, q.dequantized);
+  return q;
 }
 
 // Largest |got - exact| / sum |w x| over rows and tokens (got: token-major, stride rows), exact

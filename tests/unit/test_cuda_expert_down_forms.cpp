@@ -40,23 +40,8 @@ constexpr double kGemvTolerance = 1e-5;  // the F32 GEMV's bound, of sum |w x|
 // code and fifth bit occurs (Q8_0 codes of -128 too), with the f16 scales (and Q5_1's f16 min) set
 // to finite values of either sign, about 4e-4 (Q8_0) or 3e-3 (Q5_0 / Q5_1) in magnitude.
 Quantized arbitrary_experts(GgmlType type, std::size_t rows, std::size_t cols, std::uint32_t seed) {
-  std::mt19937 rng(seed);
-  Quantized q;
-  q.bytes.resize(rows * row_bytes(type, cols));
-  for (std::byte& b : q.bytes) b = static_cast<std::byte>(rng() & 0xff);
-  const int n_halves = type == GgmlType::Q5_1 ? 2 : 1;  // d (and m) at the start of each block
-  const float magnitude = type == GgmlType::Q8_0 ? 4e-4f : 3e-3f;
-  std::uniform_real_distribution<float> factor(0.25f, 2.0f);
-  for (std::size_t at = 0; at < q.bytes.size(); at += type_size(type)) {
-    for (int i = 0; i < n_halves; ++i) {
-      const float s = (rng() & 1 ? -magnitude : magnitude) * factor(rng);
-      const std::uint16_t h = f32_to_f16(s);
-      std::memcpy(q.bytes.data() + at + 2 * i, &h, sizeof h);
-    }
-  }
-  q.dequantized.resize(rows * cols);
-  dequantize_rows(type, q.bytes, cols, q.dequantized);
-  return q;
+  return arbitrary_gguf_weights(type, rows, cols, seed, type == GgmlType::Q5_1 ? 2 : 1,
+                                type == GgmlType::Q8_0 ? 4e-4f : 3e-3f);
 }
 
 // A stack of n_experts experts of rows x cols on the device, in GGUF layout.

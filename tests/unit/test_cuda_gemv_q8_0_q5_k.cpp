@@ -48,23 +48,8 @@ struct Form {
 // either sign, about 4e-4 (Q8_0) and 5e-5 (Q5_K, where about half are f16 subnormals) in
 // magnitude, for weights of a few hundredths as make_weights gives.
 Quantized arbitrary_weights(GgmlType type, std::size_t rows, std::size_t cols, std::uint32_t seed) {
-  std::mt19937 rng(seed);
-  Quantized q;
-  q.bytes.resize(rows * row_bytes(type, cols));
-  for (std::byte& b : q.bytes) b = static_cast<std::byte>(rng() & 0xff);
-  const int n_scales = type == GgmlType::Q5_K ? 2 : 1;  // at the start of each (super-)block
-  const float magnitude = type == GgmlType::Q5_K ? 5e-5f : 4e-4f;
-  std::uniform_real_distribution<float> factor(0.25f, 2.0f);
-  for (std::size_t at = 0; at < q.bytes.size(); at += type_size(type)) {
-    for (int i = 0; i < n_scales; ++i) {
-      const float s = (rng() & 1 ? -magnitude : magnitude) * factor(rng);
-      const std::uint16_t h = f32_to_f16(s);
-      std::memcpy(q.bytes.data() + at + 2 * i, &h, sizeof h);
-    }
-  }
-  q.dequantized.resize(rows * cols);
-  dequantize_rows(type, q.bytes, cols, q.dequantized);
-  return q;
+  const bool q5_k = type == GgmlType::Q5_K;
+  return arbitrary_gguf_weights(type, rows, cols, seed, q5_k ? 2 : 1, q5_k ? 5e-5f : 4e-4f);
 }
 
 // Whether the normed forms take rows of `cols` columns in `weights` on this device (their shared
