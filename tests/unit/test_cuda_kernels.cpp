@@ -867,6 +867,81 @@ TEST(CudaGemv, Q4_0x8NormedInputEqualsNormThenProduct) {
   cuda::synchronize_device();
 }
 
+// The per-layer input gate of E models in one launch (gemv_q4_0x8_normed_gated) against the three
+// kernels it stands in for: residual_scale_norm's update of x (no norm after it), the plain
+// product of x', and per_layer_gate's activation times the per-layer input. E4B's shape (256 rows
+// of 2560 columns) and a taller one whose CTA 0 is not the only CTA; both activations; a normed
+// input too (then the product is of rms_norm(x') * norm, as gemv_q4_0x8_normed computes it).
+TEST(CudaGemv, Q4_0x8NormedGatedEqualsUpdateProductGate) {
+  SKIP_WITHOUT_GPU();
+  const float eps = 1e-6f;
+  std::uint32_t seed = 9300;
+  for (const auto& [rows, cols] : {std::pair<std::size_t, std::size_t>{256, 2560},
+                                   std::pair<std::size_t, std::size_t>{1000, 512}}) {
+    const Quantized q = make_weights(GgmlType::Q4_0, rows, cols, ++seed);
+    cuda::DeviceBuffer<std::byte> dw{std::span<const std::byte>(q.bytes)};
+    cuda::repack_q4_0x8(dw.data(), rows, cols);
+    const std::vector<float> x = random_floats(cols, ++seed, 3.0f);
+    const std::vector<float> o = random_floats(cols, ++seed, 20.0f);
+    const std::vector<float> mul = random_floats(rows, ++seed, 2.0f);
+    std::vector<float> o_w = random_floats(cols, ++seed), n_w = random_floats(cols, ++seed);
+    for (float& v : o_w) v += 1.0f;
+    for (float& v : n_w) v += 1.0f;
+    cuda::DeviceBuffer<float> dx{std::span<const float>(x)}, d_o{std::span<const float>(o)},
+        d_ow{std::span<const float>(o_w)}, d_nw{std::span<const float>(n_w)},
+        d_mul{std::span<const float>(mul)};
+    for (const FfnActivation act : {FfnActivation::kGeluTanhGlu, FfnActivation::kSiluGlu}) {
+      for (const bool normed : {false, true}) {
+        SCOPED_TRACE(testing::Message()
+                     << rows << " x " << cols << ", SiLU " << (act == FfnActivation::kSiluGlu)
+                     << ", normed " << normed);
+        cuda::DeviceBuffer<float> x_ref{std::span<const float>(x)}, h(cols), want(rows);
+        cuda::residual_scale_norm(x_ref.data(), d_o.data(), d_ow.data(), 1.0f,
+                                  normed ? d_nw.data() : nullptr, normed ? h.data() : nullptr, 1,
+                                  cols, eps, nullptr);
+        cuda::gemv_q4_0x8(dw.data(), rows, cols, normed ? h.data() : x_ref.data(), want.data(),
+                          rows, 1);
+        cuda::per_layer_gate(act, want.data(), d_mul.data(), 1, static_cast<int>(rows), rows, 0,
+                             nullptr);
+
+        cuda::DeviceBuffer<float> x_out(cols), got(rows);
+        x_out.fill_bytes(0xff);
+        got.fill_bytes(0xff);
+        const cuda::ResidualNormInput in{
+            dx.data(),    d_o.data(), d_ow.data(), 1.0f, normed ? d_nw.data() : nullptr,
+            x_out.data(), eps};
+        cuda::gemv_q4_0x8_normed_gated(act, dw.data(), rows, cols, in, d_mul.data(), got.data());
+        const std::vector<float> a = got.to_host(), b = want.to_host();
+        double scale = 0.0;
+        for (const float v : b) scale = std::max(scale, std::fabs(static_cast<double>(v)));
+        ASSERT_GT(scale, 0.0);
+        for (std::size_t i = 0; i < rows; ++i) {
+          ASSERT_TRUE(std::isfinite(a[i])) << i;
+          ASSERT_NEAR(a[i], b[i], 1e-5 * scale) << i;
+        }
+        EXPECT_EQ(dx.to_host(), x) << "x itself is only read";
+        const std::vector<float> xo = x_out.to_host(), xr = x_ref.to_host();
+        for (std::size_t i = 0; i < cols; ++i) {
+          ASSERT_NEAR(xo[i], xr[i], 1e-6 * (1.0 + std::fabs(xr[i]))) << i;
+        }
+      }
+    }
+  }
+  // No gate values, or an unnormed input through the ungated form: refused.
+  cuda::DeviceBuffer<std::byte> w(64 * 1024);
+  cuda::DeviceBuffer<float> x(256), y(64);
+  w.fill_bytes(0);
+  x.fill_bytes(0);
+  const cuda::ResidualNormInput bare{x.data(), nullptr, nullptr, 1.0f, nullptr, nullptr, 1e-6f};
+  EXPECT_NO_THROW(cuda::gemv_q4_0x8_normed_gated(FfnActivation::kSiluGlu, w.data(), 4, 256, bare,
+                                                 x.data(), y.data()));
+  EXPECT_THROW(cuda::gemv_q4_0x8_normed_gated(FfnActivation::kSiluGlu, w.data(), 4, 256, bare,
+                                              nullptr, y.data()),
+               Error);
+  EXPECT_THROW(cuda::gemv_q4_0x8_normed(w.data(), 4, 256, bare, y.data()), Error);
+  cuda::synchronize_device();
+}
+
 TEST(CudaGemv, Q4_0x8RejectsBadShapes) {
   SKIP_WITHOUT_GPU();
   cuda::DeviceBuffer<std::byte> w(4096);
