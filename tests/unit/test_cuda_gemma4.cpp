@@ -452,38 +452,6 @@ TEST(CudaGemma4Q4_0x8, DenseModelMatchesCpu) {
                          "small dense Q4_0 (Q4_0x8 on the GPU), GEMVs in CTA pairs");
 }
 
-// A small E model (per-layer inputs, two KV-sharing layers) whose matrices are all 256-column
-// aligned, in Q4_0: every matrix is regrouped on the GPU, so decode steps take the per-layer input
-// gate as one normed, gated GEMV and the residual update after the per-layer projection inside the
-// next layer's Q/K/V GEMV, Q alone in the KV-sharing layers (cuda_model.cpp,
-// per_layer_input_block); with the norms off, the five launches of the unfused block.
-TEST(CudaGemma4Q4_0x8, PerLayerInputModelMatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  nlohmann::json config = small_moe_config();
-  config["hidden_size"] = 512;
-  config["enable_moe_block"] = false;
-  config["intermediate_size"] = 1024;
-  config["attention_k_eq_v"] = false;
-  config["num_global_key_value_heads"] = 2;
-  config["hidden_size_per_layer_input"] = 256;
-  config["vocab_size_per_layer_input"] = 512;
-  const fs::path path = write_synth_file(synth::SynthArch::kGemma4, config, GgmlType::Q4_0,
-                                         "cuda_gemma4_small_e_q4_0.gguf", 13);
-  const CpuF32Activations f32;
-  auto cpu = load_model(path);
-  auto gpu = cuda_model(path, /*gemm=*/false);
-  ASSERT_GT(gpu->config().n_embd_per_layer, 0);
-  ASSERT_GT(gpu->config().n_layer_kv, 0);
-  const std::pair<cuda::GemvNorms, const char*> modes[] = {
-      {cuda::GemvNorms::kPostNorm, "post norms"}, {cuda::GemvNorms::kOff, "none"}};
-  for (const auto& [mode, name] : modes) {
-    gpu->set_gemv_norms(mode);
-    expect_gpu_matches_cpu(
-        *cpu, *gpu, prompt_ids(40, 3, 53, 500), 6, KvType::F32,
-        std::string("small E model Q4_0 (Q4_0x8 on the GPU), norms in GEMVs: ") + name);
-  }
-}
-
 // Why gpu's decode steps on a small cache of type kv cannot take the persistent kernel (empty: they
 // can; decode_persistent.h).
 std::string persistent_why(const cuda::CudaModel& gpu, KvType kv) {

@@ -275,7 +275,6 @@ CudaModel::CudaModel(std::unique_ptr<GgufReader> gguf, ModelConfig config)
   fuse_router_ = switch_on("QFORGE_MOE_ROUTER_FUSED");
   early_down_ = switch_on("QFORGE_MOE_DOWN_EARLY");
   early_planes_ = switch_on("QFORGE_MOE_PLANES_EARLY");
-  fuse_per_layer_ = switch_on("QFORGE_PER_LAYER_FUSED");
   gemv_norms_ = gemv_norms_by_env();
   x_ = DeviceBuffer<float>(s.x);
   x_alt_ = DeviceBuffer<float>(embd_);
@@ -392,8 +391,8 @@ void CudaModel::attention_block(int il, int n, CudaKvCache& cache, int splits, i
 
   // Q/K/V into the interleaved qkv buffer: per token [q | k | v].
   if (pending_norm_) {  // normed_qkv: the norm before it runs inside the GEMV
-    const DeviceMatrix& m = qkv_matrix(il);
-    gemv_q4_0x8_normed(m.data, m.rows, m.cols, take_pending_norm(), qkv, s, *plane_weights(m));
+    gemv_q4_0x8_normed(l.qkv.data, l.qkv.rows, l.qkv.cols, take_pending_norm(), qkv, s,
+                       *plane_weights(l.qkv));
   } else if (!l.qkv.empty()) {
     matmul(l.qkv, h_.data(), qkv, ld, n);
   } else if (!l.qk.empty() && g.has_kv) {  // Q and K in one launch, V in its own type
@@ -513,43 +512,23 @@ void CudaModel::ffn_block(int il, int n, const float* next_norm) {
 // x += post_ffn_norm(o) [+ per-layer input block], x *= output scale, h = next_norm(x).
 void CudaModel::residual_update(int il, int n, const float* next_norm) {
   const ModelConfig& c = config_;
+  const StreamHandle s = stream_.get();
+  const float eps = c.norm_eps;
   const DeviceLayer& l = weights_.layers[sz(il)];
   if (l.has_per_layer_input) {
-    per_layer_input_block(il, n, next_norm);
+    residual_scale_norm(x_cur_, o_.data(), l.post_ffn_norm, 1.0f, nullptr, nullptr, n, embd_, eps,
+                        s);
+    const auto n_pl = sz(c.n_embd_per_layer);
+    matmul(l.per_layer_input.gate, x_cur_, per_layer_gate_.data(), n_pl, n);
+    per_layer_gate(c.ffn_act, per_layer_gate_.data(), per_layer_.data(), n, c.n_embd_per_layer,
+                   per_layer_width_, sz(il) * n_pl, s);
+    matmul(l.per_layer_input.proj, per_layer_gate_.data(), o_.data(), embd_, n);
+    residual_scale_norm(x_cur_, o_.data(), l.per_layer_input.post_norm, l.output_scale, next_norm,
+                        h_.data(), n, embd_, eps, s);
   } else {
     const bool defer = il + 1 < c.n_layer && normed_qkv(il + 1, n, l.post_ffn_norm);
     residual_norm(n, o_.data(), l.post_ffn_norm, l.output_scale, next_norm, defer);
   }
-}
-
-// E models: x += post_ffn_norm(o), then the layer's per-layer input block, x += post_norm(proj .
-// (act(gate . x) * per-layer input)), x *= output scale, h = next_norm(x); see
-// CpuModel::per_layer_input. On a decode step with an integer-plane gate the first update, the
-// product and the gated activation run as one launch (gemv_q4_0x8_normed_gated), and the last
-// update goes into the next layer's Q/K/V GEMV where that takes it: two launches instead of five.
-void CudaModel::per_layer_input_block(int il, int n, const float* next_norm) {
-  const ModelConfig& c = config_;
-  const StreamHandle s = stream_.get();
-  const float eps = c.norm_eps;
-  const DeviceLayer& l = weights_.layers[sz(il)];
-  const DevicePerLayerInput& p = l.per_layer_input;
-  const auto n_pl = sz(c.n_embd_per_layer);
-  if (fuse_per_layer_ && normed_product(p.gate, n, l.post_ffn_norm)) {
-    pending_norm_ =
-        ResidualNormInput{x_cur_, o_.data(), l.post_ffn_norm, 1.0f, nullptr, nullptr, eps};
-    gemv_q4_0x8_normed_gated(c.ffn_act, p.gate.data, p.gate.rows, p.gate.cols, take_pending_norm(),
-                             per_layer_.data() + sz(il) * n_pl, per_layer_gate_.data(), s,
-                             *plane_weights(p.gate));
-  } else {
-    residual_scale_norm(x_cur_, o_.data(), l.post_ffn_norm, 1.0f, nullptr, nullptr, n, embd_, eps,
-                        s);
-    matmul(p.gate, x_cur_, per_layer_gate_.data(), n_pl, n);
-    per_layer_gate(c.ffn_act, per_layer_gate_.data(), per_layer_.data(), n, c.n_embd_per_layer,
-                   per_layer_width_, sz(il) * n_pl, s);
-  }
-  matmul(p.proj, per_layer_gate_.data(), o_.data(), embd_, n);
-  const bool defer = fuse_per_layer_ && il + 1 < c.n_layer && normed_qkv(il + 1, n, p.post_norm);
-  residual_norm(n, o_.data(), p.post_norm, l.output_scale, next_norm, defer);
 }
 
 void CudaModel::residual_norm(int n, const float* o, const float* o_norm, float scale,
@@ -579,15 +558,8 @@ bool CudaModel::normed_product(const DeviceMatrix& m, int n, const float* o_norm
          gemv_q4_0x8_normed_applies(m.cols, *planes);
 }
 
-// The one matrix of a layer's whole Q/K/V product: the stacked Q/K/V, or Q alone in a layer that
-// reuses an earlier layer's K and V (none: empty).
-const DeviceMatrix& CudaModel::qkv_matrix(int il) const {
-  const DeviceLayer& l = weights_.layers[sz(il)];
-  return l.qkv.empty() && !layers_[sz(il)].has_kv ? l.wq : l.qkv;
-}
-
 bool CudaModel::normed_qkv(int il, int n, const float* o_norm) const {
-  return normed_product(qkv_matrix(il), n, o_norm);
+  return normed_product(weights_.layers[sz(il)].qkv, n, o_norm);
 }
 
 bool CudaModel::normed_gate_up(int il, int n, const float* o_norm) const {

@@ -119,7 +119,6 @@ class CudaModel final : public Model {
   // them.
   void ffn_block(int il, int n, const float* next_norm);
   void residual_update(int il, int n, const float* next_norm);  // from the FFN output in o_
-  void per_layer_input_block(int il, int n, const float* next_norm);
   void dense_ffn(int il, int n, StreamHandle s);  // the gated FFN of h_ into o_, on stream s
   void moe_block(int il, int n);                  // leaves the k slot outputs per token in exp_out_
   void moe_experts(int il, int n);                // moe_block after the routing
@@ -130,7 +129,6 @@ class CudaModel final : public Model {
                      const float* next_norm, bool defer);
   // Whether a decode step's Q/K/V (resp. gate/up) product of layer il takes the update and norm
   // before it, whose block output norm is o_norm (null: none), as pending_norm_.
-  const DeviceMatrix& qkv_matrix(int il) const;
   bool normed_qkv(int il, int n, const float* o_norm) const;
   bool normed_gate_up(int il, int n, const float* o_norm) const;
   bool norm_in_gemv(const float* o_norm) const;
@@ -173,8 +171,6 @@ class CudaModel final : public Model {
   bool early_down_ = true;    // down experts' weights before the PDL wait; QFORGE_MOE_DOWN_EARLY
   bool early_planes_ = true;  // expert gate/up planes before the wait; QFORGE_MOE_PLANES_EARLY
   bool fuse_router_ = true;   // moe_router_route for F32 routers; QFORGE_MOE_ROUTER_FUSED
-  bool fuse_per_layer_ = true;  // E models' per-layer input block in two launches (per_layer_
-                                // input_block); QFORGE_PER_LAYER_FUSED
   GemvNorms gemv_norms_ = GemvNorms::kPostNorm;  // set_gemv_norms; QFORGE_GEMV_NORM
 
   DeviceBuffer<float> x_, h_, qkv_, att_, o_, gate_up_, act_, part_, flash_part_, logits_;

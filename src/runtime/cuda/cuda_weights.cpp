@@ -370,10 +370,6 @@ void DeviceWeights::regroup_q4_0() {
       regroup(d.up);
     }
     regroup(d.down);
-    if (d.has_per_layer_input) {  // E models: 256 x n_embd and n_embd x 256
-      regroup(d.per_layer_input.gate);
-      regroup(d.per_layer_input.proj);
-    }
     // Expert gate/up stacks too (moe_gemv_q4_0x8_glu for decode, moe_gemm for prompts).
     // The experts' rows follow each other (expert_bytes = rows * row size), so the stack is
     // regrouped as one matrix of n_experts * rows rows.

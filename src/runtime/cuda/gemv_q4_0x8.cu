@@ -139,15 +139,6 @@ __device__ __forceinline__ void build_planes_cluster(const float* __restrict__ x
 constexpr int kNormChunks = 2;
 static_assert(kNormChunks * 8 * kThreads >= static_cast<int>(kMaxNormedCols));
 
-// What a normed launch reads and writes besides x and y: its input (ResidualNormInput) and, for
-// the per-layer input gate of Gemma 4's E models (gemv_q4_0x8_normed_gated), a gate on its rows:
-// with mul set, y[j] = act(sum j) * mul[j], the values per_layer_gate (gemma4_ops.h) computes.
-struct NormedIo {
-  ResidualNormInput in;
-  const float* mul = nullptr;
-  bool act_silu = false;  // act: SiLU, or else GELU (tanh)
-};
-
 // Shared-memory bytes of a normed launch's norm weights: norm, then o_norm.
 __host__ __device__ constexpr std::size_t norm_row_bytes(int n_cols) {
   return 2 * static_cast<std::size_t>(n_cols) * sizeof(float);
@@ -174,10 +165,8 @@ __device__ __forceinline__ void stage_norm_weights(const ResidualNormInput& in, 
     const int i = static_cast<int>(threadIdx.x) + c * kThreads;
     if (8 * i >= n_cols) break;
     float v[8];
-    if (in.norm != nullptr) {
-      load8(in.norm + 8 * i, v);
-      store8_shared(rows + 8 * i, v);
-    }
+    load8(in.norm + 8 * i, v);
+    store8_shared(rows + 8 * i, v);
     if (in.o_norm != nullptr) {
       load8(in.o_norm + 8 * i, v);
       store8_shared(rows + n_cols + 8 * i, v);
@@ -186,8 +175,8 @@ __device__ __forceinline__ void stage_norm_weights(const ResidualNormInput& in, 
 }
 
 // x' = (x + [rms_norm(o) * o_norm | o]) * scale, CTA 0 stores it to x_out, and the planes hold
-// rms_norm(x') * norm, or x' itself where norm is null; rows as stage_norm_weights left them. The
-// reductions' scratch is the start of the planes, written after them.
+// rms_norm(x') * norm; rows as stage_norm_weights left them. The reductions' scratch is the start
+// of the planes, written after them.
 template <int kPlanes>
 __device__ void build_planes_normed(const ResidualNormInput& in, const float* rows, int n_cols,
                                     int n_blocks, std::uint8_t* smem) {
@@ -230,9 +219,7 @@ __device__ void build_planes_normed(const ResidualNormInput& in, const float* ro
       ss = fmaf(xv[c][k], xv[c][k], ss);
     }
   }
-  // norm is a kernel parameter: every thread takes the same branch around the reduction.
-  const bool normed = in.norm != nullptr;
-  const float r = normed ? 1.0f / sqrtf(block_reduce<false>(ss, scratch) / n + in.eps) : 1.0f;
+  const float r = 1.0f / sqrtf(block_reduce<false>(ss, scratch) / n + in.eps);
 #pragma unroll
   for (int c = 0; c < kNormChunks; ++c) {
     const int i = static_cast<int>(threadIdx.x) + c * kThreads;
@@ -242,12 +229,10 @@ __device__ void build_planes_normed(const ResidualNormInput& in, const float* ro
         out[0] = make_float4(xv[c][0], xv[c][1], xv[c][2], xv[c][3]);
         out[1] = make_float4(xv[c][4], xv[c][5], xv[c][6], xv[c][7]);
       }
-      if (normed) {
-        float wn[8];
-        load8_shared(rows + 8 * i, wn);
+      float wn[8];
+      load8_shared(rows + 8 * i, wn);
 #pragma unroll
-        for (int k = 0; k < 8; ++k) xv[c][k] = xv[c][k] * r * wn[k];
-      }
+      for (int k = 0; k < 8; ++k) xv[c][k] = xv[c][k] * r * wn[k];
     }
     store_chunk_planes<false, kPlanes>(xv[c], i, n_cols / 8, n_cols / 8, n_blocks, smem);
   }
@@ -373,7 +358,8 @@ template <int R, int kTokens, int kOut, int P, bool kBulk, bool kNormed, bool kC
 __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster>())
     gemv_q4_0x8_kernel(const std::uint8_t* __restrict__ w, int n_rows, int n_cols,
                        const float* __restrict__ x, float* __restrict__ y, std::size_t ldy,
-                       Experts ex, NormedIo norm_io, int prefetch_tasks, bool evict_first) {
+                       Experts ex, ResidualNormInput norm_in, int prefetch_tasks,
+                       bool evict_first) {
   constexpr int S = stages<R, kTokens>();
   constexpr bool kGlu = kOut != kRows;
   constexpr bool kQ4K = kW == PlaneWeights::kQ4_K;
@@ -565,12 +551,12 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
   task_rows(issue_task, issue_rows);
 #pragma unroll
   for (int k = 0; k < S - 1; ++k) issue();
-  if constexpr (kNormed) stage_norm_weights(norm_io.in, n_cols, norm_w);
+  if constexpr (kNormed) stage_norm_weights(norm_in, n_cols, norm_w);
   pdl_wait();
   trace.mark(1);
   pdl_trigger();
   if constexpr (kNormed) {
-    build_planes_normed<kPlanes>(norm_io.in, norm_w, n_cols, n_blocks, planes);
+    build_planes_normed<kPlanes>(norm_in, norm_w, n_cols, n_blocks, planes);
   } else if (!ex.x_settled) {
     if constexpr (kCluster) {
       cluster::wait();
@@ -802,14 +788,8 @@ __global__ void __launch_bounds__(kThreads, min_ctas_per_sm<R, kTokens, kCluster
               const float g = v[r], u = v[r + kPairs];
               const float out = zero ? 0.0f : (kOut == kSiluGlu ? silu(g) : gelu_tanh(g)) * u;
               if (pair < n_pairs) yt[pair] = out;
-            } else if (const int row = out_task * R + r; row < n_rows) {
-              float out = v[r];
-              if constexpr (kNormed) {
-                if (norm_io.mul != nullptr) {
-                  out = (norm_io.act_silu ? silu(out) : gelu_tanh(out)) * norm_io.mul[row];
-                }
-              }
-              yt[row] = zero ? 0.0f : out;
+            } else if (out_task * R + r < n_rows) {
+              yt[out_task * R + r] = zero ? 0.0f : v[r];
             }
           }
         }
@@ -943,7 +923,7 @@ long long resident_warps() {
 
 template <int R, int kTokens, int kOut, int P, bool kNormed, int kPlanes, PlaneWeights kW>
 void launch_planes(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
-                   StreamHandle stream, Experts ex, const NormedIo& norm_in) {
+                   StreamHandle stream, Experts ex, const ResidualNormInput& norm_in) {
   auto* kernel = gemv_q4_0x8_kernel<R, kTokens, kOut, P, false, kNormed, false, kPlanes, kW>;
   std::size_t smem = ring_bytes<R, kTokens, kW>() + x_rows<kTokens>(ex) * token_bytes(n_cols / 32) +
                      partial_bytes<R, kTokens, P>();
@@ -992,7 +972,7 @@ void launch_planes(const void* w, int n_rows, int n_cols, const float* x, float*
 template <int R, int kTokens, int kOut, int P = 1, bool kNormed = false,
           PlaneWeights kW = PlaneWeights::kQ4_0x8>
 void launch(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
-            StreamHandle stream, Experts ex = {}, const NormedIo& norm_in = {}) {
+            StreamHandle stream, Experts ex = {}, const ResidualNormInput& norm_in = {}) {
   if (decode_x() == DecodeX::kInt8) {
     launch_planes<R, kTokens, kOut, P, kNormed, 1, kW>(w, n_rows, n_cols, x, y, ldy, stream, ex,
                                                        norm_in);
@@ -1052,7 +1032,7 @@ int pick_parts(int n_steps, long long row_tasks) {
 
 template <int R, int kTokens, int kOut, bool kNormed, PlaneWeights kW>
 void launch_parts(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
-                  StreamHandle stream, const NormedIo& norm_in) {
+                  StreamHandle stream, const ResidualNormInput& norm_in) {
   switch (pick_parts(Form<kW>::steps(n_cols / 32), task_count<R, kOut>(n_rows))) {
     case 4:
       return launch<R, kTokens, kOut, 4, kNormed, kW>(w, n_rows, n_cols, x, y, ldy, stream, {},
@@ -1070,7 +1050,7 @@ void launch_parts(const void* w, int n_rows, int n_cols, const float* x, float* 
 // kNormed (one token only): x is norm_in's GEMV input (ResidualNormInput).
 template <int kTokens, int kOut, bool kNormed = false, PlaneWeights kW = PlaneWeights::kQ4_0x8>
 void launch_tokens(const void* w, int n_rows, int n_cols, const float* x, float* y, std::size_t ldy,
-                   StreamHandle stream, const NormedIo& norm_in = {}) {
+                   StreamHandle stream, const ResidualNormInput& norm_in = {}) {
   static_assert(kTokens == 1 || !kNormed);
   switch (pick_rows(n_rows, kTokens, kOut != kRows, kW)) {
     case 4:
@@ -1125,15 +1105,13 @@ void check_gated(std::size_t n_rows) {
   }
 }
 
-// norm_optional: the gated form, whose input may be x' itself.
-void check_normed(const ResidualNormInput& in, std::size_t n_cols, PlaneWeights weights,
-                  bool norm_optional = false) {
+void check_normed(const ResidualNormInput& in, std::size_t n_cols, PlaneWeights weights) {
   if (!gemv_q4_0x8_normed_applies(n_cols, weights)) {
     cuda_fail("CUDA gemv (Q4_0x8, normed input): ", n_cols,
               " columns (need a multiple of 256 up to ", kMaxNormedCols, ")");
   }
-  if ((in.norm == nullptr && !norm_optional) || !aligned16(in.norm) || !aligned16(in.o) ||
-      !aligned16(in.o_norm) || !aligned16(in.x_out)) {
+  if (in.norm == nullptr || !aligned16(in.norm) || !aligned16(in.o) || !aligned16(in.o_norm) ||
+      !aligned16(in.x_out)) {
     cuda_fail("CUDA gemv (Q4_0x8, normed input): needs norm weights; x, o, o_norm, norm and x_out",
               " must be 16-byte aligned");
   }
@@ -1308,21 +1286,7 @@ void gemv_q4_0x8_normed(const void* w, std::size_t n_rows, std::size_t n_cols,
   const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
   with_form(weights, [&](auto form) {
     launch_tokens<1, kRows, true, decltype(form)::value>(w, rows, cols, in.x, y, n_rows, stream,
-                                                         NormedIo{in});
-  });
-}
-
-void gemv_q4_0x8_normed_gated(FfnActivation act, const void* w, std::size_t n_rows,
-                              std::size_t n_cols, const ResidualNormInput& in, const float* mul,
-                              float* y, StreamHandle stream, PlaneWeights weights) {
-  check(w, n_rows, n_cols, in.x, y, n_rows, 1);
-  check_normed(in, n_cols, weights, /*norm_optional=*/true);
-  if (mul == nullptr) cuda_fail("CUDA gemv (Q4_0x8, normed input, gated rows): no gate values");
-  const int rows = static_cast<int>(n_rows), cols = static_cast<int>(n_cols);
-  const NormedIo io{in, mul, act == FfnActivation::kSiluGlu};
-  with_form(weights, [&](auto form) {
-    launch_tokens<1, kRows, true, decltype(form)::value>(w, rows, cols, in.x, y, n_rows, stream,
-                                                         io);
+                                                         in);
   });
 }
 
@@ -1337,8 +1301,7 @@ void gemv_q4_0x8_glu_normed(FfnActivation act, const void* w, std::size_t n_rows
   with_form(weights, [&](auto form) {
     constexpr PlaneWeights kW = decltype(form)::value;
     (silu ? launch_tokens<1, kSiluGlu, true, kW>
-          : launch_tokens<1, kGeluGlu, true, kW>)(w, rows, cols, in.x, y, n_rows / 2, stream,
-                                                  NormedIo{in});
+          : launch_tokens<1, kGeluGlu, true, kW>)(w, rows, cols, in.x, y, n_rows / 2, stream, in);
   });
 }
 

@@ -103,7 +103,7 @@ void gemv_q4_0x8_glu(FfnActivation act, const void* w, std::size_t n_rows, std::
 // and CTA 0 stores x' to x_out (skipped if null; it must not be x, which every CTA reads). On a
 // decode step this removes the one-CTA norm kernel before the Q/K/V and gate/up products, and
 // its launch boundary. x, o, o_norm, norm and x_out are 16-byte aligned device arrays of n_cols
-// floats (o, o_norm, x_out may be null; norm only for gemv_q4_0x8_normed_gated).
+// floats (o, o_norm, x_out may be null; norm may not).
 struct ResidualNormInput {
   const float* x = nullptr;
   const float* o = nullptr;
@@ -129,15 +129,6 @@ void gemv_q4_0x8_glu_normed(FfnActivation act, const void* w, std::size_t n_rows
                             std::size_t n_cols, const ResidualNormInput& in, float* y,
                             StreamHandle stream = nullptr,
                             PlaneWeights weights = PlaneWeights::kQ4_0x8);
-// The per-layer input gate of Gemma 4's E models in one launch: the residual update x' of `in`
-// (stored to in.x_out as above), the product of its rows with x' itself where in.norm is null
-// (with rms_norm(x') * in.norm otherwise), and the activation and gate that per_layer_gate
-// (gemma4_ops.h) applies after it: y[j] = act(w_j . input) * mul[j], j < n_rows. On a decode step
-// this takes the residual kernel and the gate kernel around the product into it.
-void gemv_q4_0x8_normed_gated(FfnActivation act, const void* w, std::size_t n_rows,
-                              std::size_t n_cols, const ResidualNormInput& in, const float* mul,
-                              float* y, StreamHandle stream = nullptr,
-                              PlaneWeights weights = PlaneWeights::kQ4_0x8);
 
 // Expert form of gemv_q4_0x8_glu for one token (moe.h): for s < n_slots,
 //   y[s * ldy + j] = act(gate_j . x) * (up_j . x),   j < w.rows / 2,
