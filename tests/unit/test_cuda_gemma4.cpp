@@ -433,8 +433,9 @@ TEST(CudaGemma4Q4_0x8, DenseModelMatchesCpu) {
   const CpuF32Activations f32;
   auto cpu = load_model(path);
   auto gpu = cuda_model(path, /*gemm=*/false);
-  // Decode steps with the post-norm updates inside the Q/K/V and gate/up GEMVs (the default),
-  // also the first layer's norm, and none.
+  // Decode steps with every update inside the Q/K/V and gate/up GEMVs (the post-norm ones and the
+  // first layer's norm), none, and the default, which at this width (256 columns, under
+  // kPostNormMinCols) keeps them apart too.
   const std::pair<cuda::GemvNorms, const char*> modes[] = {
       {cuda::GemvNorms::kPostNorm, "post norms"},
       {cuda::GemvNorms::kAll, "all"},

@@ -547,14 +547,16 @@ void CudaModel::residual_norm(int n, const float* o, const float* o_norm, float 
 // The normed GEMVs take one token of up to kMaxNormedCols columns (q4_0x8.h); the product must
 // be a single Q4_0x8 matrix (a fused Q/K/V, a fused gate/up), and a layer's MoE inputs come from
 // add_and_norm, so MoE layers keep it. H200 tg128: docs/benchmarks.md, twelfth pass.
-bool CudaModel::norm_in_gemv(const float* o_norm) const {
+bool CudaModel::norm_in_gemv(const float* o_norm, std::size_t n_cols) const {
+  static const auto min_cols = static_cast<std::size_t>(
+      std::max(0L, env_number("QFORGE_GEMV_NORM_MIN_COLS", static_cast<long>(kPostNormMinCols))));
   return gemv_norms_ == GemvNorms::kAll ||
-         (gemv_norms_ == GemvNorms::kPostNorm && o_norm != nullptr);
+         (gemv_norms_ == GemvNorms::kPostNorm && o_norm != nullptr && n_cols >= min_cols);
 }
 
 bool CudaModel::normed_product(const DeviceMatrix& m, int n, const float* o_norm) const {
   const std::optional<PlaneWeights> planes = plane_weights(m);
-  return norm_in_gemv(o_norm) && n == 1 && planes.has_value() &&
+  return norm_in_gemv(o_norm, m.cols) && n == 1 && planes.has_value() &&
          gemv_q4_0x8_normed_applies(m.cols, *planes);
 }
 

@@ -35,11 +35,19 @@ namespace qforge::cuda {
 
 // See CudaModel::set_gemv_norms. kPostNorm: only updates whose block output takes a norm of
 // its own first (Gemma's post norms; Llama has none), where the separate kernel does two
-// reductions. H200 tg128, norms in the GEMVs / apart (docs/benchmarks.md, twelfth pass): Gemma 4
-// 31B 139.8-140.9 / 134.0-134.5, Llama-3-8B 454.6-456.7 / 468.1-470.1: a norm kernel between two
-// GEMVs also lets the second one's weight stream start early, and in the Llama timelines the
-// normed GEMVs' streams ran that much slower.
+// reductions, and only before products of at least kPostNormMinCols columns. H200 tg128, norms
+// in the GEMVs / apart (docs/benchmarks.md, twelfth pass): Gemma 4 31B 139.8-140.9 /
+// 134.0-134.5, Llama-3-8B 454.6-456.7 / 468.1-470.1: a norm kernel between two GEMVs also lets
+// the second one's weight stream start early, and in the Llama timelines the normed GEMVs'
+// streams ran that much slower. kAll: every update, at any width (tests).
 enum class GemvNorms { kOff, kPostNorm, kAll };
+
+// The narrowest rows whose post-norm updates kPostNorm takes into the GEMV. H200 tg128, norms
+// inside / apart (twenty-second pass, docs/benchmarks.md): Gemma 3 4B (2560 columns) 545.3-550.3
+// / 561.6-564.3, Gemma 4 E4B (2560) 397.8-399.8 / 399.2-400.1, Gemma 4 31B (5376) 144.3-144.9 /
+// 139.8-140.2. A short product gains more from streaming its first stages while the norm kernel
+// runs than it loses to the launch boundary. QFORGE_GEMV_NORM_MIN_COLS for measurements.
+constexpr std::size_t kPostNormMinCols = 4096;
 
 // The shape of one layer's attention and FFN, from the per-layer accessors of ModelConfig.
 struct LayerPlan {
@@ -131,7 +139,7 @@ class CudaModel final : public Model {
   // before it, whose block output norm is o_norm (null: none), as pending_norm_.
   bool normed_qkv(int il, int n, const float* o_norm) const;
   bool normed_gate_up(int il, int n, const float* o_norm) const;
-  bool norm_in_gemv(const float* o_norm) const;
+  bool norm_in_gemv(const float* o_norm, std::size_t n_cols) const;
   // A decode step's product by m that can take the update and norm: a single Q4_0x8 matrix.
   bool normed_product(const DeviceMatrix& m, int n, const float* o_norm) const;
   // pending_norm_ as the input of the GEMV that takes it (cleared), with the updated residual
