@@ -171,6 +171,13 @@ std::size_t part_rows(const ModelConfig& c, int sm_count, int max_dv) {
   return rows * sz(c.n_head) * sz(max_dv + 2);
 }
 
+// Positions per split of a decode step's batch_attention (at most the cache's decode_splits).
+// H200 tg128 with a cache of 4096 positions, 1 (the cache's splits, as before) / 16 / 32 / 64
+// (twenty-second pass, docs/benchmarks.md): Gemma 3 4B 543.5 / 561.0 / 568.2 / 549.3, Gemma 4 E4B
+// 377.8 / 396.3 / 401.2 / 387.3, 26B-A4B 455.1 / 461.9 / 468.7 / 456.1, 31B 144.8 / 145.1 /
+// 146.0 / 143.7.
+constexpr long kDecodeSplitPositions = 32;
+
 // The most splits flash_decode_splits returns (flash_attention.h).
 constexpr int kMaxFlashSplits = 256;
 // Decode steps take flash_decode where the positions their graph serves reach this many. On short
@@ -790,7 +797,15 @@ void CudaModel::record_chunk(int n, CudaKvCache& cache, bool persistent, int pos
                 sin_local_.data(), s);
   }
   if (c.n_embd_per_layer > 0) per_layer_inputs(n);
-  const int splits = n == 1 ? cache.decode_splits() : prefill_splits(n, cache.decode_splits());
+  // A decode step splits the positions its graph serves (its depth bucket), not the whole cache:
+  // at depth 0 in a cache of 4096 positions, the cache's splits left most CTAs nothing to read
+  // and the merge many empty partials to combine. QFORGE_DECODE_SPLIT_POSITIONS for
+  // measurements (1: the cache's splits).
+  const int span = positions > 0 ? std::min(positions, cache.n_ctx()) : cache.n_ctx();
+  static const int per_split = static_cast<int>(
+      std::clamp(env_number("QFORGE_DECODE_SPLIT_POSITIONS", kDecodeSplitPositions), 1L, 4096L));
+  const int splits = n == 1 ? std::clamp(ceil_div(span, per_split), 1, cache.decode_splits())
+                            : prefill_splits(n, cache.decode_splits());
   const auto n_layer = sz(c.n_layer);
 
   for (std::size_t il = 0; il < n_layer; ++il) {
