@@ -453,6 +453,31 @@ TEST(CudaGemma4Q4_0x8, DenseModelMatchesCpu) {
                          "small dense Q4_0 (Q4_0x8 on the GPU), GEMVs in CTA pairs");
 }
 
+// The same dense model at 4096 columns (cuda::kPostNormMinCols), where the default takes the
+// post-norm updates into the Q/K/V and gate/up GEMVs as Gemma 4 31B's decode steps do; a cache of
+// 1024 positions, so the decode attention's splits follow the depth bucket, not the cache.
+TEST(CudaGemma4Q4_0x8, WideDenseModelDefaultNormsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  nlohmann::json config = small_moe_config();
+  config["hidden_size"] = static_cast<int>(cuda::kPostNormMinCols);
+  config["num_hidden_layers"] = 3;
+  config["layer_types"] = {"sliding_attention", "sliding_attention", "full_attention"};
+  config["num_kv_shared_layers"] = 0;
+  config["enable_moe_block"] = false;
+  config["intermediate_size"] = 1024;
+  const fs::path path = write_synth_file(synth::SynthArch::kGemma4, config, GgmlType::Q4_0,
+                                         "cuda_gemma4_wide_dense_q4_0.gguf", 17);
+  const CpuF32Activations f32;
+  auto cpu = load_model(path);
+  auto gpu = cuda_model(path, /*gemm=*/false);
+  for (const auto& [mode, name] : {std::pair{cuda::GemvNorms::kPostNorm, "default"},
+                                   std::pair{cuda::GemvNorms::kOff, "none"}}) {
+    gpu->set_gemv_norms(mode);
+    expect_gpu_matches_cpu(*cpu, *gpu, prompt_ids(40, 3, 53, 500), 6, KvType::F32,
+                           std::string("wide dense Q4_0, norms in GEMVs: ") + name, 1024);
+  }
+}
+
 // Why gpu's decode steps on a small cache of type kv cannot take the persistent kernel (empty: they
 // can; decode_persistent.h).
 std::string persistent_why(const cuda::CudaModel& gpu, KvType kv) {
