@@ -295,6 +295,15 @@ nlohmann::json small_moe_config() {
   return j;
 }
 
+// Its dense variant (no MoE block, a dense FFN of 1024): every attention and FFN matrix 256-column
+// aligned, so Q4_0 is regrouped into Q4_0x8 and the K-quants take the integer-plane GEMVs.
+nlohmann::json small_dense_config() {
+  nlohmann::json j = small_moe_config();
+  j["enable_moe_block"] = false;
+  j["intermediate_size"] = 1024;
+  return j;
+}
+
 // A random-weight model of `config` (an HF config.json) in `type` under the test directory.
 fs::path write_synth_file(synth::SynthArch arch, const nlohmann::json& config, GgmlType type,
                           const std::string& file_name, std::uint32_t seed,
@@ -425,9 +434,7 @@ struct ForcedPersistentDecode {
 // the Q4_0x8 GEMM decoder is checked bit for bit in test_cuda_kernels.cpp).
 TEST(CudaGemma4Q4_0x8, DenseModelMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  nlohmann::json config = small_moe_config();
-  config["enable_moe_block"] = false;
-  config["intermediate_size"] = 1024;
+  const nlohmann::json config = small_dense_config();
   const fs::path path = write_synth_file(synth::SynthArch::kGemma4, config, GgmlType::Q4_0,
                                          "cuda_gemma4_small_dense_q4_0.gguf", 9);
   const CpuF32Activations f32;
@@ -458,13 +465,11 @@ TEST(CudaGemma4Q4_0x8, DenseModelMatchesCpu) {
 // 1024 positions, so the decode attention's splits follow the depth bucket, not the cache.
 TEST(CudaGemma4Q4_0x8, WideDenseModelDefaultNormsMatchCpu) {
   SKIP_WITHOUT_GPU();
-  nlohmann::json config = small_moe_config();
+  nlohmann::json config = small_dense_config();
   config["hidden_size"] = static_cast<int>(cuda::kPostNormMinCols);
   config["num_hidden_layers"] = 3;
   config["layer_types"] = {"sliding_attention", "sliding_attention", "full_attention"};
   config["num_kv_shared_layers"] = 0;
-  config["enable_moe_block"] = false;
-  config["intermediate_size"] = 1024;
   const fs::path path = write_synth_file(synth::SynthArch::kGemma4, config, GgmlType::Q4_0,
                                          "cuda_gemma4_wide_dense_q4_0.gguf", 17);
   const CpuF32Activations f32;
@@ -529,9 +534,7 @@ TEST(CudaQ4K, SmallModelsDecodeMatchCpu) {
   const CpuF32Activations f32;
   const fs::path llama = write_synth_file(synth::SynthArch::kLlama, small_llama_config(),
                                           GgmlType::Q4_K, "cuda_llama_small_q4_k.gguf", 12);
-  nlohmann::json config = small_moe_config();
-  config["enable_moe_block"] = false;
-  config["intermediate_size"] = 1024;
+  const nlohmann::json config = small_dense_config();
   const fs::path gemma = write_synth_file(synth::SynthArch::kGemma4, config, GgmlType::Q4_K,
                                           "cuda_gemma4_small_dense_q4_k.gguf", 13);
   // The ordinary decode kernels (the Llama would take the persistent step, tested below).
@@ -558,9 +561,7 @@ TEST(CudaQ4K, SmallModelsDecodeMatchCpu) {
 TEST(CudaPlaneForms, SmallModelsDecodeMatchCpu) {
   SKIP_WITHOUT_GPU();
   const CpuF32Activations f32;
-  nlohmann::json gemma_config = small_moe_config();
-  gemma_config["enable_moe_block"] = false;
-  gemma_config["intermediate_size"] = 1024;
+  const nlohmann::json gemma_config = small_dense_config();
   // The ordinary decode kernels (the Llama could take the persistent step).
   const ForcedPersistentDecode ordinary(false);
   for (const auto& [type, weights, suffix] :
