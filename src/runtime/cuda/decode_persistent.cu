@@ -112,7 +112,9 @@ struct Params {
   int* counters;  // per layer: layer_counters ints, zero at the start of the step
   int layer_counters;
   // Measurements only (QFORGE_PERSISTENT_PROBE / _TRACE): probe bit 0 skips the waits for the
-  // step before (wrong results: the weight stream alone), bit 1 the attention's work; trace, if
+  // step before (wrong results: the weight stream alone), bit 1 the attention's work, bit 2 the
+  // products (the ring still waits for each stage) and bit 3 the planes of x (bits 2 and 3 in the
+  // exact all-Q4_0x8 kernel of span 2 only, a separate instantiation); trace, if
   // not null, takes per (layer, step, CTA) 6 times: arrival, wait done, planes done (for attn:
   // merged and signalled), then for the attention's first warp: rotations done, first chunk
   // scored, values done.
@@ -650,8 +652,10 @@ __device__ void merge_splits(const Params& p, int h, int n_splits, float* attn) 
 // separate instantiation: a branch in the loop cost registers and ~1.5% of tg128). kW: the form of
 // every matrix (a separate instantiation too: a per-matrix branch, both forms in one kernel, raised
 // its spills), or kMixed: each matrix Q4_K or Q6_K (the branch per task, in this instantiation
-// only; kSpan 2, so that a Q6_K stage, 1680 bytes, stays 16-byte aligned).
-template <typename T, int kSpan, int kStages, int kPlanes, PersistentWeights kW>
+// only; kSpan 2, so that a Q6_K stage, 1680 bytes, stays 16-byte aligned). kBare: the
+// instantiation for the measurement-only probe bits 2 and 3 (Params::probe), so that the default
+// kernels' code does not change with them.
+template <typename T, int kSpan, int kStages, int kPlanes, PersistentWeights kW, bool kBare = false>
 __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p) {
   constexpr bool kMixed = kW == PersistentWeights::kMixed;
   static_assert(!kMixed || kSpan == 2);
@@ -719,6 +723,9 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     return p.trace +
            ((static_cast<std::size_t>(l) * kNumSteps + step) * gridDim.x + blockIdx.x) * 6;
   };
+  // Probe bits 2 and 3 (kBare only): no products, no planes.
+  const bool skip_products = kBare && (p.probe & 4) != 0;
+  const bool skip_planes = kBare && (p.probe & 8) != 0;
   auto planes_done = [&](int l, int step) {
     __syncthreads();
     if (threadIdx.x == 0 && p.trace != nullptr) stamps(l, step)[2] = global_ns();
@@ -739,7 +746,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
 #pragma unroll
       for (int h = 0; h < kSpan; ++h) {
         const int b = 32 * (kSpan * stage_k + h) + lane;
-        if (b < n_blocks) {
+        if (b < n_blocks && !skip_products) {
           if constexpr (kQ6) {
             const float v = q4_0x8::q6_k_dot<kPlanes>(stage + h * kQ6StepBytes + 210 * (lane >> 3),
                                                       lane & 7, tok, n_blocks, b);
@@ -830,7 +837,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     NormWeights norm = load_norm(L.attn_norm, p.n_embd);
     wait_count(p, l > 0 ? done_counter(p, l - 1, kDownDone) : nullptr, l > 0 ? p.n_embd / kRows : 0,
                stamps(l, kQkv));
-    build_planes_normed<kPlanes>(x_in, norm, p.n_embd, p.eps, planes, scratch);
+    if (!skip_planes) build_planes_normed<kPlanes>(x_in, norm, p.n_embd, p.eps, planes, scratch);
     planes_done(l, kQkv);
     int done =
         run_matrix(kQkv, mat_step<kSpan, kMixed>(p, l, kQkv), [&](int task, float v0, float v1) {
@@ -886,7 +893,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
 
     // out
     wait_count(p, done_counter(p, l, kAttnReady), p.n_head, stamps(l, kOut));
-    build_planes<kPlanes>(a.attn, p.q_dim, planes);
+    if (!skip_planes) build_planes<kPlanes>(a.attn, p.q_dim, planes);
     planes_done(l, kOut);
     done = run_matrix(kOut, mat_step<kSpan, kMixed>(p, l, kOut), residual_rows(a.x_mid, x_in));
     if (done > 0) signal(done_counter(p, l, kOutDone), done);
@@ -894,7 +901,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     // gateup
     norm = load_norm(L.ffn_norm, p.n_embd);
     wait_count(p, done_counter(p, l, kOutDone), p.n_embd / kRows, stamps(l, kGateUp));
-    build_planes_normed<kPlanes>(a.x_mid, norm, p.n_embd, p.eps, planes, scratch);
+    if (!skip_planes) build_planes_normed<kPlanes>(a.x_mid, norm, p.n_embd, p.eps, planes, scratch);
     planes_done(l, kGateUp);
     done = run_matrix(kGateUp, mat_step<kSpan, kMixed>(p, l, kGateUp),
                       [&](int task, float gate, float up) {
@@ -904,7 +911,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
 
     // down
     wait_count(p, done_counter(p, l, kGateUpDone), p.n_ff, stamps(l, kDown));
-    build_planes<kPlanes>(a.act, p.n_ff, planes);
+    if (!skip_planes) build_planes<kPlanes>(a.act, p.n_ff, planes);
     planes_done(l, kDown);
     done = run_matrix(kDown, mat_step<kSpan, kMixed>(p, l, kDown), residual_rows(a.x_out, a.x_mid));
     if (done > 0) signal(done_counter(p, l, kDownDone), done);
@@ -929,13 +936,14 @@ std::atomic<PersistentMode>& persistent_choice() {
   return mode;
 }
 
-template <typename T, int kSpan, int kStages, int kPlanes, PersistentWeights kW>
+template <typename T, int kSpan, int kStages, int kPlanes, PersistentWeights kW, bool kBare = false>
 void launch(const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   static std::atomic<bool> configured{false};
   if (!configured.exchange(true)) {
-    QFORGE_CUDA_CHECK(cudaFuncSetAttribute(decode_persistent_kernel<T, kSpan, kStages, kPlanes, kW>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(current_max_smem_per_block())));
+    QFORGE_CUDA_CHECK(
+        cudaFuncSetAttribute(decode_persistent_kernel<T, kSpan, kStages, kPlanes, kW, kBare>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(current_max_smem_per_block())));
   }
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>(grid));
@@ -947,13 +955,18 @@ void launch(const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   attribute.val.cooperative = 1;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  QFORGE_CUDA_CHECK(
-      cudaLaunchKernelEx(&config, decode_persistent_kernel<T, kSpan, kStages, kPlanes, kW>, p));
+  QFORGE_CUDA_CHECK(cudaLaunchKernelEx(
+      &config, decode_persistent_kernel<T, kSpan, kStages, kPlanes, kW, kBare>, p));
 }
 
 template <typename T, PersistentWeights kW>
 void launch_ring(RingShape ring, const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   const bool int8 = decode_x() == DecodeX::kInt8;
+  if constexpr (kW == PersistentWeights::kQ4_0x8) {  // probe bits 2 and 3: this ring only
+    if ((p.probe & 12) != 0 && ring.span == 2 && !int8) {
+      return launch<T, 2, 3, 3, kW, true>(p, grid, smem, stream);
+    }
+  }
   if constexpr (kW != PersistentWeights::kMixed) {  // the mixed form: span 2 only (ring_fits)
     if (ring.span == 1) {
       if (int8) return launch<T, 1, 6, 1, kW>(p, grid, smem, stream);
