@@ -113,8 +113,9 @@ struct Params {
   int layer_counters;
   // Measurements only (QFORGE_PERSISTENT_PROBE / _TRACE): probe bit 0 skips the waits for the
   // step before (wrong results: the weight stream alone), bit 1 the attention's work, bit 2 the
-  // products (the ring still waits for each stage) and bit 3 the planes of x (bits 2 and 3 in the
-  // exact all-Q4_0x8 kernel of span 2 only, a separate instantiation); trace, if
+  // products (the ring still waits for each stage), bit 3 the planes of x and bit 4 their
+  // quantization, not their loads (bits 2-4 in the exact all-Q4_0x8 kernel of span 2 only, a
+  // separate instantiation); trace, if
   // not null, takes per (layer, step, CTA) 6 times: arrival, wait done, planes done (for attn:
   // merged and signalled), then for the attention's first warp: rotations done, first chunk
   // scored, values done.
@@ -331,8 +332,9 @@ __device__ __forceinline__ void load8_cg(const float* src, float* v) {
 }
 
 // The planes of x (n floats, written in this step) into `planes`: the loads of up to four rounds
-// of chunks issued together (one L2 round trip for n <= 16384).
-template <int kPlanes>
+// of chunks issued together (one L2 round trip for n <= 16384). !kQuantize: the loads alone, no
+// planes (probe bit 4, measurements only).
+template <int kPlanes, bool kQuantize = true>
 __device__ void build_planes(const float* x, int n, std::uint8_t* planes) {
   constexpr int kBatch = 4;
   const int chunks = n / 8, n_blocks = n / 32;
@@ -348,9 +350,13 @@ __device__ void build_planes(const float* x, int n, std::uint8_t* planes) {
 #pragma unroll
     for (int j = 0; j < kBatch; ++j) {
       if (base + j * kThreads >= chunks) break;  // uniform
-      q4_0x8::store_chunk_planes<false, kPlanes>(
-          v[j], base + j * kThreads + static_cast<int>(threadIdx.x), chunks, chunks, n_blocks,
-          planes);
+      if constexpr (!kQuantize) {
+        if (v[j][0] == 1.5f) planes[threadIdx.x] = 1;  // keeps the loads
+      } else {
+        q4_0x8::store_chunk_planes<false, kPlanes>(
+            v[j], base + j * kThreads + static_cast<int>(threadIdx.x), chunks, chunks, n_blocks,
+            planes);
+      }
     }
   }
 }
@@ -378,7 +384,7 @@ __device__ __forceinline__ NormWeights load_norm(const float* w, int n) {
 }
 
 // The planes of rms_norm(x) * w (n <= kMaxNormedWidth), in the order of add_norm_kernel.
-template <int kPlanes>
+template <int kPlanes, bool kQuantize = true>
 __device__ void build_planes_normed(const float* x, const NormWeights& w, int n, float eps,
                                     std::uint8_t* planes, float* scratch) {
   const int chunks = n / 8, n_blocks = n / 32;
@@ -392,13 +398,17 @@ __device__ void build_planes_normed(const float* x, const NormWeights& w, int n,
     for (int k = 0; k < 8; ++k) ss = fmaf(v[c][k], v[c][k], ss);
   }
   const float r = 1.0f / sqrtf(block_reduce<false>(ss, scratch) / static_cast<float>(n) + eps);
+  if constexpr (!kQuantize) {  // the loads and the norm's sum alone (probe bit 4)
+    if (r == 1.5f) planes[threadIdx.x] = 1;
+  } else {
 #pragma unroll
-  for (int c = 0; c < 2; ++c) {
-    const int i = static_cast<int>(threadIdx.x) + c * kThreads;
-    if (c * kThreads >= chunks) break;  // uniform
+    for (int c = 0; c < 2; ++c) {
+      const int i = static_cast<int>(threadIdx.x) + c * kThreads;
+      if (c * kThreads >= chunks) break;  // uniform
 #pragma unroll
-    for (int k = 0; k < 8; ++k) v[c][k] = v[c][k] * r * w.v[c][k];
-    q4_0x8::store_chunk_planes<false, kPlanes>(v[c], i, chunks, chunks, n_blocks, planes);
+      for (int k = 0; k < 8; ++k) v[c][k] = v[c][k] * r * w.v[c][k];
+      q4_0x8::store_chunk_planes<false, kPlanes>(v[c], i, chunks, chunks, n_blocks, planes);
+    }
   }
 }
 
@@ -723,9 +733,21 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     return p.trace +
            ((static_cast<std::size_t>(l) * kNumSteps + step) * gridDim.x + blockIdx.x) * 6;
   };
-  // Probe bits 2 and 3 (kBare only): no products, no planes.
+  // Probe bits 2, 3 and 4 (kBare only): no products, no planes, planes' loads but no quantization.
   const bool skip_products = kBare && (p.probe & 4) != 0;
   const bool skip_planes = kBare && (p.probe & 8) != 0;
+  const bool skip_quantize = kBare && (p.probe & 16) != 0;
+  auto planes_of = [&](const float* x, int n) {
+    if (skip_planes) return;
+    if (skip_quantize) return build_planes<kPlanes, false>(x, n, planes);
+    build_planes<kPlanes>(x, n, planes);
+  };
+  auto planes_normed = [&](const float* x, const NormWeights& w) {
+    if (skip_planes) return;
+    if (skip_quantize)
+      return build_planes_normed<kPlanes, false>(x, w, p.n_embd, p.eps, planes, scratch);
+    build_planes_normed<kPlanes>(x, w, p.n_embd, p.eps, planes, scratch);
+  };
   auto planes_done = [&](int l, int step) {
     __syncthreads();
     if (threadIdx.x == 0 && p.trace != nullptr) stamps(l, step)[2] = global_ns();
@@ -837,7 +859,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     NormWeights norm = load_norm(L.attn_norm, p.n_embd);
     wait_count(p, l > 0 ? done_counter(p, l - 1, kDownDone) : nullptr, l > 0 ? p.n_embd / kRows : 0,
                stamps(l, kQkv));
-    if (!skip_planes) build_planes_normed<kPlanes>(x_in, norm, p.n_embd, p.eps, planes, scratch);
+    planes_normed(x_in, norm);
     planes_done(l, kQkv);
     int done =
         run_matrix(kQkv, mat_step<kSpan, kMixed>(p, l, kQkv), [&](int task, float v0, float v1) {
@@ -893,7 +915,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
 
     // out
     wait_count(p, done_counter(p, l, kAttnReady), p.n_head, stamps(l, kOut));
-    if (!skip_planes) build_planes<kPlanes>(a.attn, p.q_dim, planes);
+    planes_of(a.attn, p.q_dim);
     planes_done(l, kOut);
     done = run_matrix(kOut, mat_step<kSpan, kMixed>(p, l, kOut), residual_rows(a.x_mid, x_in));
     if (done > 0) signal(done_counter(p, l, kOutDone), done);
@@ -901,7 +923,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
     // gateup
     norm = load_norm(L.ffn_norm, p.n_embd);
     wait_count(p, done_counter(p, l, kOutDone), p.n_embd / kRows, stamps(l, kGateUp));
-    if (!skip_planes) build_planes_normed<kPlanes>(a.x_mid, norm, p.n_embd, p.eps, planes, scratch);
+    planes_normed(a.x_mid, norm);
     planes_done(l, kGateUp);
     done = run_matrix(kGateUp, mat_step<kSpan, kMixed>(p, l, kGateUp),
                       [&](int task, float gate, float up) {
@@ -911,7 +933,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p
 
     // down
     wait_count(p, done_counter(p, l, kGateUpDone), p.n_ff, stamps(l, kDown));
-    if (!skip_planes) build_planes<kPlanes>(a.act, p.n_ff, planes);
+    planes_of(a.act, p.n_ff);
     planes_done(l, kDown);
     done = run_matrix(kDown, mat_step<kSpan, kMixed>(p, l, kDown), residual_rows(a.x_out, a.x_mid));
     if (done > 0) signal(done_counter(p, l, kDownDone), done);
@@ -962,8 +984,8 @@ void launch(const Params& p, int grid, std::size_t smem, StreamHandle stream) {
 template <typename T, PersistentWeights kW>
 void launch_ring(RingShape ring, const Params& p, int grid, std::size_t smem, StreamHandle stream) {
   const bool int8 = decode_x() == DecodeX::kInt8;
-  if constexpr (kW == PersistentWeights::kQ4_0x8) {  // probe bits 2 and 3: this ring only
-    if ((p.probe & 12) != 0 && ring.span == 2 && !int8) {
+  if constexpr (kW == PersistentWeights::kQ4_0x8) {  // probe bits 2-4: this ring only
+    if ((p.probe & 28) != 0 && ring.span == 2 && !int8) {
       return launch<T, 2, 3, 3, kW, true>(p, grid, smem, stream);
     }
   }
