@@ -663,7 +663,7 @@ __device__ void merge_splits(const Params& p, int h, int n_splits, float* attn) 
 // every matrix (a separate instantiation too: a per-matrix branch, both forms in one kernel, raised
 // its spills), or kMixed: each matrix Q4_K or Q6_K (the branch per task, in this instantiation
 // only; kSpan 2, so that a Q6_K stage, 1680 bytes, stays 16-byte aligned). kBare: the
-// instantiation for the measurement-only probe bits 2 and 3 (Params::probe), so that the default
+// instantiation for the measurement-only probe bits 2-4 (Params::probe), so that the default
 // kernels' code does not change with them.
 template <typename T, int kSpan, int kStages, int kPlanes, PersistentWeights kW, bool kBare = false>
 __global__ void __launch_bounds__(kThreads, 1) decode_persistent_kernel(Params p) {
